@@ -1,0 +1,386 @@
+//! Operations: what a completion says (the extended OVERLAPPED), and the owned state of an
+//! operation while the kernel may still use it.
+
+use std::io;
+use std::mem;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use bytes::Bytes;
+use socket2::{SockAddr, SockAddrStorage};
+
+use crate::sys::{Desc, OpDesc};
+
+/// Which operation a completion is for — the part of an extended OVERLAPPED that says what
+/// finished — with what the operation owned, handed back.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Op {
+    /// `AcceptEx`: the accepted connection on success (not yet associated with the port).
+    Accept(Option<Accepted>),
+    /// `ConnectEx`.
+    Connect,
+    /// `WSARecv`: the buffer, whose length grew by the bytes received.
+    Recv(Vec<u8>),
+    /// `WSASend`: the buffer, handed back whole.
+    Send(SendBuf),
+    /// `WSARecvFrom`: the buffer (grown by the datagram) and the sender.
+    RecvFrom(Vec<u8>, Option<SocketAddr>),
+    /// `WSASendTo`: the buffer, handed back.
+    SendTo(SendBuf),
+    /// `PostQueuedCompletionStatus`: a user completion; `result` carries the posted byte count.
+    Post,
+    /// A timer from [`Port::post_after`](crate::Port::post_after) that fired.
+    Timer(TimerId),
+}
+
+/// Identifies a timer started with [`Port::post_after`](crate::Port::post_after).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TimerId(pub(crate) u64);
+
+/// A connection taken by an accept operation.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The new socket, non-blocking and close-on-exec.
+    pub fd: OwnedFd,
+    /// The peer's address, when it is an IP address.
+    pub peer: Option<SocketAddr>,
+}
+
+impl Accepted {
+    /// The connection as a standard TCP stream.
+    pub fn into_tcp_stream(self) -> std::net::TcpStream {
+        std::net::TcpStream::from(self.fd)
+    }
+}
+
+/// What a send operation sends; handed back in its completion. Every form keeps its bytes at
+/// a stable heap address while the kernel reads them.
+#[derive(Debug, Clone)]
+pub enum SendBuf {
+    /// An owned vector, sent whole.
+    Vec(Vec<u8>),
+    /// A shared, reference-counted buffer (broadcast without a copy per recipient).
+    Bytes(Bytes),
+    /// Several buffers sent in order by one gathering send.
+    Vectored(Vec<Bytes>),
+}
+
+impl SendBuf {
+    /// Total bytes to send.
+    pub fn len(&self) -> usize {
+        match self {
+            SendBuf::Vec(v) => v.len(),
+            SendBuf::Bytes(b) => b.len(),
+            SendBuf::Vectored(v) => v.iter().map(Bytes::len).sum(),
+        }
+    }
+
+    /// True when there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The buffer back as a vector, if it was one.
+    pub fn into_vec(self) -> Option<Vec<u8>> {
+        match self {
+            SendBuf::Vec(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl From<Vec<u8>> for SendBuf {
+    fn from(v: Vec<u8>) -> Self {
+        SendBuf::Vec(v)
+    }
+}
+
+impl From<Bytes> for SendBuf {
+    fn from(b: Bytes) -> Self {
+        SendBuf::Bytes(b)
+    }
+}
+
+impl From<Vec<Bytes>> for SendBuf {
+    fn from(v: Vec<Bytes>) -> Self {
+        SendBuf::Vectored(v)
+    }
+}
+
+impl From<&'static [u8]> for SendBuf {
+    fn from(s: &'static [u8]) -> Self {
+        SendBuf::Bytes(Bytes::from_static(s))
+    }
+}
+
+/// One dequeued completion — what `GetQueuedCompletionStatus` returns: the completion key of
+/// the socket, the operation with its buffer, its result, and the per-operation user value.
+#[derive(Debug)]
+pub struct Completion {
+    /// The completion key the socket was associated with (or the posted key).
+    pub key: u64,
+    /// The per-operation user value given when the operation was started (or posted).
+    pub user: u64,
+    /// Bytes transferred, or the error. An operation aborted by cancel or close fails with
+    /// `ECANCELED` (see [`Completion::is_aborted`]).
+    pub result: io::Result<usize>,
+    /// Which operation finished, with what it owned.
+    pub op: Op,
+}
+
+impl Completion {
+    /// True when the operation was aborted by [`Socket::cancel`](crate::Socket::cancel), by
+    /// closing its socket, or by shutting the port down (`ERROR_OPERATION_ABORTED`).
+    pub fn is_aborted(&self) -> bool {
+        matches!(&self.result, Err(e) if e.raw_os_error() == Some(libc::ECANCELED))
+    }
+}
+
+pub(crate) fn aborted() -> io::Error {
+    io::Error::from_raw_os_error(libc::ECANCELED)
+}
+
+/// The kernel-facing part of a message operation, boxed so its address is stable however the
+/// operation table moves.
+pub(crate) struct MsgState {
+    hdr: libc::msghdr,
+    iov: Vec<libc::iovec>,
+    addr: SockAddrStorage,
+}
+
+// SAFETY: the raw pointers inside `hdr` and `iov` point only into this MsgState and into the
+// buffer of the same operation; they are dereferenced only by the kernel (or the epoll
+// backend's syscalls) while the operation is in flight, never through a shared reference.
+unsafe impl Send for MsgState {}
+
+impl MsgState {
+    fn new() -> Box<MsgState> {
+        Box::new(MsgState {
+            // SAFETY: msghdr is a plain C struct for which all-zero (null pointers, zero
+            // lengths) is a valid value.
+            hdr: unsafe { mem::zeroed() },
+            iov: Vec::new(),
+            addr: SockAddrStorage::zeroed(),
+        })
+    }
+}
+
+/// The owned state of one operation. Everything the kernel may read or write while the
+/// operation is in flight lives in a heap allocation owned here.
+pub(crate) enum OpData {
+    Accept(Box<(SockAddrStorage, libc::socklen_t)>),
+    Connect(Box<SockAddr>),
+    Recv(Vec<u8>),
+    Send(SendBuf, Option<Box<MsgState>>),
+    RecvFrom(Vec<u8>, Box<MsgState>),
+    SendTo(SendBuf, Box<SockAddr>, Box<MsgState>),
+}
+
+/// Which per-socket queue keeps an operation in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// Receives: one in flight at a time, completed in the order started.
+    Recv,
+    /// Sends: one in flight at a time, so bytes leave in the order the sends were started.
+    Send,
+    /// Accepts and connects: any number in flight.
+    Free,
+}
+
+impl OpData {
+    pub(crate) fn accept() -> OpData {
+        OpData::Accept(Box::new((SockAddrStorage::zeroed(), 0)))
+    }
+
+    pub(crate) fn recv_from(buf: Vec<u8>) -> OpData {
+        OpData::RecvFrom(buf, MsgState::new())
+    }
+
+    pub(crate) fn send(buf: SendBuf) -> OpData {
+        let msg = matches!(buf, SendBuf::Vectored(_)).then(MsgState::new);
+        OpData::Send(buf, msg)
+    }
+
+    pub(crate) fn send_to(buf: SendBuf, addr: SockAddr) -> OpData {
+        OpData::SendTo(buf, Box::new(addr), MsgState::new())
+    }
+
+    pub(crate) fn lane(&self) -> Lane {
+        match self {
+            OpData::Recv(_) | OpData::RecvFrom(..) => Lane::Recv,
+            OpData::Send(..) | OpData::SendTo(..) => Lane::Send,
+            OpData::Accept(_) | OpData::Connect(_) => Lane::Free,
+        }
+    }
+
+    /// Total bytes a send must transfer (0 for other operations).
+    pub(crate) fn send_len(&self) -> usize {
+        match self {
+            OpData::Send(b, _) | OpData::SendTo(b, ..) => b.len(),
+            _ => 0,
+        }
+    }
+
+    /// Builds the raw description the backend submits, starting `done` bytes into a send.
+    /// The pointers stay valid until this `OpData` is dropped, which happens only after the
+    /// backend has reported the operation complete.
+    pub(crate) fn desc(&mut self, fd: RawFd, done: usize) -> OpDesc {
+        let desc = match self {
+            OpData::Accept(b) => {
+                b.1 = b.0.size_of();
+                Desc::Accept {
+                    addr: (&mut b.0 as *mut SockAddrStorage).cast(),
+                    len: &mut b.1,
+                }
+            }
+            OpData::Connect(a) => Desc::Connect {
+                addr: a.as_ptr().cast(),
+                len: a.len(),
+            },
+            OpData::Recv(buf) => {
+                let spare = buf.spare_capacity_mut();
+                Desc::Recv {
+                    ptr: spare.as_mut_ptr().cast(),
+                    len: spare.len(),
+                }
+            }
+            OpData::Send(SendBuf::Vec(v), _) => Desc::Send {
+                ptr: v[done..].as_ptr(),
+                len: v.len() - done,
+            },
+            OpData::Send(SendBuf::Bytes(b), _) => Desc::Send {
+                ptr: b[done..].as_ptr(),
+                len: b.len() - done,
+            },
+            OpData::Send(SendBuf::Vectored(parts), Some(m)) => {
+                fill_iov(&mut m.iov, parts, done);
+                m.hdr.msg_iov = m.iov.as_mut_ptr();
+                m.hdr.msg_iovlen = m.iov.len();
+                Desc::SendMsg { msg: &m.hdr }
+            }
+            OpData::Send(SendBuf::Vectored(_), None) => {
+                unreachable!("vectored send without msghdr")
+            }
+            OpData::RecvFrom(buf, m) => {
+                let spare = buf.spare_capacity_mut();
+                m.iov.clear();
+                m.iov.push(libc::iovec {
+                    iov_base: spare.as_mut_ptr().cast(),
+                    iov_len: spare.len(),
+                });
+                m.hdr.msg_iov = m.iov.as_mut_ptr();
+                m.hdr.msg_iovlen = 1;
+                m.hdr.msg_name = (&mut m.addr as *mut SockAddrStorage).cast();
+                m.hdr.msg_namelen = m.addr.size_of();
+                Desc::RecvMsg { msg: &mut m.hdr }
+            }
+            OpData::SendTo(buf, addr, m) => {
+                match buf {
+                    SendBuf::Vec(v) => set_one_iov(&mut m.iov, v),
+                    SendBuf::Bytes(b) => set_one_iov(&mut m.iov, b),
+                    SendBuf::Vectored(parts) => fill_iov(&mut m.iov, parts, 0),
+                }
+                m.hdr.msg_iov = m.iov.as_mut_ptr();
+                m.hdr.msg_iovlen = m.iov.len();
+                m.hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+                m.hdr.msg_namelen = addr.len();
+                Desc::SendMsg { msg: &m.hdr }
+            }
+        };
+        OpDesc { fd, desc }
+    }
+
+    /// Refuses, before anything is submitted, an operation the kernel could only misreport:
+    /// a receive into a buffer with no spare capacity would complete with 0, which reads as
+    /// end of stream.
+    pub(crate) fn check(&self) -> io::Result<()> {
+        match self {
+            OpData::Recv(buf) | OpData::RecvFrom(buf, _) if buf.len() == buf.capacity() => {
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "receive buffer has no spare capacity (reserve some before receiving)",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Turns the finished operation into what its completion hands back. `res` is the
+    /// kernel's result (bytes, a new fd, or a negative errno) for the last submission; `total`
+    /// is the byte count to report for a send that needed several submissions.
+    pub(crate) fn finish(self, res: i32, total: usize) -> (io::Result<usize>, Op) {
+        let result = if res < 0 {
+            Err(io::Error::from_raw_os_error(-res))
+        } else {
+            Ok(res as usize)
+        };
+        match self {
+            OpData::Accept(b) => match result {
+                Ok(fd) => {
+                    // SAFETY: a successful accept returned a new descriptor that nothing else
+                    // owns; from here the OwnedFd closes it.
+                    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+                    let (storage, len) = *b;
+                    // SAFETY: the kernel filled `len` bytes of the storage with the address.
+                    let addr = unsafe { SockAddr::new(storage, len) };
+                    (
+                        Ok(0),
+                        Op::Accept(Some(Accepted {
+                            fd,
+                            peer: addr.as_socket(),
+                        })),
+                    )
+                }
+                Err(e) => (Err(e), Op::Accept(None)),
+            },
+            OpData::Connect(_) => (result, Op::Connect),
+            OpData::Recv(mut buf) => {
+                if let Ok(n) = result {
+                    // SAFETY: the kernel wrote `n` bytes into the spare capacity starting at
+                    // `len` (the descriptor covered exactly that capacity).
+                    unsafe { buf.set_len(buf.len() + n) };
+                }
+                (result, Op::Recv(buf))
+            }
+            OpData::Send(buf, _) => (result.map(|_| total), Op::Send(buf)),
+            OpData::RecvFrom(mut buf, m) => match result {
+                Ok(n) => {
+                    // SAFETY: as for Recv: `n` bytes were written into the spare capacity.
+                    unsafe { buf.set_len(buf.len() + n) };
+                    let len = m.hdr.msg_namelen;
+                    // SAFETY: the kernel wrote `len` bytes of the sender's address.
+                    let addr = unsafe { SockAddr::new(m.addr, len) };
+                    (Ok(n), Op::RecvFrom(buf, addr.as_socket()))
+                }
+                Err(e) => (Err(e), Op::RecvFrom(buf, None)),
+            },
+            OpData::SendTo(buf, ..) => (result, Op::SendTo(buf)),
+        }
+    }
+}
+
+fn set_one_iov(iov: &mut Vec<libc::iovec>, bytes: &[u8]) {
+    iov.clear();
+    iov.push(libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    });
+}
+
+/// iovecs covering `parts` from byte `skip` on.
+fn fill_iov(iov: &mut Vec<libc::iovec>, parts: &[Bytes], mut skip: usize) {
+    iov.clear();
+    for p in parts {
+        if skip >= p.len() {
+            skip -= p.len();
+            continue;
+        }
+        let rest = &p[skip..];
+        skip = 0;
+        iov.push(libc::iovec {
+            iov_base: rest.as_ptr() as *mut libc::c_void,
+            iov_len: rest.len(),
+        });
+    }
+}

@@ -1,0 +1,92 @@
+//! The worker pool: N threads each looping on [`Port::get`] and calling one handler — the
+//! worker thread every IOCP server writes, written once.
+
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::{Completion, Port};
+
+/// A pool of worker threads serving one port.
+///
+/// Each worker calls `handler(&port, completion)` for every completion it dequeues, until
+/// the port is shut down. A handler that panics is logged and the worker goes on: one bad
+/// completion never takes a worker away.
+#[derive(Debug)]
+pub struct Pool {
+    port: Port,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Starts `threads` workers (`0` = available parallelism) on `port`.
+    pub fn spawn<H>(port: &Port, threads: usize, handler: H) -> io::Result<Pool>
+    where
+        H: Fn(&Port, Completion) + Send + Sync + 'static,
+    {
+        let n = match threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let handler = Arc::new(handler);
+        let mut pool = Pool {
+            port: port.clone(),
+            threads: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let port = port.clone();
+            let handler = handler.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("cport-worker-{i}"))
+                .spawn(move || worker(&port, &*handler));
+            match t {
+                Ok(t) => pool.threads.push(t),
+                Err(e) => {
+                    pool.port.shutdown();
+                    pool.join();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// The port the workers serve.
+    pub fn port(&self) -> &Port {
+        &self.port
+    }
+
+    /// Waits until every worker has exited (which they do once the port is shut down).
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Shuts the port down and waits for the workers.
+    pub fn shutdown(self) {
+        self.port.shutdown();
+        self.join();
+    }
+}
+
+fn worker(port: &Port, handler: &(dyn Fn(&Port, Completion) + Send + Sync)) {
+    loop {
+        match port.get(None) {
+            Ok(Some(c)) => {
+                let (key, user) = (c.key, c.user);
+                if catch_unwind(AssertUnwindSafe(|| handler(port, c))).is_err() {
+                    tracing::error!(key, user, "completion handler panicked; worker continues");
+                }
+            }
+            Ok(None) => {}
+            Err(_closed) => return,
+        }
+    }
+}

@@ -1,0 +1,870 @@
+//! The completion port: the public [`Port`] and [`Socket`], the table that owns every
+//! operation while it is in flight, and the glue between the scheduler and a backend.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use socket2::{SockAddr, SockRef};
+
+use crate::op::{aborted, Completion, Op, OpData, SendBuf, TimerId};
+use crate::sched::{Outcome, Poller, Sched, Waiter};
+use crate::slab::Slab;
+use crate::sys::{Backend, Driver, Raw};
+use crate::timer::Timers;
+
+/// The port was shut down: [`Port::get`] answers this, distinct from a timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("completion port is shut down")
+    }
+}
+
+impl std::error::Error for Closed {}
+
+impl From<Closed> for io::Error {
+    fn from(c: Closed) -> io::Error {
+        io::Error::new(io::ErrorKind::BrokenPipe, c)
+    }
+}
+
+/// Builds a [`Port`]: concurrency value, backend, ring size.
+#[derive(Debug, Clone)]
+pub struct PortBuilder {
+    concurrency: usize,
+    backend: Backend,
+    entries: u32,
+    env: bool,
+}
+
+impl Default for PortBuilder {
+    fn default() -> Self {
+        PortBuilder {
+            concurrency: 0,
+            backend: Backend::Auto,
+            entries: 1024,
+            env: true,
+        }
+    }
+}
+
+impl PortBuilder {
+    /// The concurrency value: at most this many threads run handlers at once
+    /// (between a `get` that returned and their next `get`). `0` = available parallelism.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// The backend (default [`Backend::Auto`]). The environment variable `CPORT_BACKEND`
+    /// (`uring`, `epoll` or `auto`), when set, overrides this.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Ignore `CPORT_BACKEND` (for programs that take the backend from their own options).
+    pub fn ignore_env(mut self) -> Self {
+        self.env = false;
+        self
+    }
+
+    /// Submission-queue size of the io_uring backend (default 1024; the completion queue is
+    /// four times that, and neither bounds how many operations may be in flight).
+    pub fn entries(mut self, n: u32) -> Self {
+        self.entries = n.max(8);
+        self
+    }
+
+    /// Creates the port — `CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, n)`.
+    #[doc(alias = "CreateIoCompletionPort")]
+    pub fn build(self) -> io::Result<Port> {
+        let mut backend = self.backend;
+        if self.env {
+            if let Ok(v) = std::env::var("CPORT_BACKEND") {
+                backend = v.parse()?;
+            }
+        }
+        let concurrency = match self.concurrency {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let driver = Driver::open(backend, self.entries)?;
+        static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+        Ok(Port {
+            shared: Arc::new(Shared {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                sched: Sched::new(concurrency),
+                table: Mutex::new(Table::default()),
+                timers: Mutex::new(Timers::default()),
+                driver,
+            }),
+        })
+    }
+}
+
+/// An I/O completion port. Cheap to clone; every clone is the same port, shared by all
+/// threads. See the [crate documentation](crate) for the model.
+#[derive(Clone)]
+pub struct Port {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Port")
+            .field("backend", &self.backend())
+            .field("concurrency", &self.concurrency())
+            .finish()
+    }
+}
+
+/// A snapshot of a port's state, for tests and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortStats {
+    /// Threads between a `get` that returned and their next `get`.
+    pub active: usize,
+    /// Threads waiting in `get` (parked or polling the kernel).
+    pub waiting: usize,
+    /// Completions queued in user space, not yet taken.
+    pub ready: usize,
+    /// Operations started and not yet completed.
+    pub in_flight: usize,
+    /// Associated sockets not yet fully closed.
+    pub sockets: usize,
+    /// Timers set and not yet fired or cancelled.
+    pub timers: usize,
+}
+
+impl Port {
+    /// A port with concurrency `concurrency` (`0` = available parallelism) on the default
+    /// backend (see [`PortBuilder`]).
+    #[doc(alias = "CreateIoCompletionPort")]
+    pub fn new(concurrency: usize) -> io::Result<Port> {
+        Port::builder().concurrency(concurrency).build()
+    }
+
+    /// A builder for a port with non-default settings.
+    pub fn builder() -> PortBuilder {
+        PortBuilder::default()
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.shared.driver.backend()
+    }
+
+    /// The concurrency value.
+    pub fn concurrency(&self) -> usize {
+        self.shared.sched.concurrency()
+    }
+
+    /// Associates a socket (listener, stream, datagram socket, any pollable fd) with the port
+    /// under a completion key, once. The port owns the descriptor from now on; it is closed
+    /// when the returned [`Socket`] is dropped and its last operation has completed.
+    #[doc(alias = "CreateIoCompletionPort")]
+    pub fn associate(&self, fd: impl Into<OwnedFd>, key: u64) -> io::Result<Socket> {
+        let fd: OwnedFd = fd.into();
+        if self.shared.sched.is_closed() {
+            return Err(Closed.into());
+        }
+        let sref = SockRef::from(&fd);
+        sref.set_nonblocking(true)?;
+        let stream = sref
+            .r#type()
+            .map(|t| t == socket2::Type::STREAM)
+            .unwrap_or(false);
+        let raw = fd.as_raw_fd();
+        let token = self.shared.table.lock().socks.insert(SockEntry {
+            fd,
+            key,
+            stream,
+            recv_q: VecDeque::new(),
+            send_q: VecDeque::new(),
+            free: Vec::new(),
+            closed: false,
+        });
+        if let Err(e) = self.shared.driver.register(token, raw) {
+            self.shared.table.lock().socks.remove(token);
+            return Err(e);
+        }
+        Ok(Socket {
+            port: self.clone(),
+            token,
+            key,
+            fd: raw,
+        })
+    }
+
+    /// Dequeues one completion, waiting up to `timeout` (`None` = forever).
+    /// `Ok(None)` is a timeout; `Err(Closed)` means the port was shut down.
+    ///
+    /// Calling `get` ends the calling thread's previous handler pass (it gives back its
+    /// concurrency slot); returning a completion starts a new one.
+    #[doc(alias = "GetQueuedCompletionStatus")]
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Option<Completion>, Closed> {
+        let mut out = Vec::with_capacity(1);
+        match self.get_into(&mut out, 1, timeout)? {
+            0 => Ok(None),
+            _ => Ok(out.pop()),
+        }
+    }
+
+    /// Dequeues up to `max` completions at once into `out` (appending), waiting up to
+    /// `timeout` for the first. Returns how many were added (0 on timeout).
+    #[doc(alias = "GetQueuedCompletionStatusEx")]
+    pub fn get_many(
+        &self,
+        out: &mut Vec<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, Closed> {
+        self.get_into(out, max.max(1), timeout)
+    }
+
+    fn get_into(
+        &self,
+        out: &mut Vec<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, Closed> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let shared = &*self.shared;
+        let (had_slot, waiter) = LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            (l.take_slot(shared.id), l.waiter.clone())
+        });
+        let before = out.len();
+        match shared
+            .sched
+            .get(had_slot, deadline, max, out, &waiter, shared)
+        {
+            Outcome::Got => {
+                LOCAL.with(|l| {
+                    l.borrow_mut()
+                        .slots
+                        .push((shared.id, Arc::downgrade(&self.shared)))
+                });
+                Ok(out.len() - before)
+            }
+            Outcome::Timeout => Ok(0),
+            Outcome::Closed => Err(Closed),
+        }
+    }
+
+    /// Queues a user completion `{ key, user, result: Ok(bytes), op: Op::Post }` on the port.
+    #[doc(alias = "PostQueuedCompletionStatus")]
+    pub fn post(&self, key: u64, bytes: usize, user: u64) -> Result<(), Closed> {
+        if self.shared.sched.is_closed() {
+            return Err(Closed);
+        }
+        let c = Completion {
+            key,
+            user,
+            result: Ok(bytes),
+            op: Op::Post,
+        };
+        self.shared.sched.push_all([c], &*self.shared);
+        Ok(())
+    }
+
+    /// Queues `{ key, user, result: Ok(0), op: Op::Timer(id) }` on the port once `delay` has
+    /// passed (never before). Timers fire in deadline order; see [`Port::cancel_timer`].
+    #[doc(alias = "CreateTimerQueueTimer")]
+    pub fn post_after(&self, delay: Duration, key: u64, user: u64) -> Result<TimerId, Closed> {
+        if self.shared.sched.is_closed() {
+            return Err(Closed);
+        }
+        let deadline = Instant::now() + delay;
+        let (id, earliest) = self.shared.timers.lock().add(deadline, key, user);
+        if earliest {
+            self.shared.sched.interrupt_poller(&*self.shared);
+        }
+        Ok(id)
+    }
+
+    /// Cancels a timer. True if it had not fired: then it never will. False if it already
+    /// fired (its completion is queued or delivered) or was cancelled before.
+    #[doc(alias = "DeleteTimerQueueTimer")]
+    pub fn cancel_timer(&self, id: TimerId) -> bool {
+        self.shared.timers.lock().cancel(id)
+    }
+
+    /// Runs `f`, which may block, while the calling thread's concurrency slot is lent to
+    /// another waiting thread; takes a slot back (waiting for one if needed) before
+    /// returning. Outside a handler pass of this port it just runs `f`.
+    pub fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
+        let shared = &*self.shared;
+        let held = LOCAL.with(|l| l.borrow().holds_slot(shared.id));
+        if !held {
+            return f();
+        }
+        shared.sched.enter_blocking(shared);
+        struct Resume<'a>(&'a Shared);
+        impl Drop for Resume<'_> {
+            fn drop(&mut self) {
+                let waiter = LOCAL.with(|l| l.borrow().waiter.clone());
+                self.0.sched.leave_blocking(&waiter);
+            }
+        }
+        let _resume = Resume(shared);
+        f()
+    }
+
+    /// Shuts the port down: every waiting and future `get` answers `Err(Closed)`, pending
+    /// operations are cancelled, queued completions are dropped (their buffers freed, accepted
+    /// sockets closed). Memory the kernel may still write is freed only after its completion
+    /// is reaped, when the last handle to the port is dropped.
+    pub fn shutdown(&self) {
+        let shared = &*self.shared;
+        drop(shared.sched.close(shared));
+        shared.cancel_everything();
+    }
+
+    /// True once [`Port::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.sched.is_closed()
+    }
+
+    /// A snapshot of the port's state.
+    pub fn stats(&self) -> PortStats {
+        let (active, waiting, ready) = self.shared.sched.stats();
+        let (in_flight, sockets) = {
+            let t = self.shared.table.lock();
+            (t.ops.len(), t.socks.len())
+        };
+        PortStats {
+            active,
+            waiting,
+            ready,
+            in_flight,
+            sockets,
+            timers: self.shared.timers.lock().len(),
+        }
+    }
+}
+
+/// A socket associated with a port — the `SOCKET` of IOCP after
+/// `CreateIoCompletionPort(socket, port, key, 0)`.
+///
+/// Operations never fail synchronously: each one started completes exactly once through the
+/// port (a failure is a completion with an error), unless the port has been shut down, in
+/// which case nothing more is delivered. Dropping the socket closes it: pending operations
+/// complete with an aborted error, and the descriptor is closed once the last has completed.
+pub struct Socket {
+    port: Port,
+    token: u64,
+    key: u64,
+    fd: RawFd,
+}
+
+impl fmt::Debug for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Socket")
+            .field("fd", &self.fd)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl Socket {
+    /// The completion key this socket was associated with.
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// The port this socket belongs to.
+    pub fn port(&self) -> &Port {
+        &self.port
+    }
+
+    /// Accepts one connection (on a listening socket); completes with [`Op::Accept`].
+    /// Several accepts may be outstanding at once.
+    #[doc(alias = "AcceptEx")]
+    pub fn accept(&self, user: u64) {
+        self.start(OpData::accept(), user);
+    }
+
+    /// Connects to `addr`; completes with [`Op::Connect`].
+    #[doc(alias = "ConnectEx")]
+    pub fn connect(&self, addr: SocketAddr, user: u64) {
+        self.start(OpData::Connect(Box::new(SockAddr::from(addr))), user);
+    }
+
+    /// Receives into the spare capacity of `buf` (`buf.capacity() - buf.len()` bytes at
+    /// most); completes with [`Op::Recv`] and the buffer grown by what arrived. `Ok(0)` is
+    /// the end of the stream. Receives on one socket complete in the order they were started,
+    /// and fill their buffers in that order.
+    #[doc(alias = "WSARecv")]
+    pub fn recv(&self, buf: Vec<u8>, user: u64) {
+        self.start(OpData::Recv(buf), user);
+    }
+
+    /// Sends the whole buffer; completes with [`Op::Send`] and the byte count once every
+    /// byte was handed to the kernel (short sends are continued internally). Sends on one
+    /// socket go out in the order they were started, whatever thread started them.
+    #[doc(alias = "WSASend")]
+    pub fn send(&self, buf: impl Into<SendBuf>, user: u64) {
+        self.start(OpData::send(buf.into()), user);
+    }
+
+    /// Receives one datagram into the spare capacity of `buf`; completes with
+    /// [`Op::RecvFrom`] and the sender's address.
+    #[doc(alias = "WSARecvFrom")]
+    pub fn recv_from(&self, buf: Vec<u8>, user: u64) {
+        self.start(OpData::recv_from(buf), user);
+    }
+
+    /// Sends one datagram to `addr`; completes with [`Op::SendTo`].
+    #[doc(alias = "WSASendTo")]
+    pub fn send_to(&self, buf: impl Into<SendBuf>, addr: SocketAddr, user: u64) {
+        self.start(OpData::send_to(buf.into(), SockAddr::from(addr)), user);
+    }
+
+    /// Aborts every pending operation of this socket: each completes exactly once, with an
+    /// aborted error (or with its real result if it finished first), and hands back its
+    /// buffer. The socket stays open and usable.
+    #[doc(alias = "CancelIoEx")]
+    pub fn cancel(&self) {
+        let shared = &*self.port.shared;
+        let done = shared
+            .table
+            .lock()
+            .cancel(&shared.driver, self.token, false);
+        shared.settle(done);
+    }
+
+    /// Shuts down the read, write or both halves of the connection (`shutdown(2)`).
+    pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        SockRef::from(self).shutdown(how)
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        sock_addr(SockRef::from(self).local_addr()?)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        sock_addr(SockRef::from(self).peer_addr()?)
+    }
+
+    /// Closes the socket (the same as dropping it) — `closesocket` with pending I/O: every
+    /// pending operation completes exactly once with an aborted error.
+    #[doc(alias = "closesocket")]
+    pub fn close(self) {}
+
+    fn start(&self, data: OpData, user: u64) {
+        let shared = &*self.port.shared;
+        let immediate = match data.check() {
+            Err(e) => Some(fail(self.key, user, data, e)),
+            Ok(()) => shared
+                .table
+                .lock()
+                .start(&shared.driver, self.token, data, user),
+        };
+        match immediate {
+            Some(c) => shared.settle(vec![c]),
+            None => shared.flush(),
+        }
+    }
+}
+
+fn sock_addr(a: SockAddr) -> io::Result<SocketAddr> {
+    a.as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "not an IP socket address"))
+}
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor is owned by the port's table and closed only after this
+        // Socket is dropped (and its operations completed), so it is open for `'_`.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
+    }
+}
+
+impl AsRawFd for Socket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        let shared = &*self.port.shared;
+        let done = shared.table.lock().cancel(&shared.driver, self.token, true);
+        shared.settle(done);
+    }
+}
+
+/// A completion for an operation that could not be started (the kernel never saw it).
+fn fail(key: u64, user: u64, data: OpData, e: io::Error) -> Completion {
+    let (_, op) = data.finish(-libc::ECANCELED, 0);
+    Completion {
+        key,
+        user,
+        result: Err(e),
+        op,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shared state and the operation table.
+
+pub(crate) struct Shared {
+    id: usize,
+    sched: Sched<Completion>,
+    table: Mutex<Table>,
+    timers: Mutex<Timers>,
+    driver: Driver,
+}
+
+impl Poller<Completion> for Shared {
+    fn poll(&self, deadline: Option<Instant>, out: &mut Vec<Completion>) {
+        let next_timer = self.timers.lock().next_deadline();
+        let until = match (deadline, next_timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut raw = Vec::new();
+        self.driver.wait(until, &mut raw);
+        self.process(&mut raw, out);
+        if next_timer.is_some() {
+            self.timers.lock().fire(Instant::now(), out);
+        }
+    }
+
+    fn wake(&self) {
+        self.driver.wake();
+    }
+}
+
+impl Shared {
+    /// Turns raw kernel completions into port completions, running whatever they make the
+    /// backend do next (continued short sends, the next queued operation of a socket).
+    fn process(&self, raw: &mut Vec<Raw>, out: &mut Vec<Completion>) {
+        while !raw.is_empty() {
+            {
+                let mut t = self.table.lock();
+                for r in raw.drain(..) {
+                    if let Some(c) = t.finish(&self.driver, r) {
+                        out.push(c);
+                    }
+                }
+            }
+            self.driver.flush(raw);
+        }
+    }
+
+    /// Submits what was pushed, and queues any completion that produced.
+    fn flush(&self) {
+        let mut raw = Vec::new();
+        self.driver.flush(&mut raw);
+        if !raw.is_empty() {
+            let mut out = Vec::new();
+            self.process(&mut raw, &mut out);
+            if !out.is_empty() {
+                self.sched.push_all(out, self);
+            }
+        }
+    }
+
+    /// Queues completions made without the kernel, then flushes the backend.
+    fn settle(&self, done: Vec<Completion>) {
+        if !done.is_empty() && !self.sched.is_closed() {
+            self.sched.push_all(done, self);
+        }
+        self.flush();
+    }
+
+    fn cancel_everything(&self) {
+        let done: Vec<Completion> = {
+            let mut t = self.table.lock();
+            let socks = t.socks.tokens();
+            socks
+                .into_iter()
+                .flat_map(|s| t.cancel(&self.driver, s, false))
+                .collect()
+        };
+        drop(done);
+        self.flush();
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        drop(self.sched.close(self));
+        self.cancel_everything();
+        // Reap every operation the kernel still has: only then may its buffers be freed.
+        let give_up = Instant::now() + Duration::from_secs(5);
+        let mut raw = Vec::new();
+        let mut out = Vec::new();
+        while self.table.lock().ops.len() > 0 && Instant::now() < give_up {
+            self.driver
+                .wait(Some(Instant::now() + Duration::from_millis(50)), &mut raw);
+            self.process(&mut raw, &mut out);
+            out.clear();
+        }
+        let mut t = self.table.lock();
+        if t.ops.len() > 0 {
+            tracing::error!(
+                "{} operations still in the kernel after 5 s at port teardown; leaking their buffers",
+                t.ops.len()
+            );
+            std::mem::forget(t.ops.drain());
+        }
+    }
+}
+
+struct OpEntry {
+    sock: u64,
+    key: u64,
+    user: u64,
+    data: OpData,
+    /// Bytes already sent by earlier submissions of a stream send.
+    done: usize,
+    /// Submitted to the backend (else it waits in its socket's lane).
+    in_flight: bool,
+    /// A cancel was requested for the submission in flight.
+    cancelling: bool,
+}
+
+struct SockEntry {
+    fd: OwnedFd,
+    key: u64,
+    stream: bool,
+    /// Receives in start order; the front one is the one in flight.
+    recv_q: VecDeque<u64>,
+    /// Sends in start order; the front one is the one in flight.
+    send_q: VecDeque<u64>,
+    /// Accepts and connects, all in flight.
+    free: Vec<u64>,
+    closed: bool,
+}
+
+impl SockEntry {
+    fn pending(&self) -> usize {
+        self.recv_q.len() + self.send_q.len() + self.free.len()
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    ops: Slab<OpEntry>,
+    socks: Slab<SockEntry>,
+}
+
+impl Table {
+    /// Starts an operation on socket `sock`: submits it, or queues it behind the one in
+    /// flight in its lane. Returns a completion instead if the socket is closed.
+    fn start(&mut self, d: &Driver, sock: u64, data: OpData, user: u64) -> Option<Completion> {
+        let Some(s) = self.socks.get_mut(sock) else {
+            return Some(fail(0, user, data, closed_error()));
+        };
+        if s.closed {
+            return Some(fail(s.key, user, data, closed_error()));
+        }
+        let lane = data.lane();
+        let key = s.key;
+        let token = self.ops.insert(OpEntry {
+            sock,
+            key,
+            user,
+            data,
+            done: 0,
+            in_flight: false,
+            cancelling: false,
+        });
+        let s = self.socks.get_mut(sock).expect("socket checked above");
+        let submit_now = match lane {
+            crate::op::Lane::Recv => {
+                s.recv_q.push_back(token);
+                s.recv_q.len() == 1
+            }
+            crate::op::Lane::Send => {
+                s.send_q.push_back(token);
+                s.send_q.len() == 1
+            }
+            crate::op::Lane::Free => {
+                s.free.push(token);
+                true
+            }
+        };
+        if submit_now {
+            self.submit(d, token);
+        }
+        None
+    }
+
+    /// Hands operation `token` to the backend.
+    fn submit(&mut self, d: &Driver, token: u64) {
+        let Some(op) = self.ops.get_mut(token) else {
+            return;
+        };
+        let Some(s) = self.socks.get(op.sock) else {
+            return;
+        };
+        let desc = op.data.desc(s.fd.as_raw_fd(), op.done);
+        op.in_flight = true;
+        d.push(token, op.sock, desc);
+    }
+
+    /// Applies one raw completion. Returns the port completion, or `None` if the token is
+    /// stale or the operation continues (a short stream send).
+    fn finish(&mut self, d: &Driver, raw: Raw) -> Option<Completion> {
+        let op = self.ops.get_mut(raw.token)?;
+        let stream = self.socks.get(op.sock).is_some_and(|s| s.stream);
+        let is_send = matches!(op.data, OpData::Send(..) | OpData::SendTo(..));
+        if is_send && raw.res >= 0 {
+            op.done += raw.res as usize;
+            if stream && raw.res > 0 && op.done < op.data.send_len() && !op.cancelling {
+                self.submit(d, raw.token);
+                return None;
+            }
+        }
+        let op = self.ops.remove(raw.token)?;
+        let total = op.done;
+        // A stream send stopped short only because it was cancelled: it did not complete.
+        let res = if is_send && stream && raw.res >= 0 && total < op.data.send_len() {
+            -libc::ECANCELED
+        } else {
+            raw.res
+        };
+        let sock = op.sock;
+        if let Some(s) = self.socks.get_mut(sock) {
+            let next = match op.data.lane() {
+                crate::op::Lane::Recv => {
+                    remove_token(&mut s.recv_q, raw.token);
+                    s.recv_q.front().copied()
+                }
+                crate::op::Lane::Send => {
+                    remove_token(&mut s.send_q, raw.token);
+                    s.send_q.front().copied()
+                }
+                crate::op::Lane::Free => {
+                    s.free.retain(|t| *t != raw.token);
+                    None
+                }
+            };
+            if let Some(next) = next {
+                self.submit(d, next);
+            }
+            self.reap_socket(d, sock);
+        }
+        let (result, kind) = op.data.finish(res, total);
+        Some(Completion {
+            key: op.key,
+            user: op.user,
+            result,
+            op: kind,
+        })
+    }
+
+    /// Cancels every pending operation of `sock` (and closes it if `close`). Operations not
+    /// yet submitted complete here; those in flight are cancelled in the backend.
+    fn cancel(&mut self, d: &Driver, sock: u64, close: bool) -> Vec<Completion> {
+        let mut done = Vec::new();
+        let Some(s) = self.socks.get_mut(sock) else {
+            return done;
+        };
+        if close {
+            s.closed = true;
+        }
+        let mut tokens: Vec<u64> = s.free.clone();
+        for q in [&mut s.recv_q, &mut s.send_q] {
+            // Keep the submitted front; the rest never reached the kernel.
+            let keep = q.len().min(1);
+            tokens.extend(q.iter().take(keep));
+            for t in q.drain(keep..) {
+                if let Some(op) = self.ops.remove(t) {
+                    done.push(fail(op.key, op.user, op.data, aborted()));
+                }
+            }
+        }
+        for t in tokens {
+            if let Some(op) = self.ops.get_mut(t) {
+                if op.in_flight && !op.cancelling {
+                    op.cancelling = true;
+                    d.cancel(t, sock);
+                }
+            }
+        }
+        self.reap_socket(d, sock);
+        done
+    }
+
+    /// Removes a closed socket with nothing pending; its descriptor closes here.
+    fn reap_socket(&mut self, d: &Driver, sock: u64) {
+        let Some(s) = self.socks.get(sock) else {
+            return;
+        };
+        if s.closed && s.pending() == 0 {
+            d.deregister(sock, s.fd.as_raw_fd());
+            self.socks.remove(sock);
+        }
+    }
+}
+
+fn remove_token(q: &mut VecDeque<u64>, token: u64) {
+    if q.front() == Some(&token) {
+        q.pop_front();
+    } else {
+        q.retain(|t| *t != token);
+    }
+}
+
+fn closed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "socket is closed")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-thread state: the thread's waiter, and the ports on which it holds a concurrency slot.
+
+struct Local {
+    waiter: std::sync::Arc<Waiter>,
+    slots: Vec<(usize, Weak<Shared>)>,
+}
+
+impl Local {
+    fn take_slot(&mut self, port: usize) -> bool {
+        match self.slots.iter().position(|(id, _)| *id == port) {
+            Some(i) => {
+                self.slots.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn holds_slot(&self, port: usize) -> bool {
+        self.slots.iter().any(|(id, _)| *id == port)
+    }
+}
+
+impl Drop for Local {
+    /// A thread that exits inside a handler pass gives its slot back (as IOCP does).
+    fn drop(&mut self) {
+        for (_, w) in self.slots.drain(..) {
+            if let Some(shared) = w.upgrade() {
+                shared.sched.release_slot(&*shared);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::new(Local {
+        waiter: Waiter::new(),
+        slots: Vec::new(),
+    });
+}

@@ -1,0 +1,795 @@
+//! The epoll backend: readiness turned into completions.
+//!
+//! * Every registered socket has two *sides*, read (accept, recv, recvmsg) and write (connect,
+//!   send, sendmsg), each a FIFO of pending operations behind one per-socket lock. Sockets are
+//!   registered edge-triggered, with the socket's table token as the event data.
+//! * `push` only records the operation and puts its side on the `todo` list (no system call:
+//!   it runs under the port's table lock). `flush` then attempts the front operation of every
+//!   listed side with its non-blocking system call, outside every global lock. What finishes
+//!   is appended to the caller's `out`; what would block waits for readiness.
+//! * Lost wake-ups: each side has a readiness sequence number that every epoll event for it
+//!   bumps (under the socket lock). An attempt notes the number before the system call; if the
+//!   call would block and the number has moved meanwhile, the attempt is made again, otherwise
+//!   the side is marked blocked at that number, and the next event (which bumps it) retries.
+//! * One attempt per side at a time: a side is `busy` while some thread is in the system call
+//!   for its front operation; other threads leave it to that thread, which goes on with the
+//!   next operation when the front one finishes.
+//! * Cancel: an operation nobody is attempting is removed and completes with `-ECANCELED`
+//!   from the `done` list (delivered by the next `flush` or `wait`); the operation being
+//!   attempted is only marked, and completes with `-ECANCELED` if its attempt would block
+//!   (or with its real result if it finished first).
+//! * Connect: the first attempt calls `connect`; after `EINPROGRESS` later attempts read
+//!   `SO_ERROR`, and, when it is 0, check with `getpeername` that the socket really is
+//!   connected (an unconnected socket also reports itself writable).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::{Desc, OpDesc, Raw};
+use crate::slab::RESERVED_TOKENS;
+
+/// Event data of the wake-up eventfd (never a socket token).
+const WAKE: u64 = RESERVED_TOKENS;
+/// Most events taken by one `epoll_wait`.
+const MAX_EVENTS: usize = 256;
+
+const READ_EVENTS: u32 =
+    (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+const WRITE_EVENTS: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Read,
+    Write,
+}
+
+fn dir_of(desc: &Desc) -> Dir {
+    match desc {
+        Desc::Accept { .. } | Desc::Recv { .. } | Desc::RecvMsg { .. } => Dir::Read,
+        Desc::Connect { .. } | Desc::Send { .. } | Desc::SendMsg { .. } => Dir::Write,
+    }
+}
+
+/// One started, not yet completed operation.
+struct Pending {
+    token: u64,
+    op: OpDesc,
+    /// A connect whose `connect` call returned `EINPROGRESS`.
+    connecting: bool,
+    /// Cancelled while a thread was attempting it.
+    cancelled: bool,
+}
+
+#[derive(Default)]
+struct Side {
+    /// Pending operations, attempted front first.
+    ops: VecDeque<Pending>,
+    /// Bumped by every epoll event for this side.
+    seq: u64,
+    /// The `seq` at which the front operation last would have blocked.
+    blocked_at: Option<u64>,
+    /// A thread is in the system call for the front operation.
+    busy: bool,
+}
+
+#[derive(Default)]
+struct Sides {
+    read: Side,
+    write: Side,
+}
+
+impl Sides {
+    fn get(&mut self, dir: Dir) -> &mut Side {
+        match dir {
+            Dir::Read => &mut self.read,
+            Dir::Write => &mut self.write,
+        }
+    }
+}
+
+/// The state of one registered socket.
+#[derive(Default)]
+struct Sock {
+    sides: Mutex<Sides>,
+}
+
+/// The poller's buffers, kept between calls.
+struct PollBuf {
+    events: Vec<libc::epoll_event>,
+    ready: Vec<(Arc<Sock>, u32)>,
+}
+
+pub(crate) struct Epoll {
+    /// Closed on drop.
+    epfd: OwnedFd,
+    /// The eventfd that interrupts `epoll_wait`; closed on drop.
+    wake_fd: OwnedFd,
+    /// Registered sockets by table token.
+    socks: Mutex<HashMap<u64, Arc<Sock>>>,
+    /// Sides with an operation to attempt at the next `flush`.
+    todo: Mutex<Vec<(Arc<Sock>, Dir)>>,
+    /// Completions decided without a system call (cancels), for the next `flush` or `wait`.
+    done: Mutex<Vec<Raw>>,
+    /// Only the poller takes this lock.
+    poll: Mutex<PollBuf>,
+}
+
+/// What one attempt of an operation came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// Finished with this result (bytes, new fd, 0, or -errno).
+    Done(i32),
+    /// Would block: wait for readiness.
+    WouldBlock,
+    /// A connect is now in progress: wait for writability.
+    Started,
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Lengths above what the result (an i32) can report are cut.
+fn clamp(len: usize) -> usize {
+    len.min(i32::MAX as usize)
+}
+
+impl Epoll {
+    pub(crate) fn new() -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes no pointers.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: epfd is a new descriptor that nothing else owns.
+        let epfd = unsafe { OwnedFd::from_raw_fd(epfd) };
+        // SAFETY: eventfd takes no pointers.
+        let wake_fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if wake_fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: wake_fd is a new descriptor that nothing else owns.
+        let wake_fd = unsafe { OwnedFd::from_raw_fd(wake_fd) };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: WAKE,
+        };
+        // SAFETY: `ev` is a live local that epoll_ctl only reads.
+        let r = unsafe {
+            libc::epoll_ctl(
+                epfd.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                wake_fd.as_raw_fd(),
+                &mut ev,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Epoll {
+            epfd,
+            wake_fd,
+            socks: Mutex::new(HashMap::new()),
+            todo: Mutex::new(Vec::new()),
+            done: Mutex::new(Vec::new()),
+            poll: Mutex::new(PollBuf {
+                events: Vec::with_capacity(MAX_EVENTS),
+                ready: Vec::with_capacity(MAX_EVENTS),
+            }),
+        })
+    }
+
+    fn sock(&self, sock: u64) -> Option<Arc<Sock>> {
+        self.socks.lock().get(&sock).cloned()
+    }
+
+    /// Watches a (non-blocking) socket under `sock`, its table token.
+    pub(crate) fn register(&self, sock: u64, fd: RawFd) -> io::Result<()> {
+        // In the table before epoll_ctl, so that no event finds it missing.
+        if self.socks.lock().insert(sock, Arc::default()).is_some() {
+            tracing::warn!(
+                sock,
+                "epoll: socket registered twice; its old state is dropped"
+            );
+        }
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: sock,
+        };
+        // SAFETY: `ev` is a live local that epoll_ctl only reads.
+        let r = unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            self.socks.lock().remove(&sock);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Stops watching a socket that is about to be closed.
+    pub(crate) fn deregister(&self, sock: u64, fd: RawFd) {
+        // SAFETY: EPOLL_CTL_DEL ignores the event pointer, which may be null (Linux 2.6.9+).
+        let r = unsafe {
+            libc::epoll_ctl(
+                self.epfd.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            let e = errno();
+            if e != libc::ENOENT {
+                tracing::warn!(
+                    sock,
+                    fd,
+                    "epoll: EPOLL_CTL_DEL failed: {}",
+                    io::Error::from_raw_os_error(e)
+                );
+            }
+        }
+        let Some(s) = self.socks.lock().remove(&sock) else {
+            return;
+        };
+        // The port completes every operation before closing, so nothing should be left; if
+        // something is, complete it rather than lose it.
+        let mut guard = s.sides.lock();
+        let sides = &mut *guard;
+        for side in [&mut sides.read, &mut sides.write] {
+            let keep = usize::from(side.busy);
+            if side.ops.len() > keep {
+                tracing::warn!(sock, "epoll: socket deregistered with operations pending");
+            }
+            if side.busy {
+                // The attempting thread completes it, with -ECANCELED if it would block.
+                side.ops[0].cancelled = true;
+            }
+            let mut done = self.done.lock();
+            for p in side.ops.drain(keep..) {
+                done.push(Raw {
+                    token: p.token,
+                    res: -libc::ECANCELED,
+                });
+            }
+        }
+    }
+
+    /// Starts an operation: records it; `flush` makes the first attempt. No system call here.
+    pub(crate) fn push(&self, token: u64, sock: u64, op: OpDesc) {
+        let Some(s) = self.sock(sock) else {
+            tracing::warn!(
+                sock,
+                token,
+                "epoll: operation started on an unregistered socket"
+            );
+            self.done.lock().push(Raw {
+                token,
+                res: -libc::EBADF,
+            });
+            return;
+        };
+        let dir = dir_of(&op.desc);
+        s.sides.lock().get(dir).ops.push_back(Pending {
+            token,
+            op,
+            connecting: false,
+            cancelled: false,
+        });
+        self.todo.lock().push((s, dir));
+    }
+
+    /// Makes a pending operation complete promptly with `-ECANCELED`. No system call here.
+    pub(crate) fn cancel(&self, token: u64, sock: u64) {
+        let Some(s) = self.sock(sock) else {
+            return;
+        };
+        let mut sides = s.sides.lock();
+        for dir in [Dir::Read, Dir::Write] {
+            let side = sides.get(dir);
+            let Some(i) = side.ops.iter().position(|p| p.token == token) else {
+                continue;
+            };
+            if i == 0 && side.busy {
+                // The attempting thread completes it.
+                side.ops[0].cancelled = true;
+                return;
+            }
+            side.ops.remove(i);
+            self.done.lock().push(Raw {
+                token,
+                res: -libc::ECANCELED,
+            });
+            if i == 0 {
+                // A new front operation: give it its own first attempt.
+                side.blocked_at = None;
+                if !side.ops.is_empty() {
+                    self.todo.lock().push((s.clone(), dir));
+                }
+            }
+            return;
+        }
+    }
+
+    /// Makes the attempts that `push` and `cancel` scheduled and delivers what is done.
+    pub(crate) fn flush(&self, out: &mut Vec<Raw>) {
+        let todo = mem::take(&mut *self.todo.lock());
+        for (s, dir) in todo {
+            self.drive(&s, dir, out);
+        }
+        out.append(&mut self.done.lock());
+    }
+
+    /// Attempts the operations of one side, front first, until one would block.
+    fn drive(&self, s: &Sock, dir: Dir, out: &mut Vec<Raw>) {
+        let mut sides = s.sides.lock();
+        loop {
+            let side = sides.get(dir);
+            if side.busy || side.blocked_at == Some(side.seq) {
+                // Another thread is at it (and will see new readiness and new operations),
+                // or nothing changed since the front operation would have blocked.
+                return;
+            }
+            let Some(front) = side.ops.front() else {
+                return;
+            };
+            let (token, op, connecting) = (front.token, front.op, front.connecting);
+            let seq = side.seq;
+            side.busy = true;
+            drop(sides);
+
+            let result = attempt(op, connecting);
+
+            sides = s.sides.lock();
+            let side = sides.get(dir);
+            side.busy = false;
+            let Some(front) = side.ops.front_mut().filter(|p| p.token == token) else {
+                // Cannot happen: a busy front operation is only ever marked, never removed.
+                tracing::error!(token, "epoll: operation vanished during its attempt");
+                continue;
+            };
+            match result {
+                Attempt::Done(res) => {
+                    side.ops.pop_front();
+                    side.blocked_at = None;
+                    out.push(Raw { token, res });
+                }
+                Attempt::WouldBlock | Attempt::Started => {
+                    if result == Attempt::Started {
+                        front.connecting = true;
+                    }
+                    if front.cancelled {
+                        side.ops.pop_front();
+                        side.blocked_at = None;
+                        out.push(Raw {
+                            token,
+                            res: -libc::ECANCELED,
+                        });
+                    } else if side.seq == seq {
+                        side.blocked_at = Some(seq);
+                        return;
+                    }
+                    // Else readiness arrived during the attempt: try again.
+                }
+            }
+        }
+    }
+
+    /// Waits for readiness until `deadline` or `wake`, and attempts what became ready
+    /// (poller only).
+    pub(crate) fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) {
+        let mut guard = self.poll.lock();
+        let buf = &mut *guard;
+        // Something already waits for delivery: do not block.
+        let ready_now = !self.done.lock().is_empty() || !self.todo.lock().is_empty();
+        let timeout = if ready_now {
+            0
+        } else {
+            super::timeout_ms(deadline)
+        };
+        buf.events.clear();
+        // SAFETY: the buffer has room for `capacity` events, and epoll_wait writes at most
+        // that many.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epfd.as_raw_fd(),
+                buf.events.as_mut_ptr(),
+                buf.events.capacity().min(i32::MAX as usize) as i32,
+                timeout,
+            )
+        };
+        if n < 0 {
+            let e = errno();
+            if e != libc::EINTR {
+                tracing::error!("epoll_wait failed: {}", io::Error::from_raw_os_error(e));
+                // Do not spin on a persistent error.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        } else {
+            // SAFETY: the kernel initialised the first `n` (<= capacity) events.
+            unsafe { buf.events.set_len(n as usize) };
+        }
+
+        let mut woken = false;
+        {
+            let socks = self.socks.lock();
+            for ev in &buf.events {
+                let (data, flags) = (ev.u64, ev.events);
+                if data == WAKE {
+                    woken = true;
+                } else if let Some(s) = socks.get(&data) {
+                    buf.ready.push((s.clone(), flags));
+                }
+                // Else the socket was deregistered meanwhile.
+            }
+        }
+        if woken {
+            self.reset_wake();
+        }
+        for (s, flags) in buf.ready.drain(..) {
+            let (read, write) = (flags & READ_EVENTS != 0, flags & WRITE_EVENTS != 0);
+            {
+                let mut sides = s.sides.lock();
+                if read {
+                    sides.read.seq = sides.read.seq.wrapping_add(1);
+                }
+                if write {
+                    sides.write.seq = sides.write.seq.wrapping_add(1);
+                }
+            }
+            if read {
+                self.drive(&s, Dir::Read, out);
+            }
+            if write {
+                self.drive(&s, Dir::Write, out);
+            }
+        }
+        drop(guard);
+        self.flush(out);
+    }
+
+    /// Makes the poller's `wait` return promptly (or its next one at once).
+    pub(crate) fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of a live local.
+        let r = unsafe {
+            libc::write(
+                self.wake_fd.as_raw_fd(),
+                (&one as *const u64).cast(),
+                mem::size_of::<u64>(),
+            )
+        };
+        // EAGAIN: the counter is saturated, so a wake-up is already pending.
+        if r < 0 && errno() != libc::EAGAIN {
+            tracing::error!(
+                "epoll: eventfd write failed: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+
+    fn reset_wake(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live local of 8 bytes.
+        let r = unsafe {
+            libc::read(
+                self.wake_fd.as_raw_fd(),
+                (&mut count as *mut u64).cast(),
+                mem::size_of::<u64>(),
+            )
+        };
+        // EAGAIN: another wait already reset it.
+        if r < 0 && errno() != libc::EAGAIN {
+            tracing::error!("epoll: eventfd read failed: {}", io::Error::last_os_error());
+        }
+    }
+}
+
+/// One non-blocking attempt of an operation (retried on EINTR).
+///
+/// The pointers in `op` target memory owned by the operation, which the port frees only after
+/// this backend has reported the token complete; an operation is attempted only while its
+/// token is still pending here, so that memory is alive for the whole call.
+fn attempt(op: OpDesc, connecting: bool) -> Attempt {
+    let fd = op.fd;
+    loop {
+        let res: isize = match op.desc {
+            Desc::Accept { addr, len } => {
+                // SAFETY: the token is pending, so `addr` (a sockaddr_storage) and `len` (its
+                // size) are the operation's live address buffer.
+                let fd = unsafe {
+                    libc::accept4(
+                        fd,
+                        addr.cast(),
+                        len,
+                        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    )
+                };
+                fd as isize
+            }
+            Desc::Recv { ptr, len } => {
+                // SAFETY: the token is pending, so `ptr` is the operation's live buffer,
+                // writable for `len` bytes.
+                unsafe { libc::recv(fd, ptr.cast(), clamp(len), 0) }
+            }
+            Desc::RecvMsg { msg } => {
+                // SAFETY: the token is pending, so `msg` and the iovecs and address buffer it
+                // names are the operation's live memory.
+                unsafe { libc::recvmsg(fd, msg, 0) }
+            }
+            Desc::Send { ptr, len } => {
+                // SAFETY: the token is pending, so `ptr` is the operation's live buffer,
+                // readable for `len` bytes.
+                unsafe { libc::send(fd, ptr.cast(), clamp(len), libc::MSG_NOSIGNAL) }
+            }
+            Desc::SendMsg { msg } => {
+                // SAFETY: the token is pending, so `msg` and the iovecs and address it names
+                // are the operation's live memory.
+                unsafe { libc::sendmsg(fd, msg, libc::MSG_NOSIGNAL) }
+            }
+            Desc::Connect { addr, len } => {
+                return if connecting {
+                    connect_result(fd)
+                } else {
+                    start_connect(fd, addr, len)
+                };
+            }
+        };
+        if res >= 0 {
+            return Attempt::Done(res.min(i32::MAX as isize) as i32);
+        }
+        match errno() {
+            libc::EINTR => continue,
+            e if e == libc::EAGAIN || e == libc::EWOULDBLOCK => return Attempt::WouldBlock,
+            e => return Attempt::Done(-e),
+        }
+    }
+}
+
+fn start_connect(fd: RawFd, addr: *const libc::sockaddr, len: libc::socklen_t) -> Attempt {
+    // SAFETY: the token is pending, so `addr` targets `len` live bytes of the operation's
+    // address (see `attempt`).
+    if unsafe { libc::connect(fd, addr, len) } == 0 {
+        return Attempt::Done(0);
+    }
+    match errno() {
+        // An interrupted connect goes on in the background, as EINPROGRESS does.
+        libc::EINPROGRESS | libc::EINTR => Attempt::Started,
+        e => Attempt::Done(-e),
+    }
+}
+
+/// The outcome of a connect in progress, once the socket reported writable.
+fn connect_result(fd: RawFd) -> Attempt {
+    let mut err: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are live locals, `len` holding the size of `err`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Attempt::Done(-errno());
+    }
+    if err != 0 {
+        return Attempt::Done(-err);
+    }
+    // SO_ERROR is 0 also while the connect is still in progress (an unconnected socket is
+    // reported writable): only a connected socket has a peer.
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut peer: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut peer_len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `peer` and `peer_len` are live locals, `peer_len` holding the size of `peer`.
+    let r = unsafe {
+        libc::getpeername(
+            fd,
+            (&mut peer as *mut libc::sockaddr_storage).cast(),
+            &mut peer_len,
+        )
+    };
+    if r == 0 {
+        return Attempt::Done(0);
+    }
+    match errno() {
+        libc::ENOTCONN => Attempt::WouldBlock,
+        e => Attempt::Done(-e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    /// A connected loopback pair: the accepted side non-blocking (for the backend) and the
+    /// client side blocking (for the test to write with).
+    fn pair() -> (OwnedFd, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (OwnedFd::from(server), client)
+    }
+
+    /// Waits (up to 5 s) until `token` completes; returns its result and everything seen.
+    fn wait_for(ep: &Epoll, token: u64, out: &mut Vec<Raw>) -> i32 {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(r) = out.iter().find(|r| r.token == token) {
+                return r.res;
+            }
+            assert!(Instant::now() < end, "token {token} did not complete");
+            ep.wait(Some(Instant::now() + Duration::from_millis(100)), out);
+        }
+    }
+
+    fn recv_op(fd: &OwnedFd, buf: &mut [u8]) -> OpDesc {
+        OpDesc {
+            fd: fd.as_raw_fd(),
+            desc: Desc::Recv {
+                ptr: buf.as_mut_ptr(),
+                len: buf.len(),
+            },
+        }
+    }
+
+    #[test]
+    fn recv_waits_for_data() {
+        let ep = Epoll::new().unwrap();
+        let (server, mut client) = pair();
+        ep.register(1, server.as_raw_fd()).unwrap();
+        let mut buf = vec![0u8; 64];
+        ep.push(10, 1, recv_op(&server, &mut buf));
+        let mut out = Vec::new();
+        ep.flush(&mut out);
+        assert!(out.is_empty(), "nothing to read yet: {out:?}");
+        ep.wait(Some(Instant::now() + Duration::from_millis(20)), &mut out);
+        assert!(out.is_empty(), "still nothing to read: {out:?}");
+
+        client.write_all(b"hello").unwrap();
+        assert_eq!(wait_for(&ep, 10, &mut out), 5);
+        assert_eq!(out.len(), 1);
+        assert_eq!(&buf[..5], b"hello");
+        ep.deregister(1, server.as_raw_fd());
+    }
+
+    #[test]
+    fn cancelled_recv_completes_once() {
+        let ep = Epoll::new().unwrap();
+        let (server, mut client) = pair();
+        ep.register(1, server.as_raw_fd()).unwrap();
+        let mut buf = vec![0u8; 64];
+        ep.push(10, 1, recv_op(&server, &mut buf));
+        let mut out = Vec::new();
+        ep.flush(&mut out);
+        assert!(out.is_empty());
+
+        ep.cancel(10, 1);
+        ep.flush(&mut out);
+        assert_eq!(
+            out,
+            vec![Raw {
+                token: 10,
+                res: -libc::ECANCELED
+            }]
+        );
+        // Unknown now: a second cancel does nothing.
+        ep.cancel(10, 1);
+        client.write_all(b"late").unwrap();
+        ep.wait(Some(Instant::now() + Duration::from_millis(50)), &mut out);
+        ep.flush(&mut out);
+        assert_eq!(out.len(), 1, "completed more than once: {out:?}");
+        ep.deregister(1, server.as_raw_fd());
+    }
+
+    #[test]
+    fn wake_interrupts_wait() {
+        let ep = Epoll::new().unwrap();
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                ep.wake();
+            });
+            let mut out = Vec::new();
+            ep.wait(None, &mut out);
+            assert!(out.is_empty());
+        });
+        assert!(start.elapsed() < Duration::from_secs(5));
+        // The wake-up was consumed: the next wait times out.
+        let mut out = Vec::new();
+        let t = Instant::now();
+        ep.wait(Some(t + Duration::from_millis(30)), &mut out);
+        assert!(t.elapsed() >= Duration::from_millis(25));
+    }
+
+    #[test]
+    fn accept_and_connect() {
+        let ep = Epoll::new().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = OwnedFd::from(listener);
+        ep.register(1, listener.as_raw_fd()).unwrap();
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let mut storage_len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let accept = OpDesc {
+            fd: listener.as_raw_fd(),
+            desc: Desc::Accept {
+                addr: &mut storage,
+                len: &mut storage_len,
+            },
+        };
+        ep.push(10, 1, accept);
+        let mut out = Vec::new();
+        ep.flush(&mut out);
+        assert!(out.is_empty(), "no connection yet: {out:?}");
+
+        let client =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let client = OwnedFd::from(client);
+        ep.register(2, client.as_raw_fd()).unwrap();
+        let target = socket2::SockAddr::from(addr);
+        let connect = OpDesc {
+            fd: client.as_raw_fd(),
+            desc: Desc::Connect {
+                addr: target.as_ptr().cast(),
+                len: target.len(),
+            },
+        };
+        ep.push(20, 2, connect);
+        ep.flush(&mut out);
+        assert_eq!(wait_for(&ep, 20, &mut out), 0);
+        let fd = wait_for(&ep, 10, &mut out);
+        assert!(fd >= 0, "accept failed: {fd}");
+        // SAFETY: the accept returned a new descriptor that nothing else owns.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        assert_eq!(storage.ss_family, libc::AF_INET as libc::sa_family_t);
+        ep.deregister(2, client.as_raw_fd());
+        ep.deregister(1, listener.as_raw_fd());
+    }
+
+    #[test]
+    fn connect_refused() {
+        let ep = Epoll::new().unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        // The listener is closed: nothing listens on `addr` any more.
+        let client =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let client = OwnedFd::from(client);
+        ep.register(2, client.as_raw_fd()).unwrap();
+        let target = socket2::SockAddr::from(addr);
+        let connect = OpDesc {
+            fd: client.as_raw_fd(),
+            desc: Desc::Connect {
+                addr: target.as_ptr().cast(),
+                len: target.len(),
+            },
+        };
+        ep.push(20, 2, connect);
+        let mut out = Vec::new();
+        ep.flush(&mut out);
+        assert_eq!(wait_for(&ep, 20, &mut out), -libc::ECONNREFUSED);
+        ep.deregister(2, client.as_raw_fd());
+    }
+}

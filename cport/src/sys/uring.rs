@@ -1,0 +1,253 @@
+//! The io_uring backend: one ring shared by every thread of the port.
+//!
+//! * Submission: any thread pushes SQEs under a short lock (`sq`); an SQE that does not fit
+//!   waits in a backlog, so a push never fails and never blocks. `flush` hands pushed SQEs to
+//!   the kernel with `io_uring_enter`, without any lock (the kernel serialises submitters, and
+//!   a racy `to_submit` count is harmless: it consumes at most what is in the ring).
+//! * Completion: only the poller reads the CQ (`cq` lock), waiting with
+//!   `IORING_ENTER_EXT_ARG` for a timeout. A NOP with a reserved token interrupts it.
+//! * Overflow: the ring is set up with a CQ four times the SQ, and `IORING_FEAT_NODROP` is
+//!   required, so a full CQ makes the kernel keep completions on its overflow list instead of
+//!   dropping them; the poller flushes that list (`GETEVENTS`) whenever the ring reports
+//!   `IORING_SQ_CQ_OVERFLOW`.
+//! * Features are probed (`IORING_REGISTER_PROBE`), not assumed; ring setup errors (`EPERM`
+//!   from seccomp or `kernel.io_uring_disabled`, `ENOMEM` from the memlock limit, `ENOSYS`)
+//!   come back as errors that say what failed, and `Backend::Auto` falls back to epoll.
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::Instant;
+
+use io_uring::types::{Fd, SubmitArgs, Timespec};
+use io_uring::{opcode, squeue, IoUring, Probe};
+use parking_lot::Mutex;
+
+use super::{Desc, OpDesc, Raw};
+use crate::slab::RESERVED_TOKENS;
+
+/// Token of the NOPs that interrupt the poller.
+const WAKE: u64 = RESERVED_TOKENS;
+/// Token of cancel requests (their own completions carry nothing the port needs).
+const CANCEL: u64 = RESERVED_TOKENS + 1;
+
+pub(crate) struct Uring {
+    ring: IoUring,
+    /// The submission-side lock; holds SQEs that did not fit in the ring.
+    sq: Mutex<VecDeque<squeue::Entry>>,
+    /// The completion-side lock (only the poller takes it).
+    cq: Mutex<()>,
+}
+
+fn setup_error(what: &str, e: io::Error) -> io::Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::EPERM) => {
+            " (blocked by a seccomp filter, as container runtimes do, or by sysctl kernel.io_uring_disabled)"
+        }
+        Some(libc::ENOMEM) => " (locked-memory limit too low for the ring: raise ulimit -l)",
+        Some(libc::ENOSYS) => " (kernel without io_uring)",
+        _ => "",
+    };
+    io::Error::new(e.kind(), format!("io_uring {what}: {e}{hint}"))
+}
+
+fn unsupported(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("io_uring on this kernel lacks {what}"),
+    )
+}
+
+impl Uring {
+    pub(crate) fn new(entries: u32) -> io::Result<Uring> {
+        let ring = IoUring::builder()
+            .setup_cqsize(entries.saturating_mul(4))
+            .setup_clamp()
+            .build(entries)
+            .map_err(|e| setup_error("setup", e))?;
+        let params = ring.params();
+        if !params.is_feature_nodrop() {
+            return Err(unsupported("IORING_FEAT_NODROP (Linux 5.5)"));
+        }
+        if !params.is_feature_ext_arg() {
+            return Err(unsupported("IORING_FEAT_EXT_ARG (Linux 5.11)"));
+        }
+        let mut probe = Probe::new();
+        ring.submitter()
+            .register_probe(&mut probe)
+            .map_err(|e| setup_error("probe", e))?;
+        let needed = [
+            (opcode::Nop::CODE, "NOP"),
+            (opcode::Accept::CODE, "ACCEPT (5.5)"),
+            (opcode::Connect::CODE, "CONNECT (5.5)"),
+            (opcode::Recv::CODE, "RECV (5.6)"),
+            (opcode::Send::CODE, "SEND (5.6)"),
+            (opcode::SendMsg::CODE, "SENDMSG (5.3)"),
+            (opcode::RecvMsg::CODE, "RECVMSG (5.3)"),
+            (opcode::AsyncCancel::CODE, "ASYNC_CANCEL (5.5)"),
+        ];
+        for (code, name) in needed {
+            if !probe.is_supported(code) {
+                return Err(unsupported(&format!("the {name} operation")));
+            }
+        }
+        Ok(Uring {
+            ring,
+            sq: Mutex::new(VecDeque::new()),
+            cq: Mutex::new(()),
+        })
+    }
+
+    fn entry(op: OpDesc) -> squeue::Entry {
+        let fd = Fd(op.fd);
+        match op.desc {
+            Desc::Accept { addr, len } => opcode::Accept::new(fd, addr.cast(), len)
+                .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                .build(),
+            Desc::Connect { addr, len } => opcode::Connect::new(fd, addr, len).build(),
+            Desc::Recv { ptr, len } => opcode::Recv::new(fd, ptr, clamp(len)).build(),
+            Desc::Send { ptr, len } => opcode::Send::new(fd, ptr, clamp(len))
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+            Desc::SendMsg { msg } => opcode::SendMsg::new(fd, msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build(),
+            Desc::RecvMsg { msg } => opcode::RecvMsg::new(fd, msg).build(),
+        }
+    }
+
+    pub(crate) fn push(&self, token: u64, op: OpDesc) {
+        self.push_entry(Self::entry(op).user_data(token));
+    }
+
+    pub(crate) fn cancel(&self, token: u64) {
+        self.push_entry(opcode::AsyncCancel::new(token).build().user_data(CANCEL));
+    }
+
+    fn push_entry(&self, entry: squeue::Entry) {
+        let mut backlog = self.sq.lock();
+        if backlog.is_empty() {
+            // SAFETY: the `sq` lock is held, so this is the only SubmissionQueue in existence.
+            let mut sq = unsafe { self.ring.submission_shared() };
+            // SAFETY: the entry's pointers target memory owned by the operation, which the
+            // port frees only after this token's completion has been reaped (see OpDesc).
+            if unsafe { sq.push(&entry) }.is_ok() {
+                return;
+            }
+        }
+        backlog.push_back(entry);
+    }
+
+    /// Moves backlogged SQEs into the ring as space allows. Returns true if some remain.
+    fn drain_backlog(&self) -> bool {
+        let mut backlog = self.sq.lock();
+        if backlog.is_empty() {
+            return false;
+        }
+        // SAFETY: the `sq` lock is held, so this is the only SubmissionQueue in existence.
+        let mut sq = unsafe { self.ring.submission_shared() };
+        while let Some(e) = backlog.front() {
+            // SAFETY: as in push_entry: the entry's memory outlives its completion.
+            if unsafe { sq.push(e) }.is_err() {
+                break;
+            }
+            backlog.pop_front();
+        }
+        !backlog.is_empty()
+    }
+
+    /// Hands every pushed SQE to the kernel.
+    pub(crate) fn flush(&self) {
+        loop {
+            let more = self.drain_backlog();
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // The CQ overflow list is full: the poller reaps, then resubmits.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => return,
+                Err(e) => {
+                    tracing::error!("io_uring submit failed: {e}");
+                    return;
+                }
+            }
+            if !more {
+                return;
+            }
+        }
+    }
+
+    /// Reaps every CQE in the ring into `out`; returns how many were reaped (wake-ups and
+    /// cancel acknowledgements included).
+    fn reap(&self, out: &mut Vec<Raw>) -> usize {
+        let mut n = 0;
+        loop {
+            {
+                // SAFETY: the caller holds the `cq` lock: this is the only CompletionQueue.
+                let cq = unsafe { self.ring.completion_shared() };
+                for cqe in cq {
+                    n += 1;
+                    let token = cqe.user_data();
+                    if token < RESERVED_TOKENS {
+                        out.push(Raw {
+                            token,
+                            res: cqe.result(),
+                        });
+                    }
+                }
+            }
+            let overflow = {
+                let _g = self.sq.lock();
+                // SAFETY: the `sq` lock is held: this is the only SubmissionQueue.
+                unsafe { self.ring.submission_shared() }.cq_overflow()
+            };
+            if !overflow {
+                return n;
+            }
+            // Completions wait on the kernel's overflow list: an enter with GETEVENTS (which
+            // `submit` adds when the flag is up) moves them into the ring.
+            let _ = self.ring.submit();
+        }
+    }
+
+    /// Waits for completions until `deadline` or a wake-up (poller only).
+    pub(crate) fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) {
+        let _g = self.cq.lock();
+        if self.reap(out) > 0 {
+            return;
+        }
+        self.drain_backlog();
+        let res = match deadline {
+            None => self.ring.submit_and_wait(1),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    self.ring.submit()
+                } else {
+                    let ts = Timespec::from(left);
+                    let args = SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(1, &args)
+                }
+            }
+        };
+        if let Err(e) = res {
+            match e.raw_os_error() {
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
+                _ => {
+                    tracing::error!("io_uring wait failed: {e}");
+                    // Do not spin on a persistent error.
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
+        self.reap(out);
+    }
+
+    /// Interrupts the poller's wait (or makes its next wait return at once).
+    pub(crate) fn wake(&self) {
+        self.push_entry(opcode::Nop::new().build().user_data(WAKE));
+        self.flush();
+    }
+}
+
+fn clamp(len: usize) -> u32 {
+    len.min(u32::MAX as usize) as u32
+}

@@ -1,0 +1,52 @@
+//! Shared by the contract tests: every test runs once per backend.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use cport::{Backend, Completion, Port};
+
+/// Expands each listed test function `fn name(backend: Backend)` into a `#[test]` per backend:
+/// `uring::name` and `epoll::name`.
+#[macro_export]
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $( #[test] fn $name() { super::$name(cport::Backend::Uring) } )*
+        }
+        mod epoll {
+            $( #[test] fn $name() { super::$name(cport::Backend::Epoll) } )*
+        }
+    };
+}
+
+pub fn port(backend: Backend, concurrency: usize) -> Port {
+    let p = Port::builder()
+        .backend(backend)
+        .ignore_env()
+        .concurrency(concurrency)
+        .build()
+        .expect("port");
+    assert_eq!(p.backend(), backend);
+    p
+}
+
+/// A connected TCP pair over loopback: (client, server side).
+pub fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    (c, s)
+}
+
+/// The next completion, failing the test after 10 s.
+pub fn next(port: &Port) -> Completion {
+    port.get(Some(Duration::from_secs(10)))
+        .expect("port closed")
+        .expect("no completion within 10 s")
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}

@@ -1,0 +1,391 @@
+//! The I/O half of the port contract: owned-buffer operations over loopback TCP and UDP,
+//! ordering, short sends, cancel and close, fd reuse, teardown. Every test runs on both
+//! backends.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{next, port, tcp_pair};
+use cport::{Backend, Bytes, Op, Pool, Port, SendBuf, Socket};
+use rand::{Rng, SeedableRng};
+
+per_backend!(
+    echo_200_connections_random_sizes_every_byte_back_in_order,
+    send_of_16_mib_completes_whole,
+    sends_from_8_threads_keep_each_threads_order,
+    vectored_send_sends_every_part_in_order,
+    receives_complete_in_start_order,
+    close_aborts_every_pending_op_once_and_returns_buffers,
+    cancel_aborts_pending_ops_and_socket_stays_usable,
+    accept_and_connect_complete_through_the_port,
+    udp_recv_from_and_send_to,
+    recv_into_full_buffer_is_refused,
+);
+
+/// An echo server on a worker pool: every receive is sent back as it came and a new receive
+/// is started at once, so several sends may be queued on one socket.
+fn echo_server(port: &Port) -> (SocketAddr, Pool, Arc<Socket>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let listener = Arc::new(port.associate(l, u64::MAX).unwrap());
+    for _ in 0..4 {
+        listener.accept(0);
+    }
+    let conns: Arc<Mutex<HashMap<u64, Socket>>> = Arc::default();
+    let next_key = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let l2 = listener.clone();
+    let pool = Pool::spawn(port, 2, move |port, c| match c.op {
+        Op::Accept(Some(a)) => {
+            let key = next_key.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let s = port.associate(a.fd, key).unwrap();
+            // Into the table before the first receive: its completion may reach another
+            // worker at once.
+            let mut conns = conns.lock().unwrap();
+            conns
+                .entry(key)
+                .or_insert(s)
+                .recv(Vec::with_capacity(16 * 1024), 0);
+            l2.accept(0);
+        }
+        Op::Accept(None) => {}
+        Op::Recv(buf) => {
+            let mut conns = conns.lock().unwrap();
+            match c.result {
+                Ok(n) if n > 0 => {
+                    let s = &conns[&c.key];
+                    s.send(buf, 0);
+                    s.recv(Vec::with_capacity(16 * 1024), 0);
+                }
+                // End of stream or error: close our side.
+                _ => drop(conns.remove(&c.key)),
+            }
+        }
+        Op::Send(_) => {
+            if let Err(e) = &c.result {
+                if !c.is_aborted() {
+                    eprintln!("echo send failed: {e}");
+                }
+            }
+        }
+        _ => {}
+    })
+    .unwrap();
+    (addr, pool, listener)
+}
+
+fn echo_200_connections_random_sizes_every_byte_back_in_order(b: Backend) {
+    let port = port(b, 2);
+    let (addr, pool, listener) = echo_server(&port);
+    let clients: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+                let mut conns: Vec<TcpStream> =
+                    (0..25).map(|_| TcpStream::connect(addr).unwrap()).collect();
+                for c in &conns {
+                    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                }
+                let mut bytes = 0usize;
+                for round in 0..6 {
+                    for (i, c) in conns.iter_mut().enumerate() {
+                        let n = rng.random_range(1..=40_000);
+                        let msg: Vec<u8> = (0..n).map(|j| (j * 31 + i * 7 + round) as u8).collect();
+                        c.write_all(&msg).unwrap();
+                        let mut back = vec![0u8; n];
+                        c.read_exact(&mut back).unwrap();
+                        assert!(back == msg, "conn {i} round {round}: bytes differ");
+                        bytes += n;
+                    }
+                }
+                bytes
+            })
+        })
+        .collect();
+    let total: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert!(total > 0);
+    drop(listener);
+    pool.shutdown();
+}
+
+fn send_of_16_mib_completes_whole(b: Backend) {
+    let port = port(b, 1);
+    let (mut client, server) = tcp_pair();
+    let sock = port.associate(server, 1).unwrap();
+    let data: Vec<u8> = (0..16 << 20).map(|i: usize| (i % 251) as u8).collect();
+    let expect = data.clone();
+    sock.send(data, 42);
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; 16 << 20];
+        client.read_exact(&mut got).unwrap();
+        got
+    });
+    let c = next(&port);
+    assert_eq!(c.user, 42);
+    assert_eq!(c.result.unwrap(), 16 << 20);
+    match c.op {
+        Op::Send(SendBuf::Vec(v)) => assert_eq!(v.len(), 16 << 20, "buffer handed back"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(reader.join().unwrap() == expect);
+}
+
+/// 8 threads start numbered sends on one socket; the peer sees each thread's messages
+/// whole, in order, none missing.
+fn sends_from_8_threads_keep_each_threads_order(b: Backend) {
+    const EACH: u32 = 2000;
+    let port = port(b, 2);
+    let (mut client, server) = tcp_pair();
+    let sock = Arc::new(port.associate(server, 1).unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut next_seq = [0u32; 8];
+        let mut rec = [0u8; 64];
+        for _ in 0..8 * EACH {
+            client.read_exact(&mut rec[..4]).unwrap();
+            let len = u32::from_le_bytes(rec[..4].try_into().unwrap()) as usize;
+            client.read_exact(&mut rec[4..len]).unwrap();
+            let t = rec[4] as usize;
+            let seq = u32::from_le_bytes(rec[5..9].try_into().unwrap());
+            assert_eq!(seq, next_seq[t], "thread {t} out of order");
+            assert!(rec[9..len].iter().all(|&x| x == t as u8), "message torn");
+            next_seq[t] += 1;
+        }
+        next_seq
+    });
+    let senders: Vec<_> = (0..8u8)
+        .map(|t| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                for seq in 0..EACH {
+                    let len = 9 + (seq as usize % 50);
+                    let mut m = vec![t; len];
+                    m[..4].copy_from_slice(&(len as u32).to_le_bytes());
+                    m[4] = t;
+                    m[5..9].copy_from_slice(&seq.to_le_bytes());
+                    sock.send(m, 0);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    let mut ok = 0;
+    while ok < 8 * EACH {
+        let c = next(&port);
+        assert!(matches!(c.op, Op::Send(_)));
+        c.result.unwrap();
+        ok += 1;
+    }
+    assert_eq!(reader.join().unwrap(), [EACH; 8]);
+}
+
+fn vectored_send_sends_every_part_in_order(b: Backend) {
+    let port = port(b, 1);
+    let (mut client, server) = tcp_pair();
+    let sock = port.associate(server, 1).unwrap();
+    let parts: Vec<Bytes> = (0..64u8)
+        .map(|i| Bytes::from(vec![i; 1 + i as usize * 997]))
+        .collect();
+    let expect: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+    sock.send(parts, 0);
+    let n = expect.len();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; n];
+        client.read_exact(&mut got).unwrap();
+        got
+    });
+    let c = next(&port);
+    assert_eq!(c.result.unwrap(), n);
+    assert!(matches!(c.op, Op::Send(SendBuf::Vectored(ref v)) if v.len() == 64));
+    assert!(reader.join().unwrap() == expect);
+}
+
+fn receives_complete_in_start_order(b: Backend) {
+    let port = port(b, 1);
+    let (mut client, server) = tcp_pair();
+    let sock = port.associate(server, 1).unwrap();
+    for i in 0..10 {
+        sock.recv(Vec::with_capacity(3), i);
+    }
+    client.write_all(b"aaabbbcccdddeeefffggghhhiiijjj").unwrap();
+    let mut all = Vec::new();
+    for i in 0..10 {
+        let c = next(&port);
+        assert_eq!(c.user, i, "receives completed out of start order");
+        let Op::Recv(buf) = c.op else { panic!() };
+        all.extend_from_slice(&buf);
+    }
+    assert_eq!(all, b"aaabbbcccdddeeefffggghhhiiijjj");
+}
+
+/// A socket with an in-flight receive, an in-flight send that cannot finish (the peer does
+/// not read), and one more of each queued behind them: closing it completes each exactly
+/// once, aborted, with its buffer.
+fn close_aborts_every_pending_op_once_and_returns_buffers(b: Backend) {
+    let port = port(b, 1);
+    let (client, server) = tcp_pair();
+    let sock = port.associate(server, 9).unwrap();
+    sock.recv(Vec::with_capacity(100), 1);
+    sock.recv(Vec::with_capacity(200), 2);
+    sock.send(vec![7u8; 64 << 20], 3); // more than the socket buffers hold
+    sock.send(vec![8u8; 10], 4);
+    std::thread::sleep(Duration::from_millis(50));
+    drop(sock);
+    let mut got = HashMap::new();
+    for _ in 0..4 {
+        let c = next(&port);
+        assert_eq!(c.key, 9);
+        assert!(
+            c.is_aborted(),
+            "op {} completed with {:?}",
+            c.user,
+            c.result
+        );
+        let len = match &c.op {
+            Op::Recv(buf) => buf.capacity(),
+            Op::Send(buf) => buf.len(),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert!(
+            got.insert(c.user, len).is_none(),
+            "op {} completed twice",
+            c.user
+        );
+    }
+    assert_eq!(
+        got,
+        HashMap::from([(1, 100), (2, 200), (3, 64 << 20), (4, 10)])
+    );
+    assert!(port
+        .get(Some(Duration::from_millis(100)))
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        port.stats().sockets,
+        0,
+        "descriptor closed after the last completion"
+    );
+    drop(client);
+}
+
+fn cancel_aborts_pending_ops_and_socket_stays_usable(b: Backend) {
+    let port = port(b, 1);
+    let (mut client, server) = tcp_pair();
+    let sock = port.associate(server, 2).unwrap();
+    sock.recv(Vec::with_capacity(10), 1);
+    sock.recv(Vec::with_capacity(10), 2);
+    std::thread::sleep(Duration::from_millis(20));
+    sock.cancel();
+    let mut users = vec![];
+    for _ in 0..2 {
+        let c = next(&port);
+        assert!(c.is_aborted());
+        users.push(c.user);
+    }
+    users.sort();
+    assert_eq!(users, [1, 2]);
+    sock.recv(Vec::with_capacity(10), 3);
+    client.write_all(b"after").unwrap();
+    let c = next(&port);
+    assert_eq!(c.user, 3);
+    assert!(matches!(c.op, Op::Recv(ref v) if v == b"after"));
+}
+
+fn accept_and_connect_complete_through_the_port(b: Backend) {
+    let port = port(b, 1);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let listener = port.associate(l, 1).unwrap();
+    listener.accept(10);
+    let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let conn = port.associate(raw, 2).unwrap();
+    conn.connect(addr, 20);
+    let mut accepted = None;
+    for _ in 0..2 {
+        let c = next(&port);
+        match c.op {
+            Op::Accept(a) => {
+                assert_eq!((c.key, c.user), (1, 10));
+                c.result.unwrap();
+                accepted = a;
+            }
+            Op::Connect => {
+                assert_eq!((c.key, c.user), (2, 20));
+                c.result.unwrap();
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let a = accepted.expect("accepted socket");
+    assert_eq!(a.peer, Some(conn.local_addr().unwrap()));
+    let mut server_side = a.into_tcp_stream();
+    conn.send(&b"through the port"[..], 0);
+    c_ok(next(&port));
+    let mut got = [0u8; 16];
+    server_side.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"through the port");
+    // A refused connect completes with the error.
+    let free = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let refused = port.associate(raw, 3).unwrap();
+    refused.connect(free, 30);
+    let c = next(&port);
+    assert_eq!(
+        c.result.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+}
+
+fn c_ok(c: cport::Completion) {
+    c.result.expect("completion failed");
+}
+
+fn udp_recv_from_and_send_to(b: Backend) {
+    let port = port(b, 1);
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (a_addr, b_addr) = (a.local_addr().unwrap(), b_sock.local_addr().unwrap());
+    let a = port.associate(a, 1).unwrap();
+    let bp = port.associate(b_sock, 2).unwrap();
+    bp.recv_from(Vec::with_capacity(1500), 7);
+    a.send_to(vec![1, 2, 3, 4, 5], b_addr, 8);
+    let mut seen = 0;
+    for _ in 0..2 {
+        let c = next(&port);
+        match c.op {
+            Op::SendTo(_) => {
+                assert_eq!(c.result.unwrap(), 5);
+                seen |= 1;
+            }
+            Op::RecvFrom(buf, from) => {
+                assert_eq!(c.result.unwrap(), 5);
+                assert_eq!(buf, [1, 2, 3, 4, 5]);
+                assert_eq!(from, Some(a_addr));
+                seen |= 2;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, 3);
+}
+
+fn recv_into_full_buffer_is_refused(b: Backend) {
+    let port = port(b, 1);
+    let (_client, server) = tcp_pair();
+    let sock = port.associate(server, 1).unwrap();
+    sock.recv(Vec::new(), 5);
+    let c = next(&port);
+    assert_eq!(c.user, 5);
+    assert_eq!(
+        c.result.unwrap_err().kind(),
+        std::io::ErrorKind::InvalidInput
+    );
+}

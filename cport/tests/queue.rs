@@ -1,0 +1,411 @@
+//! The queue half of the port contract: post/get, timeouts, shutdown, the concurrency value,
+//! LIFO wake, `blocking`, timers. Every test runs on both backends.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::{next, port};
+use cport::{Backend, Op};
+
+per_backend!(
+    posts_from_one_thread_come_out_in_order,
+    posts_from_8_threads_are_delivered_exactly_once,
+    get_times_out_with_nothing,
+    shutdown_wakes_every_waiter,
+    concurrency_1_bounds_threads_in_handlers,
+    concurrency_2_bounds_threads_in_handlers,
+    blocking_lends_the_slot_to_another_worker,
+    most_recently_parked_waiter_is_woken_first,
+    busy_handler_does_not_hold_back_io_completions,
+    get_many_takes_a_batch,
+    timers_fire_in_deadline_order_and_never_early,
+    cancelled_timer_never_fires,
+    thread_exiting_in_a_handler_gives_its_slot_back,
+);
+
+fn posts_from_one_thread_come_out_in_order(b: Backend) {
+    let port = port(b, 1);
+    for i in 0..10_000u64 {
+        port.post(7, i as usize, i).unwrap();
+    }
+    for i in 0..10_000u64 {
+        let c = next(&port);
+        assert!(matches!(c.op, Op::Post));
+        assert_eq!((c.key, c.user, c.result.unwrap()), (7, i, i as usize));
+    }
+    assert!(port.get(Some(Duration::ZERO)).unwrap().is_none());
+}
+
+fn posts_from_8_threads_are_delivered_exactly_once(b: Backend) {
+    const PRODUCERS: u64 = 8;
+    const EACH: u64 = 100_000;
+    let port = port(b, 2);
+    let seen: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..PRODUCERS * EACH).map(|_| AtomicUsize::new(0)).collect());
+    let taken = Arc::new(AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..2)
+        .map(|_| {
+            let (port, seen, taken) = (port.clone(), seen.clone(), taken.clone());
+            std::thread::spawn(move || {
+                while let Ok(c) = port.get(None) {
+                    let c = c.expect("no timeout was asked for");
+                    seen[c.user as usize].fetch_add(1, Ordering::Relaxed);
+                    assert_eq!(c.key, c.user / EACH);
+                    taken.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let port = port.clone();
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    port.post(p, 0, p * EACH + i).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in producers {
+        t.join().unwrap();
+    }
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while taken.load(Ordering::Relaxed) < (PRODUCERS * EACH) as usize && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    port.shutdown();
+    for t in consumers {
+        t.join().unwrap();
+    }
+    let lost = seen
+        .iter()
+        .filter(|n| n.load(Ordering::Relaxed) == 0)
+        .count();
+    let doubled = seen
+        .iter()
+        .filter(|n| n.load(Ordering::Relaxed) > 1)
+        .count();
+    assert_eq!((lost, doubled), (0, 0), "lost, doubled");
+}
+
+fn get_times_out_with_nothing(b: Backend) {
+    let port = port(b, 1);
+    let t0 = Instant::now();
+    assert!(port
+        .get(Some(Duration::from_millis(100)))
+        .unwrap()
+        .is_none());
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100),
+        "returned early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "returned far too late: {waited:?}"
+    );
+    let mut out = Vec::new();
+    assert_eq!(
+        port.get_many(&mut out, 8, Some(Duration::from_millis(10))),
+        Ok(0)
+    );
+}
+
+fn shutdown_wakes_every_waiter(b: Backend) {
+    let port = port(b, 2);
+    let waiters: Vec<_> = (0..6)
+        .map(|_| {
+            let port = port.clone();
+            std::thread::spawn(move || port.get(None).map(|c| c.is_some()))
+        })
+        .collect();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while port.stats().waiting < 6 && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(port.stats().waiting, 6);
+    port.shutdown();
+    for w in waiters {
+        assert_eq!(w.join().unwrap(), Err(cport::Closed));
+    }
+    assert_eq!(port.get(None).unwrap_err(), cport::Closed);
+    assert!(port.post(0, 0, 0).is_err());
+}
+
+/// 8 worker threads, `n` slots: the number of threads inside a handler never exceeds `n`,
+/// and does reach it.
+fn concurrency_bounds_threads_in_handlers(b: Backend, n: usize) {
+    let port = port(b, n);
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let handled = Arc::new(AtomicUsize::new(0));
+    const ITEMS: usize = 400;
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (port, inside, most, handled) =
+                (port.clone(), inside.clone(), most.clone(), handled.clone());
+            std::thread::spawn(move || {
+                while let Ok(c) = port.get(None) {
+                    assert!(c.is_some());
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_micros(500));
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    handled.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for i in 0..ITEMS {
+        port.post(0, 0, i as u64).unwrap();
+    }
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while handled.load(Ordering::SeqCst) < ITEMS && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    port.shutdown();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(handled.load(Ordering::SeqCst), ITEMS);
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        n,
+        "most threads seen inside handlers"
+    );
+}
+
+fn concurrency_1_bounds_threads_in_handlers(b: Backend) {
+    concurrency_bounds_threads_in_handlers(b, 1);
+}
+
+fn concurrency_2_bounds_threads_in_handlers(b: Backend) {
+    concurrency_bounds_threads_in_handlers(b, 2);
+}
+
+/// Concurrency 1, two workers: the first blocks (inside `blocking`) until the second has
+/// handled another completion — possible only if `blocking` lent it the slot.
+fn blocking_lends_the_slot_to_another_worker(b: Backend) {
+    let port = port(b, 1);
+    let (tx, rx) = mpsc::channel::<u64>();
+    let rx = Arc::new(parking_lot::Mutex::new(rx));
+    let inside = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (port, tx, rx, inside) = (port.clone(), tx.clone(), rx.clone(), inside.clone());
+            std::thread::spawn(move || {
+                let mut result = None;
+                while let Ok(Some(c)) = port.get(None) {
+                    match c.user {
+                        1 => {
+                            let got = port
+                                .blocking(|| rx.lock().recv_timeout(Duration::from_secs(10)).ok());
+                            result = Some(got == Some(2));
+                        }
+                        2 => {
+                            // Count threads inside handlers (outside `blocking`).
+                            assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
+                            tx.send(2).unwrap();
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        _ => return result,
+                    }
+                }
+                result
+            })
+        })
+        .collect();
+    port.post(0, 0, 1).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    port.post(0, 0, 2).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    port.post(0, 0, 3).unwrap();
+    port.post(0, 0, 3).unwrap();
+    let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert!(
+        results.contains(&Some(true)),
+        "the blocked worker never saw the other one run: {results:?}"
+    );
+}
+
+/// Three threads park one after another; posts wake them most-recent-first.
+fn most_recently_parked_waiter_is_woken_first(b: Backend) {
+    let port = port(b, 8);
+    let (tx, rx) = mpsc::channel();
+    let mut threads = Vec::new();
+    for name in ["first", "second", "third"] {
+        let (p, tx) = (port.clone(), tx.clone());
+        let before = port.stats().waiting;
+        threads.push(std::thread::spawn(move || {
+            let c = p.get(Some(Duration::from_secs(20))).unwrap();
+            tx.send((name, c.map(|c| c.user))).unwrap();
+        }));
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while port.stats().waiting == before && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Let it settle into its wait.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut order = Vec::new();
+    for i in 0..3 {
+        port.post(0, 0, i).unwrap();
+        let (name, user) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(user, Some(i));
+        order.push(name);
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(order, ["third", "second", "first"]);
+}
+
+/// Two workers; one is stuck in a handler until the other has handled an I/O completion
+/// that arrives while it is stuck.
+fn busy_handler_does_not_hold_back_io_completions(b: Backend) {
+    use std::io::Write;
+    let port = port(b, 2);
+    let (mut client, server) = common::tcp_pair();
+    let sock = port.associate(server, 5).unwrap();
+    sock.recv(Vec::with_capacity(64), 0);
+    let (stuck_tx, stuck_rx) = mpsc::channel::<()>();
+    let (io_tx, io_rx) = mpsc::channel::<()>();
+    let io_rx = Arc::new(parking_lot::Mutex::new(io_rx));
+    let barrier = Arc::new(Barrier::new(2));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (port, stuck_tx, io_tx, io_rx, barrier) = (
+                port.clone(),
+                stuck_tx.clone(),
+                io_tx.clone(),
+                io_rx.clone(),
+                barrier.clone(),
+            );
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut verdict = None;
+                while let Ok(Some(c)) = port.get(None) {
+                    match c.op {
+                        Op::Post if c.user == 1 => {
+                            stuck_tx.send(()).unwrap();
+                            // Stuck (not via `blocking`) until the I/O was handled elsewhere.
+                            let t0 = Instant::now();
+                            let handled = io_rx
+                                .lock()
+                                .recv_timeout(Duration::from_millis(2000))
+                                .is_ok();
+                            verdict = Some((handled, t0.elapsed()));
+                        }
+                        Op::Recv(buf) => {
+                            assert_eq!(buf, b"ping");
+                            io_tx.send(()).unwrap();
+                        }
+                        _ => return verdict,
+                    }
+                }
+                verdict
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    port.post(0, 0, 1).unwrap();
+    stuck_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    client.write_all(b"ping").unwrap();
+    let verdict = loop {
+        std::thread::sleep(Duration::from_millis(10));
+        if port.stats().active == 0 {
+            port.post(0, 0, 9).unwrap();
+            port.post(0, 0, 9).unwrap();
+            break workers
+                .into_iter()
+                .filter_map(|w| w.join().unwrap())
+                .next()
+                .unwrap();
+        }
+    };
+    assert!(
+        verdict.0,
+        "the I/O completion waited behind the busy handler ({:?})",
+        verdict.1
+    );
+    drop(sock);
+}
+
+fn get_many_takes_a_batch(b: Backend) {
+    let port = port(b, 1);
+    for i in 0..10 {
+        port.post(1, 0, i).unwrap();
+    }
+    let mut out = Vec::new();
+    assert_eq!(port.get_many(&mut out, 4, None), Ok(4));
+    assert_eq!(port.get_many(&mut out, 100, None), Ok(6));
+    let users: Vec<u64> = out.iter().map(|c| c.user).collect();
+    assert_eq!(users, (0..10).collect::<Vec<_>>());
+}
+
+fn timers_fire_in_deadline_order_and_never_early(b: Backend) {
+    let port = port(b, 1);
+    let t0 = Instant::now();
+    let delays = [50u64, 10, 30, 20, 40, 10];
+    for (i, d) in delays.iter().enumerate() {
+        port.post_after(Duration::from_millis(*d), 3, i as u64)
+            .unwrap();
+    }
+    let mut fired = Vec::new();
+    for _ in 0..delays.len() {
+        let c = next(&port);
+        assert!(matches!(c.op, Op::Timer(_)));
+        assert_eq!(c.key, 3);
+        let at = t0.elapsed();
+        let due = Duration::from_millis(delays[c.user as usize]);
+        assert!(
+            at >= due,
+            "timer {} fired at {at:?}, before {due:?}",
+            c.user
+        );
+        fired.push(c.user);
+    }
+    // Deadline order; equal deadlines in the order they were set.
+    assert_eq!(fired, [1, 5, 3, 2, 4, 0]);
+    assert_eq!(port.stats().timers, 0);
+}
+
+fn cancelled_timer_never_fires(b: Backend) {
+    let port = port(b, 1);
+    let doomed = port.post_after(Duration::from_millis(20), 0, 1).unwrap();
+    let kept = port.post_after(Duration::from_millis(60), 0, 2).unwrap();
+    assert!(port.cancel_timer(doomed));
+    assert!(
+        !port.cancel_timer(doomed),
+        "second cancel of the same timer"
+    );
+    let c = next(&port);
+    assert_eq!(c.user, 2);
+    assert!(matches!(c.op, Op::Timer(id) if id == kept));
+    assert!(!port.cancel_timer(kept), "cancel after it fired");
+    assert!(port
+        .get(Some(Duration::from_millis(100)))
+        .unwrap()
+        .is_none());
+}
+
+/// A thread that dies holding a slot (concurrency 1) must not starve the port.
+fn thread_exiting_in_a_handler_gives_its_slot_back(b: Backend) {
+    let port = port(b, 1);
+    port.post(0, 0, 1).unwrap();
+    let p = port.clone();
+    std::thread::spawn(move || {
+        let c = p.get(None).unwrap().unwrap();
+        assert_eq!(c.user, 1);
+        // Exits without calling get again.
+    })
+    .join()
+    .unwrap();
+    port.post(0, 0, 2).unwrap();
+    let p = port.clone();
+    let other = std::thread::spawn(move || p.get(Some(Duration::from_secs(5))).unwrap());
+    assert_eq!(other.join().unwrap().map(|c| c.user), Some(2));
+}
