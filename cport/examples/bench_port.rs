@@ -1,0 +1,431 @@
+//! post → get hand-off throughput: one producer thread, C consumer threads, against
+//! `crossbeam-channel` and `std::sync::mpsc` with the same structure and the same payload.
+//!
+//! ```text
+//! cargo run --release -p cport --example bench_port -- \
+//!     [--rounds 7] [--items 1000000] [--backend uring|epoll|both] [--batch] [--json FILE]
+//! ```
+//!
+//! * One producer posts `items` user completions (`Port::post(key, bytes, user)`); C consumer
+//!   threads (C = 1 and C = 2) take them (`Port::get(None)`, or `get_many(out, 64, None)` for
+//!   the `--batch` rows) and count them with one shared atomic. The consumer that takes the
+//!   last item stamps the end time and stops the others (port shutdown); the producer stamps
+//!   the start time once every thread is at the start line.
+//! * The channel contenders move the very same value, a `cport::Completion` built exactly as
+//!   `Port::post` builds it (`{ key, user, result: Ok(bytes), op: Op::Post }`), through an
+//!   unbounded channel; the producer drops its sender at the end so the consumers stop on
+//!   disconnect. `std::sync::mpsc` has a single receiver: with 2 consumers it is shared
+//!   behind a `Mutex` (the consumer holding the lock blocks in `recv`).
+//! * A port has concurrency = number of consumers; a fresh port (and fresh threads) per run.
+//! * Rounds alternate the contenders (A B C … A B C …); the table gives the median over
+//!   rounds, the min–max and the ratio of medians to crossbeam with the same consumer count.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Barrier, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use cport::{Backend, Completion, Op, Port};
+
+#[derive(Parser, Debug)]
+#[command(about = "post→get hand-off throughput of cport against crossbeam and std mpsc")]
+struct Args {
+    /// Measured rounds (each runs every contender once, in turn).
+    #[arg(long, default_value_t = 7)]
+    rounds: usize,
+    /// Items handed off per run.
+    #[arg(long, default_value_t = 1_000_000)]
+    items: usize,
+    /// Which port backend(s): uring, epoll or both.
+    #[arg(long, default_value = "both")]
+    backend: String,
+    /// Also measure cport consumers that take batches with `get_many(out, 64, None)`.
+    #[arg(long)]
+    batch: bool,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<String>,
+}
+
+/// Batch size of the `get_many` rows.
+const BATCH: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Port { backend: Backend, batch: bool },
+    Crossbeam,
+    Mpsc,
+}
+
+impl Kind {
+    fn name(self) -> String {
+        match self {
+            Kind::Port { backend, batch } => {
+                format!(
+                    "cport-{}{}",
+                    backend.name(),
+                    if batch { " get_many" } else { "" }
+                )
+            }
+            Kind::Crossbeam => "crossbeam".into(),
+            Kind::Mpsc => "std mpsc".into(),
+        }
+    }
+}
+
+/// What every run shares: the start line, the count, the start and end stamps.
+struct Run {
+    items: usize,
+    start_line: Barrier,
+    taken: AtomicUsize,
+    start: OnceLock<Instant>,
+    end: OnceLock<Instant>,
+}
+
+impl Run {
+    fn new(items: usize, consumers: usize) -> Arc<Run> {
+        Arc::new(Run {
+            items,
+            start_line: Barrier::new(consumers + 1),
+            taken: AtomicUsize::new(0),
+            start: OnceLock::new(),
+            end: OnceLock::new(),
+        })
+    }
+
+    /// Counts `n` taken items; true for the consumer that took the last one.
+    fn took(&self, n: usize) -> bool {
+        let now = self.taken.fetch_add(n, Ordering::AcqRel) + n;
+        if now >= self.items {
+            let _ = self.end.set(Instant::now());
+            return true;
+        }
+        false
+    }
+
+    fn elapsed(&self) -> Duration {
+        let (s, e) = (self.start.get().unwrap(), self.end.get().unwrap());
+        e.saturating_duration_since(*s)
+    }
+}
+
+/// The item every contender moves (the same value `Port::post` queues).
+fn item(i: usize) -> Completion {
+    Completion {
+        key: 1,
+        user: i as u64,
+        result: Ok(i),
+        op: Op::Post,
+    }
+}
+
+/// What a consumer does with an item: read it, so nothing is optimised away.
+fn consume(c: &Completion) -> u64 {
+    black_box(c);
+    c.user
+}
+
+/// One run; returns items per second.
+fn run_once(kind: Kind, consumers: usize, items: usize) -> f64 {
+    let run = Run::new(items, consumers);
+    let sums: Vec<u64> = match kind {
+        Kind::Port { backend, batch } => run_port(&run, backend, batch, consumers),
+        Kind::Crossbeam => run_crossbeam(&run, consumers),
+        Kind::Mpsc => run_mpsc(&run, consumers),
+    };
+    let total: u64 = sums.iter().sum();
+    let expect = (items as u64) * (items as u64 - 1) / 2;
+    assert_eq!(total, expect, "{}: lost or duplicated items", kind.name());
+    assert_eq!(run.taken.load(Ordering::Relaxed), items);
+    items as f64 / run.elapsed().as_secs_f64()
+}
+
+fn produce(run: &Run, mut post: impl FnMut(usize)) {
+    run.start_line.wait();
+    let _ = run.start.set(Instant::now());
+    for i in 0..run.items {
+        post(i);
+    }
+}
+
+fn run_port(run: &Arc<Run>, backend: Backend, batch: bool, consumers: usize) -> Vec<u64> {
+    let port = Port::builder()
+        .backend(backend)
+        .ignore_env()
+        .concurrency(consumers)
+        .build()
+        .expect("port");
+    assert_eq!(port.backend(), backend);
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..consumers)
+            .map(|_| {
+                let (port, run) = (port.clone(), run.clone());
+                s.spawn(move || {
+                    let mut sum = 0u64;
+                    run.start_line.wait();
+                    if batch {
+                        let mut out = Vec::with_capacity(BATCH);
+                        while let Ok(n) = port.get_many(&mut out, BATCH, None) {
+                            for c in out.drain(..) {
+                                sum += consume(&c);
+                            }
+                            if n > 0 && run.took(n) {
+                                port.shutdown();
+                            }
+                        }
+                    } else {
+                        while let Ok(c) = port.get(None) {
+                            if let Some(c) = c {
+                                sum += consume(&c);
+                                if run.took(1) {
+                                    port.shutdown();
+                                }
+                            }
+                        }
+                    }
+                    sum
+                })
+            })
+            .collect();
+        // Queues item(i): `{ key: 1, user: i, result: Ok(i), op: Op::Post }`.
+        produce(run, |i| {
+            port.post(1, i, i as u64).expect("port closed early")
+        });
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn run_crossbeam(run: &Arc<Run>, consumers: usize) -> Vec<u64> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Completion>();
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..consumers)
+            .map(|_| {
+                let (rx, run) = (rx.clone(), run.clone());
+                s.spawn(move || {
+                    let mut sum = 0u64;
+                    run.start_line.wait();
+                    while let Ok(c) = rx.recv() {
+                        sum += consume(&c);
+                        run.took(1);
+                    }
+                    sum
+                })
+            })
+            .collect();
+        drop(rx);
+        produce(run, |i| tx.send(item(i)).unwrap());
+        drop(tx); // consumers stop on disconnect
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn run_mpsc(run: &Arc<Run>, consumers: usize) -> Vec<u64> {
+    let (tx, rx) = mpsc::channel::<Completion>();
+    let rx = Arc::new(Mutex::new(rx));
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..consumers)
+            .map(|_| {
+                let (rx, run) = (rx.clone(), run.clone());
+                s.spawn(move || {
+                    let mut sum = 0u64;
+                    run.start_line.wait();
+                    if consumers == 1 {
+                        // A single consumer: lock once, then a plain recv loop.
+                        let rx = rx.lock().unwrap();
+                        while let Ok(c) = rx.recv() {
+                            sum += consume(&c);
+                            run.took(1);
+                        }
+                    } else {
+                        loop {
+                            let got = rx.lock().unwrap().recv();
+                            match got {
+                                Ok(c) => {
+                                    sum += consume(&c);
+                                    run.took(1);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    sum
+                })
+            })
+            .collect();
+        produce(run, |i| tx.send(item(i)).unwrap());
+        drop(tx);
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+struct Row {
+    kind: Kind,
+    consumers: usize,
+    rates: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+fn main() {
+    let args = Args::parse();
+    let backends: Vec<Backend> = match args.backend.as_str() {
+        "both" | "all" => vec![Backend::Uring, Backend::Epoll],
+        b => vec![b.parse().expect("--backend uring|epoll|both")],
+    };
+    assert!(args.rounds >= 1 && args.items >= 1);
+
+    let mut kinds = Vec::new();
+    for &b in &backends {
+        kinds.push(Kind::Port {
+            backend: b,
+            batch: false,
+        });
+    }
+    if args.batch {
+        for &b in &backends {
+            kinds.push(Kind::Port {
+                backend: b,
+                batch: true,
+            });
+        }
+    }
+    kinds.push(Kind::Crossbeam);
+    kinds.push(Kind::Mpsc);
+
+    let mut rows: Vec<Row> = Vec::new();
+    for consumers in [1, 2] {
+        for &kind in &kinds {
+            rows.push(Row {
+                kind,
+                consumers,
+                rates: Vec::new(),
+            });
+        }
+    }
+
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "bench_port: 1 producer, C consumers; {} items per run, {} rounds, {} CPUs; payload {} B (cport::Completion)",
+        args.items,
+        args.rounds,
+        cpus,
+        std::mem::size_of::<Completion>()
+    );
+
+    // Warm-up (not counted): every contender once, with a tenth of the items.
+    for r in &rows {
+        run_once(r.kind, r.consumers, (args.items / 10).max(1));
+    }
+    let t0 = Instant::now();
+    for round in 0..args.rounds {
+        for r in rows.iter_mut() {
+            r.rates.push(run_once(r.kind, r.consumers, args.items));
+        }
+        eprintln!(
+            "round {}/{} done ({:.1} s)",
+            round + 1,
+            args.rounds,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+
+    println!();
+    println!(
+        "{:<22} {:>9} {:>10} {:>17} {:>11}",
+        "contender", "consumers", "Mitems/s", "min–max", "vs crossbeam"
+    );
+    println!("{}", "-".repeat(73));
+    for consumers in [1, 2] {
+        let base = rows
+            .iter()
+            .find(|r| r.consumers == consumers && r.kind == Kind::Crossbeam)
+            .map(|r| median(&r.rates))
+            .unwrap();
+        for r in rows.iter().filter(|r| r.consumers == consumers) {
+            let m = median(&r.rates);
+            let (lo, hi) = min_max(&r.rates);
+            println!(
+                "{:<22} {:>9} {:>10.2} {:>17} {:>10.2}×",
+                r.kind.name(),
+                consumers,
+                m / 1e6,
+                format!("{:.2}–{:.2}", lo / 1e6, hi / 1e6),
+                m / base
+            );
+        }
+    }
+    println!();
+    println!(
+        "Median over {} rounds; contenders alternate within each round. Every contender moves a",
+        args.rounds
+    );
+    println!(
+        "cport::Completion ({} B: key, user, result Ok(bytes), op Op::Post); cport via",
+        std::mem::size_of::<Completion>()
+    );
+    println!(
+        "Port::post/get (get_many: batches of {BATCH}), concurrency = consumers; channels unbounded."
+    );
+    println!(
+        "std mpsc with 2 consumers: the single Receiver is shared behind a Mutex (holder blocks in recv)."
+    );
+
+    if let Some(path) = &args.json {
+        std::fs::write(path, to_json(&args, cpus, &rows)).expect("write --json file");
+        println!("results written to {path}");
+    }
+}
+
+fn to_json(args: &Args, cpus: usize, rows: &[Row]) -> String {
+    let mut s = String::new();
+    s.push_str("{\n");
+    s.push_str("  \"bench\": \"bench_port\",\n");
+    s.push_str(&format!(
+        "  \"items\": {},\n  \"rounds\": {},\n  \"cpus\": {},\n  \"payload_bytes\": {},\n",
+        args.items,
+        args.rounds,
+        cpus,
+        std::mem::size_of::<Completion>()
+    ));
+    s.push_str("  \"results\": [\n");
+    for (i, r) in rows.iter().enumerate() {
+        let base = rows
+            .iter()
+            .find(|b| b.consumers == r.consumers && b.kind == Kind::Crossbeam)
+            .map(|b| median(&b.rates))
+            .unwrap();
+        let (lo, hi) = min_max(&r.rates);
+        let rates: Vec<String> = r.rates.iter().map(|x| format!("{x:.0}")).collect();
+        s.push_str(&format!(
+            "    {{\"contender\": \"{}\", \"consumers\": {}, \"median_items_per_s\": {:.0}, \"min\": {:.0}, \"max\": {:.0}, \"ratio_to_crossbeam\": {:.4}, \"rounds\": [{}]}}{}\n",
+            r.kind.name(),
+            r.consumers,
+            median(&r.rates),
+            lo,
+            hi,
+            median(&r.rates) / base,
+            rates.join(", "),
+            if i + 1 < rows.len() { "," } else { "" }
+        ));
+    }
+    s.push_str("  ]\n}\n");
+    s
+}
