@@ -285,7 +285,11 @@ impl Port {
         if self.shared.sched.is_closed() {
             return Err(Closed);
         }
-        let deadline = Instant::now() + delay;
+        // A delay too large for `Instant` is as good as never (but still cancellable).
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(delay)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
         let (id, earliest) = self.shared.timers.lock().add(deadline, key, user);
         if earliest {
             self.shared.sched.interrupt_poller(&*self.shared);

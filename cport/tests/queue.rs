@@ -376,6 +376,8 @@ fn timers_fire_in_deadline_order_and_never_early(b: Backend) {
 fn cancelled_timer_never_fires(b: Backend) {
     let port = port(b, 1);
     let doomed = port.post_after(Duration::from_millis(20), 0, 1).unwrap();
+    let never = port.post_after(Duration::MAX, 0, 3).unwrap();
+    assert!(port.cancel_timer(never));
     let kept = port.post_after(Duration::from_millis(60), 0, 2).unwrap();
     assert!(port.cancel_timer(doomed));
     assert!(
