@@ -445,7 +445,10 @@ mod loom_model {
             sched.push_all([1, 2], &*kernel);
             let me = Waiter::new();
             let mut out = Vec::new();
-            assert_eq!(sched.get(false, None, 1, &mut out, &me, &*kernel), Outcome::Got);
+            assert_eq!(
+                sched.get(false, None, 1, &mut out, &me, &*kernel),
+                Outcome::Got
+            );
             sched.enter_blocking(&*kernel);
             let (s2, k2) = (sched.clone(), kernel.clone());
             let other = thread::spawn(move || {
