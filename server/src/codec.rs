@@ -1,0 +1,208 @@
+//! Framing: how a session's byte stream is cut into packets.
+
+use std::fmt;
+
+/// Why a byte stream cannot be framed; the session is closed with this reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The size field is smaller than the header itself.
+    SizeTooSmall {
+        /// The size the header declared.
+        size: usize,
+        /// The smallest valid packet.
+        min: usize,
+    },
+    /// The size field exceeds the configured maximum packet size.
+    TooLarge {
+        /// The size the header declared.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::SizeTooSmall { size, min } => {
+                write!(f, "packet size {size} is smaller than the minimum {min}")
+            }
+            FrameError::TooLarge { size, max } => {
+                write!(f, "packet size {size} exceeds the maximum {max}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Cuts a byte stream into packets. Called on a worker thread with everything received and
+/// not yet consumed; returns the length of the first complete packet, `Ok(None)` when more
+/// bytes are needed, or an error that closes the session.
+pub trait Codec: Send + Sync + 'static {
+    /// Length of the first complete packet at the start of `buf`.
+    fn frame(&self, buf: &[u8]) -> Result<Option<usize>, FrameError>;
+}
+
+/// Width of the size field of [`LengthPrefixed`] packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeField {
+    /// One unsigned byte (the course protocol's default): packets of at most 255 bytes.
+    U8,
+    /// Two bytes, little-endian: packets of at most 65535 bytes.
+    U16,
+}
+
+impl SizeField {
+    /// Bytes the size field takes.
+    pub fn width(self) -> usize {
+        match self {
+            SizeField::U8 => 1,
+            SizeField::U16 => 2,
+        }
+    }
+
+    /// The largest size the field can hold.
+    pub fn max(self) -> usize {
+        match self {
+            SizeField::U8 => u8::MAX as usize,
+            SizeField::U16 => u16::MAX as usize,
+        }
+    }
+}
+
+/// Packets that start with their own total size (header included), then a type byte, as in
+/// the IOCP course protocol: `[size][type][body…]`.
+#[derive(Debug, Clone, Copy)]
+pub struct LengthPrefixed {
+    size: SizeField,
+    max: usize,
+}
+
+impl LengthPrefixed {
+    /// A codec with the given size field; the maximum packet is what the field can express.
+    pub fn new(size: SizeField) -> Self {
+        LengthPrefixed {
+            size,
+            max: size.max(),
+        }
+    }
+
+    /// Lowers the maximum packet size (packets declaring more close the session).
+    pub fn max_packet(mut self, max: usize) -> Self {
+        self.max = max.clamp(self.header_len(), self.size.max());
+        self
+    }
+
+    /// The size field.
+    pub fn size_field(&self) -> SizeField {
+        self.size
+    }
+
+    /// Size field plus type byte.
+    pub fn header_len(&self) -> usize {
+        self.size.width() + 1
+    }
+
+    /// Encodes one packet: header (total size, type) then `body`. Panics if the packet does
+    /// not fit the size field (a programming error, not input).
+    pub fn encode(&self, kind: u8, body: &[u8]) -> bytes::Bytes {
+        let mut out = Vec::with_capacity(self.header_len() + body.len());
+        self.encode_into(&mut out, kind, body);
+        out.into()
+    }
+
+    /// Appends one encoded packet to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>, kind: u8, body: &[u8]) {
+        let total = self.header_len() + body.len();
+        assert!(
+            total <= self.size.max(),
+            "packet of {total} bytes does not fit"
+        );
+        match self.size {
+            SizeField::U8 => out.push(total as u8),
+            SizeField::U16 => out.extend_from_slice(&(total as u16).to_le_bytes()),
+        }
+        out.push(kind);
+        out.extend_from_slice(body);
+    }
+}
+
+impl Codec for LengthPrefixed {
+    fn frame(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        let w = self.size.width();
+        if buf.len() < w {
+            return Ok(None);
+        }
+        let size = match self.size {
+            SizeField::U8 => buf[0] as usize,
+            SizeField::U16 => u16::from_le_bytes([buf[0], buf[1]]) as usize,
+        };
+        let min = self.header_len();
+        if size < min {
+            return Err(FrameError::SizeTooSmall { size, min });
+        }
+        if size > self.max {
+            return Err(FrameError::TooLarge {
+                size,
+                max: self.max,
+            });
+        }
+        Ok((buf.len() >= size).then_some(size))
+    }
+}
+
+/// No framing: whatever arrived is one "packet" (a byte-stream echo, a proxy).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawStream;
+
+impl Codec for RawStream {
+    fn frame(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        Ok((!buf.is_empty()).then_some(buf.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn u8_header_frames_whole_packets_only() {
+        let c = LengthPrefixed::new(SizeField::U8);
+        let p = c.encode(1, &[9, 9, 9, 9, 9]);
+        assert_eq!(&p[..2], &[7, 1]);
+        for cut in 0..p.len() {
+            assert_eq!(c.frame(&p[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(c.frame(&p), Ok(Some(7)));
+    }
+
+    #[test]
+    fn u16_header_is_little_endian_and_counts_itself() {
+        let c = LengthPrefixed::new(SizeField::U16);
+        let p = c.encode(3, &[0u8; 300]);
+        assert_eq!(&p[..3], &[0x2F, 0x01, 3]);
+        assert_eq!(c.frame(&p), Ok(Some(303)));
+    }
+
+    #[test]
+    fn sizes_below_the_header_or_above_the_max_are_errors() {
+        let c = LengthPrefixed::new(SizeField::U8).max_packet(100);
+        assert_eq!(
+            c.frame(&[0]),
+            Err(FrameError::SizeTooSmall { size: 0, min: 2 })
+        );
+        assert_eq!(
+            c.frame(&[1, 0]),
+            Err(FrameError::SizeTooSmall { size: 1, min: 2 })
+        );
+        assert_eq!(c.frame(&[2, 0]), Ok(Some(2)));
+        assert_eq!(
+            c.frame(&[101]),
+            Err(FrameError::TooLarge {
+                size: 101,
+                max: 100
+            })
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! # cport-server — sessions on a completion port
+//!
+//! The layer every IOCP server writes by hand, written once on [`cport`]:
+//!
+//! * an accept loop with several accepts outstanding, `TCP_NODELAY` by default;
+//! * sessions with generational ids ([`SessionId`]): a completion or a send for a session
+//!   that closed never reaches the session that reused its slot;
+//! * framing through a [`Codec`]: [`LengthPrefixed`] (the course protocol's `[size][type]`
+//!   header, `u8` or `u16` little-endian) and [`RawStream`]; packets split across receives are
+//!   reassembled, many packets in one receive are handled in one pass;
+//! * one ordered send queue per session: bytes leave in the order [`Session::send`] was
+//!   called from any thread, one send in flight, everything queued meanwhile gathered into the
+//!   next (vectored) send;
+//! * broadcast of one encoded packet shared by all its recipients ([`ServerHandle::broadcast`]);
+//! * limits with clear close reasons ([`CloseReason`]): max sessions, max packet size (the
+//!   codec), max queued send bytes per session (slow consumers), idle timeout, packet rate;
+//! * graceful shutdown ([`Server::shutdown`]) and [`Metrics`].
+//!
+//! ```
+//! use cport_server::{Config, Handler, RawStream, Server, Session};
+//!
+//! struct Echo;
+//! impl Handler for Echo {
+//!     fn on_packet(&self, session: &Session, packet: &[u8]) {
+//!         session.send(packet.to_vec());
+//!     }
+//! }
+//!
+//! let server = Server::start(Config::default(), RawStream, Echo)?;
+//! let mut client = std::net::TcpStream::connect(server.local_addr())?;
+//! use std::io::{Read, Write};
+//! client.write_all(b"hello")?;
+//! let mut back = [0u8; 5];
+//! client.read_exact(&mut back)?;
+//! assert_eq!(&back, b"hello");
+//! drop(client);
+//! let report = server.shutdown(std::time::Duration::from_secs(1));
+//! assert_eq!(report.forced, 0);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+mod codec;
+mod metrics;
+mod server;
+mod session;
+
+pub use codec::{Codec, FrameError, LengthPrefixed, RawStream, SizeField};
+pub use metrics::{CloseReason, Metrics, REASONS};
+pub use server::{Config, Handler, Server, ServerHandle, ShutdownReport, MAX_USER_KEY};
+pub use session::{Session, SessionId};
+
+pub use bytes::Bytes;
+pub use cport;

@@ -1,0 +1,672 @@
+//! The server: configuration, the accept loop, the session table, dispatch of completions on
+//! the port's worker threads, timers, limits and graceful shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cport::{Backend, Completion, Op, Pool, Port, Socket, TimerId};
+use parking_lot::Mutex;
+use socket2::{Domain, Protocol, Type};
+
+use crate::codec::Codec;
+use crate::metrics::{CloseReason, Counters, Metrics};
+use crate::session::{Session, SessionId};
+
+/// Completion keys: a session's key is its id (bit 63 clear); the rest are the server's own.
+const NOT_SESSION: u64 = 1 << 63;
+const LISTENER: u64 = NOT_SESSION | 1;
+const SWEEP: u64 = NOT_SESSION | 2;
+const STATS: u64 = NOT_SESSION | 3;
+const ACCEPT_RETRY: u64 = NOT_SESSION | 4;
+const USER_POST: u64 = NOT_SESSION | (1 << 62);
+const USER_TIMER: u64 = NOT_SESSION | (1 << 61);
+/// User keys of posts and timers must be below this.
+pub const MAX_USER_KEY: u64 = (1 << 61) - 1;
+
+/// Per-operation values of a session's operations.
+pub(crate) const RECV: u64 = 0;
+pub(crate) const SEND: u64 = 1;
+
+/// Server settings. `Config::default()` then change what you need.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub addr: SocketAddr,
+    /// Worker threads (`0` = available parallelism).
+    pub threads: usize,
+    /// The port's concurrency value (`0` = available parallelism).
+    pub concurrency: usize,
+    /// Backend; `None` = the port's default (`CPORT_BACKEND`, else auto).
+    pub backend: Option<Backend>,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// Accepts kept outstanding.
+    pub accepts: usize,
+    /// `TCP_NODELAY` on accepted connections.
+    pub nodelay: bool,
+    /// Most sessions open at once; connections beyond are refused (closed at once).
+    pub max_sessions: usize,
+    /// Most bytes queued for sending per session; beyond, the session is closed as a slow
+    /// consumer (so memory stays bounded).
+    pub max_send_queue: usize,
+    /// Size of each session's receive buffer (it grows to hold one whole packet if needed).
+    pub recv_buffer: usize,
+    /// Close sessions that received nothing for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Close sessions that send more packets than this in one second.
+    pub max_packets_per_sec: Option<u32>,
+    /// Log one line of metrics at info level this often.
+    pub stats_interval: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            threads: 0,
+            concurrency: 0,
+            backend: None,
+            backlog: 1024,
+            accepts: 16,
+            nodelay: true,
+            max_sessions: 10_000,
+            max_send_queue: 1 << 20,
+            recv_buffer: 8 * 1024,
+            idle_timeout: None,
+            max_packets_per_sec: None,
+            stats_interval: None,
+        }
+    }
+}
+
+/// What the server calls, on the port's worker threads. Several calls may run at once
+/// (for different sessions; the calls for one session's received packets never overlap).
+pub trait Handler: Send + Sync + 'static {
+    /// A session opened; its first packet is delivered only after this returns.
+    fn on_connect(&self, session: &Session) {
+        let _ = session;
+    }
+    /// One packet (as framed by the codec, header included).
+    fn on_packet(&self, session: &Session, packet: &[u8]);
+    /// The session closed; called exactly once per session, after its last `on_packet`.
+    fn on_close(&self, session: &Session, reason: &CloseReason) {
+        let _ = (session, reason);
+    }
+    /// An event from [`ServerHandle::post`].
+    fn on_posted(&self, server: &ServerHandle, key: u64, value: u64) {
+        let _ = (server, key, value);
+    }
+    /// A timer from [`ServerHandle::post_after`] fired.
+    fn on_timer(&self, server: &ServerHandle, key: u64, value: u64) {
+        let _ = (server, key, value);
+    }
+}
+
+struct Slot {
+    gen: u32,
+    session: Option<Session>,
+}
+
+pub(crate) struct Core {
+    pub(crate) port: Port,
+    pub(crate) cfg: Config,
+    pub(crate) counters: Counters,
+    slots: Box<[Mutex<Slot>]>,
+    free: Mutex<Vec<u32>>,
+    listener: Mutex<Option<Socket>>,
+    local_addr: SocketAddr,
+    stopping: AtomicBool,
+    epoch: Instant,
+    last_refusal_log: AtomicU64,
+}
+
+impl Core {
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn session(&self, key: u64) -> Option<Session> {
+        let id = SessionId(key);
+        let slot = self.slots.get(id.slot())?.lock();
+        if slot.gen == id.generation() {
+            slot.session.clone()
+        } else {
+            None
+        }
+    }
+
+    fn open_sessions(&self) -> Vec<Session> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.lock().session.clone())
+            .collect()
+    }
+
+    fn alloc_slot(&self) -> Option<u32> {
+        self.free.lock().pop()
+    }
+
+    /// Removes a closed session from the table; its id goes stale.
+    fn release_slot(&self, id: SessionId) {
+        let mut slot = self.slots[id.slot()].lock();
+        if slot.gen == id.generation() && slot.session.take().is_some() {
+            // Generations stay in 1..2^31 so a session key never has bit 63 set.
+            slot.gen = if slot.gen >= 0x7FFF_FFFF {
+                1
+            } else {
+                slot.gen + 1
+            };
+            drop(slot);
+            self.free.lock().push(id.slot() as u32);
+        }
+    }
+
+    fn arm_accept(&self) {
+        if let Some(l) = &*self.listener.lock() {
+            l.accept(0);
+        }
+    }
+}
+
+/// A handle to a running server, for handlers and other threads. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerHandle {
+    pub(crate) core: Arc<Core>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("addr", &self.core.local_addr)
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.core.local_addr
+    }
+
+    /// The port's backend.
+    pub fn backend(&self) -> Backend {
+        self.core.port.backend()
+    }
+
+    /// The completion port under the server.
+    pub fn port(&self) -> &Port {
+        &self.core.port
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &Config {
+        &self.core.cfg
+    }
+
+    /// A snapshot of the counters.
+    pub fn metrics(&self) -> Metrics {
+        self.core.counters.snapshot()
+    }
+
+    /// The open session with this id, if it is still open.
+    pub fn session(&self, id: SessionId) -> Option<Session> {
+        self.core.session(id.0)
+    }
+
+    /// Every open session.
+    pub fn sessions(&self) -> Vec<Session> {
+        self.core.open_sessions()
+    }
+
+    /// Sends one packet to many sessions; the bytes are shared, not copied per session.
+    /// Returns how many sessions took it.
+    pub fn broadcast<'a>(
+        &self,
+        sessions: impl IntoIterator<Item = &'a Session>,
+        packet: &Bytes,
+    ) -> usize {
+        sessions
+            .into_iter()
+            .filter(|s| s.send(packet.clone()))
+            .count()
+    }
+
+    /// Posts an event to the handler's `on_posted` (`PostQueuedCompletionStatus`).
+    /// `key` must be at most [`MAX_USER_KEY`].
+    pub fn post(&self, key: u64, value: u64) -> Result<(), cport::Closed> {
+        assert!(key <= MAX_USER_KEY, "user key {key} too large");
+        self.core.port.post(USER_POST, key as usize, value)
+    }
+
+    /// Calls the handler's `on_timer(key, value)` after `delay`, through the port.
+    pub fn post_after(
+        &self,
+        delay: Duration,
+        key: u64,
+        value: u64,
+    ) -> Result<TimerId, cport::Closed> {
+        assert!(key <= MAX_USER_KEY, "user key {key} too large");
+        self.core.port.post_after(delay, USER_TIMER | key, value)
+    }
+
+    /// Cancels a timer; true if it had not fired.
+    pub fn cancel_timer(&self, id: TimerId) -> bool {
+        self.core.port.cancel_timer(id)
+    }
+}
+
+/// What graceful shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Sessions open when shutdown began.
+    pub sessions: u64,
+    /// Sessions that flushed and closed before the deadline.
+    pub flushed: u64,
+    /// Sessions closed at the deadline.
+    pub forced: u64,
+    /// Bytes still queued in the sessions closed at the deadline (not sent).
+    pub unsent_bytes: u64,
+    /// How long shutdown took.
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "shutdown in {:.1?}: {} sessions, {} flushed and closed, {} closed at the deadline ({} bytes unsent)",
+            self.elapsed, self.sessions, self.flushed, self.forced, self.unsent_bytes
+        )
+    }
+}
+
+/// A running server: a listener, a session table and a pool of workers on one port.
+pub struct Server {
+    handle: ServerHandle,
+    pool: Option<Pool>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.handle.core.local_addr)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Binds, listens and starts the workers.
+    pub fn start<C: Codec, H: Handler>(cfg: Config, codec: C, handler: H) -> io::Result<Server> {
+        let mut b = Port::builder().concurrency(cfg.concurrency);
+        if let Some(backend) = cfg.backend {
+            b = b.backend(backend).ignore_env();
+        }
+        let port = b.build()?;
+        let sock = socket2::Socket::new(
+            Domain::for_address(cfg.addr),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        sock.set_reuse_address(true)?;
+        sock.bind(&cfg.addr.into())
+            .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", cfg.addr)))?;
+        sock.listen(cfg.backlog)?;
+        let local_addr = sock
+            .local_addr()?
+            .as_socket()
+            .expect("an IP listener has an IP address");
+        let max = cfg.max_sessions.clamp(1, 1 << 31);
+        let core = Arc::new(Core {
+            slots: (0..max)
+                .map(|_| {
+                    Mutex::new(Slot {
+                        gen: 1,
+                        session: None,
+                    })
+                })
+                .collect(),
+            free: Mutex::new((0..max as u32).rev().collect()),
+            listener: Mutex::new(None),
+            local_addr,
+            stopping: AtomicBool::new(false),
+            counters: Counters::default(),
+            epoch: Instant::now(),
+            last_refusal_log: AtomicU64::new(0),
+            cfg,
+            port: port.clone(),
+        });
+        let listener = port.associate(sock, LISTENER)?;
+        for _ in 0..core.cfg.accepts.max(1) {
+            listener.accept(0);
+        }
+        *core.listener.lock() = Some(listener);
+        if let Some(idle) = core.cfg.idle_timeout {
+            let _ = port.post_after(sweep_interval(idle), SWEEP, 0);
+        }
+        if let Some(every) = core.cfg.stats_interval {
+            let _ = port.post_after(every, STATS, 0);
+        }
+        let handle = ServerHandle { core };
+        let h2 = handle.clone();
+        let (codec, handler) = (Arc::new(codec), Arc::new(handler));
+        let pool = Pool::spawn(&port, handle.core.cfg.threads, move |_, c| {
+            dispatch(&h2, &*codec, &*handler, c)
+        })?;
+        Ok(Server {
+            handle,
+            pool: Some(pool),
+        })
+    }
+
+    /// A handle for handlers and other threads.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local_addr()
+    }
+
+    /// Graceful shutdown: stop accepting; let every session send what it has queued,
+    /// half-close and wait for its peer to close, until `deadline`; then close what is left,
+    /// stop the workers and report.
+    pub fn shutdown(mut self, deadline: Duration) -> ShutdownReport {
+        self.stop(deadline)
+    }
+
+    fn stop(&mut self, deadline: Duration) -> ShutdownReport {
+        let t0 = Instant::now();
+        let core = &self.handle.core;
+        core.stopping.store(true, Relaxed);
+        drop(core.listener.lock().take());
+        let sessions = core.open_sessions();
+        let total = sessions.len() as u64;
+        for s in &sessions {
+            s.close_after_flush();
+        }
+        let until = t0 + deadline;
+        while core.counters.open.load(Relaxed) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut forced = 0;
+        let mut unsent = 0;
+        for s in core.open_sessions() {
+            forced += 1;
+            unsent += s.queued_bytes() as u64;
+            s.close(CloseReason::Shutdown);
+        }
+        let settle = Instant::now() + Duration::from_secs(5);
+        while core.counters.open.load(Relaxed) > 0 && Instant::now() < settle {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if let Some(pool) = self.pool.take() {
+            pool.shutdown();
+        }
+        let report = ShutdownReport {
+            sessions: total,
+            flushed: total.saturating_sub(forced),
+            forced,
+            unsent_bytes: unsent,
+            elapsed: t0.elapsed(),
+        };
+        tracing::info!("{report}");
+        report
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.pool.is_some() {
+            self.stop(Duration::ZERO);
+        }
+    }
+}
+
+fn sweep_interval(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Runs on a worker thread for every completion of the server's port.
+fn dispatch<C: Codec, H: Handler>(srv: &ServerHandle, codec: &C, handler: &H, c: Completion) {
+    let core = &srv.core;
+    if c.key & NOT_SESSION == 0 {
+        let Some(session) = core.session(c.key) else {
+            return; // a completion of a session that has closed: its slot may be reused
+        };
+        match c.op {
+            Op::Recv(buf) => on_recv(core, codec, handler, &session, c.result, buf),
+            Op::Send(_) => {
+                if !c.is_aborted() {
+                    session.on_sent(c.result);
+                }
+            }
+            _ => {}
+        }
+        return;
+    }
+    match c.key {
+        LISTENER => on_accept(core, handler, c),
+        ACCEPT_RETRY => core.arm_accept(),
+        SWEEP => {
+            if let Some(idle) = core.cfg.idle_timeout {
+                let now = core.now_ms();
+                let limit = idle.as_millis() as u64;
+                for s in core.open_sessions() {
+                    if now.saturating_sub(s.inner.last_rx.load(Relaxed)) > limit {
+                        s.close(CloseReason::IdleTimeout);
+                    }
+                }
+                let _ = core.port.post_after(sweep_interval(idle), SWEEP, 0);
+            }
+        }
+        STATS => {
+            tracing::info!("{}", core.counters.snapshot());
+            if let Some(every) = core.cfg.stats_interval {
+                let _ = core.port.post_after(every, STATS, 0);
+            }
+        }
+        k if k & USER_POST == USER_POST => {
+            let key = c.result.map_or(0, |n| n as u64);
+            handler.on_posted(srv, key, c.user);
+        }
+        k if k & USER_TIMER == USER_TIMER => handler.on_timer(srv, k & MAX_USER_KEY, c.user),
+        _ => {}
+    }
+}
+
+fn on_accept<H: Handler>(core: &Arc<Core>, handler: &H, c: Completion) {
+    let accepted = match (c.op, c.result) {
+        (Op::Accept(Some(a)), Ok(_)) => a,
+        (_, Err(e)) if c_aborted(&e) || core.stopping.load(Relaxed) => return,
+        (_, Err(e)) => {
+            // Out of descriptors or memory: wait a little rather than spin on the error.
+            let fd_or_mem = matches!(
+                e.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+            );
+            if fd_or_mem {
+                rate_limited_warn(core, &format!("accept failed: {e}; retrying in 100 ms"));
+                let _ = core
+                    .port
+                    .post_after(Duration::from_millis(100), ACCEPT_RETRY, 0);
+            } else {
+                tracing::warn!("accept failed: {e}");
+                core.arm_accept();
+            }
+            return;
+        }
+        _ => return,
+    };
+    if core.stopping.load(Relaxed) {
+        return;
+    }
+    core.arm_accept();
+    let Some(slot) = core.alloc_slot() else {
+        core.counters.refused.fetch_add(1, Relaxed);
+        rate_limited_warn(
+            core,
+            &format!(
+                "session limit ({}) reached: refusing {:?}",
+                core.cfg.max_sessions, accepted.peer
+            ),
+        );
+        return; // dropping the accepted fd closes the connection
+    };
+    let gen = core.slots[slot as usize].lock().gen;
+    let id = SessionId((u64::from(gen) << 32) | u64::from(slot));
+    let peer = accepted.peer;
+    if core.cfg.nodelay {
+        let _ = socket2::SockRef::from(&accepted.fd).set_tcp_nodelay(true);
+    }
+    let socket = match core.port.associate(accepted.fd, id.0) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("could not associate an accepted connection: {e}");
+            core.free.lock().push(slot);
+            return;
+        }
+    };
+    let session = Session::new(id, peer, socket, core.clone());
+    core.slots[slot as usize].lock().session = Some(session.clone());
+    core.counters.accepted.fetch_add(1, Relaxed);
+    core.counters.open.fetch_add(1, Relaxed);
+    tracing::debug!(session = %id, ?peer, "session opened");
+    handler.on_connect(&session);
+    restart_recv(
+        core,
+        handler,
+        &session,
+        Vec::with_capacity(core.cfg.recv_buffer),
+    );
+}
+
+fn c_aborted(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ECANCELED)
+}
+
+fn rate_limited_warn(core: &Core, msg: &str) {
+    let now = core.now_ms();
+    let last = core.last_refusal_log.load(Relaxed);
+    if now >= last + 1000
+        && core
+            .last_refusal_log
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .is_ok()
+    {
+        tracing::warn!("{msg}");
+    }
+}
+
+/// The session's receive completed. The thread handling it is the only one touching the
+/// session's receive side until it starts the next receive (or finishes the close).
+fn on_recv<C: Codec, H: Handler>(
+    core: &Arc<Core>,
+    codec: &C,
+    handler: &H,
+    s: &Session,
+    result: io::Result<usize>,
+    mut buf: Vec<u8>,
+) {
+    let n = match result {
+        Ok(0) => {
+            let draining = s.inner.st.lock().draining;
+            s.close(if draining {
+                CloseReason::Shutdown
+            } else {
+                CloseReason::PeerClosed
+            });
+            return finish_close(core, handler, s);
+        }
+        Ok(n) => n,
+        Err(e) if c_aborted(&e) => return finish_close(core, handler, s),
+        Err(e) => {
+            s.close(CloseReason::from_io(&e));
+            return finish_close(core, handler, s);
+        }
+    };
+    core.counters.bytes_in.fetch_add(n as u64, Relaxed);
+    let now = core.now_ms();
+    s.inner.last_rx.store(now, Relaxed);
+    if s.inner.st.lock().draining {
+        buf.clear(); // closing: what the peer still sends is discarded
+        return restart_recv(core, handler, s, buf);
+    }
+    let mut pos = 0;
+    let mut packets = 0u64;
+    while pos < buf.len() {
+        match codec.frame(&buf[pos..]) {
+            Ok(Some(len)) => {
+                if let Some(cap) = core.cfg.max_packets_per_sec {
+                    if over_rate(s, now, cap) {
+                        s.close(CloseReason::RateLimited);
+                        break;
+                    }
+                }
+                handler.on_packet(s, &buf[pos..pos + len]);
+                pos += len;
+                packets += 1;
+                if s.inner.st.lock().socket.is_none() {
+                    break; // the handler (or a sender) closed the session
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                s.close(CloseReason::Protocol(e));
+                break;
+            }
+        }
+    }
+    core.counters.packets_in.fetch_add(packets, Relaxed);
+    buf.drain(..pos);
+    if buf.capacity() - buf.len() < core.cfg.recv_buffer / 2 {
+        buf.reserve(core.cfg.recv_buffer);
+    }
+    restart_recv(core, handler, s, buf);
+}
+
+fn over_rate(s: &Session, now: u64, cap: u32) -> bool {
+    let start = s.inner.rate_window.load(Relaxed);
+    if now >= start + 1000 {
+        s.inner.rate_window.store(now, Relaxed);
+        s.inner.rate_count.store(1, Relaxed);
+        return false;
+    }
+    s.inner.rate_count.fetch_add(1, Relaxed) + 1 > cap
+}
+
+/// Starts the session's next receive, or finishes its close if it is closing.
+fn restart_recv<H: Handler>(core: &Arc<Core>, handler: &H, s: &Session, buf: Vec<u8>) {
+    {
+        let st = s.inner.st.lock();
+        if let Some(socket) = &st.socket {
+            socket.recv(buf, RECV);
+            return;
+        }
+    }
+    finish_close(core, handler, s);
+}
+
+/// The last step of a close, run once by the thread that held the session's receive.
+fn finish_close<H: Handler>(core: &Arc<Core>, handler: &H, s: &Session) {
+    let (reason, unsent) = {
+        let mut st = s.inner.st.lock();
+        drop(st.socket.take());
+        let unsent = st.queued;
+        st.queued = 0;
+        (st.reason.clone().unwrap_or(CloseReason::Local), unsent)
+    };
+    core.counters.queued_bytes.fetch_sub(unsent as u64, Relaxed);
+    core.release_slot(s.id());
+    core.counters.closed(&reason);
+    if reason.is_peer_fault() {
+        tracing::info!(session = %s.id(), peer = ?s.peer_addr(), "session closed: {reason}");
+    } else {
+        tracing::debug!(session = %s.id(), peer = ?s.peer_addr(), "session closed: {reason}");
+    }
+    handler.on_close(s, &reason);
+}
