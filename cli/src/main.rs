@@ -1,0 +1,40 @@
+//! `cport`: one binary, one subcommand per job.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod echo;
+mod util;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cport",
+    version,
+    about = "I/O completion ports for Linux: servers and tools"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// A raw byte-stream TCP echo server on the server layer.
+    Echo(echo::Args),
+}
+
+fn main() -> ExitCode {
+    util::init_logging();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Echo(args) => echo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cport: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
