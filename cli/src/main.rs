@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod echo;
 mod util;
 
@@ -22,6 +23,9 @@ struct Cli {
 enum Cmd {
     /// A raw byte-stream TCP echo server on the server layer.
     Echo(echo::Args),
+    /// Side-by-side benchmarks.
+    #[command(subcommand)]
+    Bench(bench::Cmd),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +33,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Echo(args) => echo::run(args),
+        Cmd::Bench(cmd) => bench::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

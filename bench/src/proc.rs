@@ -1,0 +1,173 @@
+//! Servers under test run as their own processes: started, read for their startup line,
+//! measured (CPU time from `/proc/PID/stat`), and stopped with SIGTERM.
+
+use std::io::{self, BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// User + system CPU time of process `pid` (all its threads), from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> io::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: fields are counted after its ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| io::Error::other("malformed /proc stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': field 3 is index 0, so utime (14) is index 11 and stime (15) index 12.
+    let ticks: u64 = fields
+        .get(11..13)
+        .ok_or_else(|| io::Error::other("short /proc stat"))?
+        .iter()
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum();
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
+/// A server process under test.
+#[derive(Debug)]
+pub struct ServerProc {
+    child: Child,
+    /// The address from its startup line.
+    pub addr: SocketAddr,
+    /// Its startup line (`listening on ADDR (…)`).
+    pub startup: String,
+    /// Keeps the pipe open so the server never gets SIGPIPE for printing.
+    _stdout: Option<mpsc::Receiver<String>>,
+}
+
+impl ServerProc {
+    /// Starts `program args…` and waits (up to 20 s) for a line `listening on ADDR …`.
+    pub fn spawn(
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> io::Result<ServerProc> {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", program.display())))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = forward_lines(stdout);
+        let give_up = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = give_up.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = parse_listening(&line) {
+                        return Ok(ServerProc {
+                            child,
+                            addr,
+                            startup: line,
+                            _stdout: Some(lines),
+                        });
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(io::Error::other(format!(
+                        "{} printed no 'listening on ADDR' line",
+                        program.display()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time used so far.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time(self.pid()).unwrap_or_default()
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 10 s.
+    pub fn stop(mut self) -> io::Result<ExitStatus> {
+        // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= give_up {
+                self.child.kill()?;
+                return self.child.wait();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Lines of the child's stdout, read on a thread (so a pipe that fills never blocks it).
+fn forward_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// `listening on 127.0.0.1:7000 (backend: …)` → the address.
+pub fn parse_listening(line: &str) -> Option<SocketAddr> {
+    line.strip_prefix("listening on ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_address_of_a_startup_line() {
+        assert_eq!(
+            parse_listening("listening on 127.0.0.1:4000 (backend: uring, threads: 2)"),
+            Some("127.0.0.1:4000".parse().unwrap())
+        );
+        assert_eq!(parse_listening("hello"), None);
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_grows_with_work() {
+        let pid = std::process::id();
+        let before = cpu_time(pid).unwrap();
+        let t0 = Instant::now();
+        let mut x = 0u64;
+        while t0.elapsed() < Duration::from_millis(200) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        assert!(cpu_time(pid).unwrap() > before);
+    }
+}
