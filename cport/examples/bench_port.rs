@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p cport --example bench_port -- \
 //!     [--rounds 7] [--items 1000000] [--backend uring|epoll|both] [--batch] [--json FILE]
+//!     [--only NAME] [--stall-ms 1000]
 //! ```
 //!
 //! * One producer posts `items` user completions (`Port::post(key, bytes, user)`); C consumer
@@ -19,9 +20,13 @@
 //! * A port has concurrency = number of consumers; a fresh port (and fresh threads) per run.
 //! * Rounds alternate the contenders (A B C … A B C …); the table gives the median over
 //!   rounds, the min–max and the ratio of medians to crossbeam with the same consumer count.
+//! * A watchdog guards every port run: if no item is taken for `--stall-ms` while items are
+//!   queued and no consumer is in a handler, the port lost a wake-up. The run is reported
+//!   (with the port's state), ended with `Port::shutdown`, and counted as stalled: it gives no
+//!   throughput sample, and the table says how many runs stalled.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -44,6 +49,12 @@ struct Args {
     /// Also measure cport consumers that take batches with `get_many(out, 64, None)`.
     #[arg(long)]
     batch: bool,
+    /// A port run with items queued and none taken for this long is a lost wake-up.
+    #[arg(long, default_value_t = 1000)]
+    stall_ms: u64,
+    /// Run only the contenders whose name contains this (e.g. `cport-uring`, for profiling).
+    #[arg(long)]
+    only: Option<String>,
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<String>,
@@ -82,6 +93,10 @@ struct Run {
     taken: AtomicUsize,
     start: OnceLock<Instant>,
     end: OnceLock<Instant>,
+    /// Every consumer has returned (the watchdog stops).
+    finished: AtomicBool,
+    /// The watchdog found the port stalled and shut it down.
+    stalled: AtomicBool,
 }
 
 impl Run {
@@ -92,6 +107,8 @@ impl Run {
             taken: AtomicUsize::new(0),
             start: OnceLock::new(),
             end: OnceLock::new(),
+            finished: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
         })
     }
 
@@ -127,30 +144,44 @@ fn consume(c: &Completion) -> u64 {
     c.user
 }
 
-/// One run; returns items per second.
-fn run_once(kind: Kind, consumers: usize, items: usize) -> f64 {
+/// One run; returns items per second, or `None` if the port stalled.
+fn run_once(kind: Kind, consumers: usize, items: usize, stall: Duration) -> Option<f64> {
     let run = Run::new(items, consumers);
     let sums: Vec<u64> = match kind {
-        Kind::Port { backend, batch } => run_port(&run, backend, batch, consumers),
+        Kind::Port { backend, batch } => run_port(&run, kind, backend, batch, consumers, stall),
         Kind::Crossbeam => run_crossbeam(&run, consumers),
         Kind::Mpsc => run_mpsc(&run, consumers),
     };
+    if run.stalled.load(Ordering::Acquire) {
+        return None;
+    }
     let total: u64 = sums.iter().sum();
     let expect = (items as u64) * (items as u64 - 1) / 2;
     assert_eq!(total, expect, "{}: lost or duplicated items", kind.name());
     assert_eq!(run.taken.load(Ordering::Relaxed), items);
-    items as f64 / run.elapsed().as_secs_f64()
+    Some(items as f64 / run.elapsed().as_secs_f64())
 }
 
-fn produce(run: &Run, mut post: impl FnMut(usize)) {
+/// The producer: waits at the start line, stamps the start, sends every item (stops early
+/// if `send` says the receiving side is gone).
+fn produce(run: &Run, mut send: impl FnMut(usize) -> bool) {
     run.start_line.wait();
     let _ = run.start.set(Instant::now());
     for i in 0..run.items {
-        post(i);
+        if !send(i) {
+            return;
+        }
     }
 }
 
-fn run_port(run: &Arc<Run>, backend: Backend, batch: bool, consumers: usize) -> Vec<u64> {
+fn run_port(
+    run: &Arc<Run>,
+    kind: Kind,
+    backend: Backend,
+    batch: bool,
+    consumers: usize,
+    stall: Duration,
+) -> Vec<u64> {
     let port = Port::builder()
         .backend(backend)
         .ignore_env()
@@ -159,6 +190,10 @@ fn run_port(run: &Arc<Run>, backend: Backend, batch: bool, consumers: usize) -> 
         .expect("port");
     assert_eq!(port.backend(), backend);
     thread::scope(|s| {
+        let watchdog = {
+            let (port, run) = (port.clone(), run.clone());
+            s.spawn(move || watch(&run, &port, kind, consumers, stall))
+        };
         let handles: Vec<_> = (0..consumers)
             .map(|_| {
                 let (port, run) = (port.clone(), run.clone());
@@ -190,11 +225,45 @@ fn run_port(run: &Arc<Run>, backend: Backend, batch: bool, consumers: usize) -> 
             })
             .collect();
         // Queues item(i): `{ key: 1, user: i, result: Ok(i), op: Op::Post }`.
-        produce(run, |i| {
-            port.post(1, i, i as u64).expect("port closed early")
-        });
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        produce(run, |i| port.post(1, i, i as u64).is_ok());
+        let sums = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        run.finished.store(true, Ordering::Release);
+        watchdog.thread().unpark();
+        watchdog.join().unwrap();
+        sums
     })
+}
+
+/// The watchdog of a port run. Items queued, no consumer in a handler, and none taken for
+/// `stall`: the port lost a wake-up (its poller sleeps in the kernel with work queued).
+/// Reports it with the port's state and ends the run with a shutdown, which does wake the
+/// poller, so that the benchmark goes on.
+fn watch(run: &Run, port: &Port, kind: Kind, consumers: usize, stall: Duration) {
+    let mut last = usize::MAX;
+    let mut since = Instant::now();
+    while !run.finished.load(Ordering::Acquire) {
+        thread::park_timeout(Duration::from_millis(20));
+        let taken = run.taken.load(Ordering::Relaxed);
+        if taken != last || run.start.get().is_none() {
+            (last, since) = (taken, Instant::now());
+            continue;
+        }
+        let st = port.stats();
+        if since.elapsed() >= stall && st.ready > 0 && st.active == 0 && !port.is_shut_down() {
+            eprintln!(
+                "STALL: {} with {} consumer(s): {} of {} items taken, none for {:?}; {:?}",
+                kind.name(),
+                consumers,
+                taken,
+                run.items,
+                since.elapsed(),
+                st
+            );
+            run.stalled.store(true, Ordering::Release);
+            port.shutdown();
+            return;
+        }
+    }
 }
 
 fn run_crossbeam(run: &Arc<Run>, consumers: usize) -> Vec<u64> {
@@ -215,7 +284,7 @@ fn run_crossbeam(run: &Arc<Run>, consumers: usize) -> Vec<u64> {
             })
             .collect();
         drop(rx);
-        produce(run, |i| tx.send(item(i)).unwrap());
+        produce(run, |i| tx.send(item(i)).is_ok());
         drop(tx); // consumers stop on disconnect
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
@@ -254,7 +323,7 @@ fn run_mpsc(run: &Arc<Run>, consumers: usize) -> Vec<u64> {
                 })
             })
             .collect();
-        produce(run, |i| tx.send(item(i)).unwrap());
+        produce(run, |i| tx.send(item(i)).is_ok());
         drop(tx);
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
@@ -263,17 +332,26 @@ fn run_mpsc(run: &Arc<Run>, consumers: usize) -> Vec<u64> {
 struct Row {
     kind: Kind,
     consumers: usize,
+    /// Items per second of the runs that completed.
     rates: Vec<f64>,
+    /// Runs ended by the watchdog.
+    stalls: usize,
 }
 
-fn median(v: &[f64]) -> f64 {
+impl Row {
+    fn median(&self) -> Option<f64> {
+        median(&self.rates)
+    }
+}
+
+fn median(v: &[f64]) -> Option<f64> {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(s[n / 2]),
+        _ => Some((s[n / 2 - 1] + s[n / 2]) / 2.0),
     }
 }
 
@@ -284,6 +362,12 @@ fn min_max(v: &[f64]) -> (f64, f64) {
         })
 }
 
+fn crossbeam_median(rows: &[Row], consumers: usize) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.consumers == consumers && r.kind == Kind::Crossbeam)
+        .and_then(Row::median)
+}
+
 fn main() {
     let args = Args::parse();
     let backends: Vec<Backend> = match args.backend.as_str() {
@@ -291,6 +375,7 @@ fn main() {
         b => vec![b.parse().expect("--backend uring|epoll|both")],
     };
     assert!(args.rounds >= 1 && args.items >= 1);
+    let stall = Duration::from_millis(args.stall_ms.max(1));
 
     let mut kinds = Vec::new();
     for &b in &backends {
@@ -309,6 +394,10 @@ fn main() {
     }
     kinds.push(Kind::Crossbeam);
     kinds.push(Kind::Mpsc);
+    if let Some(only) = &args.only {
+        kinds.retain(|k| k.name().contains(only.as_str()));
+        assert!(!kinds.is_empty(), "--only {only:?} matches no contender");
+    }
 
     let mut rows: Vec<Row> = Vec::new();
     for consumers in [1, 2] {
@@ -317,27 +406,29 @@ fn main() {
                 kind,
                 consumers,
                 rates: Vec::new(),
+                stalls: 0,
             });
         }
     }
 
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let payload = std::mem::size_of::<Completion>();
     println!(
         "bench_port: 1 producer, C consumers; {} items per run, {} rounds, {} CPUs; payload {} B (cport::Completion)",
-        args.items,
-        args.rounds,
-        cpus,
-        std::mem::size_of::<Completion>()
+        args.items, args.rounds, cpus, payload
     );
 
     // Warm-up (not counted): every contender once, with a tenth of the items.
     for r in &rows {
-        run_once(r.kind, r.consumers, (args.items / 10).max(1));
+        run_once(r.kind, r.consumers, (args.items / 10).max(1), stall);
     }
     let t0 = Instant::now();
     for round in 0..args.rounds {
         for r in rows.iter_mut() {
-            r.rates.push(run_once(r.kind, r.consumers, args.items));
+            match run_once(r.kind, r.consumers, args.items, stall) {
+                Some(rate) => r.rates.push(rate),
+                None => r.stalls += 1,
+            }
         }
         eprintln!(
             "round {}/{} done ({:.1} s)",
@@ -349,27 +440,38 @@ fn main() {
 
     println!();
     println!(
-        "{:<22} {:>9} {:>10} {:>17} {:>11}",
-        "contender", "consumers", "Mitems/s", "min–max", "vs crossbeam"
+        "{:<22} {:>9} {:>10} {:>17} {:>12} {:>8}",
+        "contender", "consumers", "Mitems/s", "min–max", "vs crossbeam", "stalled"
     );
-    println!("{}", "-".repeat(73));
+    println!("{}", "-".repeat(83));
     for consumers in [1, 2] {
-        let base = rows
-            .iter()
-            .find(|r| r.consumers == consumers && r.kind == Kind::Crossbeam)
-            .map(|r| median(&r.rates))
-            .unwrap();
+        let base = crossbeam_median(&rows, consumers);
         for r in rows.iter().filter(|r| r.consumers == consumers) {
-            let m = median(&r.rates);
-            let (lo, hi) = min_max(&r.rates);
-            println!(
-                "{:<22} {:>9} {:>10.2} {:>17} {:>10.2}×",
-                r.kind.name(),
-                consumers,
-                m / 1e6,
-                format!("{:.2}–{:.2}", lo / 1e6, hi / 1e6),
-                m / base
-            );
+            let stalled = format!("{}/{}", r.stalls, args.rounds);
+            match r.median() {
+                Some(m) => {
+                    let (lo, hi) = min_max(&r.rates);
+                    let ratio = base.map_or("-".to_string(), |b| format!("{:.2}×", m / b));
+                    println!(
+                        "{:<22} {:>9} {:>10.2} {:>17} {:>12} {:>8}",
+                        r.kind.name(),
+                        consumers,
+                        m / 1e6,
+                        format!("{:.2}–{:.2}", lo / 1e6, hi / 1e6),
+                        ratio,
+                        stalled
+                    );
+                }
+                None => println!(
+                    "{:<22} {:>9} {:>10} {:>17} {:>12} {:>8}",
+                    r.kind.name(),
+                    consumers,
+                    "-",
+                    "-",
+                    "-",
+                    stalled
+                ),
+            }
         }
     }
     println!();
@@ -378,8 +480,7 @@ fn main() {
         args.rounds
     );
     println!(
-        "cport::Completion ({} B: key, user, result Ok(bytes), op Op::Post); cport via",
-        std::mem::size_of::<Completion>()
+        "cport::Completion ({payload} B: key, user, result Ok(bytes), op Op::Post); cport via"
     );
     println!(
         "Port::post/get (get_many: batches of {BATCH}), concurrency = consumers; channels unbounded."
@@ -387,10 +488,25 @@ fn main() {
     println!(
         "std mpsc with 2 consumers: the single Receiver is shared behind a Mutex (holder blocks in recv)."
     );
+    let stalls: usize = rows.iter().map(|r| r.stalls).sum();
+    if stalls > 0 {
+        println!(
+            "stalled: runs in which the port lost a wake-up (items queued, none taken for {:?});",
+            stall
+        );
+        println!("they were ended by the watchdog and are excluded from the statistics.");
+    }
 
     if let Some(path) = &args.json {
         std::fs::write(path, to_json(&args, cpus, &rows)).expect("write --json file");
         println!("results written to {path}");
+    }
+}
+
+fn json_num(x: Option<f64>, digits: usize) -> String {
+    match x {
+        Some(x) if x.is_finite() => format!("{x:.digits$}"),
+        _ => "null".into(),
     }
 }
 
@@ -399,29 +515,35 @@ fn to_json(args: &Args, cpus: usize, rows: &[Row]) -> String {
     s.push_str("{\n");
     s.push_str("  \"bench\": \"bench_port\",\n");
     s.push_str(&format!(
-        "  \"items\": {},\n  \"rounds\": {},\n  \"cpus\": {},\n  \"payload_bytes\": {},\n",
+        "  \"items\": {},\n  \"rounds\": {},\n  \"cpus\": {},\n  \"payload_bytes\": {},\n  \"batch\": {},\n",
         args.items,
         args.rounds,
         cpus,
-        std::mem::size_of::<Completion>()
+        std::mem::size_of::<Completion>(),
+        BATCH
     ));
     s.push_str("  \"results\": [\n");
     for (i, r) in rows.iter().enumerate() {
-        let base = rows
-            .iter()
-            .find(|b| b.consumers == r.consumers && b.kind == Kind::Crossbeam)
-            .map(|b| median(&b.rates))
-            .unwrap();
-        let (lo, hi) = min_max(&r.rates);
+        let m = r.median();
+        let ratio = m
+            .zip(crossbeam_median(rows, r.consumers))
+            .map(|(m, b)| m / b);
+        let (lo, hi) = if r.rates.is_empty() {
+            (None, None)
+        } else {
+            let (lo, hi) = min_max(&r.rates);
+            (Some(lo), Some(hi))
+        };
         let rates: Vec<String> = r.rates.iter().map(|x| format!("{x:.0}")).collect();
         s.push_str(&format!(
-            "    {{\"contender\": \"{}\", \"consumers\": {}, \"median_items_per_s\": {:.0}, \"min\": {:.0}, \"max\": {:.0}, \"ratio_to_crossbeam\": {:.4}, \"rounds\": [{}]}}{}\n",
+            "    {{\"contender\": \"{}\", \"consumers\": {}, \"median_items_per_s\": {}, \"min\": {}, \"max\": {}, \"ratio_to_crossbeam\": {}, \"stalled_runs\": {}, \"rounds\": [{}]}}{}\n",
             r.kind.name(),
             r.consumers,
-            median(&r.rates),
-            lo,
-            hi,
-            median(&r.rates) / base,
+            json_num(m, 0),
+            json_num(lo, 0),
+            json_num(hi, 0),
+            json_num(ratio, 4),
+            r.stalls,
             rates.join(", "),
             if i + 1 < rows.len() { "," } else { "" }
         ));

@@ -24,6 +24,7 @@ per_backend!(
     timers_fire_in_deadline_order_and_never_early,
     cancelled_timer_never_fires,
     thread_exiting_in_a_handler_gives_its_slot_back,
+    no_wakeup_is_lost_in_a_burst_of_posts,
 );
 
 fn posts_from_one_thread_come_out_in_order(b: Backend) {
@@ -410,4 +411,38 @@ fn thread_exiting_in_a_handler_gives_its_slot_back(b: Backend) {
     let p = port.clone();
     let other = std::thread::spawn(move || p.get(Some(Duration::from_secs(5))).unwrap());
     assert_eq!(other.join().unwrap().map(|c| c.user), Some(2));
+}
+
+/// A producer posts in bursts while one consumer drains with `get_many`: the consumer must
+/// never sit in `get` while completions are ready (a lost wake-up; this once happened when a
+/// submission-queue view wrote its stale tail back after its lock was released).
+fn no_wakeup_is_lost_in_a_burst_of_posts(b: Backend) {
+    for _ in 0..5 {
+        const ITEMS: u64 = 200_000;
+        let port = port(b, 1);
+        let p = port.clone();
+        let producer = std::thread::spawn(move || {
+            for i in 0..ITEMS {
+                p.post(0, 0, i).unwrap();
+            }
+        });
+        let mut out = Vec::with_capacity(64);
+        let mut taken = 0;
+        while taken < ITEMS {
+            out.clear();
+            // Items are posted without pause: a call that runs to its deadline slept through
+            // a wake-up (the poller is only woken by the posts).
+            let t0 = Instant::now();
+            let n = port
+                .get_many(&mut out, 64, Some(Duration::from_secs(3)))
+                .unwrap();
+            assert!(
+                t0.elapsed() < Duration::from_secs(3),
+                "get_many slept to its deadline with {:?}",
+                port.stats()
+            );
+            taken += n as u64;
+        }
+        producer.join().unwrap();
+    }
 }

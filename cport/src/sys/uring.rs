@@ -195,9 +195,15 @@ impl Uring {
                 }
             }
             let overflow = {
-                let _g = self.sq.lock();
+                let guard = self.sq.lock();
                 // SAFETY: the `sq` lock is held: this is the only SubmissionQueue.
-                unsafe { self.ring.submission_shared() }.cq_overflow()
+                let sq = unsafe { self.ring.submission_shared() };
+                let overflow = sq.cq_overflow();
+                // The view writes its (cached) tail back when dropped: that must happen while
+                // the lock is still held, or it would erase an SQE pushed meanwhile.
+                drop(sq);
+                drop(guard);
+                overflow
             };
             if !overflow {
                 return n;
