@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use socket2::{SockAddr, SockRef};
 
 use crate::op::{aborted, Completion, Op, OpData, SendBuf, TimerId};
-use crate::sched::{Outcome, Poller, Sched, Waiter};
+use crate::sched::{Outcome, Poller, Sched, Sink, Waiter};
 use crate::slab::Slab;
 use crate::sys::{Backend, Driver, Raw};
 use crate::timer::Timers;
@@ -213,11 +213,9 @@ impl Port {
     /// concurrency slot); returning a completion starts a new one.
     #[doc(alias = "GetQueuedCompletionStatus")]
     pub fn get(&self, timeout: Option<Duration>) -> Result<Option<Completion>, Closed> {
-        let mut out = Vec::with_capacity(1);
-        match self.get_into(&mut out, 1, timeout)? {
-            0 => Ok(None),
-            _ => Ok(out.pop()),
-        }
+        let mut out = None;
+        self.get_into(&mut out, 1, timeout)?;
+        Ok(out)
     }
 
     /// Dequeues up to `max` completions at once into `out` (appending), waiting up to
@@ -234,7 +232,7 @@ impl Port {
 
     fn get_into(
         &self,
-        out: &mut Vec<Completion>,
+        out: &mut impl Sink<Completion>,
         max: usize,
         timeout: Option<Duration>,
     ) -> Result<usize, Closed> {
@@ -242,20 +240,16 @@ impl Port {
         let shared = &*self.shared;
         let (had_slot, waiter) = LOCAL.with(|l| {
             let mut l = l.borrow_mut();
-            (l.take_slot(shared.id), l.waiter.clone())
+            (l.set_slot(&self.shared, false), l.waiter.clone())
         });
-        let before = out.len();
+        let before = out.count();
         match shared
             .sched
             .get(had_slot, deadline, max, out, &waiter, shared)
         {
             Outcome::Got => {
-                LOCAL.with(|l| {
-                    l.borrow_mut()
-                        .slots
-                        .push((shared.id, Arc::downgrade(&self.shared)))
-                });
-                Ok(out.len() - before)
+                LOCAL.with(|l| l.borrow_mut().set_slot(&self.shared, true));
+                Ok(out.count() - before)
             }
             Outcome::Timeout => Ok(0),
             Outcome::Closed => Err(Closed),
@@ -836,30 +830,33 @@ fn closed_error() -> io::Error {
 
 struct Local {
     waiter: std::sync::Arc<Waiter>,
-    slots: Vec<(usize, Weak<Shared>)>,
+    /// The ports this thread used, and whether it holds a slot of each. An entry is made
+    /// once per (thread, port), so a `get` clones no `Arc`.
+    ports: Vec<(usize, Weak<Shared>, bool)>,
 }
 
 impl Local {
-    fn take_slot(&mut self, port: usize) -> bool {
-        match self.slots.iter().position(|(id, _)| *id == port) {
-            Some(i) => {
-                self.slots.swap_remove(i);
-                true
-            }
-            None => false,
+    /// Records whether the thread holds a slot of `port`; returns whether it did.
+    fn set_slot(&mut self, port: &Arc<Shared>, held: bool) -> bool {
+        if let Some(e) = self.ports.iter_mut().find(|e| e.0 == port.id) {
+            return std::mem::replace(&mut e.2, held);
         }
+        // Forget ports that are gone before remembering a new one.
+        self.ports.retain(|e| e.1.strong_count() > 0);
+        self.ports.push((port.id, Arc::downgrade(port), held));
+        false
     }
 
     fn holds_slot(&self, port: usize) -> bool {
-        self.slots.iter().any(|(id, _)| *id == port)
+        self.ports.iter().any(|e| e.0 == port && e.2)
     }
 }
 
 impl Drop for Local {
     /// A thread that exits inside a handler pass gives its slot back (as IOCP does).
     fn drop(&mut self) {
-        for (_, w) in self.slots.drain(..) {
-            if let Some(shared) = w.upgrade() {
+        for (_, w, held) in self.ports.drain(..) {
+            if let Some(shared) = w.upgrade().filter(|_| held) {
                 shared.sched.release_slot(&*shared);
             }
         }
@@ -869,6 +866,6 @@ impl Drop for Local {
 thread_local! {
     static LOCAL: RefCell<Local> = RefCell::new(Local {
         waiter: Waiter::new(),
-        slots: Vec::new(),
+        ports: Vec::new(),
     });
 }

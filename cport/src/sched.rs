@@ -20,7 +20,9 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use crate::sync::{Arc, AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
+use crate::sync::{fence, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
+
+use Ordering::{Acquire, Relaxed, SeqCst};
 
 /// What waits in the kernel on behalf of the port. Exactly one thread calls [`Poller::poll`]
 /// at a time, without the scheduler lock.
@@ -30,6 +32,32 @@ pub(crate) trait Poller<T> {
     fn poll(&self, deadline: Option<Instant>, out: &mut Vec<T>);
     /// Makes a concurrent or the next [`Poller::poll`] return promptly.
     fn wake(&self);
+}
+
+/// Where `get` puts what it takes: a batch (`Vec`) or a single item (`Option`, no
+/// allocation).
+pub(crate) trait Sink<T> {
+    fn put(&mut self, x: T);
+    fn count(&self) -> usize;
+}
+
+impl<T> Sink<T> for Vec<T> {
+    fn put(&mut self, x: T) {
+        self.push(x);
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T> Sink<T> for Option<T> {
+    fn put(&mut self, x: T) {
+        debug_assert!(self.is_none());
+        *self = Some(x);
+    }
+    fn count(&self) -> usize {
+        self.is_some() as usize
+    }
 }
 
 /// One parked thread. Each thread keeps one and reuses it.
@@ -60,11 +88,41 @@ pub(crate) enum Outcome {
     Closed,
 }
 
+#[cfg(not(loom))]
+type Padded<T> = crossbeam_utils::CachePadded<T>;
+#[cfg(loom)]
+type Padded<T> = std::boxed::Box<T>;
+
+/// The ready queue: lock-free (crossbeam's segmented MPMC queue). Under loom, a mutex-backed
+/// queue stands in (linearizable too, so the model checks the same protocol).
+#[cfg(not(loom))]
+type Queue<T> = crossbeam_queue::SegQueue<T>;
+
+#[cfg(loom)]
+struct Queue<T>(Mutex<VecDeque<T>>);
+
+#[cfg(loom)]
+impl<T> Queue<T> {
+    fn new() -> Self {
+        Queue(Mutex::new(VecDeque::new()))
+    }
+    fn push(&self, x: T) {
+        self.0.lock().push_back(x);
+    }
+    fn pop(&self) -> Option<T> {
+        self.0.lock().pop_front()
+    }
+    fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+    fn is_empty(&self) -> bool {
+        self.0.lock().is_empty()
+    }
+}
+
+/// The part that needs the lock: who sleeps where.
 #[derive(Debug)]
-struct State<T> {
-    ready: VecDeque<T>,
-    /// Threads holding a slot.
-    active: usize,
+struct State {
     /// Parked `get` callers, most recent last (LIFO).
     idle: Vec<Arc<Waiter>>,
     /// Waiters popped from `idle` and notified that have not run yet.
@@ -75,13 +133,28 @@ struct State<T> {
     polling: bool,
     /// `Poller::wake` was already called for the current poll.
     poll_kicked: bool,
-    closed: bool,
 }
 
 /// The scheduler shared by every thread of a port.
-#[derive(Debug)]
+///
+/// Taking a completion and posting one are lock-free when nobody sleeps: the ready queue is
+/// a lock-free queue and the slots are an atomic count. The lock is taken only to go to
+/// sleep (park or poll) and to wake sleepers. A thread that registers as a sleeper
+/// (`sleepers += 1`, then re-checks the queue) and a poster (push, then reads `sleepers`)
+/// order those steps with `SeqCst`, so at least one of them sees the other: an item is never
+/// left in the queue while every thread sleeps.
 pub(crate) struct Sched<T> {
-    state: Mutex<State<T>>,
+    queue: Queue<T>,
+    /// Threads holding a slot. On its own cache line: consumers write it twice per item,
+    /// posters never touch it.
+    active: Padded<AtomicUsize>,
+    /// Threads between registering to sleep and running again (parked, polling, or woken
+    /// and not yet back).
+    sleepers: AtomicUsize,
+    /// Threads in `resuming`.
+    resumers: AtomicUsize,
+    closed: AtomicBool,
+    state: Mutex<State>,
     concurrency: usize,
 }
 
@@ -89,15 +162,17 @@ impl<T> Sched<T> {
     pub(crate) fn new(concurrency: usize) -> Self {
         assert!(concurrency > 0);
         Sched {
+            queue: Queue::new(),
+            active: Padded::new(AtomicUsize::new(0)),
+            sleepers: AtomicUsize::new(0),
+            resumers: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
             state: Mutex::new(State {
-                ready: VecDeque::new(),
-                active: 0,
                 idle: Vec::new(),
                 woken: 0,
                 resuming: VecDeque::new(),
                 polling: false,
                 poll_kicked: false,
-                closed: false,
             }),
             concurrency,
         }
@@ -107,6 +182,44 @@ impl<T> Sched<T> {
         self.concurrency
     }
 
+    /// Takes a slot if one is free.
+    fn try_acquire(&self) -> bool {
+        let mut a = self.active.load(Relaxed);
+        while a < self.concurrency {
+            match self
+                .active
+                .compare_exchange_weak(a, a + 1, Acquire, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(x) => a = x,
+            }
+        }
+        false
+    }
+
+    /// The lock-free path: a slot and at least one item, or nothing.
+    fn try_take(&self, max: usize, out: &mut impl Sink<T>, poller: &dyn Poller<T>) -> bool {
+        if self.queue.is_empty() || !self.try_acquire() {
+            return false;
+        }
+        let before = out.count();
+        while out.count() - before < max {
+            match self.queue.pop() {
+                Some(x) => out.put(x),
+                None => break,
+            }
+        }
+        if out.count() == before {
+            self.release(poller);
+            return false;
+        }
+        // More work and someone asleep who could take it: wake them.
+        if !self.queue.is_empty() && self.sleepers.load(SeqCst) > 0 {
+            self.kick_locked(poller);
+        }
+        true
+    }
+
     /// Takes up to `max` (≥ 1) ready items into `out`, waiting until `deadline`.
     /// `had_slot` says whether the caller held a slot, which calling `get` releases.
     pub(crate) fn get(
@@ -114,32 +227,40 @@ impl<T> Sched<T> {
         had_slot: bool,
         deadline: Option<Instant>,
         max: usize,
-        out: &mut Vec<T>,
+        out: &mut impl Sink<T>,
         me: &Arc<Waiter>,
         poller: &dyn Poller<T>,
     ) -> Outcome {
         debug_assert!(max >= 1);
-        let mut st = self.state.lock();
         if had_slot {
-            self.release(&mut st);
+            self.release(poller);
         }
         let mut batch = Vec::new();
         loop {
-            if st.closed {
+            if self.closed.load(Acquire) {
                 return Outcome::Closed;
             }
-            if st.active < self.concurrency && !st.ready.is_empty() {
-                let n = max.min(st.ready.len());
-                out.extend(st.ready.drain(..n));
-                st.active += 1;
-                let kick = self.kick(&mut st);
-                drop(st);
-                if kick {
-                    poller.wake();
-                }
+            if self.try_take(max, out, poller) {
                 return Outcome::Got;
             }
+            // Spin briefly (well under a microsecond) before going to sleep: a post that
+            // is about to land costs no sleep and wake-up then.
+            #[cfg(not(loom))]
+            if self.spin_for_work() {
+                continue;
+            }
+            // Register as a sleeper, then look again: a post that came before the
+            // registration is seen here; one that comes after sees the registration.
+            let mut st = self.state.lock();
+            self.sleepers.fetch_add(1, SeqCst);
+            fence(SeqCst);
+            let runnable = self.active.load(SeqCst) < self.concurrency && !self.queue.is_empty();
+            if runnable || self.closed.load(SeqCst) {
+                self.sleepers.fetch_sub(1, SeqCst);
+                continue;
+            }
             if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.sleepers.fetch_sub(1, SeqCst);
                 // Hand the poller's duty on if we were the one who might have taken it.
                 let kick = self.kick(&mut st);
                 drop(st);
@@ -148,30 +269,56 @@ impl<T> Sched<T> {
                 }
                 return Outcome::Timeout;
             }
-            if !st.polling && st.active < self.concurrency {
+            if !st.polling && self.active.load(SeqCst) < self.concurrency {
                 st.polling = true;
                 st.poll_kicked = false;
                 drop(st);
                 poller.poll(deadline, &mut batch);
-                st = self.state.lock();
+                for x in batch.drain(..) {
+                    self.queue.push(x);
+                }
+                let mut st = self.state.lock();
                 st.polling = false;
-                st.ready.extend(batch.drain(..));
-                // Loop: take one ourselves; `kick` wakes others for the rest and a new poller.
+                self.sleepers.fetch_sub(1, SeqCst);
+                // We take one ourselves (next turn, without a context switch); others are
+                // woken for the rest, and one of them becomes the next poller.
+                st.woken += 1;
+                let kick = self.kick(&mut st);
+                st.woken -= 1;
+                drop(st);
+                if kick {
+                    poller.wake();
+                }
                 continue;
             }
             st = self.park(st, me, deadline, false);
+            self.sleepers.fetch_sub(1, SeqCst);
+            drop(st);
         }
     }
 
-    /// Parks `me` until it is notified, the deadline passes, or (spuriously) otherwise.
+    /// True if work showed up while spinning a little.
+    #[cfg(not(loom))]
+    fn spin_for_work(&self) -> bool {
+        let backoff = crossbeam_utils::Backoff::new();
+        while !backoff.is_completed() {
+            if !self.queue.is_empty() && self.active.load(Relaxed) < self.concurrency {
+                return true;
+            }
+            backoff.snooze();
+        }
+        false
+    }
+
+    /// Parks `me` until it is notified, the deadline passes, or the scheduler closes.
     fn park<'a>(
         &self,
-        mut st: MutexGuard<'a, State<T>>,
+        mut st: MutexGuard<'a, State>,
         me: &Arc<Waiter>,
         deadline: Option<Instant>,
         resuming: bool,
-    ) -> MutexGuard<'a, State<T>> {
-        me.notified.store(false, Ordering::Relaxed);
+    ) -> MutexGuard<'a, State> {
+        me.notified.store(false, Relaxed);
         if resuming {
             st.resuming.push_back(me.clone());
         } else {
@@ -179,66 +326,82 @@ impl<T> Sched<T> {
         }
         loop {
             st = me.cv.wait(st, deadline);
-            if me.notified.load(Ordering::Relaxed) {
+            if me.notified.load(Relaxed) {
                 if !resuming {
                     st.woken -= 1;
                 }
                 return st;
             }
             let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-            if timed_out || st.closed {
-                let list_pos = if resuming {
-                    st.resuming.iter().position(|w| Arc::ptr_eq(w, me))
-                } else {
-                    st.idle.iter().rposition(|w| Arc::ptr_eq(w, me))
-                };
-                if let Some(i) = list_pos {
-                    if resuming {
+            if timed_out || self.closed.load(SeqCst) {
+                if resuming {
+                    if let Some(i) = st.resuming.iter().position(|w| Arc::ptr_eq(w, me)) {
                         st.resuming.remove(i);
-                    } else {
-                        st.idle.remove(i);
+                        self.resumers.fetch_sub(1, SeqCst);
                     }
+                } else if let Some(i) = st.idle.iter().rposition(|w| Arc::ptr_eq(w, me)) {
+                    st.idle.remove(i);
                 }
                 return st;
             }
         }
     }
 
-    /// Gives up a slot: a thread back from `blocking` gets it first, then idle threads are
-    /// woken if there is work for them.
-    fn release(&self, st: &mut State<T>) {
-        debug_assert!(st.active > 0);
-        st.active -= 1;
-        if let Some(w) = st.resuming.pop_front() {
-            st.active += 1;
-            w.notified.store(true, Ordering::Relaxed);
-            w.cv.notify_one();
+    /// Gives up a slot: a thread back from `blocking` gets it first; then sleepers are woken
+    /// if there is work for them or nobody polls.
+    fn release(&self, poller: &dyn Poller<T>) {
+        if self.resumers.load(SeqCst) > 0 {
+            let mut st = self.state.lock();
+            if let Some(w) = st.resuming.pop_front() {
+                // The slot passes straight to it: `active` does not change.
+                self.resumers.fetch_sub(1, SeqCst);
+                w.notified.store(true, Relaxed);
+                w.cv.notify_one();
+                return;
+            }
+            drop(st);
+        }
+        // SeqCst read-modify-write then SeqCst load: ordered against a sleeper's
+        // registration (`sleepers += 1`, then it reads `active`).
+        self.active.fetch_sub(1, SeqCst);
+        if self.sleepers.load(SeqCst) > 0 {
+            self.kick_locked(poller);
+        }
+    }
+
+    fn kick_locked(&self, poller: &dyn Poller<T>) {
+        let mut st = self.state.lock();
+        let kick = self.kick(&mut st);
+        drop(st);
+        if kick {
+            poller.wake();
         }
     }
 
     /// Wakes as many idle threads as there is work and free slots for (most recent first),
     /// plus one to poll the kernel if nobody does. Returns true if the poller must be
     /// interrupted because ready items would otherwise wait for it.
-    fn kick(&self, st: &mut State<T>) -> bool {
-        if st.closed {
+    fn kick(&self, st: &mut State) -> bool {
+        if self.closed.load(SeqCst) {
             return false;
         }
-        let free = self.concurrency.saturating_sub(st.active);
-        let mut want = st.ready.len().min(free);
+        let free = self.concurrency.saturating_sub(self.active.load(SeqCst));
+        let ready = self.queue.len();
+        let mut want = ready.min(free);
         if !st.polling && free > want {
             want += 1;
         }
         while st.woken < want {
             match st.idle.pop() {
                 Some(w) => {
-                    w.notified.store(true, Ordering::Relaxed);
+                    w.notified.store(true, Relaxed);
                     st.woken += 1;
                     w.cv.notify_one();
                 }
                 None => break,
             }
         }
-        let unserved = st.ready.len() > st.woken;
+        let unserved = ready > st.woken;
         if unserved && free > 0 && st.polling && !st.poll_kicked {
             st.poll_kicked = true;
             return true;
@@ -249,12 +412,14 @@ impl<T> Sched<T> {
     /// Adds items to the ready queue (posted completions, completions produced outside the
     /// poller) and wakes whoever should take them.
     pub(crate) fn push_all(&self, items: impl IntoIterator<Item = T>, poller: &dyn Poller<T>) {
-        let mut st = self.state.lock();
-        st.ready.extend(items);
-        let kick = self.kick(&mut st);
-        drop(st);
-        if kick {
-            poller.wake();
+        for x in items {
+            self.queue.push(x);
+        }
+        // No fence: a push ends with a read-modify-write of the slot's state (a full barrier
+        // on x86, and ordered before this SeqCst load on ARMv8), the same reasoning as
+        // crossbeam-channel's sender/`SyncWaker::notify`. The sleeper's side has the fence.
+        if self.sleepers.load(SeqCst) > 0 {
+            self.kick_locked(poller);
         }
     }
 
@@ -271,72 +436,72 @@ impl<T> Sched<T> {
     /// The calling thread, which holds a slot, is about to block: its slot goes to someone
     /// else meanwhile.
     pub(crate) fn enter_blocking(&self, poller: &dyn Poller<T>) {
-        self.release_slot(poller);
+        self.release(poller);
     }
 
     /// The calling thread is back from blocking: it waits for a free slot (ahead of idle
     /// `get` callers), so that the concurrency value holds at every moment.
     pub(crate) fn leave_blocking(&self, me: &Arc<Waiter>) {
-        let mut st = self.state.lock();
-        if st.active < self.concurrency && st.resuming.is_empty() || st.closed {
-            st.active += 1;
+        if self.resumers.load(SeqCst) == 0 && self.try_acquire() {
             return;
         }
-        loop {
-            st = self.park(st, me, None, true);
-            if me.notified.load(Ordering::Relaxed) {
-                return; // `release` counted our slot
-            }
-            if st.closed {
-                st.active += 1;
-                return;
-            }
-            // Spurious wake-up: we were removed from `resuming` only on close, so re-queue.
+        let mut st = self.state.lock();
+        self.resumers.fetch_add(1, SeqCst);
+        fence(SeqCst);
+        if self.closed.load(SeqCst) {
+            // The port is going away: count the slot and go on.
+            self.resumers.fetch_sub(1, SeqCst);
+            self.active.fetch_add(1, SeqCst);
+            return;
         }
+        // A slot freed before we registered is not handed to us: look again.
+        if st.resuming.is_empty() && self.try_acquire() {
+            self.resumers.fetch_sub(1, SeqCst);
+            return;
+        }
+        st = self.park(st, me, None, true);
+        if !me.notified.load(Relaxed) {
+            // Closed while waiting: count the slot anyway, the port is going away.
+            self.active.fetch_add(1, SeqCst);
+        }
+        drop(st);
     }
 
     /// Gives up a slot outside of `get` (thread exit, `blocking`).
     pub(crate) fn release_slot(&self, poller: &dyn Poller<T>) {
-        let mut st = self.state.lock();
-        self.release(&mut st);
-        let kick = self.kick(&mut st);
-        drop(st);
-        if kick {
-            poller.wake();
-        }
+        self.release(poller);
     }
 
     /// Shuts the scheduler: every waiter, present and future, gets `Closed`.
     /// Returns the items nobody took.
     pub(crate) fn close(&self, poller: &dyn Poller<T>) -> Vec<T> {
-        let mut st = self.state.lock();
-        st.closed = true;
-        for w in st.idle.drain(..) {
+        let st = self.state.lock();
+        self.closed.store(true, SeqCst);
+        for w in st.idle.iter().chain(st.resuming.iter()) {
             w.cv.notify_one();
         }
-        for w in st.resuming.drain(..) {
-            w.cv.notify_one();
-        }
-        let left = st.ready.drain(..).collect();
         let polling = st.polling;
         drop(st);
         if polling {
             poller.wake();
         }
+        let mut left = Vec::new();
+        while let Some(x) = self.queue.pop() {
+            left.push(x);
+        }
         left
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.state.lock().closed
+        self.closed.load(Acquire)
     }
 
-    /// A snapshot for tests and metrics: (threads holding a slot, parked threads, ready items).
+    /// A snapshot for tests and metrics: (threads holding a slot, threads asleep, ready items).
     pub(crate) fn stats(&self) -> (usize, usize, usize) {
-        let st = self.state.lock();
         (
-            st.active,
-            st.idle.len() + st.polling as usize,
-            st.ready.len(),
+            self.active.load(SeqCst),
+            self.sleepers.load(SeqCst),
+            self.queue.len(),
         )
     }
 }
@@ -468,7 +633,9 @@ mod loom_model {
     /// Shutdown wakes a parked waiter and the poller.
     #[test]
     fn close_wakes_every_waiter() {
-        loom::model(|| {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(|| {
             let sched = Arc::new(Sched::<u32>::new(2));
             let kernel = Kernel::new();
             let ts: Vec<_> = (0..2)
