@@ -238,17 +238,19 @@ impl Port {
     ) -> Result<usize, Closed> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let shared = &*self.shared;
-        let (had_slot, waiter) = LOCAL.with(|l| {
+        let (had_slot, dirty, waiter) = LOCAL.with(|l| {
             let mut l = l.borrow_mut();
-            (l.set_slot(&self.shared, false), l.waiter.clone())
+            let e = l.entry(&self.shared);
+            let was = (std::mem::take(&mut e.held), std::mem::take(&mut e.dirty));
+            (was.0, was.1, l.waiter.clone())
         });
         let before = out.count();
         match shared
             .sched
-            .get(had_slot, deadline, max, out, &waiter, shared)
+            .get(had_slot, dirty, deadline, max, out, &waiter, shared)
         {
             Outcome::Got => {
-                LOCAL.with(|l| l.borrow_mut().set_slot(&self.shared, true));
+                LOCAL.with(|l| l.borrow_mut().entry(&self.shared).held = true);
                 Ok(out.count() - before)
             }
             Outcome::Timeout => Ok(0),
@@ -303,7 +305,13 @@ impl Port {
     /// returning. Outside a handler pass of this port it just runs `f`.
     pub fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
         let shared = &*self.shared;
-        let held = LOCAL.with(|l| l.borrow().holds_slot(shared.id));
+        let (held, dirty) = LOCAL.with(|l| match l.borrow_mut().find(shared.id) {
+            Some(e) => (e.held, std::mem::take(&mut e.dirty)),
+            None => (false, false),
+        });
+        if dirty {
+            shared.flush();
+        }
         if !held {
             return f();
         }
@@ -317,6 +325,24 @@ impl Port {
         }
         let _resume = Resume(shared);
         f()
+    }
+
+    /// Submits now the operations this thread started in its current handler pass.
+    ///
+    /// Operations started inside a handler pass (between a `get` that returned and the next
+    /// one) are submitted together when the thread comes back to `get` — where the io_uring
+    /// backend submits them and waits for completions in one system call — or in
+    /// [`Port::blocking`]. A handler that starts I/O and then computes for long calls this
+    /// first. Operations started outside a handler pass are submitted at once.
+    pub fn submit(&self) {
+        let dirty = LOCAL.with(|l| {
+            l.borrow_mut()
+                .find(self.shared.id)
+                .is_some_and(|e| std::mem::take(&mut e.dirty))
+        });
+        if dirty {
+            self.shared.flush();
+        }
     }
 
     /// Shuts the port down: every waiting and future `get` answers `Err(Closed)`, pending
@@ -473,7 +499,19 @@ impl Socket {
         };
         match immediate {
             Some(c) => shared.settle(vec![c]),
-            None => shared.flush(),
+            None => {
+                // Inside a handler pass of this port: submitted at the thread's next `get`.
+                let deferred = LOCAL.with(|l| match l.borrow_mut().find(shared.id) {
+                    Some(e) if e.held => {
+                        e.dirty = true;
+                        true
+                    }
+                    _ => false,
+                });
+                if !deferred {
+                    shared.flush();
+                }
+            }
         }
     }
 }
@@ -535,6 +573,15 @@ impl Poller<Completion> for Shared {
             (a, b) => a.or(b),
         };
         let mut raw = Vec::new();
+        let mut until = until;
+        if let Driver::Epoll(_) = self.driver {
+            // epoll's wait does not attempt what was started: do it first, and do not sleep
+            // if that completed something.
+            self.driver.flush(&mut raw);
+            if !raw.is_empty() {
+                until = Some(Instant::now());
+            }
+        }
         self.driver.wait(until, &mut raw);
         self.process(&mut raw, out);
         if next_timer.is_some() {
@@ -544,6 +591,10 @@ impl Poller<Completion> for Shared {
 
     fn wake(&self) {
         self.driver.wake();
+    }
+
+    fn flush(&self) {
+        Shared::flush(self);
     }
 }
 
@@ -830,34 +881,52 @@ fn closed_error() -> io::Error {
 
 struct Local {
     waiter: std::sync::Arc<Waiter>,
-    /// The ports this thread used, and whether it holds a slot of each. An entry is made
-    /// once per (thread, port), so a `get` clones no `Arc`.
-    ports: Vec<(usize, Weak<Shared>, bool)>,
+    /// The ports this thread used: whether it holds a slot of each, and whether it started
+    /// operations there that are not submitted yet. An entry is made once per (thread,
+    /// port), so a `get` clones no `Arc`.
+    ports: Vec<PortEntry>,
+}
+
+struct PortEntry {
+    id: usize,
+    port: Weak<Shared>,
+    held: bool,
+    dirty: bool,
 }
 
 impl Local {
-    /// Records whether the thread holds a slot of `port`; returns whether it did.
-    fn set_slot(&mut self, port: &Arc<Shared>, held: bool) -> bool {
-        if let Some(e) = self.ports.iter_mut().find(|e| e.0 == port.id) {
-            return std::mem::replace(&mut e.2, held);
+    fn entry(&mut self, port: &Arc<Shared>) -> &mut PortEntry {
+        if let Some(i) = self.ports.iter().position(|e| e.id == port.id) {
+            return &mut self.ports[i];
         }
         // Forget ports that are gone before remembering a new one.
-        self.ports.retain(|e| e.1.strong_count() > 0);
-        self.ports.push((port.id, Arc::downgrade(port), held));
-        false
+        self.ports.retain(|e| e.port.strong_count() > 0);
+        self.ports.push(PortEntry {
+            id: port.id,
+            port: Arc::downgrade(port),
+            held: false,
+            dirty: false,
+        });
+        self.ports.last_mut().expect("just pushed")
     }
 
-    fn holds_slot(&self, port: usize) -> bool {
-        self.ports.iter().any(|e| e.0 == port && e.2)
+    fn find(&mut self, port: usize) -> Option<&mut PortEntry> {
+        self.ports.iter_mut().find(|e| e.id == port)
     }
 }
 
 impl Drop for Local {
-    /// A thread that exits inside a handler pass gives its slot back (as IOCP does).
+    /// A thread that exits inside a handler pass submits what it started and gives its slot
+    /// back (as IOCP does).
     fn drop(&mut self) {
-        for (_, w, held) in self.ports.drain(..) {
-            if let Some(shared) = w.upgrade().filter(|_| held) {
-                shared.sched.release_slot(&*shared);
+        for e in self.ports.drain(..) {
+            if let Some(shared) = e.port.upgrade() {
+                if e.dirty {
+                    shared.flush();
+                }
+                if e.held {
+                    shared.sched.release_slot(&*shared);
+                }
             }
         }
     }

@@ -32,6 +32,8 @@ pub(crate) trait Poller<T> {
     fn poll(&self, deadline: Option<Instant>, out: &mut Vec<T>);
     /// Makes a concurrent or the next [`Poller::poll`] return promptly.
     fn wake(&self);
+    /// Submits operations started by the calling thread's handler (a poll submits them too).
+    fn flush(&self) {}
 }
 
 /// Where `get` puts what it takes: a batch (`Vec`) or a single item (`Option`, no
@@ -222,9 +224,15 @@ impl<T> Sched<T> {
 
     /// Takes up to `max` (≥ 1) ready items into `out`, waiting until `deadline`.
     /// `had_slot` says whether the caller held a slot, which calling `get` releases.
+    /// `dirty` says the caller started operations that the poller has not submitted yet:
+    /// they are submitted by this call — by the kernel wait itself if this thread becomes
+    /// the poller (one system call for both), else by `Poller::flush` before it sleeps or
+    /// returns.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn get(
         &self,
         had_slot: bool,
+        mut dirty: bool,
         deadline: Option<Instant>,
         max: usize,
         out: &mut impl Sink<T>,
@@ -241,12 +249,16 @@ impl<T> Sched<T> {
                 return Outcome::Closed;
             }
             if self.try_take(max, out, poller) {
+                if dirty {
+                    poller.flush();
+                }
                 return Outcome::Got;
             }
             // Spin briefly (well under a microsecond) before going to sleep: a post that
             // is about to land costs no sleep and wake-up then.
+            // Not with unsubmitted work: that would only delay it.
             #[cfg(not(loom))]
-            if self.spin_for_work() {
+            if !dirty && self.spin_for_work() {
                 continue;
             }
             // Register as a sleeper, then look again: a post that came before the
@@ -267,12 +279,16 @@ impl<T> Sched<T> {
                 if kick {
                     poller.wake();
                 }
+                if dirty {
+                    poller.flush();
+                }
                 return Outcome::Timeout;
             }
             if !st.polling && self.active.load(SeqCst) < self.concurrency {
                 st.polling = true;
                 st.poll_kicked = false;
                 drop(st);
+                dirty = false;
                 poller.poll(deadline, &mut batch);
                 for x in batch.drain(..) {
                     self.queue.push(x);
@@ -289,6 +305,14 @@ impl<T> Sched<T> {
                 if kick {
                     poller.wake();
                 }
+                continue;
+            }
+            if dirty {
+                // Never sleep on unsubmitted work: submit, then look again.
+                self.sleepers.fetch_sub(1, SeqCst);
+                drop(st);
+                poller.flush();
+                dirty = false;
                 continue;
             }
             st = self.park(st, me, deadline, false);
@@ -569,7 +593,7 @@ mod loom_model {
                         let mut out = Vec::new();
                         let mut had = false;
                         loop {
-                            match sched.get(had, None, 1, &mut out, &me, &*kernel) {
+                            match sched.get(had, false, None, 1, &mut out, &me, &*kernel) {
                                 Outcome::Got => {
                                     had = true;
                                     assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
@@ -611,7 +635,7 @@ mod loom_model {
             let me = Waiter::new();
             let mut out = Vec::new();
             assert_eq!(
-                sched.get(false, None, 1, &mut out, &me, &*kernel),
+                sched.get(false, false, None, 1, &mut out, &me, &*kernel),
                 Outcome::Got
             );
             sched.enter_blocking(&*kernel);
@@ -619,7 +643,7 @@ mod loom_model {
             let other = thread::spawn(move || {
                 let me = Waiter::new();
                 let mut out = Vec::new();
-                let r = s2.get(false, None, 1, &mut out, &me, &*k2);
+                let r = s2.get(false, false, None, 1, &mut out, &me, &*k2);
                 s2.release_slot(&*k2);
                 (r, out)
             });
@@ -644,7 +668,7 @@ mod loom_model {
                     thread::spawn(move || {
                         let me = Waiter::new();
                         let mut out = Vec::new();
-                        s.get(false, None, 1, &mut out, &me, &*k)
+                        s.get(false, false, None, 1, &mut out, &me, &*k)
                     })
                 })
                 .collect();

@@ -25,6 +25,7 @@ per_backend!(
     accept_and_connect_complete_through_the_port,
     udp_recv_from_and_send_to,
     recv_into_full_buffer_is_refused,
+    submit_starts_a_handlers_operations_before_it_returns,
 );
 
 /// An echo server on a worker pool: every receive is sent back as it came and a new receive
@@ -388,4 +389,26 @@ fn recv_into_full_buffer_is_refused(b: Backend) {
         c.result.unwrap_err().kind(),
         std::io::ErrorKind::InvalidInput
     );
+}
+
+/// A handler starts a send, calls `Port::submit`, and waits (inside the handler) for the
+/// peer to receive the bytes: they arrive although the handler has not returned to `get`.
+fn submit_starts_a_handlers_operations_before_it_returns(b: Backend) {
+    let port = port(b, 1);
+    let (mut client, server) = tcp_pair();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let sock = port.associate(server, 1).unwrap();
+    port.post(0, 0, 0).unwrap();
+    let c = next(&port); // now inside a handler pass
+    assert!(matches!(c.op, Op::Post));
+    sock.send(&b"early"[..], 0);
+    port.submit();
+    let mut got = [0u8; 5];
+    client
+        .read_exact(&mut got)
+        .expect("the send was not submitted");
+    assert_eq!(&got, b"early");
+    c_ok(next(&port));
 }

@@ -21,6 +21,7 @@ use std::time::Instant;
 use io_uring::types::{Fd, SubmitArgs, Timespec};
 use io_uring::{opcode, squeue, IoUring, Probe};
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Desc, OpDesc, Raw};
 use crate::slab::RESERVED_TOKENS;
@@ -36,6 +37,9 @@ pub(crate) struct Uring {
     sq: Mutex<VecDeque<squeue::Entry>>,
     /// The completion-side lock (only the poller takes it).
     cq: Mutex<()>,
+    /// SQEs were pushed since the last submission (so a flush with nothing to submit costs
+    /// no system call).
+    pending: AtomicBool,
 }
 
 fn setup_error(what: &str, e: io::Error) -> io::Error {
@@ -94,6 +98,7 @@ impl Uring {
             ring,
             sq: Mutex::new(VecDeque::new()),
             cq: Mutex::new(()),
+            pending: AtomicBool::new(false),
         })
     }
 
@@ -124,6 +129,11 @@ impl Uring {
     }
 
     fn push_entry(&self, entry: squeue::Entry) {
+        self.push_locked(entry);
+        self.pending.store(true, Ordering::Release);
+    }
+
+    fn push_locked(&self, entry: squeue::Entry) {
         let mut backlog = self.sq.lock();
         if backlog.is_empty() {
             // SAFETY: the `sq` lock is held, so this is the only SubmissionQueue in existence.
@@ -155,8 +165,11 @@ impl Uring {
         !backlog.is_empty()
     }
 
-    /// Hands every pushed SQE to the kernel.
+    /// Hands every pushed SQE to the kernel (no system call if nothing was pushed).
     pub(crate) fn flush(&self) {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
         loop {
             let more = self.drain_backlog();
             match self.ring.submit() {
@@ -218,8 +231,11 @@ impl Uring {
     pub(crate) fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) {
         let _g = self.cq.lock();
         if self.reap(out) > 0 {
+            self.flush();
             return;
         }
+        // This enter submits everything pushed so far.
+        self.pending.store(false, Ordering::Release);
         self.drain_backlog();
         let res = match deadline {
             None => self.ring.submit_and_wait(1),
