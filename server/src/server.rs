@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,6 +94,7 @@ pub trait Handler: Send + Sync + 'static {
     /// One packet (as framed by the codec, header included).
     fn on_packet(&self, session: &Session, packet: &[u8]);
     /// The session closed; called exactly once per session, after its last `on_packet`.
+    /// Its slot goes to a new session only after this returns.
     fn on_close(&self, session: &Session, reason: &CloseReason) {
         let _ = (session, reason);
     }
@@ -387,7 +389,7 @@ impl Server {
         let sessions = core.open_sessions();
         let total = sessions.len() as u64;
         for s in &sessions {
-            s.close_after_flush();
+            s.close_after_flush_for(CloseReason::Shutdown);
         }
         let until = t0 + deadline;
         while core.counters.open.load(Relaxed) > 0 && Instant::now() < until {
@@ -440,11 +442,7 @@ fn dispatch<C: Codec, H: Handler>(srv: &ServerHandle, codec: &C, handler: &H, c:
         };
         match c.op {
             Op::Recv(buf) => on_recv(core, codec, handler, &session, c.result, buf),
-            Op::Send(_) => {
-                if !c.is_aborted() {
-                    session.on_sent(c.result);
-                }
-            }
+            Op::Send(_) if !c.is_aborted() => session.on_sent(c.result),
             _ => {}
         }
         return;
@@ -536,7 +534,13 @@ fn on_accept<H: Handler>(core: &Arc<Core>, handler: &H, c: Completion) {
     core.counters.accepted.fetch_add(1, Relaxed);
     core.counters.open.fetch_add(1, Relaxed);
     tracing::debug!(session = %id, ?peer, "session opened");
-    handler.on_connect(&session);
+    if catch_unwind(AssertUnwindSafe(|| handler.on_connect(&session))).is_err() {
+        handler_panicked(&session, "on_connect");
+    }
+    // Shutdown may have listed the sessions to flush before this one was in the table.
+    if core.stopping.load(Relaxed) {
+        session.close_after_flush_for(CloseReason::Shutdown);
+    }
     restart_recv(
         core,
         handler,
@@ -574,12 +578,9 @@ fn on_recv<C: Codec, H: Handler>(
 ) {
     let n = match result {
         Ok(0) => {
-            let draining = s.inner.st.lock().draining;
-            s.close(if draining {
-                CloseReason::Shutdown
-            } else {
-                CloseReason::PeerClosed
-            });
+            // A graceful close ends when the peer closes too: report it as it was asked for.
+            let graceful = s.inner.st.lock().flush_reason.clone();
+            s.close(graceful.unwrap_or(CloseReason::PeerClosed));
             return finish_close(core, handler, s);
         }
         Ok(n) => n,
@@ -600,6 +601,14 @@ fn on_recv<C: Codec, H: Handler>(
     let mut packets = 0u64;
     while pos < buf.len() {
         match codec.frame(&buf[pos..]) {
+            Ok(Some(len)) if len == 0 || len > buf.len() - pos => {
+                // A codec bug, not the peer's: still close only this session, with a reason.
+                s.close(CloseReason::Rejected(format!(
+                    "codec framed {len} bytes out of {} available",
+                    buf.len() - pos
+                )));
+                break;
+            }
             Ok(Some(len)) => {
                 if let Some(cap) = core.cfg.max_packets_per_sec {
                     if over_rate(s, now, cap) {
@@ -607,7 +616,11 @@ fn on_recv<C: Codec, H: Handler>(
                         break;
                     }
                 }
-                handler.on_packet(s, &buf[pos..pos + len]);
+                let packet = &buf[pos..pos + len];
+                if catch_unwind(AssertUnwindSafe(|| handler.on_packet(s, packet))).is_err() {
+                    handler_panicked(s, "on_packet");
+                    break;
+                }
                 pos += len;
                 packets += 1;
                 if s.inner.st.lock().socket.is_none() {
@@ -627,6 +640,14 @@ fn on_recv<C: Codec, H: Handler>(
         buf.reserve(core.cfg.recv_buffer);
     }
     restart_recv(core, handler, s, buf);
+}
+
+/// A handler call for this session panicked: close the session (its receive would never be
+/// restarted, so it would otherwise stay open forever, holding its slot).
+fn handler_panicked(s: &Session, what: &str) {
+    let (id, peer) = (s.id(), s.peer_addr());
+    tracing::error!(session = %id, ?peer, "{what} panicked: closing the session");
+    s.close(CloseReason::Local);
 }
 
 fn over_rate(s: &Session, now: u64, cap: u32) -> bool {
@@ -661,12 +682,21 @@ fn finish_close<H: Handler>(core: &Arc<Core>, handler: &H, s: &Session) {
         (st.reason.clone().unwrap_or(CloseReason::Local), unsent)
     };
     core.counters.queued_bytes.fetch_sub(unsent as u64, Relaxed);
-    core.release_slot(s.id());
-    core.counters.closed(&reason);
     if reason.is_peer_fault() {
         tracing::info!(session = %s.id(), peer = ?s.peer_addr(), "session closed: {reason}");
     } else {
         tracing::debug!(session = %s.id(), peer = ?s.peer_addr(), "session closed: {reason}");
     }
+    // The slot (a game's player index) goes to a new session only once `on_close` has
+    // returned (or panicked), so a new session's `on_connect` never precedes it; the session
+    // counts as open until then (so `open == 0` means the table is empty).
+    struct Release<'a>(&'a Core, SessionId, &'a CloseReason);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.release_slot(self.1);
+            self.0.counters.closed(self.2);
+        }
+    }
+    let _release = Release(core, s.id(), &reason);
     handler.on_close(s, &reason);
 }

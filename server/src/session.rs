@@ -56,6 +56,8 @@ pub(crate) struct SendState {
     sending: bool,
     /// Graceful close: once the queue drains, half-close and wait for the peer's end.
     flush_then_close: bool,
+    /// The reason a graceful close will be reported with.
+    pub(crate) flush_reason: Option<CloseReason>,
     /// The write half is shut; received bytes are discarded until the peer closes.
     pub(crate) draining: bool,
 }
@@ -108,6 +110,7 @@ impl Session {
                     queued: 0,
                     sending: false,
                     flush_then_close: false,
+                    flush_reason: None,
                     draining: false,
                 }),
                 last_rx: AtomicU64::new(now),
@@ -194,13 +197,19 @@ impl Session {
     }
 
     /// Graceful close: stop taking new packets to send, send what is queued, half-close,
-    /// and close when the peer has closed too (or when `close` is called, e.g. at a deadline).
+    /// and close when the peer has closed too (or when `close` is called, e.g. at a
+    /// deadline). Reported with [`CloseReason::Local`].
     pub fn close_after_flush(&self) {
+        self.close_after_flush_for(CloseReason::Local);
+    }
+
+    pub(crate) fn close_after_flush_for(&self, reason: CloseReason) {
         let mut st = self.inner.st.lock();
         if st.socket.is_none() || st.flush_then_close {
             return;
         }
         st.flush_then_close = true;
+        st.flush_reason = Some(reason);
         if !st.sending {
             half_close(&mut st);
         }
