@@ -238,17 +238,38 @@ impl Port {
     ) -> Result<usize, Closed> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let shared = &*self.shared;
-        let (had_slot, dirty, waiter) = LOCAL.with(|l| {
+        let (had_slot, mut dirty, waiter) = LOCAL.with(|l| {
             let mut l = l.borrow_mut();
             let e = l.entry(&self.shared);
             let was = (std::mem::take(&mut e.held), std::mem::take(&mut e.dirty));
             (was.0, was.1, l.waiter.clone())
         });
         let before = out.count();
-        match shared
+        let outcome = shared
             .sched
-            .get(had_slot, dirty, deadline, max, out, &waiter, shared)
-        {
+            .get(had_slot, &mut dirty, deadline, max, out, &waiter, shared);
+        if dirty {
+            // Taken at once, with operations still unsubmitted: batch them with the next
+            // handler pass's, up to a bound.
+            let flush = LOCAL.with(|l| {
+                let mut l = l.borrow_mut();
+                let e = l.entry(&self.shared);
+                e.deferred_passes += 1;
+                if e.deferred_passes >= MAX_DEFERRED_PASSES {
+                    e.deferred_passes = 0;
+                    true
+                } else {
+                    e.dirty = true;
+                    false
+                }
+            });
+            if flush {
+                shared.flush();
+            }
+        } else {
+            LOCAL.with(|l| l.borrow_mut().entry(&self.shared).deferred_passes = 0);
+        }
+        match outcome {
             Outcome::Got => {
                 LOCAL.with(|l| l.borrow_mut().entry(&self.shared).held = true);
                 Ok(out.count() - before)
@@ -892,7 +913,13 @@ struct PortEntry {
     port: Weak<Shared>,
     held: bool,
     dirty: bool,
+    /// Handler passes whose operations are waiting to be submitted together.
+    deferred_passes: u32,
 }
+
+/// Most handler passes whose operations wait to be submitted together, when a thread keeps
+/// finding completions ready without going to the kernel.
+const MAX_DEFERRED_PASSES: u32 = 16;
 
 impl Local {
     fn entry(&mut self, port: &Arc<Shared>) -> &mut PortEntry {
@@ -906,6 +933,7 @@ impl Local {
             port: Arc::downgrade(port),
             held: false,
             dirty: false,
+            deferred_passes: 0,
         });
         self.ports.last_mut().expect("just pushed")
     }

@@ -224,15 +224,16 @@ impl<T> Sched<T> {
 
     /// Takes up to `max` (≥ 1) ready items into `out`, waiting until `deadline`.
     /// `had_slot` says whether the caller held a slot, which calling `get` releases.
-    /// `dirty` says the caller started operations that the poller has not submitted yet:
-    /// they are submitted by this call — by the kernel wait itself if this thread becomes
-    /// the poller (one system call for both), else by `Poller::flush` before it sleeps or
-    /// returns.
+    /// `dirty` says the caller started operations that are not submitted yet. If this call
+    /// goes to the kernel it submits them — in the kernel wait itself if this thread becomes
+    /// the poller (one system call for both), else with `Poller::flush` before it sleeps or
+    /// times out — and clears `dirty`. If it takes an item at once it leaves them to the
+    /// caller, which may batch them with the next handler pass's.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn get(
         &self,
         had_slot: bool,
-        mut dirty: bool,
+        dirty: &mut bool,
         deadline: Option<Instant>,
         max: usize,
         out: &mut impl Sink<T>,
@@ -249,16 +250,13 @@ impl<T> Sched<T> {
                 return Outcome::Closed;
             }
             if self.try_take(max, out, poller) {
-                if dirty {
-                    poller.flush();
-                }
                 return Outcome::Got;
             }
             // Spin briefly (well under a microsecond) before going to sleep: a post that
             // is about to land costs no sleep and wake-up then.
             // Not with unsubmitted work: that would only delay it.
             #[cfg(not(loom))]
-            if !dirty && self.spin_for_work() {
+            if !*dirty && self.spin_for_work() {
                 continue;
             }
             // Register as a sleeper, then look again: a post that came before the
@@ -279,7 +277,7 @@ impl<T> Sched<T> {
                 if kick {
                     poller.wake();
                 }
-                if dirty {
+                if std::mem::take(dirty) {
                     poller.flush();
                 }
                 return Outcome::Timeout;
@@ -288,7 +286,7 @@ impl<T> Sched<T> {
                 st.polling = true;
                 st.poll_kicked = false;
                 drop(st);
-                dirty = false;
+                *dirty = false;
                 poller.poll(deadline, &mut batch);
                 for x in batch.drain(..) {
                     self.queue.push(x);
@@ -307,12 +305,11 @@ impl<T> Sched<T> {
                 }
                 continue;
             }
-            if dirty {
+            if std::mem::take(dirty) {
                 // Never sleep on unsubmitted work: submit, then look again.
                 self.sleepers.fetch_sub(1, SeqCst);
                 drop(st);
                 poller.flush();
-                dirty = false;
                 continue;
             }
             st = self.park(st, me, deadline, false);
@@ -593,7 +590,7 @@ mod loom_model {
                         let mut out = Vec::new();
                         let mut had = false;
                         loop {
-                            match sched.get(had, false, None, 1, &mut out, &me, &*kernel) {
+                            match sched.get(had, &mut false, None, 1, &mut out, &me, &*kernel) {
                                 Outcome::Got => {
                                     had = true;
                                     assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
@@ -635,7 +632,7 @@ mod loom_model {
             let me = Waiter::new();
             let mut out = Vec::new();
             assert_eq!(
-                sched.get(false, false, None, 1, &mut out, &me, &*kernel),
+                sched.get(false, &mut false, None, 1, &mut out, &me, &*kernel),
                 Outcome::Got
             );
             sched.enter_blocking(&*kernel);
@@ -643,7 +640,7 @@ mod loom_model {
             let other = thread::spawn(move || {
                 let me = Waiter::new();
                 let mut out = Vec::new();
-                let r = s2.get(false, false, None, 1, &mut out, &me, &*k2);
+                let r = s2.get(false, &mut false, None, 1, &mut out, &me, &*k2);
                 s2.release_slot(&*k2);
                 (r, out)
             });
@@ -668,7 +665,7 @@ mod loom_model {
                     thread::spawn(move || {
                         let me = Waiter::new();
                         let mut out = Vec::new();
-                        s.get(false, false, None, 1, &mut out, &me, &*k)
+                        s.get(false, &mut false, None, 1, &mut out, &me, &*k)
                     })
                 })
                 .collect();
