@@ -199,11 +199,8 @@ impl<T> Sched<T> {
         false
     }
 
-    /// The lock-free path: a slot and at least one item, or nothing.
-    fn try_take(&self, max: usize, out: &mut impl Sink<T>, poller: &dyn Poller<T>) -> bool {
-        if self.queue.is_empty() || !self.try_acquire() {
-            return false;
-        }
+    /// Pops up to `max` items into `out`; false if there was none.
+    fn take_ready(&self, max: usize, out: &mut impl Sink<T>) -> bool {
         let before = out.count();
         while out.count() - before < max {
             match self.queue.pop() {
@@ -211,7 +208,15 @@ impl<T> Sched<T> {
                 None => break,
             }
         }
-        if out.count() == before {
+        out.count() > before
+    }
+
+    /// The lock-free path: a slot and at least one item, or nothing.
+    fn try_take(&self, max: usize, out: &mut impl Sink<T>, poller: &dyn Poller<T>) -> bool {
+        if self.queue.is_empty() || !self.try_acquire() {
+            return false;
+        }
+        if !self.take_ready(max, out) {
             self.release(poller);
             return false;
         }
@@ -242,6 +247,14 @@ impl<T> Sched<T> {
     ) -> Outcome {
         debug_assert!(max >= 1);
         if had_slot {
+            // Straight from one completion to the next: keep the slot (two read-modify-writes
+            // of `active` saved), unless a thread back from `blocking` waits for one.
+            if self.resumers.load(SeqCst) == 0 && self.take_ready(max, out) {
+                if !self.queue.is_empty() && self.sleepers.load(SeqCst) > 0 {
+                    self.kick_locked(poller);
+                }
+                return Outcome::Got;
+            }
             self.release(poller);
         }
         let mut batch = Vec::new();
