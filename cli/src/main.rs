@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod echo;
+mod mmo;
 mod util;
 
 #[derive(Parser, Debug)]
@@ -23,6 +24,8 @@ struct Cli {
 enum Cmd {
     /// A raw byte-stream TCP echo server on the server layer.
     Echo(echo::Args),
+    /// The IOCP course's game server (2000x2000 board, view lists, NPCs).
+    Mmo(mmo::Args),
     /// Side-by-side benchmarks.
     #[command(subcommand)]
     Bench(bench::Cmd),
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Echo(args) => echo::run(args),
+        Cmd::Mmo(args) => mmo::run(args),
         Cmd::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -1,0 +1,257 @@
+//! Shared by the game server tests: a blocking course client that keeps the picture its
+//! packets paint, and a `per_backend!` macro (every networked test runs on both backends).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use cport_mmo::protocol::{frame_len, name, ClientPacket, Direction, ServerPacket, SizeField};
+use cport_mmo::{Config, MmoServer};
+use cport_server::cport::Backend;
+
+/// Expands each listed test function `fn name(backend: Backend)` into a `#[test]` per backend:
+/// `uring::name` and `epoll::name`.
+#[macro_export]
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $( #[test] fn $name() { super::$name(cport_server::cport::Backend::Uring) } )*
+        }
+        mod epoll {
+            $( #[test] fn $name() { super::$name(cport_server::cport::Backend::Epoll) } )*
+        }
+    };
+}
+
+/// How long anything may take before the test fails rather than hangs.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Logs to the test's output when `RUST_LOG` is set.
+pub fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A small game for tests: the given backend, two workers, loopback, no NPCs.
+pub fn config(backend: Backend) -> Config {
+    Config {
+        backend: Some(backend),
+        threads: 2,
+        npcs: 0,
+        ..Config::default()
+    }
+}
+
+/// Starts a game server.
+pub fn start(cfg: Config) -> MmoServer {
+    init_logging();
+    cport_mmo::start(cfg).expect("start the game server")
+}
+
+/// Waits until `f()` holds, polling every millisecond; fails after [`TIMEOUT`].
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + TIMEOUT;
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A course client over a blocking socket. `picture` is what the server told it: every
+/// object it was sent an ADD for and no REMOVE since, where the last ADD/MOVE put it.
+pub struct Client {
+    pub s: TcpStream,
+    pub h: SizeField,
+    pub id: u32,
+    pub pos: (u16, u16),
+    pub picture: BTreeMap<u32, (u16, u16)>,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Connects (no login yet).
+    pub fn connect(addr: SocketAddr, h: SizeField) -> Client {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(TIMEOUT)).unwrap();
+        Client {
+            s,
+            h,
+            id: u32::MAX,
+            pos: (0, 0),
+            picture: BTreeMap::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Connects and logs in; returns the client after its `SC_LOGIN_INFO` (the ADDs that
+    /// follow are left to read).
+    pub fn login(addr: SocketAddr, h: SizeField, who: &str) -> Client {
+        let mut c = Client::connect(addr, h);
+        c.send(&ClientPacket::Login { name: name(who) });
+        match c.recv() {
+            ServerPacket::LoginInfo { id, x, y, .. } => {
+                c.id = id as u32;
+                c.pos = (x as u16, y as u16);
+            }
+            other => panic!("expected SC_LOGIN_INFO, got {other:?}"),
+        }
+        c
+    }
+
+    /// Sends one packet.
+    pub fn send(&mut self, p: &ClientPacket) {
+        self.raw(&p.encode(self.h));
+    }
+
+    /// Sends raw bytes.
+    pub fn raw(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).expect("write");
+    }
+
+    /// Sends `CS_MOVE`.
+    pub fn move_(&mut self, direction: Direction, move_time: u32) {
+        self.send(&ClientPacket::Move {
+            direction,
+            move_time,
+        });
+    }
+
+    /// The next packet, decoded (not applied to the picture); fails after [`TIMEOUT`].
+    pub fn recv(&mut self) -> ServerPacket {
+        self.try_recv(TIMEOUT)
+            .unwrap_or_else(|| panic!("client {}: no packet within {TIMEOUT:?}", self.id))
+    }
+
+    /// The next packet if one arrives within `wait`.
+    pub fn try_recv(&mut self, wait: Duration) -> Option<ServerPacket> {
+        let until = Instant::now() + wait;
+        loop {
+            if let Some(len) = frame_len(&self.buf, self.h) {
+                let p = ServerPacket::decode(&self.buf[..len], self.h).unwrap_or_else(|e| {
+                    panic!("client {}: bad packet from the server: {e}", self.id)
+                });
+                self.buf.drain(..len);
+                return Some(p);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.s.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 4096];
+            match self.s.read(&mut chunk) {
+                Ok(0) => panic!("client {}: the server closed the connection", self.id),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("client {}: read failed: {e}", self.id),
+            }
+        }
+    }
+
+    /// Applies an ADD/MOVE/REMOVE to the picture, failing on one that contradicts it.
+    pub fn apply(&mut self, p: &ServerPacket) {
+        match *p {
+            ServerPacket::AddObject { id, x, y, .. } => {
+                let id = id as u32;
+                assert_ne!(id, self.id, "client {}: ADD for itself", self.id);
+                let old = self.picture.insert(id, (x as u16, y as u16));
+                assert!(
+                    old.is_none(),
+                    "client {}: ADD of {id}, already seen",
+                    self.id
+                );
+            }
+            ServerPacket::MoveObject { id, x, y, .. } => {
+                let id = id as u32;
+                if id == self.id {
+                    self.pos = (x as u16, y as u16);
+                } else {
+                    let slot = self.picture.get_mut(&id);
+                    let slot = slot
+                        .unwrap_or_else(|| panic!("client {}: MOVE of {id}, not in view", self.id));
+                    *slot = (x as u16, y as u16);
+                }
+            }
+            ServerPacket::RemoveObject { id } => {
+                let id = id as u32;
+                assert!(
+                    self.picture.remove(&id).is_some(),
+                    "client {}: REMOVE of {id}, not in view",
+                    self.id
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// The next packet, applied to the picture.
+    pub fn recv_apply(&mut self) -> ServerPacket {
+        let p = self.recv();
+        self.apply(&p);
+        p
+    }
+
+    /// Reads and applies packets until its own `SC_MOVE_OBJECT` with `move_time`; returns
+    /// that packet's position.
+    pub fn pump_until_own_move(&mut self, move_time: u32) -> (u16, u16) {
+        let until = Instant::now() + TIMEOUT;
+        loop {
+            assert!(Instant::now() < until, "client {}: no own MOVE", self.id);
+            let p = self.recv_apply();
+            if let ServerPacket::MoveObject {
+                id,
+                x,
+                y,
+                move_time: t,
+            } = p
+            {
+                if id as u32 == self.id && t == move_time {
+                    return (x as u16, y as u16);
+                }
+            }
+        }
+    }
+
+    /// Nothing more arrives within `wait`.
+    pub fn assert_quiet(&mut self, wait: Duration) {
+        if let Some(p) = self.try_recv(wait) {
+            panic!("client {}: unexpected packet {p:?}", self.id);
+        }
+    }
+
+    /// Reads (and discards) until the server closes the connection; fails after [`TIMEOUT`].
+    pub fn expect_closed(mut self) {
+        let until = Instant::now() + TIMEOUT;
+        self.s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut chunk = [0u8; 4096];
+        loop {
+            assert!(
+                Instant::now() < until,
+                "the server did not close the connection"
+            );
+            match self.s.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("the server did not close the connection: {e}"),
+            }
+        }
+    }
+}
