@@ -26,6 +26,7 @@ per_backend!(
     udp_recv_from_and_send_to,
     recv_into_full_buffer_is_refused,
     submit_starts_a_handlers_operations_before_it_returns,
+    a_tiny_ring_loses_no_submission_and_no_completion,
 );
 
 /// An echo server on a worker pool: every receive is sent back as it came and a new receive
@@ -411,4 +412,53 @@ fn submit_starts_a_handlers_operations_before_it_returns(b: Backend) {
         .expect("the send was not submitted");
     assert_eq!(&got, b"early");
     c_ok(next(&port));
+}
+
+/// A ring of 8 submission entries (32 completion entries): 300 receives pushed at once
+/// overflow the SQ (the backlog holds them) and 300 datagrams arriving while nobody reaps overflow the CQ (the
+/// kernel's overflow list holds them). Every completion is delivered, once.
+fn a_tiny_ring_loses_no_submission_and_no_completion(b: Backend) {
+    const N: usize = 300;
+    let port = cport::Port::builder()
+        .backend(b)
+        .ignore_env()
+        .concurrency(1)
+        .entries(8)
+        .build()
+        .unwrap();
+    let mut socks = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..N {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        addrs.push(u.local_addr().unwrap());
+        socks.push(port.associate(u, i as u64).unwrap());
+    }
+    // Started inside a handler pass, the receives are pushed without being submitted: the
+    // 8-entry submission queue fills and the rest waits in the backlog until `submit`.
+    port.post(u64::MAX, 0, 0).unwrap();
+    assert!(matches!(next(&port).op, Op::Post));
+    for (i, s) in socks.iter().enumerate() {
+        s.recv_from(Vec::with_capacity(64), i as u64);
+    }
+    port.submit();
+    // Let every receive reach the kernel before the datagrams come.
+    std::thread::sleep(Duration::from_millis(100));
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (i, a) in addrs.iter().enumerate() {
+        sender.send_to(&(i as u32).to_le_bytes(), a).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut seen = vec![false; N];
+    for _ in 0..N {
+        let c = next(&port);
+        let Op::RecvFrom(buf, from) = c.op else {
+            panic!("unexpected {:?}", c.op)
+        };
+        assert_eq!(from, Some(sender.local_addr().unwrap()));
+        assert_eq!(buf, (c.key as u32).to_le_bytes());
+        assert!(!seen[c.key as usize], "completion {} twice", c.key);
+        seen[c.key as usize] = true;
+    }
+    assert!(seen.iter().all(|&x| x));
+    assert!(port.get(Some(Duration::from_millis(50))).unwrap().is_none());
 }
