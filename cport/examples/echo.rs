@@ -196,49 +196,11 @@ fn context(e: io::Error, what: &str) -> io::Error {
 
 /// Raises the soft limit on open files to the hard limit: every connection is a descriptor.
 fn raise_nofile_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit for getrlimit to fill in.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        let e = io::Error::last_os_error();
-        tracing::warn!("could not read RLIMIT_NOFILE: {e}");
-        return;
-    }
-    if lim.rlim_cur >= lim.rlim_max {
-        tracing::debug!(
-            "open-file limit already at the hard limit ({})",
-            lim.rlim_cur
-        );
-        return;
-    }
-    let old = lim.rlim_cur;
-    let mut target = lim.rlim_max;
-    if target == libc::RLIM_INFINITY {
-        // No process may have more than fs.nr_open descriptors; asking for more fails.
-        if let Some(n) = std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        {
-            target = n;
-        }
-    }
-    if target <= old {
-        return;
-    }
-    let raised = libc::rlimit {
-        rlim_cur: target,
-        rlim_max: lim.rlim_max,
-    };
-    // SAFETY: `raised` is a valid rlimit; setrlimit only reads it.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-        tracing::debug!("open-file limit raised from {old} to {target}");
-    } else {
-        let e = io::Error::last_os_error();
-        tracing::warn!(
-            "could not raise the open-file limit from {old} to the hard limit {target}: {e}"
-        );
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) if now > before => tracing::debug!("open-file limit raised from {before} to {now}"),
+        Ok(now) => tracing::debug!("open-file limit already at the hard limit ({now})"),
+        Err(e) => tracing::warn!("could not raise the open-file limit ({before}): {e}"),
     }
 }
 
