@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod demo;
 mod echo;
 mod mmo;
+mod stress;
 mod util;
 
 #[derive(Parser, Debug)]
@@ -26,6 +28,10 @@ enum Cmd {
     Echo(echo::Args),
     /// The IOCP course's game server (2000x2000 board, view lists, NPCs).
     Mmo(mmo::Args),
+    /// The course's stress tester: how many clients stay under 100 ms of delay.
+    Stress(stress::Args),
+    /// The stress tester against the game server for a minute: report, chart and map.
+    Demo(demo::Args),
     /// Side-by-side benchmarks.
     #[command(subcommand)]
     Bench(bench::Cmd),
@@ -37,6 +43,8 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Echo(args) => echo::run(args),
         Cmd::Mmo(args) => mmo::run(args),
+        Cmd::Stress(args) => stress::run(args),
+        Cmd::Demo(args) => demo::run(args),
         Cmd::Bench(cmd) => bench::run(cmd),
     };
     match result {

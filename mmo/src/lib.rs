@@ -23,6 +23,7 @@
 
 mod game;
 pub mod protocol;
+pub mod stress;
 pub mod world;
 
 use std::io;
