@@ -633,19 +633,13 @@ pub fn self_cpu_time() -> Duration {
         .get(11..13)
         .map(|f| f.iter().map(|v| v.parse::<u64>().unwrap_or(0)).sum())
         .unwrap_or(0);
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
     Duration::from_nanos(ticks * 1_000_000_000 / hz)
 }
 
-/// The soft open-files limit now.
+/// The soft open-files limit now (`None`: unlimited).
 fn fd_soft_limit() -> Option<u64> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct it is given.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0).then_some(r.rlim_cur)
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
 /// Descriptors kept free for everything else of the process (the port, stdio, files).
