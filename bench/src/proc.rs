@@ -24,8 +24,7 @@ pub fn cpu_time(pid: u32) -> io::Result<Duration> {
         .iter()
         .map(|f| f.parse::<u64>().unwrap_or(0))
         .sum();
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
     Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
 }
 
@@ -99,8 +98,10 @@ impl ServerProc {
 
     /// SIGTERM, then SIGKILL if it has not exited within 10 s.
     pub fn stop(mut self) -> io::Result<ExitStatus> {
-        // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        // The child is not reaped yet, so its pid still names it.
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
         let give_up = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait()? {

@@ -51,10 +51,7 @@ pub struct Args {
 pub fn run(args: Args) -> io::Result<()> {
     crate::util::raise_fd_limit();
     let signals = crate::util::signals()?;
-    let threads = match args.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let threads = crate::util::threads_or_cores(args.threads);
     let cfg = cport_mmo::Config {
         addr: args.addr,
         threads,

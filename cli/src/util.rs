@@ -16,6 +16,14 @@ pub fn init_logging() {
         .init();
 }
 
+/// A thread count option: `0` means one per available core.
+pub fn threads_or_cores(n: usize) -> usize {
+    match n {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
 /// Raises the soft open-files limit to the hard one and says what it got.
 pub fn raise_fd_limit() -> u64 {
     match rlimit::increase_nofile_limit(u64::MAX) {

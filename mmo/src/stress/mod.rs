@@ -620,21 +620,10 @@ fn on_bytes(sh: &Shared, slot: u32, d: &mut Dummy, buf: &mut Vec<u8>) -> bool {
     close
 }
 
-/// User + system CPU time of this process, from `/proc/self/stat`.
+/// User + system CPU time of this process (all threads).
 pub fn self_cpu_time() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return Duration::ZERO;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields
-        .get(11..13)
-        .map(|f| f.iter().map(|v| v.parse::<u64>().unwrap_or(0)).sum())
-        .unwrap_or(0);
-    let hz = rustix::param::clock_ticks_per_second().max(1);
-    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// The soft open-files limit now (`None`: unlimited).
