@@ -464,11 +464,17 @@ pub fn map_svg(path: &Path, map: &MapSnapshot) -> io::Result<()> {
     let npcs = dedup(&map.npcs);
     let players = dedup(&map.players);
     let green = RGBColor(0, 150, 0);
+    // Players first, NPCs on top: the NPCs a player wakes stand within a few pixels of it,
+    // and drawn underneath they would disappear.
     chart
-        .draw_series(npcs.iter().map(|&p| Pixel::new(p, green)))
+        .draw_series(
+            players
+                .iter()
+                .map(|&p| Circle::new(p, 2, RED.mix(0.6).filled())),
+        )
         .map_err(plot_err)?;
     chart
-        .draw_series(players.iter().map(|&p| Circle::new(p, 2, RED.filled())))
+        .draw_series(npcs.iter().map(|&p| Pixel::new(p, green)))
         .map_err(plot_err)?;
     root.present().map_err(plot_err)
 }
