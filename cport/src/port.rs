@@ -336,7 +336,7 @@ impl Port {
         if !held {
             return f();
         }
-        shared.sched.enter_blocking(shared);
+        shared.sched.release_slot(shared);
         struct Resume<'a>(&'a Shared);
         impl Drop for Resume<'_> {
             fn drop(&mut self) {

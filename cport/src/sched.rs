@@ -4,7 +4,7 @@
 //! This is the part of IOCP that the Windows kernel does for `GetQueuedCompletionStatus`:
 //!
 //! * a thread holds a *slot* from the moment its `get` returns a completion until it calls
-//!   `get` again (or enters [`Sched::enter_blocking`], or exits); at most `concurrency`
+//!   `get` again (or enters `blocking`, or exits); at most `concurrency`
 //!   threads hold a slot at any time;
 //! * idle threads park on a LIFO stack, and the most recently parked one is woken first;
 //! * one idle thread at a time — the *poller* — waits in the kernel for I/O completions
@@ -467,12 +467,6 @@ impl<T> Sched<T> {
         }
     }
 
-    /// The calling thread, which holds a slot, is about to block: its slot goes to someone
-    /// else meanwhile.
-    pub(crate) fn enter_blocking(&self, poller: &dyn Poller<T>) {
-        self.release(poller);
-    }
-
     /// The calling thread is back from blocking: it waits for a free slot (ahead of idle
     /// `get` callers), so that the concurrency value holds at every moment.
     pub(crate) fn leave_blocking(&self, me: &Arc<Waiter>) {
@@ -632,7 +626,7 @@ mod loom_model {
         });
     }
 
-    /// A worker lends its slot with `enter_blocking`; another worker takes the next item
+    /// A worker lends its slot with `release_slot` (as `blocking` does); another worker takes the next item
     /// meanwhile; the first gets a slot back without exceeding the concurrency value.
     #[test]
     fn blocking_lends_the_slot() {
@@ -648,7 +642,7 @@ mod loom_model {
                 sched.get(false, &mut false, None, 1, &mut out, &me, &*kernel),
                 Outcome::Got
             );
-            sched.enter_blocking(&*kernel);
+            sched.release_slot(&*kernel);
             let (s2, k2) = (sched.clone(), kernel.clone());
             let other = thread::spawn(move || {
                 let me = Waiter::new();
