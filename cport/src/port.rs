@@ -238,12 +238,26 @@ impl Port {
     ) -> Result<usize, Closed> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let shared = &*self.shared;
-        let (had_slot, mut dirty, waiter) = LOCAL.with(|l| {
+        let (had_slot, mut dirty, reap, waiter) = LOCAL.with(|l| {
             let mut l = l.borrow_mut();
             let e = l.entry(&self.shared);
             let was = (std::mem::take(&mut e.held), std::mem::take(&mut e.dirty));
-            (was.0, was.1, l.waiter.clone())
+            // A thread that goes from one ready completion to the next never waits in the
+            // kernel; now and then it takes what the kernel completed meanwhile, so I/O joins
+            // the queue about when it finished, as with IOCP's single kernel queue, instead of
+            // waiting for the queue of posts and timers to run dry.
+            let reap = was.0 && {
+                e.passes_since_reap += 1;
+                e.passes_since_reap >= REAP_EVERY_PASSES
+            };
+            if reap {
+                e.passes_since_reap = 0;
+            }
+            (was.0, was.1, reap, l.waiter.clone())
         });
+        if reap {
+            shared.reap_now();
+        }
         let before = out.count();
         let outcome = shared
             .sched
@@ -649,6 +663,29 @@ impl Shared {
         }
     }
 
+    /// Queues what the kernel completed and the timers that are due, without waiting (and
+    /// without anything if the poller is at it).
+    fn reap_now(&self) {
+        let mut raw = Vec::new();
+        self.driver.try_reap(&mut raw);
+        let mut out = Vec::new();
+        if !raw.is_empty() {
+            self.process(&mut raw, &mut out);
+        }
+        {
+            let mut timers = self.timers.lock();
+            if let Some(d) = timers.next_deadline() {
+                let now = Instant::now();
+                if d <= now {
+                    timers.fire(now, &mut out);
+                }
+            }
+        }
+        if !out.is_empty() {
+            self.sched.push_all(out, self);
+        }
+    }
+
     /// Queues completions made without the kernel, then flushes the backend.
     fn settle(&self, done: Vec<Completion>) {
         if !done.is_empty() && !self.sched.is_closed() {
@@ -915,11 +952,17 @@ struct PortEntry {
     dirty: bool,
     /// Handler passes whose operations are waiting to be submitted together.
     deferred_passes: u32,
+    /// Handler passes since this thread last took what the kernel completed.
+    passes_since_reap: u32,
 }
 
 /// Most handler passes whose operations wait to be submitted together, when a thread keeps
 /// finding completions ready without going to the kernel.
 const MAX_DEFERRED_PASSES: u32 = 16;
+
+/// How often (in handler passes) a thread that keeps finding completions ready takes what the
+/// kernel completed meanwhile (`Shared::reap_now`).
+const REAP_EVERY_PASSES: u32 = 32;
 
 impl Local {
     fn entry(&mut self, port: &Arc<Shared>) -> &mut PortEntry {
@@ -934,6 +977,7 @@ impl Local {
             held: false,
             dirty: false,
             deferred_passes: 0,
+            passes_since_reap: 0,
         });
         self.ports.last_mut().expect("just pushed")
     }

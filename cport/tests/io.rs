@@ -27,6 +27,7 @@ per_backend!(
     recv_into_full_buffer_is_refused,
     submit_starts_a_handlers_operations_before_it_returns,
     a_tiny_ring_loses_no_submission_and_no_completion,
+    an_io_completion_is_not_starved_by_an_endless_stream_of_posts,
 );
 
 /// An echo server on a worker pool: every receive is sent back as it came and a new receive
@@ -461,4 +462,43 @@ fn a_tiny_ring_loses_no_submission_and_no_completion(b: Backend) {
     }
     assert!(seen.iter().all(|&x| x));
     assert!(port.get(Some(Duration::from_millis(50))).unwrap().is_none());
+}
+
+/// IOCP has one kernel queue: an I/O completion takes its place among the posts as it
+/// happens. Here one worker (concurrency 1) always finds a post ready (each one it handles
+/// posts the next), so it never has to wait in the kernel; the receive that completed and
+/// the timer that fell due meanwhile must still reach it within a bounded number of passes.
+fn an_io_completion_is_not_starved_by_an_endless_stream_of_posts(backend: Backend) {
+    let port = port(backend, 1);
+    let (mut client, server) = tcp_pair();
+    let s = port.associate(server, 7).unwrap();
+    s.recv(Vec::with_capacity(64), 0);
+    port.post_after(Duration::from_millis(1), 8, 0).unwrap();
+    port.post(1, 0, 0).unwrap();
+    client.write_all(b"ping").unwrap();
+    // Let the kernel finish the receive and the timer fall due before the worker starts its
+    // chain of posts.
+    std::thread::sleep(Duration::from_millis(50));
+    const BOUND: usize = 1_000;
+    let (mut recv_at, mut timer_at) = (None, None);
+    for pass in 0..BOUND {
+        let c = next(&port);
+        match c.op {
+            Op::Post => port.post(1, 0, 0).unwrap(),
+            Op::Recv(buf) => {
+                assert_eq!(c.key, 7);
+                assert_eq!(&buf[..], b"ping");
+                recv_at = Some(pass);
+            }
+            Op::Timer(_) => timer_at = Some(pass),
+            other => panic!("unexpected completion {other:?}"),
+        }
+        if recv_at.is_some() && timer_at.is_some() {
+            break;
+        }
+    }
+    assert!(
+        recv_at.is_some() && timer_at.is_some(),
+        "within {BOUND} passes of posts: receive at {recv_at:?}, timer at {timer_at:?}"
+    );
 }

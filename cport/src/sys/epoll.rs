@@ -387,7 +387,6 @@ impl Epoll {
     /// (poller only).
     pub(crate) fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) {
         let mut guard = self.poll.lock();
-        let buf = &mut *guard;
         // Something already waits for delivery: do not block.
         let ready_now = !self.done.lock().is_empty() || !self.todo.lock().is_empty();
         let timeout = if ready_now {
@@ -395,6 +394,24 @@ impl Epoll {
         } else {
             super::timeout_ms(deadline)
         };
+        self.wait_locked(&mut guard, timeout, out);
+        drop(guard);
+        self.flush(out);
+    }
+
+    /// Takes the readiness that is there now, without waiting, if no other thread is at it
+    /// (a worker that keeps finding completions ready calls this now and then, so that I/O
+    /// is not left waiting behind a long queue of posts and timers).
+    pub(crate) fn try_reap(&self, out: &mut Vec<Raw>) {
+        let Some(mut guard) = self.poll.try_lock() else {
+            return;
+        };
+        self.wait_locked(&mut guard, 0, out);
+        drop(guard);
+        self.flush(out);
+    }
+
+    fn wait_locked(&self, buf: &mut PollBuf, timeout: i32, out: &mut Vec<Raw>) {
         buf.events.clear();
         // SAFETY: the buffer has room for `capacity` events, and epoll_wait writes at most
         // that many.
@@ -452,8 +469,6 @@ impl Epoll {
                 self.drive(&s, Dir::Write, out);
             }
         }
-        drop(guard);
-        self.flush(out);
     }
 
     /// Makes the poller's `wait` return promptly (or its next one at once).

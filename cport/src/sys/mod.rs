@@ -183,6 +183,14 @@ impl Driver {
         }
     }
 
+    /// What completed by now, without waiting; nothing if the poller is at it.
+    pub(crate) fn try_reap(&self, out: &mut Vec<Raw>) {
+        match self {
+            Driver::Uring(u) => u.try_reap(out),
+            Driver::Epoll(e) => e.try_reap(out),
+        }
+    }
+
     pub(crate) fn wake(&self) {
         match self {
             Driver::Uring(u) => u.wake(),

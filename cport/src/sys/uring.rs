@@ -297,6 +297,14 @@ impl Uring {
         self.reap(out);
     }
 
+    /// Reaps what is in the completion queue now, without a system call, if the poller is
+    /// not at it.
+    pub(crate) fn try_reap(&self, out: &mut Vec<Raw>) {
+        if let Some(_g) = self.cq.try_lock() {
+            self.reap(out);
+        }
+    }
+
     /// `io_uring_enter` that waits for one completion (or the deadline) and submits nothing.
     fn wait_only(&self, deadline: Option<Instant>) -> io::Result<usize> {
         let getevents = io_uring::EnterFlags::GETEVENTS;
