@@ -246,12 +246,19 @@ impl Port {
             // kernel; now and then it takes what the kernel completed meanwhile, so I/O joins
             // the queue about when it finished, as with IOCP's single kernel queue, instead of
             // waiting for the queue of posts and timers to run dry.
-            let reap = was.0 && {
+            // Counted in passes so that the clock is read only every REAP_CHECK_PASSES, and
+            // gated by time so that a fast stream of posts pays for one look per interval.
+            let mut reap = false;
+            if was.0 {
                 e.passes_since_reap += 1;
-                e.passes_since_reap >= REAP_EVERY_PASSES
-            };
-            if reap {
-                e.passes_since_reap = 0;
+                if e.passes_since_reap >= REAP_CHECK_PASSES {
+                    e.passes_since_reap = 0;
+                    let now = Instant::now();
+                    if now.saturating_duration_since(e.last_reap) >= REAP_INTERVAL {
+                        e.last_reap = now;
+                        reap = true;
+                    }
+                }
             }
             (was.0, was.1, reap, l.waiter.clone())
         });
@@ -952,17 +959,23 @@ struct PortEntry {
     dirty: bool,
     /// Handler passes whose operations are waiting to be submitted together.
     deferred_passes: u32,
-    /// Handler passes since this thread last took what the kernel completed.
+    /// Handler passes since this thread last looked at the clock for `REAP_INTERVAL`.
     passes_since_reap: u32,
+    /// When this thread last took what the kernel completed while busy.
+    last_reap: Instant,
 }
 
 /// Most handler passes whose operations wait to be submitted together, when a thread keeps
 /// finding completions ready without going to the kernel.
 const MAX_DEFERRED_PASSES: u32 = 16;
 
-/// How often (in handler passes) a thread that keeps finding completions ready takes what the
-/// kernel completed meanwhile (`Shared::reap_now`).
-const REAP_EVERY_PASSES: u32 = 32;
+/// A thread that keeps finding completions ready takes what the kernel completed meanwhile
+/// (`Shared::reap_now`) at most every `REAP_INTERVAL`, and looks at the clock for it every
+/// `REAP_CHECK_PASSES` handler passes. So I/O waits at most about that long behind a queue of
+/// posts and timers, and a fast stream of posts pays one look (an `epoll_wait` on epoll) per
+/// interval, not per pass.
+const REAP_CHECK_PASSES: u32 = 32;
+const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_micros(200);
 
 impl Local {
     fn entry(&mut self, port: &Arc<Shared>) -> &mut PortEntry {
@@ -978,6 +991,7 @@ impl Local {
             dirty: false,
             deferred_passes: 0,
             passes_since_reap: 0,
+            last_reap: Instant::now(),
         });
         self.ports.last_mut().expect("just pushed")
     }
