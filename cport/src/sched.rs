@@ -24,6 +24,10 @@ use crate::sync::{fence, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, MutexGuar
 
 use Ordering::{Acquire, Relaxed, SeqCst};
 
+/// Steps of `Sched::spin_for_work` (2^0 + … + 2^6 = 127 `spin_loop`s).
+#[cfg(not(loom))]
+const SPIN_STEPS: u32 = 7;
+
 /// What waits in the kernel on behalf of the port. Exactly one thread calls [`Poller::poll`]
 /// at a time, without the scheduler lock.
 pub(crate) trait Poller<T> {
@@ -331,17 +335,22 @@ impl<T> Sched<T> {
         }
     }
 
-    /// True if work showed up while spinning a little.
+    /// True if work showed up while spinning a little: exponential steps of `spin_loop`
+    /// (127 in all, a few microseconds), without yielding. A post that is about to land then
+    /// costs no sleep and wake-up; an idle server pays a few microseconds per idle period,
+    /// not the `sched_yield` calls of a full `Backoff::snooze`, which cost it about a third
+    /// more CPU per message at 4,000 messages/s (`cport bench echo --rate 4000`).
     #[cfg(not(loom))]
     fn spin_for_work(&self) -> bool {
-        let backoff = crossbeam_utils::Backoff::new();
-        while !backoff.is_completed() {
+        for step in 0..SPIN_STEPS {
             if !self.queue.is_empty() && self.active.load(Relaxed) < self.concurrency {
                 return true;
             }
-            backoff.snooze();
+            for _ in 0..1u32 << step {
+                std::hint::spin_loop();
+            }
         }
-        false
+        !self.queue.is_empty() && self.active.load(Relaxed) < self.concurrency
     }
 
     /// Parks `me` until it is notified, the deadline passes, or the scheduler closes.
