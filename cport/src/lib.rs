@@ -106,6 +106,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
+mod combine;
 mod sync;
 
 #[cfg(loom)]

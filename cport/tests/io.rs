@@ -28,6 +28,7 @@ per_backend!(
     submit_starts_a_handlers_operations_before_it_returns,
     a_tiny_ring_loses_no_submission_and_no_completion,
     an_io_completion_is_not_starved_by_an_endless_stream_of_posts,
+    concurrent_flushers_never_strand_a_submission,
 );
 
 /// An echo server on a worker pool: every receive is sent back as it came and a new receive
@@ -506,4 +507,62 @@ fn an_io_completion_is_not_starved_by_an_endless_stream_of_posts(backend: Backen
         recv_at.is_some() && timer_at.is_some(),
         "within {bound:?} of posts ({passes} passes): receive at {recv_at:?}, timer at {timer_at:?}"
     );
+}
+
+/// Many threads start sends outside handler passes, so each send is flushed at once, while
+/// one thread waits in the kernel as the poller. On io_uring only one flusher enters the
+/// kernel at a time and the others leave their entries to it; an entry left behind would
+/// never complete (the poller sleeps), and `next` would fail after 10 s. Bursts released by
+/// a barrier, many times over, to make the flushers meet.
+fn concurrent_flushers_never_strand_a_submission(b: Backend) {
+    const THREADS: usize = 4;
+    const SOCKETS: usize = 8;
+    const BURSTS: usize = 300;
+    const SIZE: usize = 32;
+    let port = port(b, 2);
+    let mut clients = Vec::new();
+    let mut socks = Vec::new();
+    for i in 0..THREADS * SOCKETS {
+        let (c, s) = tcp_pair();
+        clients.push(c);
+        socks.push(port.associate(s, i as u64).unwrap());
+    }
+    let socks = Arc::new(socks);
+    let per_burst = THREADS * SOCKETS;
+    let go = Arc::new(std::sync::Barrier::new(THREADS + 1));
+    let done = Arc::new(std::sync::Barrier::new(THREADS + 1));
+    let senders: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (socks, go, done) = (socks.clone(), go.clone(), done.clone());
+            std::thread::spawn(move || {
+                for burst in 0..BURSTS {
+                    go.wait();
+                    for sock in &socks[t * SOCKETS..(t + 1) * SOCKETS] {
+                        sock.send(vec![(burst % 251) as u8; SIZE], 0);
+                    }
+                    done.wait();
+                }
+            })
+        })
+        .collect();
+    // This thread is the poller: it waits in the kernel while the bursts are flushed.
+    for _ in 0..BURSTS {
+        go.wait();
+        for _ in 0..per_burst {
+            let c = next(&port);
+            assert!(matches!(c.op, Op::Send(_)), "unexpected {:?}", c.op);
+            assert_eq!(c.result.unwrap(), SIZE);
+        }
+        done.wait();
+    }
+    for s in senders {
+        s.join().unwrap();
+    }
+    for c in &mut clients {
+        let mut got = vec![0u8; BURSTS * SIZE];
+        c.read_exact(&mut got).unwrap();
+        for (burst, chunk) in got.chunks(SIZE).enumerate() {
+            assert!(chunk.iter().all(|&x| x == (burst % 251) as u8));
+        }
+    }
 }

@@ -2,11 +2,11 @@
 //!
 //! * Submission: any thread pushes SQEs under a short lock (`sq`); an SQE that does not fit
 //!   waits in a backlog, so a push never fails and never blocks. `flush` hands pushed SQEs to
-//!   the kernel with `io_uring_enter`, one flusher at a time (`submitting`): the kernel
-//!   serialises submitters on the ring's mutex and issues each send inline under it, so a
-//!   second submitter would only spin there (measured: 11% of the game server's CPU in
-//!   `mutex_spin_on_owner`). A flusher that finds another at it leaves its SQEs to that one,
-//!   which looks at `pending` again before it leaves, and goes back to its handlers.
+//!   the kernel with `io_uring_enter`, one flusher at a time (`crate::combine`, model-checked
+//!   with loom): the kernel serialises submitters on the ring's mutex and issues each send
+//!   inline under it, so a second submitter would only spin there (measured: 11% of the game
+//!   server's CPU in `mutex_spin_on_owner`). A flusher that finds another at it leaves its
+//!   SQEs to that one, which looks again before it leaves, and goes back to its handlers.
 //! * Completion: only the poller reads the CQ (`cq` lock), waiting with
 //!   `IORING_ENTER_EXT_ARG` for a timeout. A NOP with a reserved token interrupts it.
 //! * Overflow: the ring is set up with a CQ four times the SQ, and `IORING_FEAT_NODROP` is
@@ -24,9 +24,9 @@ use std::time::Instant;
 use io_uring::types::{Fd, SubmitArgs, Timespec};
 use io_uring::{opcode, squeue, IoUring, Probe};
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Desc, OpDesc, Raw};
+use crate::combine::Combiner;
 use crate::slab::RESERVED_TOKENS;
 
 /// Token of the NOPs that interrupt the poller.
@@ -40,11 +40,9 @@ pub(crate) struct Uring {
     sq: Mutex<VecDeque<squeue::Entry>>,
     /// The completion-side lock (only the poller takes it).
     cq: Mutex<()>,
-    /// SQEs were pushed since the last submission (so a flush with nothing to submit costs
-    /// no system call).
-    pending: AtomicBool,
-    /// A thread is in `flush`'s submitting loop; it reads `pending` again before it leaves.
-    submitting: AtomicBool,
+    /// One flusher in the kernel at a time; also knows whether anything was pushed since
+    /// the last submission (so a flush with nothing to submit costs no system call).
+    combine: Combiner,
 }
 
 fn setup_error(what: &str, e: io::Error) -> io::Error {
@@ -103,8 +101,7 @@ impl Uring {
             ring,
             sq: Mutex::new(VecDeque::new()),
             cq: Mutex::new(()),
-            pending: AtomicBool::new(false),
-            submitting: AtomicBool::new(false),
+            combine: Combiner::new(),
         })
     }
 
@@ -136,9 +133,7 @@ impl Uring {
 
     fn push_entry(&self, entry: squeue::Entry) {
         self.push_locked(entry);
-        // SeqCst: ordered against a flusher's release of `submitting` and its next look at
-        // `pending` (see `flush`).
-        self.pending.store(true, Ordering::SeqCst);
+        self.combine.pushed();
     }
 
     fn push_locked(&self, entry: squeue::Entry) {
@@ -173,24 +168,10 @@ impl Uring {
         !backlog.is_empty()
     }
 
-    /// Hands every pushed SQE to the kernel (no system call if nothing was pushed).
-    ///
-    /// One flusher at a time: a thread that finds another in the loop returns at once. That is
-    /// safe because of the order of the steps: a pusher sets `pending`, then tries
-    /// `submitting`; the flusher clears `submitting`, then reads `pending` (all `SeqCst`). So
-    /// either the pusher gets `submitting`, or the flusher sees `pending` and goes round again.
+    /// Hands every pushed SQE to the kernel (no system call if nothing was pushed). One
+    /// flusher at a time; one that finds another at it returns at once (see `Combiner`).
     pub(crate) fn flush(&self) {
-        while self.pending.load(Ordering::SeqCst) {
-            if self.submitting.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            while self.pending.swap(false, Ordering::SeqCst) {
-                if !self.submit_all() {
-                    break;
-                }
-            }
-            self.submitting.store(false, Ordering::SeqCst);
-        }
+        self.combine.flush(|| self.submit_all());
     }
 
     /// Submits what is in the ring and the backlog. False if the kernel refused for now (its
@@ -261,14 +242,14 @@ impl Uring {
             self.flush();
             return;
         }
-        let res = if self.submitting.load(Ordering::SeqCst) {
+        let res = if self.combine.busy() {
             // A flusher is in the kernel submitting: it submits what is pending too (it
             // reads `pending` again before it leaves). Only wait, rather than spin behind it
             // on the ring's mutex.
             self.wait_only(deadline)
         } else {
             // This enter submits everything pushed so far.
-            self.pending.store(false, Ordering::SeqCst);
+            self.combine.take_pending();
             self.drain_backlog();
             match deadline {
                 None => self.ring.submit_and_wait(1),
