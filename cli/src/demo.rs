@@ -12,7 +12,7 @@
 //! The stress client runs its port on epoll here (the server keeps its own backend): the
 //! client mostly receives small packets, and on io_uring each receive's task work interrupts
 //! the thread that submitted it. Measured at 10,000 clients against the same server, 60 s:
-//! client CPU 59% and 61% of one core on epoll, 66–69% on io_uring (four runs), which leaves
+//! client CPU 59–61% of one core on epoll, 65–69% on io_uring (four runs each), which leaves
 //! that much more of the shared two cores to the server under test.
 
 use std::io;
