@@ -3,6 +3,8 @@
 
 mod common;
 
+use cport_testkit::per_backend;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::time::Duration;

@@ -4,6 +4,8 @@
 
 mod common;
 
+use cport_testkit::per_backend;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -3,6 +3,8 @@
 
 mod common;
 
+use cport_testkit::per_backend;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};

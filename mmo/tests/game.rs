@@ -3,6 +3,8 @@
 
 mod common;
 
+use cport_testkit::per_backend;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

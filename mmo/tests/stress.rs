@@ -4,6 +4,8 @@
 
 mod common;
 
+use cport_testkit::per_backend;
+
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 

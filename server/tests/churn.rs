@@ -4,6 +4,8 @@
 
 mod common;
 
+use cport_testkit::per_backend;
+
 use std::net::TcpStream;
 use std::sync::Mutex;
 use std::time::Instant;

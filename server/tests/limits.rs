@@ -3,6 +3,8 @@
 
 mod common;
 
+use cport_testkit::per_backend;
+
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

@@ -4,6 +4,8 @@
 
 mod common;
 
+use cport_testkit::per_backend;
+
 use std::io::{BufReader, Read};
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::Duration;

@@ -3,6 +3,8 @@
 
 mod common;
 
+use cport_testkit::per_backend;
+
 use std::io::Read;
 use std::sync::mpsc;
 use std::time::Duration;

@@ -6,20 +6,6 @@ use std::time::Duration;
 
 use cport::{Backend, Completion, Port};
 
-/// Expands each listed test function `fn name(backend: Backend)` into a `#[test]` per backend:
-/// `uring::name` and `epoll::name`.
-#[macro_export]
-macro_rules! per_backend {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $( #[test] fn $name() { super::$name(cport::Backend::Uring) } )*
-        }
-        mod epoll {
-            $( #[test] fn $name() { super::$name(cport::Backend::Epoll) } )*
-        }
-    };
-}
-
 pub fn port(backend: Backend, concurrency: usize) -> Port {
     let p = Port::builder()
         .backend(backend)

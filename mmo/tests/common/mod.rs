@@ -1,5 +1,5 @@
 //! Shared by the game server tests: a blocking course client that keeps the picture its
-//! packets paint, and a `per_backend!` macro (every networked test runs on both backends).
+//! packets paint (every networked test runs on both backends: `cport_testkit::per_backend!`).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -11,22 +11,7 @@ use cport_mmo::protocol::{frame_len, name, ClientPacket, Direction, ServerPacket
 use cport_mmo::{Config, MmoServer};
 use cport_server::cport::Backend;
 
-/// Expands each listed test function `fn name(backend: Backend)` into a `#[test]` per backend:
-/// `uring::name` and `epoll::name`.
-#[macro_export]
-macro_rules! per_backend {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $( #[test] fn $name() { super::$name(cport_server::cport::Backend::Uring) } )*
-        }
-        mod epoll {
-            $( #[test] fn $name() { super::$name(cport_server::cport::Backend::Epoll) } )*
-        }
-    };
-}
-
-/// How long anything may take before the test fails rather than hangs.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+pub use cport_testkit::TIMEOUT;
 
 /// Logs to the test's output when `RUST_LOG` is set.
 pub fn init_logging() {

@@ -10,22 +10,7 @@ use std::time::{Duration, Instant};
 use cport_server::cport::Backend;
 use cport_server::{CloseReason, Config, Handler, ServerHandle, Session, SizeField};
 
-/// Expands each listed test function `fn name(backend: Backend)` into a `#[test]` per backend:
-/// `uring::name` and `epoll::name`.
-#[macro_export]
-macro_rules! per_backend {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $( #[test] fn $name() { super::$name(cport_server::cport::Backend::Uring) } )*
-        }
-        mod epoll {
-            $( #[test] fn $name() { super::$name(cport_server::cport::Backend::Epoll) } )*
-        }
-    };
-}
-
-/// How long anything may take before the test fails rather than hangs.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+pub use cport_testkit::TIMEOUT;
 
 /// The configuration every test starts from: the given backend, two workers, loopback.
 pub fn config(backend: Backend) -> Config {
