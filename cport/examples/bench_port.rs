@@ -266,6 +266,17 @@ fn watch(run: &Run, port: &Port, kind: Kind, consumers: usize, stall: Duration) 
     }
 }
 
+/// A channel consumer's loop: takes items until `next` says the channel is closed, and
+/// returns their checksum.
+fn drain(run: &Run, mut next: impl FnMut() -> Option<Completion>) -> u64 {
+    let mut sum = 0u64;
+    while let Some(c) = next() {
+        sum += consume(&c);
+        run.took(1);
+    }
+    sum
+}
+
 fn run_crossbeam(run: &Arc<Run>, consumers: usize) -> Vec<u64> {
     let (tx, rx) = crossbeam_channel::unbounded::<Completion>();
     thread::scope(|s| {
@@ -273,13 +284,8 @@ fn run_crossbeam(run: &Arc<Run>, consumers: usize) -> Vec<u64> {
             .map(|_| {
                 let (rx, run) = (rx.clone(), run.clone());
                 s.spawn(move || {
-                    let mut sum = 0u64;
                     run.start_line.wait();
-                    while let Ok(c) = rx.recv() {
-                        sum += consume(&c);
-                        run.took(1);
-                    }
-                    sum
+                    drain(&run, || rx.recv().ok())
                 })
             })
             .collect();
@@ -298,28 +304,14 @@ fn run_mpsc(run: &Arc<Run>, consumers: usize) -> Vec<u64> {
             .map(|_| {
                 let (rx, run) = (rx.clone(), run.clone());
                 s.spawn(move || {
-                    let mut sum = 0u64;
                     run.start_line.wait();
                     if consumers == 1 {
                         // A single consumer: lock once, then a plain recv loop.
                         let rx = rx.lock().unwrap();
-                        while let Ok(c) = rx.recv() {
-                            sum += consume(&c);
-                            run.took(1);
-                        }
+                        drain(&run, || rx.recv().ok())
                     } else {
-                        loop {
-                            let got = rx.lock().unwrap().recv();
-                            match got {
-                                Ok(c) => {
-                                    sum += consume(&c);
-                                    run.took(1);
-                                }
-                                Err(_) => break,
-                            }
-                        }
+                        drain(&run, || rx.lock().unwrap().recv().ok())
                     }
-                    sum
                 })
             })
             .collect();
