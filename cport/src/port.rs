@@ -248,7 +248,7 @@ impl Port {
             // waiting for the queue of posts and timers to run dry.
             // Counted in passes so that the clock is read only every REAP_CHECK_PASSES, and
             // gated by time so that a fast stream of posts pays for one look per interval.
-            let mut reap = false;
+            let mut reap = None;
             if was.0 {
                 e.passes_since_reap += 1;
                 if e.passes_since_reap >= REAP_CHECK_PASSES {
@@ -256,14 +256,14 @@ impl Port {
                     let now = Instant::now();
                     if now.saturating_duration_since(e.last_reap) >= REAP_INTERVAL {
                         e.last_reap = now;
-                        reap = true;
+                        reap = Some(now);
                     }
                 }
             }
             (was.0, was.1, reap, l.waiter.clone())
         });
-        if reap {
-            shared.reap_now();
+        if let Some(now) = reap {
+            shared.reap_now(now);
         }
         let before = out.count();
         let outcome = shared
@@ -670,24 +670,16 @@ impl Shared {
         }
     }
 
-    /// Queues what the kernel completed and the timers that are due, without waiting (and
-    /// without anything if the poller is at it).
-    fn reap_now(&self) {
+    /// Queues what the kernel completed (unless the poller is at it) and the timers due at
+    /// `now` (the caller's clock reading), without waiting.
+    fn reap_now(&self, now: Instant) {
         let mut raw = Vec::new();
         self.driver.try_reap(&mut raw);
         let mut out = Vec::new();
         if !raw.is_empty() {
             self.process(&mut raw, &mut out);
         }
-        {
-            let mut timers = self.timers.lock();
-            if let Some(d) = timers.next_deadline() {
-                let now = Instant::now();
-                if d <= now {
-                    timers.fire(now, &mut out);
-                }
-            }
-        }
+        self.timers.lock().fire(now, &mut out);
         if !out.is_empty() {
             self.sched.push_all(out, self);
         }
