@@ -221,13 +221,18 @@ fn own_move_time_comes_back_unchanged(backend: Backend) {
     }
 }
 
-/// Chat reaches the sender and every player who sees it, not the others.
-fn chat_reaches_viewers_and_sender(backend: Backend) {
-    let srv = start(cport_mmo::Config {
+/// A server on an 8×8 board with view range 7: every player sees every other.
+fn one_screen(backend: Backend) -> MmoServer {
+    start(cport_mmo::Config {
         world_size: 8,
         view_range: 7,
         ..config(backend)
-    });
+    })
+}
+
+/// Chat reaches the sender and every player who sees it, not the others.
+fn chat_reaches_viewers_and_sender(backend: Backend) {
+    let srv = one_screen(backend);
     let addr = srv.local_addr();
     let mut a = Client::login(addr, U8, "a");
     let mut b = Client::login(addr, U8, "b");
@@ -282,11 +287,7 @@ fn full_server_refuses_login(backend: Backend) {
 /// Each hostile input closes only that session, with a logged reason; another player is
 /// still served.
 fn hostile_input_closes_only_that_session(backend: Backend) {
-    let srv = start(cport_mmo::Config {
-        world_size: 8,
-        view_range: 7,
-        ..config(backend)
-    });
+    let srv = one_screen(backend);
     let addr = srv.local_addr();
     let mut good = Client::login(addr, U8, "good");
     let mut t = 0;
