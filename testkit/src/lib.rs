@@ -1,5 +1,7 @@
 //! Test support shared by the test suites of `cport`, `cport-server` and `cport-mmo`: every
 //! networked test runs once per backend, with timeouts that fail a test instead of hanging it.
+//! Empty under `--cfg loom`, where `cport` builds only its scheduler model.
+#![cfg(not(loom))]
 
 use std::time::Duration;
 
