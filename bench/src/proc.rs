@@ -1,5 +1,6 @@
 //! Servers under test run as their own processes: started, read for their startup line,
-//! measured (CPU time from `/proc/PID/stat`), and stopped with SIGTERM.
+//! measured (CPU time from `/proc/PID/stat`, context switches from `/proc/PID/task/*/status`),
+//! and stopped with SIGTERM.
 
 use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
@@ -26,6 +27,52 @@ pub fn cpu_time(pid: u32) -> io::Result<Duration> {
         .sum();
     let hz = rustix::param::clock_ticks_per_second().max(1);
     Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
+/// Context switches, voluntary + involuntary, of process `pid`: the sum over its live
+/// threads of `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches` in
+/// `/proc/PID/task/TID/status`.
+///
+/// The task directories are summed because `/proc/PID/status` counts only the main thread.
+/// Threads that have already exited are not counted (the kernel keeps their switches only for
+/// `getrusage` of the process itself), so a thread that ends inside a measured window takes
+/// its switches with it. The servers under test run a fixed set of worker threads for their
+/// whole life, so this loses little. (io_uring's `iou-wrk` helper threads do show up as tasks but may come
+/// and go: what they did before exiting is lost.) A thread that exits while being read is
+/// skipped.
+pub fn ctx_switches(pid: u32) -> io::Result<u64> {
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let entry = entry?;
+        let status = match std::fs::read_to_string(entry.path().join("status")) {
+            Ok(s) => s,
+            // Exited between the listing and the read.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        total += parse_ctx_switches(&status);
+    }
+    Ok(total)
+}
+
+/// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of one `status` file's text.
+fn parse_ctx_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            match key {
+                "voluntary_ctxt_switches" | "nonvoluntary_ctxt_switches" => {
+                    value.trim().parse::<u64>().ok()
+                }
+                _ => None,
+            }
+        })
+        .sum()
 }
 
 /// A server process under test.
@@ -94,6 +141,12 @@ impl ServerProc {
     /// CPU time used so far.
     pub fn cpu_time(&self) -> Duration {
         cpu_time(self.pid()).unwrap_or_default()
+    }
+
+    /// Context switches (voluntary + involuntary) of its live threads so far; 0 if they
+    /// cannot be read. See [`ctx_switches`].
+    pub fn ctx_switches(&self) -> u64 {
+        ctx_switches(self.pid()).unwrap_or_default()
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within 10 s.
@@ -170,5 +223,39 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(cpu_time(pid).unwrap() > before);
+    }
+
+    #[test]
+    fn parses_the_switch_lines_of_a_status_file() {
+        let status =
+            "Name:\tx\nThreads:\t1\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(parse_ctx_switches(status), 15);
+        assert_eq!(parse_ctx_switches("Name:\tx\n"), 0);
+    }
+
+    #[test]
+    fn ctx_switches_of_this_process_grow_when_a_live_thread_sleeps() {
+        let pid = std::process::id();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let (slept_tx, slept_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        // The sleeper stays alive until measured: an exited thread's switches are not counted.
+        let sleeper = std::thread::spawn(move || {
+            let _ = go_rx.recv();
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            slept_tx.send(()).unwrap();
+            let _ = done_rx.recv();
+        });
+        // The sleeper's task exists once spawn returns; it sleeps only after `before`.
+        let before = ctx_switches(pid).unwrap();
+        go_tx.send(()).unwrap();
+        slept_rx.recv().unwrap();
+        let after = ctx_switches(pid).unwrap();
+        done_tx.send(()).unwrap();
+        sleeper.join().unwrap();
+        // Each sleep blocks once: at least 20 voluntary switches on the sleeper alone.
+        assert!(after >= before + 20, "before {before}, after {after}");
     }
 }

@@ -28,6 +28,11 @@ pub struct RoundResult {
     pub server_cpu_pct: f64,
     /// Server CPU microseconds per message.
     pub server_cpu_us_per_msg: f64,
+    /// Server context switches (voluntary + involuntary, summed over its threads) per
+    /// message, over the same window as the CPU figures.
+    pub server_cs_per_msg: f64,
+    /// Server context switches per second of the measured window.
+    pub server_cs_per_s: f64,
     /// The load client's CPU, percent of one core.
     pub client_cpu_pct: f64,
     /// Messages marked slow that completed in the window.
@@ -69,6 +74,10 @@ pub struct ServerSummary {
     pub server_cpu_pct: f64,
     /// Median server CPU µs per message.
     pub server_cpu_us_per_msg: f64,
+    /// Median server context switches per message.
+    pub server_cs_per_msg: f64,
+    /// Median server context switches per second.
+    pub server_cs_per_s: f64,
     /// Median msgs/s over the reference server's.
     pub ratio: f64,
     /// Sums over the rounds.
