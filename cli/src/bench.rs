@@ -51,7 +51,7 @@ pub struct EchoArgs {
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Servers, comma-separated: cport-uring, cport-epoll (`cport echo`, the server layer),
-    /// port-uring, port-epoll (the port-only echo example), tokio, compio, raw (the peers:
+    /// port-uring, port-epoll (the port-only echo example); a cport or port name followed by `@leader` runs it with one poller at a time (`CPORT_WAIT=leader`, for A/B runs of the wait design); tokio, compio, raw (the peers:
     /// `cargo build --release -p cport-bench --bins`).
     #[arg(
         long,
@@ -83,6 +83,7 @@ struct Contender {
     name: String,
     program: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 fn not_built(path: &Path, how: &str) -> io::Error {
@@ -93,7 +94,15 @@ fn not_built(path: &Path, how: &str) -> io::Error {
 }
 
 /// The server `name`, found next to the current executable.
-fn contender(name: &str, threads: usize, skew_ms: Option<f64>) -> io::Result<Contender> {
+fn contender(full_name: &str, threads: usize, skew_ms: Option<f64>) -> io::Result<Contender> {
+    // `NAME@leader`: a cport server with one poller at a time on every backend (the wait
+    // design before issue 10), for A/B runs of the wait design in one run.
+    let (name, env) = match full_name.split_once('@') {
+        Some((n, "leader")) if n.starts_with("cport-") || n.starts_with("port-") => {
+            (n, vec![("CPORT_WAIT".to_string(), "leader".to_string())])
+        }
+        _ => (full_name, Vec::new()),
+    };
     let exe = std::env::current_exe()?;
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     let mut common = vec![
@@ -145,9 +154,10 @@ fn contender(name: &str, threads: usize, skew_ms: Option<f64>) -> io::Result<Con
         }
     };
     Ok(Contender {
-        name: name.to_string(),
+        name: full_name.to_string(),
         program,
         args,
+        env,
     })
 }
 
@@ -177,6 +187,8 @@ struct Tally {
     rates: Vec<f64>,
     cpu_pct: Vec<f64>,
     cpu_us_per_msg: Vec<f64>,
+    cs_per_msg: Vec<f64>,
+    cs_per_s: Vec<f64>,
     hist: Option<Histogram<u64>>,
     fast: Option<Histogram<u64>>,
     broken: u64,
@@ -270,8 +282,9 @@ fn echo(a: EchoArgs) -> io::Result<()> {
     );
     for round in 1..=a.rounds {
         for (c, t) in contenders.iter().zip(&mut tallies) {
-            let server = ServerProc::spawn(&c.program, &c.args, &[])?;
+            let server = ServerProc::spawn(&c.program, &c.args, &c.env)?;
             let cpu0 = server.cpu_time();
+            let cs0 = server.ctx_switches();
             let load = Load {
                 addr: server.addr,
                 conns: a.conns,
@@ -285,18 +298,24 @@ fn echo(a: EchoArgs) -> io::Result<()> {
                 slow_pct: skew.map_or(0.0, |(p, _)| p),
             };
             let r = load::run(&load)?;
-            // The server's CPU over warm-up + measurement (+ the open loop's drain), scaled
-            // to the measured part.
+            // The server's CPU and context switches over warm-up + measurement (+ the
+            // drain), scaled to the measured part.
             let cpu = server.cpu_time().saturating_sub(cpu0);
+            let cs = server.ctx_switches().saturating_sub(cs0);
             let startup = server.startup.clone();
             server.stop()?;
             let wall = a.duration_s + a.warmup_s;
             let cpu_s = cpu.as_secs_f64() * a.duration_s / wall;
             let cpu_pct = 100.0 * cpu_s / a.duration_s;
             let cpu_us_per_msg = 1e6 * cpu_s / (r.msgs.max(1) as f64);
+            let cs_measured = cs as f64 * a.duration_s / wall;
+            let cs_per_msg = cs_measured / (r.msgs.max(1) as f64);
+            let cs_per_s = cs_measured / a.duration_s;
             t.rates.push(r.rate());
             t.cpu_pct.push(cpu_pct);
             t.cpu_us_per_msg.push(cpu_us_per_msg);
+            t.cs_per_msg.push(cs_per_msg);
+            t.cs_per_s.push(cs_per_s);
             t.broken += r.broken;
             t.corrupt += r.corrupt;
             t.connect_errors += r.connect_errors;
@@ -306,7 +325,7 @@ fn echo(a: EchoArgs) -> io::Result<()> {
             merge(&mut t.fast, &r.latency_fast_us);
             let q = |h: &Histogram<u64>, p| h.value_at_quantile(p);
             println!(
-                "  round {round}: {:<12} {:>9.0} msgs/s  p50 {:>6} µs  p99 {:>6} µs{}  server CPU {:>5.1}% ({:.1} µs/msg){}{}",
+                "  round {round}: {:<12} {:>9.0} msgs/s  p50 {:>6} µs  p99 {:>6} µs{}  server CPU {:>5.1}% ({:.1} µs/msg, {:.3} cs/msg){}{}",
                 c.name,
                 r.rate(),
                 q(&r.latency_us, 0.5),
@@ -318,6 +337,7 @@ fn echo(a: EchoArgs) -> io::Result<()> {
                 },
                 cpu_pct,
                 cpu_us_per_msg,
+                cs_per_msg,
                 if a.rate.is_some() {
                     format!("  client lag ≤ {} µs", r.max_send_lag.as_micros())
                 } else {
@@ -345,6 +365,8 @@ fn echo(a: EchoArgs) -> io::Result<()> {
                 p99_fast_us: q(&r.latency_fast_us, 0.99),
                 server_cpu_pct: cpu_pct,
                 server_cpu_us_per_msg: cpu_us_per_msg,
+                server_cs_per_msg: cs_per_msg,
+                server_cs_per_s: cs_per_s,
                 client_cpu_pct: 100.0 * client_s / wall,
                 slow_msgs: r.slow_msgs,
                 unfinished: r.unfinished,
@@ -365,7 +387,7 @@ fn echo(a: EchoArgs) -> io::Result<()> {
     let open_loop = a.rate.is_some();
     println!();
     println!(
-        "{:<12} {:>10} {:>19} {:>8} {:>8} {:>8} {:>8}{} {:>7} {:>10} {:>7}",
+        "{:<12} {:>10} {:>19} {:>8} {:>8} {:>8} {:>8}{} {:>7} {:>10} {:>7} {:>7}",
         "server",
         "msgs/s",
         "min–max",
@@ -376,6 +398,7 @@ fn echo(a: EchoArgs) -> io::Result<()> {
         if skew.is_some() { " p99 others" } else { "" },
         "CPU %",
         "CPU µs/msg",
+        "cs/msg",
         if open_loop { "CPU ×" } else { "ratio" }
     );
     let mut summary = Vec::new();
@@ -391,7 +414,7 @@ fn echo(a: EchoArgs) -> io::Result<()> {
             m / reference
         };
         println!(
-            "{:<12} {:>10.0} {:>9.0}–{:<9.0} {:>8.1} {:>8} {:>8} {:>8}{} {:>7.1} {:>10.1} {:>7.2}",
+            "{:<12} {:>10.0} {:>9.0}–{:<9.0} {:>8.1} {:>8} {:>8} {:>8}{} {:>7.1} {:>10.1} {:>7.3} {:>7.2}",
             c.name,
             m,
             lo,
@@ -407,6 +430,7 @@ fn echo(a: EchoArgs) -> io::Result<()> {
             },
             median(&t.cpu_pct),
             cpu_msg,
+            median(&t.cs_per_msg),
             ratio
         );
         if t.broken + t.corrupt + t.connect_errors + t.unfinished > 0 {
@@ -427,6 +451,8 @@ fn echo(a: EchoArgs) -> io::Result<()> {
             p99_fast_us: f.value_at_quantile(0.99),
             server_cpu_pct: median(&t.cpu_pct),
             server_cpu_us_per_msg: cpu_msg,
+            server_cs_per_msg: median(&t.cs_per_msg),
+            server_cs_per_s: median(&t.cs_per_s),
             ratio,
             broken: t.broken,
             corrupt: t.corrupt,
@@ -443,6 +469,7 @@ fn echo(a: EchoArgs) -> io::Result<()> {
     } else {
         println!("(ratio: median msgs/s over {ref_name}'s)");
     }
+    println!("(cs/msg: median server context switches, voluntary + involuntary over its threads, per message)");
     if skew.is_some() {
         println!("(p99 others: p99 of the messages not marked slow; percentiles over all rounds' messages)");
     }

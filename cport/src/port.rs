@@ -100,14 +100,19 @@ impl PortBuilder {
             n => n,
         };
         let driver = Driver::open(backend, self.entries)?;
+        let shared_wait = driver.shared_wait();
         static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
         Ok(Port {
             shared: Arc::new(Shared {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                sched: Sched::new(concurrency),
+                sched: Sched::new(concurrency, shared_wait),
                 table: Mutex::new(Table::default()),
-                timers: Mutex::new(Timers::default()),
+                timers: Mutex::new(TimerQueue {
+                    wheel: Timers::default(),
+                    alarm: None,
+                }),
                 driver,
+                shared_wait,
             }),
         })
     }
@@ -194,7 +199,7 @@ impl Port {
             free: Vec::new(),
             closed: false,
         });
-        if let Err(e) = self.shared.driver.register(token, raw) {
+        if let Err(e) = self.shared.driver.register(token, raw, stream) {
             self.shared.table.lock().socks.remove(token);
             return Err(e);
         }
@@ -328,9 +333,16 @@ impl Port {
         let deadline = now
             .checked_add(delay)
             .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
-        let (id, earliest) = self.shared.timers.lock().add(deadline, key, user);
+        let shared = &*self.shared;
+        let mut t = shared.timers.lock();
+        let (id, earliest) = t.wheel.add(deadline, key, user);
         if earliest {
-            self.shared.sched.interrupt_poller(&*self.shared);
+            if shared.shared_wait {
+                shared.set_alarm(&mut t);
+            } else {
+                drop(t);
+                shared.sched.interrupt_poller(shared);
+            }
         }
         Ok(id)
     }
@@ -339,7 +351,7 @@ impl Port {
     /// fired (its completion is queued or delivered) or was cancelled before.
     #[doc(alias = "DeleteTimerQueueTimer")]
     pub fn cancel_timer(&self, id: TimerId) -> bool {
-        self.shared.timers.lock().cancel(id)
+        self.shared.timers.lock().wheel.cancel(id)
     }
 
     /// Runs `f`, which may block, while the calling thread's concurrency slot is lent to
@@ -415,7 +427,7 @@ impl Port {
             ready,
             in_flight,
             sockets,
-            timers: self.shared.timers.lock().len(),
+            timers: self.shared.timers.lock().wheel.len(),
         }
     }
 }
@@ -603,13 +615,33 @@ pub(crate) struct Shared {
     id: usize,
     sched: Sched<Completion>,
     table: Mutex<Table>,
-    timers: Mutex<Timers>,
+    timers: Mutex<TimerQueue>,
     driver: Driver,
+    /// Every idle thread waits in the kernel at once (epoll); timers then go off through the
+    /// backend's alarm instead of bounding one poller's wait. See `Sched`.
+    shared_wait: bool,
+}
+
+/// The port's timers and, when every idle thread waits in the kernel, when the backend's
+/// alarm is set to go off.
+struct TimerQueue {
+    wheel: Timers,
+    /// The alarm is set for this instant (it may have gone off since); `None`: not set.
+    alarm: Option<Instant>,
 }
 
 impl Poller<Completion> for Shared {
     fn poll(&self, deadline: Option<Instant>, out: &mut Vec<Completion>) {
-        let next_timer = self.timers.lock().next_deadline();
+        if self.shared_wait {
+            let mut raw = Vec::new();
+            let alone = self.sched.pollers() <= 1;
+            if self.driver.wait_shared(deadline, alone, &mut raw) {
+                self.fire_timers(Instant::now(), out);
+            }
+            self.process(&mut raw, out);
+            return;
+        }
+        let next_timer = self.timers.lock().wheel.next_deadline();
         let until = match (deadline, next_timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -627,7 +659,7 @@ impl Poller<Completion> for Shared {
         self.driver.wait(until, &mut raw);
         self.process(&mut raw, out);
         if next_timer.is_some() {
-            self.timers.lock().fire(Instant::now(), out);
+            self.timers.lock().wheel.fire(Instant::now(), out);
         }
     }
 
@@ -674,15 +706,44 @@ impl Shared {
     /// `now` (the caller's clock reading), without waiting.
     fn reap_now(&self, now: Instant) {
         let mut raw = Vec::new();
-        self.driver.try_reap(&mut raw);
         let mut out = Vec::new();
+        if self.shared_wait && self.sched.pollers() > 0 {
+            // An idle thread waits in the kernel: the kernel wakes it for I/O and timers.
+            return;
+        }
+        self.driver.try_reap(&mut raw);
         if !raw.is_empty() {
             self.process(&mut raw, &mut out);
         }
-        self.timers.lock().fire(now, &mut out);
+        self.fire_timers(now, &mut out);
         if !out.is_empty() {
             self.sched.push_all(out, self);
         }
+    }
+
+    /// Queues the timers due at `now` into `out`; with shared waiting, sets the alarm for
+    /// the next one.
+    fn fire_timers(&self, now: Instant, out: &mut Vec<Completion>) {
+        let mut t = self.timers.lock();
+        t.wheel.fire(now, out);
+        if self.shared_wait {
+            if t.alarm.is_some_and(|a| a <= now) {
+                t.alarm = None;
+            }
+            self.set_alarm(&mut t);
+        }
+    }
+
+    /// Sets the backend's alarm for the earliest timer, unless it is set for that or earlier.
+    fn set_alarm(&self, t: &mut TimerQueue) {
+        let Some(next) = t.wheel.next_deadline() else {
+            return;
+        };
+        if t.alarm.is_some_and(|a| a <= next) {
+            return;
+        }
+        self.driver.arm(next);
+        t.alarm = Some(next);
     }
 
     /// Queues completions made without the kernel, then flushes the backend.

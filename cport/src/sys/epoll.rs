@@ -25,24 +25,28 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::mem;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr;
+use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
+use super::wait::{errno, WaitSet, ALARM, WAKE};
 use super::{Desc, OpDesc, Raw};
-use crate::slab::RESERVED_TOKENS;
 
-/// Event data of the wake-up eventfd (never a socket token).
-const WAKE: u64 = RESERVED_TOKENS;
-/// Most events taken by one `epoll_wait`.
+/// Most events taken by one `epoll_wait` of the single poller.
 const MAX_EVENTS: usize = 256;
+/// Most events taken by one `epoll_wait` when every idle thread waits (`wait_shared`) and
+/// no other thread waits with this one; with another waiter, one event is taken, and the
+/// kernel hands the rest to the next waiter (it wakes another while events remain) instead
+/// of this thread attempting every ready socket's system call before it runs a handler and
+/// then waking a thread for the completions it cannot take.
+const SHARED_EVENTS: usize = 64;
 
 const READ_EVENTS: u32 =
     (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 const WRITE_EVENTS: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+const HUP_EVENTS: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dir {
@@ -83,6 +87,8 @@ struct Side {
 struct Sides {
     read: Side,
     write: Side,
+    /// An event reported the peer's end of stream, a hang-up or an error.
+    hup: bool,
 }
 
 impl Sides {
@@ -98,19 +104,19 @@ impl Sides {
 #[derive(Default)]
 struct Sock {
     sides: Mutex<Sides>,
+    /// A stream socket: a receive that returned less than it asked for took everything
+    /// there was (see `drive`).
+    stream: bool,
 }
 
 /// The poller's buffers, kept between calls.
 struct PollBuf {
-    events: Vec<libc::epoll_event>,
-    ready: Vec<(Arc<Sock>, u32)>,
+    events: Box<[mem::MaybeUninit<libc::epoll_event>]>,
 }
 
 pub(crate) struct Epoll {
-    /// Closed on drop.
-    epfd: OwnedFd,
-    /// The eventfd that interrupts `epoll_wait`; closed on drop.
-    wake_fd: OwnedFd,
+    /// The epoll instance every socket is registered with, and its wake-up and alarm.
+    ws: WaitSet,
     /// Registered sockets by table token.
     socks: Mutex<HashMap<u64, Arc<Sock>>>,
     /// Sides with an operation to attempt at the next `flush`.
@@ -132,12 +138,6 @@ enum Attempt {
     Started,
 }
 
-fn errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
-}
-
 /// Lengths above what the result (an i32) can report are cut.
 fn clamp(len: usize) -> usize {
     len.min(i32::MAX as usize)
@@ -145,45 +145,13 @@ fn clamp(len: usize) -> usize {
 
 impl Epoll {
     pub(crate) fn new() -> io::Result<Epoll> {
-        // SAFETY: epoll_create1 takes no pointers.
-        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epfd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: epfd is a new descriptor that nothing else owns.
-        let epfd = unsafe { OwnedFd::from_raw_fd(epfd) };
-        // SAFETY: eventfd takes no pointers.
-        let wake_fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if wake_fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: wake_fd is a new descriptor that nothing else owns.
-        let wake_fd = unsafe { OwnedFd::from_raw_fd(wake_fd) };
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: WAKE,
-        };
-        // SAFETY: `ev` is a live local that epoll_ctl only reads.
-        let r = unsafe {
-            libc::epoll_ctl(
-                epfd.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                wake_fd.as_raw_fd(),
-                &mut ev,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Epoll {
-            epfd,
-            wake_fd,
+            ws: WaitSet::new()?,
             socks: Mutex::new(HashMap::new()),
             todo: Mutex::new(Vec::new()),
             done: Mutex::new(Vec::new()),
             poll: Mutex::new(PollBuf {
-                events: Vec::with_capacity(MAX_EVENTS),
-                ready: Vec::with_capacity(MAX_EVENTS),
+                events: vec![mem::MaybeUninit::uninit(); MAX_EVENTS].into_boxed_slice(),
             }),
         })
     }
@@ -193,22 +161,20 @@ impl Epoll {
     }
 
     /// Watches a (non-blocking) socket under `sock`, its table token.
-    pub(crate) fn register(&self, sock: u64, fd: RawFd) -> io::Result<()> {
+    pub(crate) fn register(&self, sock: u64, fd: RawFd, stream: bool) -> io::Result<()> {
+        let state = Arc::new(Sock {
+            sides: Mutex::default(),
+            stream,
+        });
         // In the table before epoll_ctl, so that no event finds it missing.
-        if self.socks.lock().insert(sock, Arc::default()).is_some() {
+        if self.socks.lock().insert(sock, state).is_some() {
             tracing::warn!(
                 sock,
                 "epoll: socket registered twice; its old state is dropped"
             );
         }
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: sock,
-        };
-        // SAFETY: `ev` is a live local that epoll_ctl only reads.
-        let r = unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
+        let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
+        if let Err(e) = self.ws.add(fd, sock, events) {
             self.socks.lock().remove(&sock);
             return Err(e);
         }
@@ -217,25 +183,8 @@ impl Epoll {
 
     /// Stops watching a socket that is about to be closed.
     pub(crate) fn deregister(&self, sock: u64, fd: RawFd) {
-        // SAFETY: EPOLL_CTL_DEL ignores the event pointer, which may be null (Linux 2.6.9+).
-        let r = unsafe {
-            libc::epoll_ctl(
-                self.epfd.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd,
-                ptr::null_mut(),
-            )
-        };
-        if r < 0 {
-            let e = errno();
-            if e != libc::ENOENT {
-                tracing::warn!(
-                    sock,
-                    fd,
-                    "epoll: EPOLL_CTL_DEL failed: {}",
-                    io::Error::from_raw_os_error(e)
-                );
-            }
+        if let Err(e) = self.ws.remove(fd) {
+            tracing::warn!(sock, fd, "epoll: EPOLL_CTL_DEL failed: {e}");
         }
         let Some(s) = self.socks.lock().remove(&sock) else {
             return;
@@ -332,6 +281,7 @@ impl Epoll {
     fn drive(&self, s: &Sock, dir: Dir, out: &mut Vec<Raw>) {
         let mut sides = s.sides.lock();
         loop {
+            let hup = sides.hup;
             let side = sides.get(dir);
             if side.busy || side.blocked_at == Some(side.seq) {
                 // Another thread is at it (and will see new readiness and new operations),
@@ -359,7 +309,18 @@ impl Epoll {
             match result {
                 Attempt::Done(res) => {
                     side.ops.pop_front();
-                    side.blocked_at = None;
+                    // A stream receive that got less than it asked for emptied the socket's
+                    // receive queue: the next receive waits for the next edge instead of
+                    // trying a system call that would only say EAGAIN (tokio does the same).
+                    // Not after an end-of-stream or error event, which has no later edge;
+                    // not if an event came during the attempt.
+                    let drained = match op.desc {
+                        Desc::Recv { len, .. } => {
+                            s.stream && res > 0 && (res as usize) < len && !hup
+                        }
+                        _ => false,
+                    };
+                    side.blocked_at = (drained && side.seq == seq).then_some(seq);
                     out.push(Raw { token, res });
                 }
                 Attempt::WouldBlock | Attempt::Started => {
@@ -399,62 +360,39 @@ impl Epoll {
         self.flush(out);
     }
 
-    /// Takes the readiness that is there now, without waiting, if no other thread is at it
-    /// (a worker that keeps finding completions ready calls this now and then, so that I/O
-    /// is not left waiting behind a long queue of posts and timers).
+    /// Takes the readiness that is there now, without waiting (a worker that keeps finding
+    /// completions ready calls this now and then, so that I/O is not left waiting behind a
+    /// long queue of posts and timers).
     pub(crate) fn try_reap(&self, out: &mut Vec<Raw>) {
-        let Some(mut guard) = self.poll.try_lock() else {
-            return;
-        };
-        self.wait_locked(&mut guard, 0, out);
-        drop(guard);
-        self.flush(out);
+        self.wait_shared(None, true, true, out);
     }
 
     fn wait_locked(&self, buf: &mut PollBuf, timeout: i32, out: &mut Vec<Raw>) {
-        buf.events.clear();
-        // SAFETY: the buffer has room for `capacity` events, and epoll_wait writes at most
-        // that many.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.epfd.as_raw_fd(),
-                buf.events.as_mut_ptr(),
-                buf.events.capacity().min(i32::MAX as usize) as i32,
-                timeout,
-            )
-        };
-        if n < 0 {
-            let e = errno();
-            if e != libc::EINTR {
-                tracing::error!("epoll_wait failed: {}", io::Error::from_raw_os_error(e));
-                // Do not spin on a persistent error.
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        } else {
-            // SAFETY: the kernel initialised the first `n` (<= capacity) events.
-            unsafe { buf.events.set_len(n as usize) };
-        }
+        let events = self.ws.wait(&mut buf.events, timeout);
+        self.harvest(events, out);
+    }
 
-        let mut woken = false;
-        {
-            let socks = self.socks.lock();
-            for ev in &buf.events {
-                let (data, flags) = (ev.u64, ev.events);
-                if data == WAKE {
-                    woken = true;
-                } else if let Some(s) = socks.get(&data) {
-                    buf.ready.push((s.clone(), flags));
-                }
-                // Else the socket was deregistered meanwhile.
+    /// Attempts what the events made ready. Returns (a wake-up was seen, the alarm went off).
+    fn harvest(&self, events: &[libc::epoll_event], out: &mut Vec<Raw>) -> (bool, bool) {
+        let (mut woken, mut alarm) = (false, false);
+        for ev in events {
+            let (data, flags) = (ev.u64, ev.events);
+            if data == WAKE {
+                woken = true;
+                continue;
             }
-        }
-        if woken {
-            self.reset_wake();
-        }
-        for (s, flags) in buf.ready.drain(..) {
+            if data == ALARM {
+                alarm = true;
+                continue;
+            }
+            // Else the socket was deregistered meanwhile.
+            let Some(s) = self.sock(data) else { continue };
             let (read, write) = (flags & READ_EVENTS != 0, flags & WRITE_EVENTS != 0);
             {
                 let mut sides = s.sides.lock();
+                if flags & HUP_EVENTS != 0 {
+                    sides.hup = true;
+                }
                 if read {
                     sides.read.seq = sides.read.seq.wrapping_add(1);
                 }
@@ -469,42 +407,53 @@ impl Epoll {
                 self.drive(&s, Dir::Write, out);
             }
         }
+        (woken, alarm)
     }
 
-    /// Makes the poller's `wait` return promptly (or its next one at once).
+    /// Waits for readiness until `deadline` or a wake-up, with any number of threads in it at
+    /// once: the kernel wakes one waiter per event, the most recently parked first, as IOCP
+    /// releases threads. Attempts what became ready. Returns true if the alarm went off.
+    /// With `reaping` (a busy thread's look, timeout 0), a wake-up meant for an idle waiter
+    /// is passed on rather than swallowed.
+    pub(crate) fn wait_shared(
+        &self,
+        deadline: Option<Instant>,
+        reaping: bool,
+        alone: bool,
+        out: &mut Vec<Raw>,
+    ) -> bool {
+        // epoll's wait does not attempt what was started: do it first; if that completed
+        // something, deliver it without waiting (what became ready meanwhile wakes another
+        // waiter, or this one when it comes back).
+        let before = out.len();
+        self.flush(out);
+        if out.len() > before && !reaping {
+            return false;
+        }
+        let timeout = if reaping || !self.todo.lock().is_empty() {
+            0
+        } else {
+            super::timeout_ms(deadline)
+        };
+        let mut events = [mem::MaybeUninit::<libc::epoll_event>::uninit(); SHARED_EVENTS];
+        let take = if alone { SHARED_EVENTS } else { 1 };
+        let events = self.ws.wait(&mut events[..take], timeout);
+        let (woken, alarm) = self.harvest(events, out);
+        if woken && reaping {
+            self.wake();
+        }
+        self.flush(out);
+        alarm
+    }
+
+    /// Sets the alarm to go off at `deadline` (never before it).
+    pub(crate) fn arm(&self, deadline: Instant) {
+        self.ws.arm(deadline);
+    }
+
+    /// Makes a waiter's `wait` return promptly (or the next one at once).
     pub(crate) fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes the 8 bytes of a live local.
-        let r = unsafe {
-            libc::write(
-                self.wake_fd.as_raw_fd(),
-                (&one as *const u64).cast(),
-                mem::size_of::<u64>(),
-            )
-        };
-        // EAGAIN: the counter is saturated, so a wake-up is already pending.
-        if r < 0 && errno() != libc::EAGAIN {
-            tracing::error!(
-                "epoll: eventfd write failed: {}",
-                io::Error::last_os_error()
-            );
-        }
-    }
-
-    fn reset_wake(&self) {
-        let mut count: u64 = 0;
-        // SAFETY: reads at most 8 bytes into a live local of 8 bytes.
-        let r = unsafe {
-            libc::read(
-                self.wake_fd.as_raw_fd(),
-                (&mut count as *mut u64).cast(),
-                mem::size_of::<u64>(),
-            )
-        };
-        // EAGAIN: another wait already reset it.
-        if r < 0 && errno() != libc::EAGAIN {
-            tracing::error!("epoll: eventfd read failed: {}", io::Error::last_os_error());
-        }
+        self.ws.wake();
     }
 }
 
@@ -629,6 +578,8 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::time::Duration;
 
     /// A connected loopback pair: the accepted side non-blocking (for the backend) and the
     /// client side blocking (for the test to write with).
@@ -666,7 +617,7 @@ mod tests {
     fn recv_waits_for_data() {
         let ep = Epoll::new().unwrap();
         let (server, mut client) = pair();
-        ep.register(1, server.as_raw_fd()).unwrap();
+        ep.register(1, server.as_raw_fd(), true).unwrap();
         let mut buf = vec![0u8; 64];
         ep.push(10, 1, recv_op(&server, &mut buf));
         let mut out = Vec::new();
@@ -686,7 +637,7 @@ mod tests {
     fn cancelled_recv_completes_once() {
         let ep = Epoll::new().unwrap();
         let (server, mut client) = pair();
-        ep.register(1, server.as_raw_fd()).unwrap();
+        ep.register(1, server.as_raw_fd(), true).unwrap();
         let mut buf = vec![0u8; 64];
         ep.push(10, 1, recv_op(&server, &mut buf));
         let mut out = Vec::new();
@@ -739,7 +690,7 @@ mod tests {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let listener = OwnedFd::from(listener);
-        ep.register(1, listener.as_raw_fd()).unwrap();
+        ep.register(1, listener.as_raw_fd(), true).unwrap();
         // SAFETY: all-zero is a valid sockaddr_storage.
         let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
         let mut storage_len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -759,7 +710,7 @@ mod tests {
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         client.set_nonblocking(true).unwrap();
         let client = OwnedFd::from(client);
-        ep.register(2, client.as_raw_fd()).unwrap();
+        ep.register(2, client.as_raw_fd(), true).unwrap();
         let target = socket2::SockAddr::from(addr);
         let connect = OpDesc {
             fd: client.as_raw_fd(),
@@ -792,7 +743,7 @@ mod tests {
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         client.set_nonblocking(true).unwrap();
         let client = OwnedFd::from(client);
-        ep.register(2, client.as_raw_fd()).unwrap();
+        ep.register(2, client.as_raw_fd(), true).unwrap();
         let target = socket2::SockAddr::from(addr);
         let connect = OpDesc {
             fd: client.as_raw_fd(),

@@ -14,6 +14,7 @@
 
 pub(crate) mod epoll;
 pub(crate) mod uring;
+pub(crate) mod wait;
 
 use std::io;
 use std::os::fd::RawFd;
@@ -118,17 +119,56 @@ pub(crate) enum Driver {
 
 impl Driver {
     /// Opens the backend asked for; `Auto` falls back to epoll with one warning.
+    ///
+    /// Every idle thread of the port waits in the backend's wait set at once
+    /// ([`wait::WaitSet`]), unless `CPORT_WAIT=leader` asks for one poller at a time (the
+    /// design before; kept for A/B measurements, not a public setting).
     pub(crate) fn open(backend: Backend, entries: u32) -> io::Result<Driver> {
+        let shared = std::env::var("CPORT_WAIT").map_or(true, |v| v != "leader");
         match backend {
-            Backend::Uring => uring::Uring::new(entries).map(Driver::Uring),
+            Backend::Uring => uring::Uring::new(entries, shared).map(Driver::Uring),
             Backend::Epoll => epoll::Epoll::new().map(Driver::Epoll),
-            Backend::Auto => match uring::Uring::new(entries) {
+            Backend::Auto => match uring::Uring::new(entries, shared) {
                 Ok(u) => Ok(Driver::Uring(u)),
                 Err(e) => {
                     tracing::warn!("io_uring unavailable ({e}); falling back to epoll");
                     epoll::Epoll::new().map(Driver::Epoll)
                 }
             },
+        }
+    }
+
+    /// Every idle thread waits in [`Driver::wait_shared`] at once (else one poller at a time
+    /// calls [`Driver::wait`]).
+    pub(crate) fn shared_wait(&self) -> bool {
+        match self {
+            Driver::Uring(u) => u.shared(),
+            Driver::Epoll(_) => std::env::var("CPORT_WAIT").map_or(true, |v| v != "leader"),
+        }
+    }
+
+    /// Waits, with any number of threads in it at once, until `deadline`, a wake-up or an
+    /// event (the kernel wakes one waiter per event); submits or attempts what was started
+    /// first, and returns at once if that completed something. True if the alarm went off.
+    /// `alone`: no other thread waits now (take a batch of events, there is nobody to hand
+    /// them to).
+    pub(crate) fn wait_shared(
+        &self,
+        deadline: Option<Instant>,
+        alone: bool,
+        out: &mut Vec<Raw>,
+    ) -> bool {
+        match self {
+            Driver::Uring(u) => u.wait_shared(deadline, out),
+            Driver::Epoll(e) => e.wait_shared(deadline, false, alone, out),
+        }
+    }
+
+    /// Sets the alarm of the wait set to go off at `deadline` (shared waiting only).
+    pub(crate) fn arm(&self, deadline: Instant) {
+        match self {
+            Driver::Uring(u) => u.arm(deadline),
+            Driver::Epoll(e) => e.arm(deadline),
         }
     }
 
@@ -139,11 +179,12 @@ impl Driver {
         }
     }
 
-    /// A socket was associated with the port under `sock` (its table token).
-    pub(crate) fn register(&self, sock: u64, fd: RawFd) -> io::Result<()> {
+    /// A socket was associated with the port under `sock` (its table token); `stream`
+    /// says it is a stream socket.
+    pub(crate) fn register(&self, sock: u64, fd: RawFd, stream: bool) -> io::Result<()> {
         match self {
             Driver::Uring(_) => Ok(()),
-            Driver::Epoll(e) => e.register(sock, fd),
+            Driver::Epoll(e) => e.register(sock, fd, stream),
         }
     }
 

@@ -19,12 +19,15 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
 use io_uring::types::{Fd, SubmitArgs, Timespec};
 use io_uring::{opcode, squeue, IoUring, Probe};
 use parking_lot::Mutex;
 
+use super::wait::{WaitSet, ALARM, BACKEND};
 use super::{Desc, OpDesc, Raw};
 use crate::combine::Combiner;
 use crate::slab::RESERVED_TOKENS;
@@ -43,6 +46,10 @@ pub(crate) struct Uring {
     /// One flusher in the kernel at a time; also knows whether anything was pushed since
     /// the last submission (so a flush with nothing to submit costs no system call).
     combine: Combiner,
+    /// Where every idle thread waits at once (`wait_shared`), with the eventfd the ring
+    /// signals for every batch of completions it posts; `None`: one poller at a time waits
+    /// in `io_uring_enter` (`wait`).
+    shared: Option<(WaitSet, OwnedFd)>,
 }
 
 fn setup_error(what: &str, e: io::Error) -> io::Error {
@@ -65,7 +72,7 @@ fn unsupported(what: &str) -> io::Error {
 }
 
 impl Uring {
-    pub(crate) fn new(entries: u32) -> io::Result<Uring> {
+    pub(crate) fn new(entries: u32, shared: bool) -> io::Result<Uring> {
         let ring = IoUring::builder()
             .setup_cqsize(entries.saturating_mul(4))
             .setup_clamp()
@@ -97,12 +104,73 @@ impl Uring {
                 return Err(unsupported(&format!("the {name} operation")));
             }
         }
+        let shared = if shared {
+            let ws = WaitSet::new()?;
+            // SAFETY: eventfd takes no pointers.
+            let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if efd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: efd is a new descriptor that nothing else owns.
+            let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+            ring.submitter()
+                .register_eventfd(efd.as_raw_fd())
+                .map_err(|e| setup_error("eventfd registration", e))?;
+            ws.add(efd.as_raw_fd(), BACKEND, libc::EPOLLIN as u32)?;
+            Some((ws, efd))
+        } else {
+            None
+        };
         Ok(Uring {
             ring,
             sq: Mutex::new(VecDeque::new()),
             cq: Mutex::new(()),
             combine: Combiner::new(),
+            shared,
         })
+    }
+
+    /// Every idle thread waits in `wait_shared` at once.
+    pub(crate) fn shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Submits what was pushed; returns what completed at once, or else waits in the wait
+    /// set (any number of threads at once; the kernel wakes one per event) until `deadline`,
+    /// a wake-up, the alarm or a batch of completions, and returns what completed. True if
+    /// the alarm went off.
+    ///
+    /// A completion whose task work runs in a thread waiting here interrupts that thread's
+    /// wait (`EINTR`), and the thread reaps it itself; one posted while every thread is busy
+    /// signals the ring's eventfd, so an idle thread that comes to wait finds it at once.
+    pub(crate) fn wait_shared(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> bool {
+        let Some((ws, _)) = &self.shared else {
+            self.wait(deadline, out);
+            return false;
+        };
+        self.flush();
+        if self.reap_locked(out) > 0 {
+            return false;
+        }
+        let mut events = [MaybeUninit::<libc::epoll_event>::uninit(); 1];
+        let alarm = ws
+            .wait(&mut events, super::timeout_ms(deadline))
+            .iter()
+            .any(|e| e.u64 == ALARM);
+        self.reap_locked(out);
+        alarm
+    }
+
+    fn reap_locked(&self, out: &mut Vec<Raw>) -> usize {
+        let _g = self.cq.lock();
+        self.reap(out)
+    }
+
+    /// Sets the wait set's alarm (shared waiting only).
+    pub(crate) fn arm(&self, deadline: Instant) {
+        if let Some((ws, _)) = &self.shared {
+            ws.arm(deadline);
+        }
     }
 
     fn entry(op: OpDesc) -> squeue::Entry {
@@ -311,8 +379,13 @@ impl Uring {
         }
     }
 
-    /// Interrupts the poller's wait (or makes its next wait return at once).
+    /// Interrupts the poller's wait (or makes its next wait return at once); with shared
+    /// waiting, wakes one waiting thread.
     pub(crate) fn wake(&self) {
+        if let Some((ws, _)) = &self.shared {
+            ws.wake();
+            return;
+        }
         self.push_entry(opcode::Nop::new().build().user_data(WAKE));
         self.flush();
     }
