@@ -6,16 +6,18 @@
 //! * a thread holds a *slot* from the moment its `get` returns a completion until it calls
 //!   `get` again (or enters `blocking`, or exits); at most `concurrency`
 //!   threads hold a slot at any time;
-//! * idle threads park on a LIFO stack, and the most recently parked one is woken first;
-//! * one idle thread at a time — the *poller* — waits in the kernel for I/O completions
-//!   (leader/follower, as Boost.Asio's scheduler does); what it reaps goes to the user-space
-//!   `ready` queue that every thread takes from;
+//! * idle threads wait in the kernel — with a *shared* scheduler every idle thread with a free
+//!   slot at once, in one epoll wait set where the kernel wakes one waiter per event, most
+//!   recently parked first (IOCP's LIFO release); otherwise one at a time, the *poller*
+//!   (leader/follower, as Boost.Asio's scheduler does) — and threads beyond those park on a
+//!   LIFO stack;
+//! * what a waiter reaps goes to the user-space `ready` queue that every thread takes from;
 //! * whenever a slot is free and a completion is ready, some idle thread is woken for it, so a
 //!   completion never waits behind a busy thread while another thread is idle.
 //!
-//! Everything here is under one mutex; it is small and is never held across a system call.
-//! It is generic over the item type and the [`Poller`] so that it can be model-checked with
-//! loom (see `tests/loom_sched.rs`).
+//! The lock is small and is never held across a system call. The scheduler is generic over
+//! the item type and the [`Poller`] so that it can be model-checked with loom (the
+//! `loom_model` module below).
 
 use std::collections::VecDeque;
 use std::time::Instant;
