@@ -22,7 +22,7 @@
 //!   `SO_ERROR`, and, when it is 0, check with `getpeername` that the socket really is
 //!   connected (an unconnected socket also reports itself writable).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::mem;
 use std::os::fd::RawFd;
@@ -109,6 +109,42 @@ struct Sock {
     stream: bool,
 }
 
+/// Registered sockets by table token, at the token's slot index (the port's tokens are
+/// generation-tagged slab indices: `generation << 32 | index`), so a look-up is an index and a
+/// compare, not a hash; a token of another generation finds nothing.
+#[derive(Default)]
+struct Socks(Vec<Option<(u64, Arc<Sock>)>>);
+
+impl Socks {
+    fn index(token: u64) -> usize {
+        (token & 0xFFFF_FFFF) as usize
+    }
+
+    fn get(&self, token: u64) -> Option<Arc<Sock>> {
+        match self.0.get(Self::index(token)) {
+            Some(Some((t, s))) if *t == token => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    /// Returns true if the slot held a socket (which is replaced).
+    fn insert(&mut self, token: u64, s: Arc<Sock>) -> bool {
+        let i = Self::index(token);
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i].replace((token, s)).is_some()
+    }
+
+    fn remove(&mut self, token: u64) -> Option<Arc<Sock>> {
+        let slot = self.0.get_mut(Self::index(token))?;
+        match slot {
+            Some((t, _)) if *t == token => slot.take().map(|(_, s)| s),
+            _ => None,
+        }
+    }
+}
+
 /// The poller's buffers, kept between calls.
 struct PollBuf {
     events: Box<[mem::MaybeUninit<libc::epoll_event>]>,
@@ -118,7 +154,7 @@ pub(crate) struct Epoll {
     /// The epoll instance every socket is registered with, and its wake-up and alarm.
     ws: WaitSet,
     /// Registered sockets by table token.
-    socks: Mutex<HashMap<u64, Arc<Sock>>>,
+    socks: Mutex<Socks>,
     /// Sides with an operation to attempt at the next `flush`.
     todo: Mutex<Vec<(Arc<Sock>, Dir)>>,
     /// Completions decided without a system call (cancels), for the next `flush` or `wait`.
@@ -147,7 +183,7 @@ impl Epoll {
     pub(crate) fn new() -> io::Result<Epoll> {
         Ok(Epoll {
             ws: WaitSet::new()?,
-            socks: Mutex::new(HashMap::new()),
+            socks: Mutex::new(Socks::default()),
             todo: Mutex::new(Vec::new()),
             done: Mutex::new(Vec::new()),
             poll: Mutex::new(PollBuf {
@@ -157,7 +193,7 @@ impl Epoll {
     }
 
     fn sock(&self, sock: u64) -> Option<Arc<Sock>> {
-        self.socks.lock().get(&sock).cloned()
+        self.socks.lock().get(sock)
     }
 
     /// Watches a (non-blocking) socket under `sock`, its table token.
@@ -167,7 +203,7 @@ impl Epoll {
             stream,
         });
         // In the table before epoll_ctl, so that no event finds it missing.
-        if self.socks.lock().insert(sock, state).is_some() {
+        if self.socks.lock().insert(sock, state) {
             tracing::warn!(
                 sock,
                 "epoll: socket registered twice; its old state is dropped"
@@ -175,7 +211,7 @@ impl Epoll {
         }
         let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
         if let Err(e) = self.ws.add(fd, sock, events) {
-            self.socks.lock().remove(&sock);
+            self.socks.lock().remove(sock);
             return Err(e);
         }
         Ok(())
@@ -186,7 +222,7 @@ impl Epoll {
         if let Err(e) = self.ws.remove(fd) {
             tracing::warn!(sock, fd, "epoll: EPOLL_CTL_DEL failed: {e}");
         }
-        let Some(s) = self.socks.lock().remove(&sock) else {
+        let Some(s) = self.socks.lock().remove(sock) else {
             return;
         };
         // The port completes every operation before closing, so nothing should be left; if
