@@ -27,6 +27,8 @@ per_backend!(
     cancelled_timer_never_fires,
     thread_exiting_in_a_handler_gives_its_slot_back,
     no_wakeup_is_lost_in_a_burst_of_posts,
+    a_busy_submitters_own_completion_reaches_an_idle_worker,
+    an_earlier_timer_set_while_every_thread_waits_fires_on_time,
 );
 
 fn posts_from_one_thread_come_out_in_order(b: Backend) {
@@ -446,5 +448,122 @@ fn no_wakeup_is_lost_in_a_burst_of_posts(b: Backend) {
             taken += n as u64;
         }
         producer.join().unwrap();
+    }
+}
+
+/// The worker that started a receive (and so, on io_uring, runs its task work) is stuck in a
+/// handler when the data arrives: the other, idle worker must still get the completion.
+fn a_busy_submitters_own_completion_reaches_an_idle_worker(b: Backend) {
+    use std::io::Write;
+    let port = port(b, 2);
+    let (mut client, server) = common::tcp_pair();
+    let sock = Arc::new(port.associate(server, 5).unwrap());
+    let (stuck_tx, stuck_rx) = mpsc::channel::<()>();
+    let (io_tx, io_rx) = mpsc::channel::<std::thread::ThreadId>();
+    let io_rx = Arc::new(parking_lot::Mutex::new(io_rx));
+    let barrier = Arc::new(Barrier::new(2));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (port, sock, stuck_tx, io_tx, io_rx, barrier) = (
+                port.clone(),
+                sock.clone(),
+                stuck_tx.clone(),
+                io_tx.clone(),
+                io_rx.clone(),
+                barrier.clone(),
+            );
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut verdict = None;
+                while let Ok(Some(c)) = port.get(None) {
+                    match c.op {
+                        Op::Post if c.user == 1 => {
+                            // This thread submits the receive, then is stuck.
+                            sock.recv(Vec::with_capacity(64), 0);
+                            port.submit();
+                            stuck_tx.send(()).unwrap();
+                            let got = io_rx.lock().recv_timeout(Duration::from_millis(2000));
+                            verdict = Some(got.map(|id| id != std::thread::current().id()));
+                        }
+                        Op::Recv(buf) => {
+                            assert_eq!(buf, b"ping");
+                            io_tx.send(std::thread::current().id()).unwrap();
+                        }
+                        _ => return verdict,
+                    }
+                }
+                verdict
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    port.post(0, 0, 1).unwrap();
+    stuck_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    // Let the other worker settle into its wait, then send.
+    std::thread::sleep(Duration::from_millis(20));
+    client.write_all(b"ping").unwrap();
+    let verdict = loop {
+        std::thread::sleep(Duration::from_millis(10));
+        if port.stats().active == 0 {
+            port.post(0, 0, 9).unwrap();
+            port.post(0, 0, 9).unwrap();
+            break workers
+                .into_iter()
+                .filter_map(|w| w.join().unwrap())
+                .next()
+                .unwrap();
+        }
+    };
+    assert_eq!(
+        verdict,
+        Ok(true),
+        "the completion of the stuck worker's receive waited for it"
+    );
+}
+
+/// Three threads wait; a timer is set for 2 s, then one for 20 ms: the earlier one fires on
+/// time (the alarm is moved earlier while every thread waits), each fires once.
+fn an_earlier_timer_set_while_every_thread_waits_fires_on_time(b: Backend) {
+    let port = port(b, 3);
+    let (tx, rx) = mpsc::channel();
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let (p, tx) = (port.clone(), tx.clone());
+            std::thread::spawn(move || {
+                while let Ok(Some(c)) = p.get(Some(Duration::from_secs(5))) {
+                    if matches!(c.op, Op::Post) {
+                        return;
+                    }
+                    tx.send((c.user, Instant::now())).unwrap();
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let t0 = Instant::now();
+    port.post_after(Duration::from_millis(2000), 0, 2).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let t1 = Instant::now();
+    port.post_after(Duration::from_millis(20), 0, 1).unwrap();
+    let (user, at) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(user, 1);
+    assert!(at >= t1 + Duration::from_millis(20), "fired early");
+    assert!(
+        at < t1 + Duration::from_millis(1000),
+        "the earlier timer waited for the later one: {:?}",
+        at - t1
+    );
+    let (user, at) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(user, 2);
+    assert!(at >= t0 + Duration::from_millis(2000), "fired early");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "a timer fired twice"
+    );
+    for _ in 0..3 {
+        port.post(0, 0, 0).unwrap();
+    }
+    for t in threads {
+        t.join().unwrap();
     }
 }
