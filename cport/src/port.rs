@@ -702,8 +702,9 @@ impl Shared {
         }
     }
 
-    /// Queues what the kernel completed (unless the poller is at it) and the timers due at
-    /// `now` (the caller's clock reading), without waiting.
+    /// Queues what the kernel completed and the timers due at `now` (the caller's clock
+    /// reading), without waiting; nothing if a thread waits in the kernel (shared waiting:
+    /// the kernel wakes it for both) or, with one poller at a time, if the poller is at it.
     fn reap_now(&self, now: Instant) {
         let mut raw = Vec::new();
         let mut out = Vec::new();

@@ -648,9 +648,16 @@ mod loom_model {
     use loom::thread;
 
     /// A kernel with a completion queue: `poll` blocks until something completed or `wake`.
+    ///
+    /// Any number of threads may wait in `poll` at once, and each event wakes one of them
+    /// (`notify_one`), as epoll does; a wake-up is edge-triggered and coalesces with one not
+    /// taken yet (a flag, not a count), so a thread woken for it may find it taken and sleep
+    /// again. `Kernel::epoll` takes one event per wait, as `epoll_wait` with maxevents 1;
+    /// `Kernel::new` takes all (one poller at a time).
     struct Kernel {
         q: Mutex<(Vec<u32>, bool)>,
         cv: Condvar,
+        one_per_wait: bool,
     }
 
     impl Kernel {
@@ -658,6 +665,14 @@ mod loom_model {
             Arc::new(Kernel {
                 q: Mutex::new((Vec::new(), false)),
                 cv: Condvar::new(),
+                one_per_wait: false,
+            })
+        }
+        fn epoll() -> Arc<Kernel> {
+            Arc::new(Kernel {
+                q: Mutex::new((Vec::new(), false)),
+                cv: Condvar::new(),
+                one_per_wait: true,
             })
         }
         fn complete(&self, x: u32) {
@@ -673,7 +688,11 @@ mod loom_model {
                 g = self.cv.wait(g, None);
             }
             g.1 = false;
-            out.append(&mut g.0);
+            if !self.one_per_wait {
+                out.append(&mut g.0);
+            } else if !g.0.is_empty() {
+                out.push(g.0.remove(0));
+            }
         }
         fn wake(&self) {
             self.q.lock().1 = true;
@@ -688,47 +707,7 @@ mod loom_model {
     fn every_item_delivered_once_within_the_concurrency_value() {
         let mut b = loom::model::Builder::new();
         b.preemption_bound = Some(3);
-        b.check(|| {
-            let sched = Arc::new(Sched::<u32>::new(1, false));
-            let kernel = Kernel::new();
-            let inside = Arc::new(AtomicUsize::new(0));
-            let got = Arc::new(AtomicUsize::new(0));
-            let workers: Vec<_> = (0..2)
-                .map(|_| {
-                    let (sched, kernel, inside, got) =
-                        (sched.clone(), kernel.clone(), inside.clone(), got.clone());
-                    thread::spawn(move || {
-                        let me = Waiter::new();
-                        let mut out = Vec::new();
-                        let mut had = false;
-                        loop {
-                            match sched.get(had, &mut false, None, 1, &mut out, &me, &*kernel) {
-                                Outcome::Got => {
-                                    had = true;
-                                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
-                                    got.fetch_add(out.len(), Ordering::SeqCst);
-                                    out.clear();
-                                    inside.fetch_sub(1, Ordering::SeqCst);
-                                }
-                                Outcome::Closed => return,
-                                Outcome::Timeout => unreachable!(),
-                            }
-                        }
-                    })
-                })
-                .collect();
-            sched.push_all([1], &*kernel);
-            kernel.complete(2);
-            // Wait until both were taken, then close.
-            while got.load(Ordering::SeqCst) < 2 {
-                thread::yield_now();
-            }
-            sched.close(&*kernel);
-            for w in workers {
-                w.join().unwrap();
-            }
-            assert_eq!(got.load(Ordering::SeqCst), 2);
-        });
+        b.check(|| run_model(Sched::new(1, false), Kernel::new(), 2, &[&[1]], &[2]));
     }
 
     /// A worker lends its slot with `release_slot` (as `blocking` does); another worker takes the next item
@@ -788,46 +767,6 @@ mod loom_model {
         });
     }
 
-    /// A kernel wait queue with epoll's rules, for the shared scheduler: any number of
-    /// threads wait in `poll` at once; each event wakes one of them (`notify_one`); a
-    /// wake-up is edge-triggered and coalesces with one not yet taken (`woken` is a flag,
-    /// not a count), so a thread woken for it may find it taken and sleep again.
-    struct EpollKernel {
-        q: Mutex<(Vec<u32>, bool)>,
-        cv: Condvar,
-    }
-
-    impl EpollKernel {
-        fn new() -> Arc<EpollKernel> {
-            Arc::new(EpollKernel {
-                q: Mutex::new((Vec::new(), false)),
-                cv: Condvar::new(),
-            })
-        }
-        fn complete(&self, x: u32) {
-            self.q.lock().0.push(x);
-            self.cv.notify_one();
-        }
-    }
-
-    impl Poller<u32> for EpollKernel {
-        fn poll(&self, _deadline: Option<Instant>, out: &mut Vec<u32>) {
-            let mut g = self.q.lock();
-            while g.0.is_empty() && !g.1 {
-                g = self.cv.wait(g, None);
-            }
-            g.1 = false;
-            // One event per wait, as `epoll_wait` with maxevents 1 takes.
-            if !g.0.is_empty() {
-                out.push(g.0.remove(0));
-            }
-        }
-        fn wake(&self) {
-            self.q.lock().1 = true;
-            self.cv.notify_one();
-        }
-    }
-
     /// Runs `n` workers on a shared scheduler of concurrency `c` until `items` items were
     /// taken: checks that each is taken once, never more than `c` at once, and that close
     /// reaches every waiter (loom reports a deadlock if a thread is left asleep).
@@ -838,8 +777,22 @@ mod loom_model {
     /// As `shared_model`, posting each step's items only after everything before was taken
     /// (so a later post needs a wake-up of its own).
     fn shared_model_in_steps(c: usize, n: usize, steps: &[&[u32]], completed: &[u32]) {
-        let sched = Arc::new(Sched::<u32>::new(c, true));
-        let kernel = EpollKernel::new();
+        run_model(Sched::new(c, true), Kernel::epoll(), n, steps, completed)
+    }
+
+    /// Runs `n` workers on `sched` until every item (the kernel's completions, then each
+    /// step's posts once everything before was taken) was taken: checks that each is taken
+    /// once and never more than the concurrency value at once, then closes the scheduler and
+    /// joins every worker (loom reports a deadlock if one is left asleep).
+    fn run_model(
+        sched: Sched<u32>,
+        kernel: Arc<Kernel>,
+        n: usize,
+        steps: &[&[u32]],
+        completed: &[u32],
+    ) {
+        let c = sched.concurrency();
+        let sched = Arc::new(sched);
         let inside = Arc::new(AtomicUsize::new(0));
         let got = Arc::new(AtomicUsize::new(0));
         let workers: Vec<_> = (0..n)
@@ -884,40 +837,40 @@ mod loom_model {
         assert_eq!(got.load(Ordering::SeqCst), items);
     }
 
+    /// Explores `f` with a preemption bound of 2 (the shared models have more steps than the
+    /// single-poller ones).
+    fn check_shared(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(2);
+        b.check(f);
+    }
+
     /// Every idle thread waits in the kernel: a posted item (a wake-up through the kernel)
     /// and a kernel completion are each taken once, and shutdown reaches both waiters
     /// although the kernel wakes one per wake-up.
     #[test]
     fn shared_waiters_take_every_item_once() {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(2);
-        b.check(|| shared_model(2, 2, &[1], &[2]));
+        check_shared(|| shared_model(2, 2, &[1], &[2]));
     }
 
     /// Two posts with both threads in the kernel: one wake-up may be coalesced with the
     /// other, so the thread that takes the first must pass the second on.
     #[test]
     fn shared_waiters_pass_coalesced_wakeups_on() {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(2);
-        b.check(|| shared_model(2, 2, &[1, 2], &[]));
+        check_shared(|| shared_model(2, 2, &[1, 2], &[]));
     }
 
     /// More threads than the concurrency value: the extra one parks in user space, and the
     /// value holds while the others take items from the kernel.
     #[test]
     fn shared_waiters_keep_the_concurrency_value() {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(2);
-        b.check(|| shared_model(1, 2, &[1], &[2]));
+        check_shared(|| shared_model(1, 2, &[1], &[2]));
     }
 
     /// A post after the first one was taken needs a wake-up of its own: the flag that
     /// coalesces wake-ups must be cleared by the thread the first one reached.
     #[test]
     fn shared_waiters_are_woken_again_for_a_later_post() {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(2);
-        b.check(|| shared_model_in_steps(2, 2, &[&[1], &[2]], &[]));
+        check_shared(|| shared_model_in_steps(2, 2, &[&[1], &[2]], &[]));
     }
 }

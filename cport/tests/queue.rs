@@ -269,21 +269,39 @@ fn most_recently_parked_waiter_is_woken_first(b: Backend) {
 }
 
 /// Two workers; one is stuck in a handler until the other has handled an I/O completion
-/// that arrives while it is stuck.
+/// that arrives while it is stuck. The receive is started by the test's main thread.
 fn busy_handler_does_not_hold_back_io_completions(b: Backend) {
+    assert_eq!(
+        io_while_a_worker_is_stuck(b, false),
+        Ok(true),
+        "the I/O completion waited behind the busy handler"
+    );
+}
+
+/// Runs two workers; one takes a post and is stuck in its handler (not via `blocking`) until
+/// a receive's completion was handled, or 2 s. With `stuck_submits`, the stuck worker itself
+/// starts that receive (so on io_uring its task work runs in the stuck thread). Returns
+/// whether the completion was handled by the other worker, or the timeout.
+fn io_while_a_worker_is_stuck(
+    b: Backend,
+    stuck_submits: bool,
+) -> Result<bool, mpsc::RecvTimeoutError> {
     use std::io::Write;
     let port = port(b, 2);
     let (mut client, server) = common::tcp_pair();
-    let sock = port.associate(server, 5).unwrap();
-    sock.recv(Vec::with_capacity(64), 0);
+    let sock = Arc::new(port.associate(server, 5).unwrap());
+    if !stuck_submits {
+        sock.recv(Vec::with_capacity(64), 0);
+    }
     let (stuck_tx, stuck_rx) = mpsc::channel::<()>();
-    let (io_tx, io_rx) = mpsc::channel::<()>();
+    let (io_tx, io_rx) = mpsc::channel::<std::thread::ThreadId>();
     let io_rx = Arc::new(parking_lot::Mutex::new(io_rx));
     let barrier = Arc::new(Barrier::new(2));
     let workers: Vec<_> = (0..2)
         .map(|_| {
-            let (port, stuck_tx, io_tx, io_rx, barrier) = (
+            let (port, sock, stuck_tx, io_tx, io_rx, barrier) = (
                 port.clone(),
+                sock.clone(),
                 stuck_tx.clone(),
                 io_tx.clone(),
                 io_rx.clone(),
@@ -295,18 +313,17 @@ fn busy_handler_does_not_hold_back_io_completions(b: Backend) {
                 while let Ok(Some(c)) = port.get(None) {
                     match c.op {
                         Op::Post if c.user == 1 => {
+                            if stuck_submits {
+                                sock.recv(Vec::with_capacity(64), 0);
+                                port.submit();
+                            }
                             stuck_tx.send(()).unwrap();
-                            // Stuck (not via `blocking`) until the I/O was handled elsewhere.
-                            let t0 = Instant::now();
-                            let handled = io_rx
-                                .lock()
-                                .recv_timeout(Duration::from_millis(2000))
-                                .is_ok();
-                            verdict = Some((handled, t0.elapsed()));
+                            let got = io_rx.lock().recv_timeout(Duration::from_millis(2000));
+                            verdict = Some(got.map(|id| id != std::thread::current().id()));
                         }
                         Op::Recv(buf) => {
                             assert_eq!(buf, b"ping");
-                            io_tx.send(()).unwrap();
+                            io_tx.send(std::thread::current().id()).unwrap();
                         }
                         _ => return verdict,
                     }
@@ -318,8 +335,10 @@ fn busy_handler_does_not_hold_back_io_completions(b: Backend) {
     std::thread::sleep(Duration::from_millis(50));
     port.post(0, 0, 1).unwrap();
     stuck_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    // Let the other worker settle into its wait, then send.
+    std::thread::sleep(Duration::from_millis(20));
     client.write_all(b"ping").unwrap();
-    let verdict = loop {
+    loop {
         std::thread::sleep(Duration::from_millis(10));
         if port.stats().active == 0 {
             port.post(0, 0, 9).unwrap();
@@ -330,13 +349,7 @@ fn busy_handler_does_not_hold_back_io_completions(b: Backend) {
                 .next()
                 .unwrap();
         }
-    };
-    assert!(
-        verdict.0,
-        "the I/O completion waited behind the busy handler ({:?})",
-        verdict.1
-    );
-    drop(sock);
+    }
 }
 
 fn get_many_takes_a_batch(b: Backend) {
@@ -454,68 +467,8 @@ fn no_wakeup_is_lost_in_a_burst_of_posts(b: Backend) {
 /// The worker that started a receive (and so, on io_uring, runs its task work) is stuck in a
 /// handler when the data arrives: the other, idle worker must still get the completion.
 fn a_busy_submitters_own_completion_reaches_an_idle_worker(b: Backend) {
-    use std::io::Write;
-    let port = port(b, 2);
-    let (mut client, server) = common::tcp_pair();
-    let sock = Arc::new(port.associate(server, 5).unwrap());
-    let (stuck_tx, stuck_rx) = mpsc::channel::<()>();
-    let (io_tx, io_rx) = mpsc::channel::<std::thread::ThreadId>();
-    let io_rx = Arc::new(parking_lot::Mutex::new(io_rx));
-    let barrier = Arc::new(Barrier::new(2));
-    let workers: Vec<_> = (0..2)
-        .map(|_| {
-            let (port, sock, stuck_tx, io_tx, io_rx, barrier) = (
-                port.clone(),
-                sock.clone(),
-                stuck_tx.clone(),
-                io_tx.clone(),
-                io_rx.clone(),
-                barrier.clone(),
-            );
-            std::thread::spawn(move || {
-                barrier.wait();
-                let mut verdict = None;
-                while let Ok(Some(c)) = port.get(None) {
-                    match c.op {
-                        Op::Post if c.user == 1 => {
-                            // This thread submits the receive, then is stuck.
-                            sock.recv(Vec::with_capacity(64), 0);
-                            port.submit();
-                            stuck_tx.send(()).unwrap();
-                            let got = io_rx.lock().recv_timeout(Duration::from_millis(2000));
-                            verdict = Some(got.map(|id| id != std::thread::current().id()));
-                        }
-                        Op::Recv(buf) => {
-                            assert_eq!(buf, b"ping");
-                            io_tx.send(std::thread::current().id()).unwrap();
-                        }
-                        _ => return verdict,
-                    }
-                }
-                verdict
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(50));
-    port.post(0, 0, 1).unwrap();
-    stuck_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    // Let the other worker settle into its wait, then send.
-    std::thread::sleep(Duration::from_millis(20));
-    client.write_all(b"ping").unwrap();
-    let verdict = loop {
-        std::thread::sleep(Duration::from_millis(10));
-        if port.stats().active == 0 {
-            port.post(0, 0, 9).unwrap();
-            port.post(0, 0, 9).unwrap();
-            break workers
-                .into_iter()
-                .filter_map(|w| w.join().unwrap())
-                .next()
-                .unwrap();
-        }
-    };
     assert_eq!(
-        verdict,
+        io_while_a_worker_is_stuck(b, true),
         Ok(true),
         "the completion of the stuck worker's receive waited for it"
     );
