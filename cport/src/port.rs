@@ -399,14 +399,22 @@ impl Port {
         }
     }
 
-    /// Shuts the port down: every waiting and future `get` answers `Err(Closed)`, pending
-    /// operations are cancelled, queued completions are dropped (their buffers freed, accepted
-    /// sockets closed). Memory the kernel may still write is freed only after its completion
-    /// is reaped, when the last handle to the port is dropped.
+    /// Shuts the port down, the same way on both backends:
+    ///
+    /// * every waiting and future `get` (from any thread, inside a handler pass or not)
+    ///   answers `Err(Closed)`; posts and timers are refused with `Closed`;
+    /// * queued completions are dropped (their buffers freed, accepted sockets closed);
+    /// * every pending operation is cancelled, and `shutdown` waits up to 1 s for the kernel
+    ///   to hand them back (their completions are dropped too), so [`Port::stats`] shows none
+    ///   in flight when it returns. Memory the kernel still holds after that is freed only
+    ///   once its completion is reaped, when the last handle to the port is dropped;
+    /// * an operation started after `shutdown` never reaches the kernel: it is dropped with
+    ///   its buffer, and nothing is delivered for it.
     pub fn shutdown(&self) {
         let shared = &*self.shared;
         drop(shared.sched.close(shared));
         shared.cancel_everything();
+        shared.reap_until_idle(Instant::now() + SHUTDOWN_REAP);
     }
 
     /// True once [`Port::shutdown`] was called.
@@ -546,10 +554,19 @@ impl Socket {
         let shared = &*self.port.shared;
         let immediate = match data.check() {
             Err(e) => Some(fail(self.key, user, data, e)),
-            Ok(()) => shared
-                .table
-                .lock()
-                .start(&shared.driver, self.token, data, user),
+            Ok(()) => {
+                let mut table = shared.table.lock();
+                // Checked under the table lock: `shutdown` closes the scheduler and then
+                // cancels everything in the table under this lock, so an operation either
+                // is in the table by then (and is cancelled) or sees the port closed here.
+                if shared.sched.is_closed() {
+                    // Never reaches the kernel; the completion (with its buffer) is dropped
+                    // below, as every completion queued at shutdown is.
+                    Some(fail(self.key, user, data, Closed.into()))
+                } else {
+                    table.start(&shared.driver, self.token, data, user)
+                }
+            }
         };
         match immediate {
             Some(c) => shared.settle(vec![c]),
@@ -696,7 +713,8 @@ impl Shared {
         if !raw.is_empty() {
             let mut out = Vec::new();
             self.process(&mut raw, &mut out);
-            if !out.is_empty() {
+            // After shutdown nothing more is delivered: drop them (buffers freed) here.
+            if !out.is_empty() && !self.sched.is_closed() {
                 self.sched.push_all(out, self);
             }
         }
@@ -755,6 +773,20 @@ impl Shared {
         self.flush();
     }
 
+    /// After shutdown: reaps what the kernel completes (every operation was cancelled) until
+    /// the table holds no operation or `give_up`; the completions are dropped, which frees
+    /// their buffers and closes accepted sockets.
+    fn reap_until_idle(&self, give_up: Instant) {
+        let mut raw = Vec::new();
+        let mut out = Vec::new();
+        while self.table.lock().ops.len() > 0 && Instant::now() < give_up {
+            self.driver
+                .wait(Some(Instant::now() + Duration::from_millis(10)), &mut raw);
+            self.process(&mut raw, &mut out);
+            out.clear();
+        }
+    }
+
     fn cancel_everything(&self) {
         let done: Vec<Completion> = {
             let mut t = self.table.lock();
@@ -774,15 +806,7 @@ impl Drop for Shared {
         drop(self.sched.close(self));
         self.cancel_everything();
         // Reap every operation the kernel still has: only then may its buffers be freed.
-        let give_up = Instant::now() + Duration::from_secs(5);
-        let mut raw = Vec::new();
-        let mut out = Vec::new();
-        while self.table.lock().ops.len() > 0 && Instant::now() < give_up {
-            self.driver
-                .wait(Some(Instant::now() + Duration::from_millis(50)), &mut raw);
-            self.process(&mut raw, &mut out);
-            out.clear();
-        }
+        self.reap_until_idle(Instant::now() + Duration::from_secs(5));
         let mut t = self.table.lock();
         if t.ops.len() > 0 {
             tracing::error!(
@@ -1018,6 +1042,9 @@ struct PortEntry {
     /// When this thread last took what the kernel completed while busy.
     last_reap: Instant,
 }
+
+/// How long `Port::shutdown` waits for the kernel to hand back the operations it cancelled.
+const SHUTDOWN_REAP: Duration = Duration::from_secs(1);
 
 /// Most handler passes whose operations wait to be submitted together, when a thread keeps
 /// finding completions ready without going to the kernel.

@@ -281,8 +281,12 @@ impl<T> Sched<T> {
         debug_assert!(max >= 1);
         if had_slot {
             // Straight from one completion to the next: keep the slot (two read-modify-writes
-            // of `active` saved), unless a thread back from `blocking` waits for one.
-            if self.resumers.load(SeqCst) == 0 && self.take_ready(max, out) {
+            // of `active` saved), unless a thread back from `blocking` waits for one, or the
+            // port was shut down (then every `get` answers `Closed`, this one too).
+            if self.resumers.load(SeqCst) == 0
+                && !self.closed.load(Acquire)
+                && self.take_ready(max, out)
+            {
                 if !self.queue.is_empty() && self.sleepers.load(SeqCst) > 0 {
                     self.kick_locked(poller);
                 }

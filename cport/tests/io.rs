@@ -34,6 +34,8 @@ per_backend!(
     a_short_receive_then_end_of_stream_completes_both,
     a_short_receive_then_more_data_completes_the_next,
     queued_datagrams_each_complete_a_receive,
+    shutdown_inside_a_handler_pass_answers_closed_at_once,
+    after_shutdown_nothing_is_in_flight_and_nothing_new_reaches_the_kernel,
 );
 
 /// An echo server on a worker pool: every receive is sent back as it came and a new receive
@@ -646,4 +648,71 @@ fn queued_datagrams_each_complete_a_receive(b: Backend) {
         let Op::Recv(buf) = c.op else { panic!() };
         assert_eq!(buf, [i; 3]);
     }
+}
+
+/// A thread inside a handler pass (its `get` returned) shuts the port down while completions
+/// are still queued: its next `get` answers `Closed`, not one more completion.
+fn shutdown_inside_a_handler_pass_answers_closed_at_once(b: Backend) {
+    let port = port(b, 1);
+    // A pending receive: shutdown cancels it, and its completion must not be delivered.
+    let (_client, server) = tcp_pair();
+    let sock = port.associate(server, 1).unwrap();
+    sock.recv(Vec::with_capacity(64), 1);
+    for i in 0..3 {
+        port.post(0, 0, i).unwrap();
+    }
+    assert_eq!(next(&port).user, 0);
+    port.shutdown();
+    assert!(port.get(Some(Duration::from_millis(10))).is_err());
+    assert!(port.get(Some(Duration::from_millis(10))).is_err());
+    assert_eq!(port.post(0, 0, 9), Err(cport::Closed));
+}
+
+/// Operations in flight at shutdown (a receive with no data, a send the peer does not read)
+/// are handed back before `shutdown` returns; one started afterwards never reaches the
+/// kernel: the peer receives nothing.
+fn after_shutdown_nothing_is_in_flight_and_nothing_new_reaches_the_kernel(b: Backend) {
+    let port = port(b, 1);
+    let (mut client, server) = tcp_pair();
+    let sock = port.associate(server, 1).unwrap();
+    sock.recv(Vec::with_capacity(64), 1);
+    // More than the socket buffers hold: the send stays in flight.
+    sock.send(vec![7u8; 32 << 20], 2);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(port.stats().in_flight >= 2);
+    port.shutdown();
+    assert_eq!(
+        port.stats().in_flight,
+        0,
+        "operations left in flight after shutdown"
+    );
+    // Drain what the cancelled send had already put on the wire.
+    client
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut sink = vec![0u8; 1 << 20];
+    while let Ok(n) = client.read(&mut sink) {
+        if n == 0 {
+            break;
+        }
+    }
+    sock.send(b"after shutdown".to_vec(), 3);
+    assert_eq!(port.stats().in_flight, 0);
+    let mut buf = [0u8; 64];
+    match client.read(&mut buf) {
+        Ok(n) => assert_eq!(
+            n,
+            0,
+            "an operation started after shutdown reached the peer: {:?}",
+            &buf[..n]
+        ),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+    }
+    assert!(port.get(Some(Duration::from_millis(10))).is_err());
 }
