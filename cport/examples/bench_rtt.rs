@@ -77,6 +77,8 @@ fn serve(kind: Kind, listener: TcpListener, size: usize) -> thread::JoinHandle<(
                 stream.set_nodelay(true).unwrap();
                 let sock = port.associate(stream, 1).expect("associate");
                 sock.recv(Vec::with_capacity(size), 0);
+                // This thread always comes back to `get`: batch its operations there.
+                port.defer_submissions();
                 while let Ok(Some(c)) = port.get(None) {
                     match c.op {
                         Op::Recv(buf) => match c.result {

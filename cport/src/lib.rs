@@ -12,7 +12,7 @@
 //! |---|---|
 //! | `CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, n)` | [`Port::new(n)`](Port::new) (`0` = available parallelism), or [`Port::builder`] |
 //! | `CreateIoCompletionPort(socket, port, key, 0)` | [`Port::associate(fd, key)`](Port::associate) → [`Socket`] |
-//! | `AcceptEx` / `ConnectEx` / `WSARecv` / `WSASend` | [`Socket::accept`], [`Socket::connect`], [`Socket::recv`], [`Socket::send`] (and [`Socket::recv_from`] / [`Socket::send_to`]) with owned buffers |
+//! | `AcceptEx` / `ConnectEx` / `WSARecv` / `WSASend` | [`Socket::accept`], [`Socket::connect`], [`Socket::recv`], [`Socket::send`] (and [`Socket::recv_from`] / [`Socket::send_to`]) with owned buffers, issued at once; a [`Pool`] worker's (a thread that called [`Port::defer_submissions`]) go out together when it comes back to `get` |
 //! | the extended `OVERLAPPED` | [`Completion::op`] ([`Op`]: which operation, with its buffer handed back) and [`Completion::user`], a per-operation value |
 //! | `GetQueuedCompletionStatus` | [`Port::get(timeout)`](Port::get): `Ok(Some(completion))`, `Ok(None)` on timeout, `Err(Closed)` once shut down |
 //! | `GetQueuedCompletionStatusEx` | [`Port::get_many`] |
@@ -35,12 +35,16 @@
 //!
 //! ## A complete worker loop
 //!
-//! An echo server: accept, receive, send back what arrived, receive again.
+//! An echo server: accept, receive, send back what arrived, receive again. The loop runs on
+//! two threads at once, so everything it shares is shared for real: the key counter is an
+//! atomic, the table of sockets is behind a lock, and a completion whose key is no longer in
+//! the table (its socket was closed meanwhile) is ignored.
 //!
 //! ```
 //! use cport::{Op, Port, Socket};
 //! use std::collections::HashMap;
 //! use std::io::{Read, Write};
+//! use std::sync::atomic::{AtomicU64, Ordering};
 //! use std::sync::Mutex;
 //!
 //! const LISTENER: u64 = 0;
@@ -51,27 +55,31 @@
 //! listener.accept(0);
 //!
 //! // The completion key names the connection; the table owns the sockets.
+//! let next_key = AtomicU64::new(1);
 //! let conns: Mutex<HashMap<u64, Socket>> = Mutex::new(HashMap::new());
-//! let worker = |port: &Port| {
-//!     let mut next_key = 1;
+//! let worker = || {
 //!     while let Ok(Some(c)) = port.get(None) {
 //!         match c.op {
 //!             Op::Accept(Some(accepted)) => {
-//!                 let sock = port.associate(accepted.fd, next_key).unwrap();
-//!                 sock.recv(Vec::with_capacity(4096), 0);
-//!                 conns.lock().unwrap().insert(next_key, sock);
-//!                 next_key += 1;
+//!                 let key = next_key.fetch_add(1, Ordering::Relaxed);
+//!                 let sock = port.associate(accepted.fd, key).unwrap();
+//!                 // Into the table before the first receive: its completion may reach the
+//!                 // other worker at once.
+//!                 let mut conns = conns.lock().unwrap();
+//!                 conns.entry(key).or_insert(sock).recv(Vec::with_capacity(4096), 0);
 //!                 listener.accept(0); // keep one accept outstanding
 //!             }
-//!             Op::Recv(buf) => match c.result {
-//!                 Ok(n) if n > 0 => {
-//!                     let conns = conns.lock().unwrap();
-//!                     conns[&c.key].send(buf, 0); // the buffer goes out as it came in
+//!             Op::Recv(buf) => {
+//!                 let mut conns = conns.lock().unwrap();
+//!                 match c.result {
+//!                     Ok(n) if n > 0 => {
+//!                         if let Some(sock) = conns.get(&c.key) {
+//!                             sock.send(buf, 0); // the buffer goes out as it came in
+//!                         }
+//!                     }
+//!                     _ => drop(conns.remove(&c.key)), // end of stream or error: close
 //!                 }
-//!                 _ => {
-//!                     conns.lock().unwrap().remove(&c.key); // end of stream: close
-//!                 }
-//!             },
+//!             }
 //!             Op::Send(buf) => {
 //!                 let mut buf = buf.into_vec().unwrap();
 //!                 buf.clear(); // reuse the buffer for the next receive
@@ -86,19 +94,75 @@
 //! };
 //!
 //! std::thread::scope(|s| {
-//!     s.spawn(|| worker(&port));
-//!     let mut client = std::net::TcpStream::connect(addr).unwrap();
-//!     client.write_all(b"hello, port").unwrap();
-//!     let mut back = [0u8; 11];
-//!     client.read_exact(&mut back).unwrap();
-//!     assert_eq!(&back, b"hello, port");
-//!     port.post(0, 0, 0).unwrap(); // PostQueuedCompletionStatus: tell the worker to stop
+//!     s.spawn(worker);
+//!     s.spawn(worker);
+//!     let mut clients: Vec<_> = (0..4)
+//!         .map(|_| std::net::TcpStream::connect(addr).unwrap())
+//!         .collect();
+//!     for client in &mut clients {
+//!         client.write_all(b"hello, port").unwrap();
+//!         let mut back = [0u8; 11];
+//!         client.read_exact(&mut back).unwrap();
+//!         assert_eq!(&back, b"hello, port");
+//!     }
+//!     // PostQueuedCompletionStatus: tell each worker to stop.
+//!     port.post(0, 0, 0).unwrap();
+//!     port.post(0, 0, 0).unwrap();
 //! });
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
-//! With several workers, run the same loop on each (or use [`Pool`]); the key/table pattern
-//! stays the same. The `cport` server layer builds sessions, framing and send queues on this.
+//! The same with a [`Pool`], which runs the loop on each of its threads, catches a panicking
+//! handler, and batches each worker's operations until it comes back to `get`:
+//!
+//! ```
+//! use cport::{Op, Pool, Port, Socket};
+//! use std::collections::HashMap;
+//! use std::io::{Read, Write};
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use std::sync::{Arc, Mutex};
+//!
+//! let port = Port::new(2)?;
+//! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! let addr = listener.local_addr()?;
+//! let listener = Arc::new(port.associate(listener, 0)?);
+//! listener.accept(0);
+//! let next_key = AtomicU64::new(1);
+//! let conns: Mutex<HashMap<u64, Socket>> = Mutex::new(HashMap::new());
+//! let l = listener.clone();
+//! let pool = Pool::spawn(&port, 2, move |port, c| match c.op {
+//!     Op::Accept(Some(accepted)) => {
+//!         let key = next_key.fetch_add(1, Ordering::Relaxed);
+//!         let sock = port.associate(accepted.fd, key).unwrap();
+//!         let mut conns = conns.lock().unwrap();
+//!         conns.entry(key).or_insert(sock).recv(Vec::with_capacity(4096), 0);
+//!         l.accept(0);
+//!     }
+//!     Op::Recv(buf) => {
+//!         let mut conns = conns.lock().unwrap();
+//!         match c.result {
+//!             Ok(n) if n > 0 => {
+//!                 if let Some(sock) = conns.get(&c.key) {
+//!                     sock.send(buf, 0);
+//!                     sock.recv(Vec::with_capacity(4096), 0);
+//!                 }
+//!             }
+//!             _ => drop(conns.remove(&c.key)),
+//!         }
+//!     }
+//!     _ => {}
+//! })?;
+//!
+//! let mut client = std::net::TcpStream::connect(addr)?;
+//! client.write_all(b"hello, pool")?;
+//! let mut back = [0u8; 11];
+//! client.read_exact(&mut back)?;
+//! assert_eq!(&back, b"hello, pool");
+//! pool.shutdown(); // shuts the port down and joins the workers
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! The `cport` server layer builds sessions, framing and send queues on this.
 //!
 //! See `ARCHITECTURE.md` in the repository for the life of an operation, the waiter rules
 //! and every `unsafe` invariant.

@@ -11,8 +11,13 @@ use crate::{Completion, Port};
 /// A pool of worker threads serving one port.
 ///
 /// Each worker calls `handler(&port, completion)` for every completion it dequeues, until
-/// the port is shut down. A handler that panics is logged and the worker goes on: one bad
+/// the port is shut down. Workers defer the operations their handlers start to their next
+/// `get` ([`Port::defer_submissions`]). A handler that panics is logged and the worker goes on: one bad
 /// completion never takes a worker away.
+///
+/// Dropping a `Pool` neither stops nor joins its workers: they go on serving the port until
+/// it is shut down. Call [`Pool::shutdown`] (or shut the port down and [`Pool::join`]) to
+/// stop them and wait for them.
 #[derive(Debug)]
 pub struct Pool {
     port: Port,
@@ -77,6 +82,8 @@ impl Pool {
 }
 
 fn worker(port: &Port, handler: &(dyn Fn(&Port, Completion) + Send + Sync)) {
+    // A worker always comes back to `get`: its handlers' operations go out together there.
+    port.defer_submissions();
     loop {
         match port.get(None) {
             Ok(Some(c)) => {

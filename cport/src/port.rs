@@ -381,13 +381,24 @@ impl Port {
         f()
     }
 
-    /// Submits now the operations this thread started in its current handler pass.
+    /// Lets the calling thread's operations wait for its next `get` to be submitted together.
     ///
-    /// Operations started inside a handler pass (between a `get` that returned and the next
-    /// one) are submitted together when the thread comes back to `get` — where the io_uring
-    /// backend submits them and waits for completions in one system call — or in
-    /// [`Port::blocking`]. A handler that starts I/O and then computes for long calls this
-    /// first. Operations started outside a handler pass are submitted at once.
+    /// By default an operation is handed to the kernel when it is started, as IOCP's
+    /// `WSASend` is issued at once. A thread that loops on `get` can opt in to deferral: an
+    /// operation it starts inside a handler pass (between a `get` that returned and the next
+    /// one) is then submitted when it comes back to `get`, together with everything else it
+    /// started (and with the next passes' operations if completions are ready at once, up to
+    /// 16 passes): one system call for many operations under load. [`Pool`](crate::Pool)
+    /// workers opt in. The price: a handler that starts I/O and then computes for long should
+    /// call [`Port::submit`] first. Outside a handler pass, and in [`Port::blocking`],
+    /// operations are submitted at once either way.
+    pub fn defer_submissions(&self) {
+        LOCAL.with(|l| l.borrow_mut().entry(&self.shared).defer = true);
+    }
+
+    /// Submits now the operations this thread started in its current handler pass (only a
+    /// thread that called [`Port::defer_submissions`], such as a [`Pool`](crate::Pool)
+    /// worker, has any waiting).
     pub fn submit(&self) {
         let dirty = LOCAL.with(|l| {
             l.borrow_mut()
@@ -571,9 +582,10 @@ impl Socket {
         match immediate {
             Some(c) => shared.settle(vec![c]),
             None => {
-                // Inside a handler pass of this port: submitted at the thread's next `get`.
+                // Inside a handler pass of this port, on a thread that opted in: submitted at
+                // the thread's next `get`.
                 let deferred = LOCAL.with(|l| match l.borrow_mut().find(shared.id) {
-                    Some(e) if e.held => {
+                    Some(e) if e.held && e.defer => {
                         e.dirty = true;
                         true
                     }
@@ -1034,6 +1046,8 @@ struct PortEntry {
     id: usize,
     port: Weak<Shared>,
     held: bool,
+    /// The thread opted in to deferred submission (`Port::defer_submissions`).
+    defer: bool,
     dirty: bool,
     /// Handler passes whose operations are waiting to be submitted together.
     deferred_passes: u32,
@@ -1069,6 +1083,7 @@ impl Local {
             id: port.id,
             port: Arc::downgrade(port),
             held: false,
+            defer: false,
             dirty: false,
             deferred_passes: 0,
             passes_since_reap: 0,

@@ -36,6 +36,8 @@ per_backend!(
     queued_datagrams_each_complete_a_receive,
     shutdown_inside_a_handler_pass_answers_closed_at_once,
     after_shutdown_nothing_is_in_flight_and_nothing_new_reaches_the_kernel,
+    a_thread_that_called_get_sends_at_once,
+    a_thread_that_opted_in_defers_until_its_next_get,
 );
 
 /// An echo server on a worker pool: every receive is sent back as it came and a new receive
@@ -715,4 +717,48 @@ fn after_shutdown_nothing_is_in_flight_and_nothing_new_reaches_the_kernel(b: Bac
         ),
     }
     assert!(port.get(Some(Duration::from_millis(10))).is_err());
+}
+
+/// IOCP's `WSASend` is issued at once: a thread whose last `get` returned (it holds a slot)
+/// and that did not opt in to deferral sends without calling anything else.
+fn a_thread_that_called_get_sends_at_once(b: Backend) {
+    let port = port(b, 1);
+    let (mut client, server) = tcp_pair();
+    let sock = port.associate(server, 1).unwrap();
+    port.post(0, 0, 0).unwrap();
+    next(&port); // this thread is now inside a handler pass
+    sock.send(b"at once".to_vec(), 1);
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 7];
+    client.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"at once");
+}
+
+/// A thread that opted in (as `Pool` workers do) keeps its handler's operations until its
+/// next `get` (or `submit`), and they then go out.
+fn a_thread_that_opted_in_defers_until_its_next_get(b: Backend) {
+    let port = port(b, 1);
+    port.defer_submissions();
+    let (mut client, server) = tcp_pair();
+    let sock = port.associate(server, 1).unwrap();
+    port.post(0, 0, 0).unwrap();
+    next(&port);
+    sock.send(b"deferred".to_vec(), 1);
+    client
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 8];
+    assert!(
+        client.read_exact(&mut buf).is_err(),
+        "sent before the thread came back to get"
+    );
+    let c = next(&port);
+    assert!(matches!(c.op, Op::Send(_)));
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"deferred");
 }
