@@ -193,7 +193,7 @@ mod sys;
 mod timer;
 
 #[cfg(not(loom))]
-pub use op::{Accepted, Completion, Op, SendBuf, TimerId};
+pub use op::{Aborted, Accepted, Completion, Op, SendBuf, TimerId};
 #[cfg(not(loom))]
 pub use pool::Pool;
 #[cfg(not(loom))]

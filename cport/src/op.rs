@@ -114,6 +114,27 @@ impl From<&'static [u8]> for SendBuf {
     }
 }
 
+impl<const N: usize> From<&'static [u8; N]> for SendBuf {
+    /// `sock.send(b"bytes", 0)`: a static byte string, sent without a copy.
+    fn from(s: &'static [u8; N]) -> Self {
+        SendBuf::Bytes(Bytes::from_static(s))
+    }
+}
+
+impl From<&'static str> for SendBuf {
+    /// `sock.send("text", 0)`: a static string's bytes, sent without a copy.
+    fn from(s: &'static str) -> Self {
+        SendBuf::Bytes(Bytes::from_static(s.as_bytes()))
+    }
+}
+
+impl From<String> for SendBuf {
+    /// `sock.send(format!(..), 0)`: the string's bytes (its buffer, no copy).
+    fn from(s: String) -> Self {
+        SendBuf::Vec(s.into_bytes())
+    }
+}
+
 /// One dequeued completion — what `GetQueuedCompletionStatus` returns: the completion key of
 /// the socket, the operation with its buffer, its result, and the per-operation user value.
 #[derive(Debug)]
@@ -132,8 +153,46 @@ pub struct Completion {
 impl Completion {
     /// True when the operation was aborted by [`Socket::cancel`](crate::Socket::cancel), by
     /// closing its socket, or by shutting the port down (`ERROR_OPERATION_ABORTED`).
+    ///
+    /// After `match c.op { … }` has moved the buffer out of `c`, ask the result instead:
+    /// `c.result.is_aborted()` (with [`Aborted`] in scope).
     pub fn is_aborted(&self) -> bool {
-        matches!(&self.result, Err(e) if e.raw_os_error() == Some(libc::ECANCELED))
+        self.result.is_aborted()
+    }
+}
+
+/// "Was this operation aborted?" asked of a completion's `result` (or its error), which stays
+/// usable after the completion's `op` was moved out:
+///
+/// ```
+/// use cport::{Aborted, Op};
+/// # let port = cport::Port::new(1)?;
+/// # let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+/// # let sock = port.associate(a, 1)?;
+/// # sock.recv(Vec::with_capacity(16), 0);
+/// # drop(sock); // closing aborts the receive
+/// let c = port.get(None).unwrap().unwrap();
+/// match c.op {
+///     Op::Recv(buf) if c.result.is_aborted() => drop(buf), // closed or cancelled
+///     Op::Recv(buf) => println!("{} bytes", buf.len()),
+///     _ => {}
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub trait Aborted {
+    /// True for the error of an operation aborted by cancel, close or shutdown (`ECANCELED`).
+    fn is_aborted(&self) -> bool;
+}
+
+impl Aborted for io::Error {
+    fn is_aborted(&self) -> bool {
+        self.raw_os_error() == Some(libc::ECANCELED)
+    }
+}
+
+impl<T> Aborted for io::Result<T> {
+    fn is_aborted(&self) -> bool {
+        matches!(self, Err(e) if e.is_aborted())
     }
 }
 

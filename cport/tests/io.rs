@@ -38,6 +38,7 @@ per_backend!(
     after_shutdown_nothing_is_in_flight_and_nothing_new_reaches_the_kernel,
     a_thread_that_called_get_sends_at_once,
     a_thread_that_opted_in_defers_until_its_next_get,
+    send_takes_strings_and_byte_literals,
 );
 
 /// An echo server on a worker pool: every receive is sent back as it came and a new receive
@@ -761,4 +762,31 @@ fn a_thread_that_opted_in_defers_until_its_next_get(b: Backend) {
         .unwrap();
     client.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"deferred");
+}
+
+/// `send` takes what a new user writes first: a `&'static str`, a byte-string literal, a
+/// `String`; `c.result.is_aborted()` works after `c.op` was moved out.
+fn send_takes_strings_and_byte_literals(b: Backend) {
+    use cport::Aborted;
+    let port = port(b, 1);
+    let (mut client, server) = tcp_pair();
+    let sock = port.associate(server, 1).unwrap();
+    sock.send("text,", 1);
+    sock.send(b"bytes,", 2);
+    sock.send(format!("{}", 42), 3);
+    for _ in 0..3 {
+        let c = next(&port);
+        let Op::Send(_buf) = c.op else { panic!() };
+        assert!(!c.result.is_aborted());
+        c.result.unwrap();
+    }
+    let mut got = [0u8; 13];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"text,bytes,42");
+    sock.recv(Vec::with_capacity(8), 4);
+    sock.cancel();
+    let c = next(&port);
+    let Op::Recv(buf) = c.op else { panic!() };
+    assert!(buf.is_empty());
+    assert!(c.result.is_aborted());
 }

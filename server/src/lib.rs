@@ -48,7 +48,7 @@ mod session;
 
 pub use codec::{Codec, FrameError, LengthPrefixed, RawStream, SizeField};
 pub use metrics::{CloseReason, Metrics, REASONS};
-pub use server::{Config, Handler, Server, ServerHandle, ShutdownReport, MAX_USER_KEY};
+pub use server::{Config, Handler, PostError, Server, ServerHandle, ShutdownReport, MAX_USER_KEY};
 pub use session::{Session, SessionId};
 
 pub use bytes::Bytes;

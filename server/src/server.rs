@@ -25,8 +25,37 @@ const STATS: u64 = NOT_SESSION | 3;
 const ACCEPT_RETRY: u64 = NOT_SESSION | 4;
 const USER_POST: u64 = NOT_SESSION | (1 << 62);
 const USER_TIMER: u64 = NOT_SESSION | (1 << 61);
-/// User keys of posts and timers must be below this.
+/// The largest key of a post or timer of the server ([`ServerHandle::post`],
+/// [`ServerHandle::post_after`]); a larger one is refused with [`PostError::KeyTooLarge`].
 pub const MAX_USER_KEY: u64 = (1 << 61) - 1;
+
+/// Why the server refused a post or a timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostError {
+    /// The server's port was shut down.
+    Closed,
+    /// The key is above [`MAX_USER_KEY`] (the keys above it are the server's own).
+    KeyTooLarge(u64),
+}
+
+impl std::fmt::Display for PostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PostError::Closed => f.write_str("the server's completion port is shut down"),
+            PostError::KeyTooLarge(k) => {
+                write!(f, "user key {k} is above MAX_USER_KEY ({MAX_USER_KEY})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PostError {}
+
+impl From<cport::Closed> for PostError {
+    fn from(_: cport::Closed) -> Self {
+        PostError::Closed
+    }
+}
 
 /// Per-operation values of a session's operations.
 pub(crate) const RECV: u64 = 0;
@@ -238,21 +267,21 @@ impl ServerHandle {
     }
 
     /// Posts an event to the handler's `on_posted` (`PostQueuedCompletionStatus`).
-    /// `key` must be at most [`MAX_USER_KEY`].
-    pub fn post(&self, key: u64, value: u64) -> Result<(), cport::Closed> {
-        assert!(key <= MAX_USER_KEY, "user key {key} too large");
-        self.core.port.post(USER_POST, key as usize, value)
+    /// `key` must be at most [`MAX_USER_KEY`], else [`PostError::KeyTooLarge`].
+    pub fn post(&self, key: u64, value: u64) -> Result<(), PostError> {
+        if key > MAX_USER_KEY {
+            return Err(PostError::KeyTooLarge(key));
+        }
+        Ok(self.core.port.post(USER_POST, key as usize, value)?)
     }
 
     /// Calls the handler's `on_timer(key, value)` after `delay`, through the port.
-    pub fn post_after(
-        &self,
-        delay: Duration,
-        key: u64,
-        value: u64,
-    ) -> Result<TimerId, cport::Closed> {
-        assert!(key <= MAX_USER_KEY, "user key {key} too large");
-        self.core.port.post_after(delay, USER_TIMER | key, value)
+    /// `key` must be at most [`MAX_USER_KEY`], else [`PostError::KeyTooLarge`].
+    pub fn post_after(&self, delay: Duration, key: u64, value: u64) -> Result<TimerId, PostError> {
+        if key > MAX_USER_KEY {
+            return Err(PostError::KeyTooLarge(key));
+        }
+        Ok(self.core.port.post_after(delay, USER_TIMER | key, value)?)
     }
 
     /// Cancels a timer; true if it had not fired.

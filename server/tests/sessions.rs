@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::{config, connect, probe, read_packet, write, TIMEOUT};
 use cport_server::cport::Backend;
 use cport_server::{
-    Bytes, Config, Handler, LengthPrefixed, RawStream, Server, ServerHandle, Session, SizeField,
-    MAX_USER_KEY,
+    Bytes, Config, Handler, LengthPrefixed, PostError, RawStream, Server, ServerHandle, Session,
+    SizeField, MAX_USER_KEY,
 };
 
 per_backend!(
@@ -218,6 +218,18 @@ fn posted_events_reach_on_posted_with_their_key_and_value(b: Backend) {
     for (k, v) in SAMPLES {
         handle.post(k, v).unwrap();
     }
+    // A key above the limit is an error, not a panic, and nothing is delivered for it.
+    let too_large = MAX_USER_KEY + 1;
+    assert_eq!(
+        handle.post(too_large, 1),
+        Err(PostError::KeyTooLarge(too_large))
+    );
+    assert_eq!(
+        handle
+            .post_after(Duration::from_millis(1), u64::MAX, 1)
+            .unwrap_err(),
+        PostError::KeyTooLarge(u64::MAX)
+    );
     let mut want = SAMPLES.to_vec();
     want.sort_unstable();
     assert_eq!(collect(&posted, SAMPLES.len()), want);
