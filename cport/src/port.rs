@@ -177,6 +177,8 @@ impl Port {
     /// Associates a socket (listener, stream, datagram socket, any pollable fd) with the port
     /// under a completion key, once. The port owns the descriptor from now on; it is closed
     /// when the returned [`Socket`] is dropped and its last operation has completed.
+    /// `associate` puts the descriptor in non-blocking mode (its operations never block a
+    /// thread; a blocking read of your own on it would fail with `WouldBlock`).
     #[doc(alias = "CreateIoCompletionPort")]
     pub fn associate(&self, fd: impl Into<OwnedFd>, key: u64) -> io::Result<Socket> {
         let fd: OwnedFd = fd.into();
@@ -485,14 +487,19 @@ impl Socket {
         &self.port
     }
 
-    /// Accepts one connection (on a listening socket); completes with [`Op::Accept`].
-    /// Several accepts may be outstanding at once.
+    /// Accepts one connection (on a listening socket); completes with [`Op::Accept`]:
+    /// `result` is `Ok(0)` and the op holds the new connection ([`Accepted`](crate::Accepted):
+    /// its fd, not yet associated, and the peer's address), or `result` is the error and the
+    /// op holds `None`. Several accepts may be outstanding at once.
     #[doc(alias = "AcceptEx")]
     pub fn accept(&self, user: u64) {
         self.start(OpData::accept(), user);
     }
 
-    /// Connects to `addr`; completes with [`Op::Connect`].
+    /// Connects to `addr`; completes with [`Op::Connect`] and `result` `Ok(0)` once connected
+    /// (or the error, e.g. `ConnectionRefused`). The socket is one you made and associated
+    /// first, unconnected — for example `socket2::Socket::new(Domain::IPV4, Type::STREAM,
+    /// None)`, then [`Port::associate`] (which makes it non-blocking) and `connect`.
     #[doc(alias = "ConnectEx")]
     pub fn connect(&self, addr: SocketAddr, user: u64) {
         self.start(OpData::Connect(Box::new(SockAddr::from(addr))), user);
@@ -500,7 +507,8 @@ impl Socket {
 
     /// Receives into the spare capacity of `buf` (`buf.capacity() - buf.len()` bytes at
     /// most); completes with [`Op::Recv`] and the buffer grown by what arrived. `Ok(0)` is
-    /// the end of the stream. Receives on one socket complete in the order they were started,
+    /// the end of the stream. A buffer with no spare capacity (`Vec::new()`, or a full one)
+    /// completes at once with an `InvalidInput` error and nothing is received. Receives on one socket complete in the order they were started,
     /// and fill their buffers in that order.
     #[doc(alias = "WSARecv")]
     pub fn recv(&self, buf: Vec<u8>, user: u64) {

@@ -19,6 +19,9 @@ pub enum FrameError {
         /// The configured maximum.
         max: usize,
     },
+    /// The bytes are not a valid packet, for a reason of the codec's own (a custom codec's
+    /// "bad input"); the session is closed with this text as the reason.
+    Invalid(String),
 }
 
 impl fmt::Display for FrameError {
@@ -30,6 +33,7 @@ impl fmt::Display for FrameError {
             FrameError::TooLarge { size, max } => {
                 write!(f, "packet size {size} exceeds the maximum {max}")
             }
+            FrameError::Invalid(why) => write!(f, "invalid packet: {why}"),
         }
     }
 }

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::codec::FrameError;
 
-/// Why a session was closed. Every close is logged with its reason and counted.
+/// Why a session was closed. Every close is logged with its reason (through `tracing`: see
+/// [`Server`](crate::Server) for the levels and the subscriber it needs) and counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CloseReason {

@@ -64,32 +64,35 @@ pub(crate) const SEND: u64 = 1;
 /// Server settings. `Config::default()` then change what you need.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Address to listen on.
+    /// Address to listen on (default `127.0.0.1:0`: loopback, a free port).
     pub addr: SocketAddr,
-    /// Worker threads (`0` = available parallelism).
+    /// Worker threads (default `0` = available parallelism).
     pub threads: usize,
-    /// The port's concurrency value (`0` = available parallelism).
+    /// The port's concurrency value (default `0` = available parallelism).
     pub concurrency: usize,
-    /// Backend; `None` = the port's default (`CPORT_BACKEND`, else auto).
+    /// Backend (default `None` = the port's default: `CPORT_BACKEND`, else auto).
     pub backend: Option<Backend>,
-    /// Listen backlog.
+    /// Listen backlog (default 1024).
     pub backlog: i32,
-    /// Accepts kept outstanding.
+    /// Accepts kept outstanding (default 16).
     pub accepts: usize,
-    /// `TCP_NODELAY` on accepted connections.
+    /// `TCP_NODELAY` on accepted connections (default `true`).
     pub nodelay: bool,
-    /// Most sessions open at once; connections beyond are refused (closed at once).
+    /// Most sessions open at once; connections beyond are refused (closed at once)
+    /// (default 10,000).
     pub max_sessions: usize,
     /// Most bytes queued for sending per session; beyond, the session is closed as a slow
-    /// consumer (so memory stays bounded).
+    /// consumer (so memory stays bounded) (default 1 MiB).
     pub max_send_queue: usize,
-    /// Size of each session's receive buffer (it grows to hold one whole packet if needed).
+    /// Size of each session's receive buffer (it grows to hold one whole packet if needed)
+    /// (default 8 KiB).
     pub recv_buffer: usize,
-    /// Close sessions that received nothing for this long.
+    /// Close sessions that received nothing for this long (default `None`: never).
     pub idle_timeout: Option<Duration>,
-    /// Close sessions that send more packets than this in one second.
+    /// Close sessions that send more packets than this in one second (default `None`: no
+    /// limit).
     pub max_packets_per_sec: Option<u32>,
-    /// Log one line of metrics at info level this often.
+    /// Log one line of metrics at info level this often (default `None`: never).
     pub stats_interval: Option<Duration>,
 }
 
@@ -116,6 +119,12 @@ impl Default for Config {
 /// What the server calls, on the port's worker threads. Several calls may run at once
 /// (for different sessions; the calls for one session's received packets never overlap).
 pub trait Handler: Send + Sync + 'static {
+    /// The server listens and its workers run: called once, on the thread that called
+    /// [`Server::start`], before `start` returns — the place to set the first timers
+    /// ([`ServerHandle::post_after`]) or keep the handle.
+    fn on_start(&self, server: &ServerHandle) {
+        let _ = server;
+    }
     /// A session opened; its first packet is delivered only after this returns.
     fn on_connect(&self, session: &Session) {
         let _ = session;
@@ -253,6 +262,18 @@ impl ServerHandle {
         self.core.open_sessions()
     }
 
+    /// Sends one packet to every session of `sessions` but `except` (typically the sender),
+    /// without collecting a new list; the bytes are shared, not copied per session. Returns
+    /// how many sessions took it.
+    pub fn broadcast_except<'a>(
+        &self,
+        sessions: impl IntoIterator<Item = &'a Session>,
+        except: SessionId,
+        packet: &Bytes,
+    ) -> usize {
+        self.broadcast(sessions.into_iter().filter(|s| s.id() != except), packet)
+    }
+
     /// Sends one packet to many sessions; the bytes are shared, not copied per session.
     /// Returns how many sessions took it.
     pub fn broadcast<'a>(
@@ -316,6 +337,15 @@ impl std::fmt::Display for ShutdownReport {
 }
 
 /// A running server: a listener, a session table and a pool of workers on one port.
+///
+/// Dropping a `Server` stops it at once: it stops accepting, closes every session without
+/// waiting for queued bytes to leave, and joins its workers. [`Server::shutdown`] is the
+/// graceful way (flush, half-close, wait for peers until a deadline).
+///
+/// Every close is logged with its reason via `tracing` (at info level when the peer was at
+/// fault — bad input, slow consumer, idle, too many packets — else at debug), refusals and
+/// accept errors at warn: nothing is printed unless the program installs a subscriber (for
+/// example `tracing_subscriber::fmt().init()`).
 pub struct Server {
     handle: ServerHandle,
     pool: Option<Pool>,
@@ -384,9 +414,11 @@ impl Server {
         let handle = ServerHandle { core };
         let h2 = handle.clone();
         let (codec, handler) = (Arc::new(codec), Arc::new(handler));
+        let h3 = handler.clone();
         let pool = Pool::spawn(&port, handle.core.cfg.threads, move |_, c| {
             dispatch(&h2, &*codec, &*handler, c)
         })?;
+        h3.on_start(&handle);
         Ok(Server {
             handle,
             pool: Some(pool),

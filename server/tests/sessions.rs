@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::{config, connect, probe, read_packet, write, TIMEOUT};
 use cport_server::cport::Backend;
 use cport_server::{
-    Bytes, Config, Handler, LengthPrefixed, PostError, RawStream, Server, ServerHandle, Session,
-    SizeField, MAX_USER_KEY,
+    Bytes, CloseReason, Codec, Config, FrameError, Handler, LengthPrefixed, PostError, RawStream,
+    Server, ServerHandle, Session, SizeField, MAX_USER_KEY,
 };
 
 per_backend!(
@@ -27,6 +27,9 @@ per_backend!(
     slot_is_reused_only_after_on_close_returned,
     panic_in_on_connect_closes_that_session_and_frees_its_slot,
     panic_in_on_close_still_frees_the_slot,
+    on_start_hands_the_handler_its_server_handle,
+    broadcast_except_skips_the_sender,
+    a_codecs_own_invalid_error_closes_the_session_with_its_reason,
 );
 
 const THREADS: usize = 8;
@@ -399,4 +402,84 @@ fn panic_in_on_connect_closes_that_session_and_frees_its_slot(b: Backend) {
 /// A panic in `on_close` still frees the session's slot.
 fn panic_in_on_close_still_frees_the_slot(b: Backend) {
     buggy_handler_panicking(b, false);
+}
+
+/// `on_start` runs once before `start` returns, with a handle that can set the first timer.
+fn on_start_hands_the_handler_its_server_handle(b: Backend) {
+    struct Starter(mpsc::Sender<&'static str>);
+    impl Handler for Starter {
+        fn on_start(&self, srv: &ServerHandle) {
+            let _ = self.0.send("start");
+            srv.post_after(Duration::from_millis(1), 7, 0).unwrap();
+        }
+        fn on_packet(&self, _: &Session, _: &[u8]) {}
+        fn on_timer(&self, _: &ServerHandle, key: u64, _: u64) {
+            assert_eq!(key, 7);
+            let _ = self.0.send("timer");
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    let server = Server::start(config(b), RawStream, Starter(tx)).unwrap();
+    assert_eq!(
+        rx.try_recv(),
+        Ok("start"),
+        "on_start had not run when start returned"
+    );
+    assert_eq!(rx.recv_timeout(TIMEOUT), Ok("timer"));
+    assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+    server.shutdown(TIMEOUT);
+}
+
+/// `broadcast_except` reaches every session but the one named.
+fn broadcast_except_skips_the_sender(b: Backend) {
+    let (handler, events) = probe(|_, _| {});
+    let server = Server::start(config(b), RawStream, handler).unwrap();
+    let mut clients: Vec<_> = (0..3).map(|_| connect(server.local_addr())).collect();
+    let sessions: Vec<Session> = (0..3).map(|_| events.connected()).collect();
+    let sender = sessions[1].id();
+    let handle = server.handle();
+    let sent = handle.broadcast_except(&sessions, sender, &Bytes::from_static(b"hi"));
+    assert_eq!(sent, 2);
+    let mut got = 0;
+    for c in &mut clients {
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 2];
+        if c.read_exact(&mut buf).is_ok() {
+            assert_eq!(&buf, b"hi");
+            got += 1;
+        }
+    }
+    assert_eq!(
+        got, 2,
+        "the sender got its own broadcast, or another missed it"
+    );
+    server.shutdown(TIMEOUT);
+}
+
+/// A custom codec rejects bytes with `FrameError::Invalid`: the session closes with that
+/// reason; the server goes on.
+fn a_codecs_own_invalid_error_closes_the_session_with_its_reason(b: Backend) {
+    struct NoZeros;
+    impl Codec for NoZeros {
+        fn frame(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+            match buf.first() {
+                None => Ok(None),
+                Some(0) => Err(FrameError::Invalid("a zero byte".into())),
+                Some(_) => Ok(Some(1)),
+            }
+        }
+    }
+    let (handler, events) = probe(|_, _| {});
+    let server = Server::start(config(b), NoZeros, handler).unwrap();
+    let mut c = connect(server.local_addr());
+    events.connected();
+    write(&mut c, &[1, 2, 0, 3]);
+    let (_, reason) = events.closed();
+    assert_eq!(
+        reason,
+        CloseReason::Protocol(FrameError::Invalid("a zero byte".into()))
+    );
+    assert!(reason.to_string().contains("a zero byte"), "{reason}");
+    server.shutdown(TIMEOUT);
 }
