@@ -262,6 +262,24 @@ impl ServerHandle {
         self.core.open_sessions()
     }
 
+    /// Sends one packet to every open session but `except` (typically the sender; `None`:
+    /// all), walking the session table without collecting a list; the bytes are shared, not
+    /// copied per session. Returns how many sessions took it. The walk visits every slot
+    /// (`Config::max_sessions`); for a known subset, [`ServerHandle::broadcast`] is cheaper.
+    pub fn broadcast_all(&self, packet: &Bytes, except: Option<SessionId>) -> usize {
+        let mut sent = 0;
+        for slot in self.core.slots.iter() {
+            // Cloned out of the slot's lock, sent outside it.
+            let Some(s) = slot.lock().session.clone() else {
+                continue;
+            };
+            if Some(s.id()) != except && s.send(packet.clone()) {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
     /// Sends one packet to every session of `sessions` but `except` (typically the sender),
     /// without collecting a new list; the bytes are shared, not copied per session. Returns
     /// how many sessions took it.
