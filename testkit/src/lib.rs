@@ -25,3 +25,107 @@ macro_rules! per_backend {
         }
     };
 }
+
+/// Example programs run as child processes and driven by real clients (the programs a new
+/// user writes first must keep working).
+pub mod examples {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use super::TIMEOUT;
+
+    /// A built example (`cargo test` builds the examples next to the test binaries).
+    pub fn example(name: &str) -> PathBuf {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/<test> → target/<profile>/examples/<name>
+        let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+        let path = dir.join(name);
+        assert!(
+            path.exists(),
+            "{} not built (cargo test builds the examples; run `cargo build --examples`)",
+            path.display()
+        );
+        path
+    }
+
+    /// Kills the child when the test ends, however it ends.
+    pub struct Running(Child);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Starts `program args` with `backend` and waits for its `listening on ADDR` line.
+    pub fn start(program: PathBuf, args: &[&str], backend: &str) -> (Running, SocketAddr) {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("CPORT_BACKEND", backend)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no startup line: {line:?}"));
+        (Running(child), addr)
+    }
+
+    /// Three clients: each line one sends reaches the two others, whole and in order, and never
+    /// the sender.
+    pub fn chat_relays_lines_to_the_others(program: PathBuf, args: &[&str], backend: &str) {
+        let (_server, addr) = start(program, args, backend);
+        let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        // Let every connection be accepted before the first line.
+        std::thread::sleep(Duration::from_millis(200));
+        let mut readers: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                c.set_read_timeout(Some(TIMEOUT)).unwrap();
+                BufReader::new(c.try_clone().unwrap())
+            })
+            .collect();
+        let mut writers: Vec<_> = clients;
+        for round in 0..5 {
+            for (i, w) in writers.iter_mut().enumerate() {
+                // A line in two writes, to cross packet boundaries.
+                w.write_all(format!("line {round} from").as_bytes())
+                    .unwrap();
+                w.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+                w.write_all(format!(" client {i}\n").as_bytes()).unwrap();
+                for (j, r) in readers.iter_mut().enumerate() {
+                    if j == i {
+                        continue;
+                    }
+                    let mut got = String::new();
+                    r.read_line(&mut got).unwrap();
+                    let (_key, text) = got.split_once(": ").expect("KEY: line");
+                    assert_eq!(
+                        text,
+                        format!("line {round} from client {i}\n"),
+                        "client {j}"
+                    );
+                }
+            }
+        }
+        // The senders never got their own lines: nothing is left to read.
+        for r in &mut readers {
+            r.get_ref()
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let mut extra = String::new();
+            assert!(r.read_line(&mut extra).is_err(), "unexpected {extra:?}");
+        }
+    }
+}
