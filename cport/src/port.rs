@@ -361,8 +361,10 @@ impl Port {
     /// returning. Outside a handler pass of this port it just runs `f`.
     pub fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
         let shared = &*self.shared;
+        // Outside the handler pass while `f` runs: what `f` starts is submitted at once (it may
+        // wait for it), not deferred to a `get` that comes only after `f`.
         let (held, dirty) = LOCAL.with(|l| match l.borrow_mut().find(shared.id) {
-            Some(e) => (e.held, std::mem::take(&mut e.dirty)),
+            Some(e) => (std::mem::take(&mut e.held), std::mem::take(&mut e.dirty)),
             None => (false, false),
         });
         if dirty {
@@ -375,7 +377,13 @@ impl Port {
         struct Resume<'a>(&'a Shared);
         impl Drop for Resume<'_> {
             fn drop(&mut self) {
-                let waiter = LOCAL.with(|l| l.borrow().waiter.clone());
+                let waiter = LOCAL.with(|l| {
+                    let mut l = l.borrow_mut();
+                    if let Some(e) = l.find(self.0.id) {
+                        e.held = true;
+                    }
+                    l.waiter.clone()
+                });
                 self.0.sched.leave_blocking(&waiter);
             }
         }

@@ -39,6 +39,7 @@ per_backend!(
     a_thread_that_called_get_sends_at_once,
     a_thread_that_opted_in_defers_until_its_next_get,
     send_takes_strings_and_byte_literals,
+    an_operation_started_inside_blocking_goes_out_at_once,
 );
 
 /// An echo server on a worker pool: every receive is sent back as it came and a new receive
@@ -413,6 +414,7 @@ fn submit_starts_a_handlers_operations_before_it_returns(b: Backend) {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let sock = port.associate(server, 1).unwrap();
+    port.defer_submissions(); // as a Pool worker: operations wait for the next `get`
     port.post(0, 0, 0).unwrap();
     let c = next(&port); // now inside a handler pass
     assert!(matches!(c.op, Op::Post));
@@ -789,4 +791,25 @@ fn send_takes_strings_and_byte_literals(b: Backend) {
     let Op::Recv(buf) = c.op else { panic!() };
     assert!(buf.is_empty());
     assert!(c.result.is_aborted());
+}
+
+/// A worker (deferring, inside a handler pass) starts a send inside `Port::blocking` and waits
+/// there for the peer to receive it: the send must go out at once, not at the next `get`.
+fn an_operation_started_inside_blocking_goes_out_at_once(b: Backend) {
+    let port = port(b, 1);
+    let (mut client, server) = tcp_pair();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let sock = port.associate(server, 1).unwrap();
+    port.defer_submissions();
+    port.post(0, 0, 0).unwrap();
+    next(&port);
+    let got = port.blocking(|| {
+        sock.send(&b"inside"[..], 0);
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).map(|_| got)
+    });
+    assert_eq!(&got.expect("the send waited for the next get"), b"inside");
+    c_ok(next(&port));
 }
