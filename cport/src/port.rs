@@ -762,8 +762,17 @@ impl Shared {
         if !raw.is_empty() {
             self.process(&mut raw, &mut out);
         }
+        // With shared waiting that look may have taken the alarm's event, which went off
+        // after the caller read its clock: read it again, so that `fire_timers` sees the
+        // alarm gone off and sets it for the next timer (else it would stay expired, and a
+        // pending timer would wait for the next look or a new timer).
+        let now = if self.shared_wait {
+            Instant::now()
+        } else {
+            now
+        };
         self.fire_timers(now, &mut out);
-        if !out.is_empty() {
+        if !out.is_empty() && !self.sched.is_closed() {
             self.sched.push_all(out, self);
         }
     }
@@ -812,6 +821,11 @@ impl Shared {
                 .wait(Some(Instant::now() + Duration::from_millis(10)), &mut raw);
             self.process(&mut raw, &mut out);
             out.clear();
+            if self.shared_wait {
+                // That wait may have taken the wake-up that shutdown sent to the threads
+                // waiting in the kernel: send another, so every one of them sees `Closed`.
+                self.driver.wake();
+            }
         }
     }
 

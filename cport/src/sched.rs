@@ -343,6 +343,10 @@ impl<T> Sched<T> {
                 drop(st);
                 *dirty = false;
                 poller.poll(deadline, &mut batch);
+                if self.closed.load(SeqCst) {
+                    // Nothing is delivered after shutdown: drop what came (buffers freed).
+                    batch.clear();
+                }
                 for x in batch.drain(..) {
                     self.queue.push(x);
                 }
