@@ -40,6 +40,7 @@ per_backend!(
     a_thread_that_opted_in_defers_until_its_next_get,
     send_takes_strings_and_byte_literals,
     an_operation_started_inside_blocking_goes_out_at_once,
+    urgent_data_does_not_stall_the_next_receive,
 );
 
 /// An echo server on a worker pool: every receive is sent back as it came and a new receive
@@ -812,4 +813,40 @@ fn an_operation_started_inside_blocking_goes_out_at_once(b: Backend) {
     });
     assert_eq!(&got.expect("the send waited for the next get"), b"inside");
     c_ok(next(&port));
+}
+
+/// A peer sends data, one urgent (out-of-band) byte, and more data, then nothing: a receive
+/// stops short at the urgent mark, and the next one must still get the data behind it (the
+/// epoll backend's "a short receive emptied the socket" shortcut must not apply).
+fn urgent_data_does_not_stall_the_next_receive(b: Backend) {
+    use std::os::fd::AsRawFd;
+    let port = port(b, 1);
+    let (client, server) = tcp_pair();
+    client.set_nodelay(true).unwrap();
+    let sock = port.associate(server, 1).unwrap();
+    let fd = client.as_raw_fd();
+    let send = |bytes: &[u8], flags: i32| {
+        // SAFETY: `bytes` is a live slice for the whole call.
+        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), flags) };
+        assert_eq!(n, bytes.len() as isize);
+    };
+    // The first receive is pending before anything arrives: one event then reports it all,
+    // and the receive is attempted after that event.
+    sock.recv(Vec::with_capacity(64), 0);
+    std::thread::sleep(Duration::from_millis(20));
+    send(b"abc", 0);
+    send(b"x", libc::MSG_OOB);
+    send(b"def", 0);
+    std::thread::sleep(Duration::from_millis(50));
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        if !got.is_empty() {
+            sock.recv(Vec::with_capacity(64), 0);
+        }
+        let c = next(&port);
+        let Op::Recv(buf) = c.op else { panic!() };
+        assert!(c.result.unwrap() > 0, "end of stream before the data");
+        got.extend_from_slice(&buf);
+    }
+    assert_eq!(got, b"abcdef");
 }

@@ -44,9 +44,13 @@ const MAX_EVENTS: usize = 256;
 const SHARED_EVENTS: usize = 64;
 
 const READ_EVENTS: u32 =
-    (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+    (libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 const WRITE_EVENTS: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
-const HUP_EVENTS: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+/// Events after which a short stream receive does not prove the receive queue empty: the end
+/// of the stream, a hang-up or an error (no later edge), or urgent data (a receive stops short
+/// at the urgent mark with data behind it).
+const HUP_EVENTS: u32 =
+    (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLPRI) as u32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dir {
@@ -87,7 +91,8 @@ struct Side {
 struct Sides {
     read: Side,
     write: Side,
-    /// An event reported the peer's end of stream, a hang-up or an error.
+    /// An event reported the peer's end of stream, a hang-up, an error or urgent data
+    /// (`HUP_EVENTS`): a short receive no longer proves the receive queue empty.
     hup: bool,
 }
 
@@ -209,7 +214,7 @@ impl Epoll {
                 "epoll: socket registered twice; its old state is dropped"
             );
         }
-        let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
+        let events = (libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
         if let Err(e) = self.ws.add(fd, sock, events) {
             self.socks.lock().remove(sock);
             return Err(e);
