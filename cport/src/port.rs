@@ -99,8 +99,8 @@ impl PortBuilder {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let driver = Driver::open(backend, self.entries)?;
-        let shared_wait = driver.shared_wait();
+        let shared_wait = crate::sys::shared_wait_wanted();
+        let driver = Driver::open(backend, self.entries, shared_wait)?;
         static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
         Ok(Port {
             shared: Arc::new(Shared {
@@ -432,10 +432,7 @@ impl Port {
     /// * an operation started after `shutdown` never reaches the kernel: it is dropped with
     ///   its buffer, and nothing is delivered for it.
     pub fn shutdown(&self) {
-        let shared = &*self.shared;
-        drop(shared.sched.close(shared));
-        shared.cancel_everything();
-        shared.reap_until_idle(Instant::now() + SHUTDOWN_REAP);
+        self.shared.shut_down(SHUTDOWN_REAP);
     }
 
     /// True once [`Port::shutdown`] was called.
@@ -516,8 +513,9 @@ impl Socket {
     /// Receives into the spare capacity of `buf` (`buf.capacity() - buf.len()` bytes at
     /// most); completes with [`Op::Recv`] and the buffer grown by what arrived. `Ok(0)` is
     /// the end of the stream. A buffer with no spare capacity (`Vec::new()`, or a full one)
-    /// completes at once with an `InvalidInput` error and nothing is received. Receives on one socket complete in the order they were started,
-    /// and fill their buffers in that order.
+    /// completes at once with an `InvalidInput` error and nothing is received. Receives on
+    /// one socket complete in the order they were started, and fill their buffers in that
+    /// order.
     #[doc(alias = "WSARecv")]
     pub fn recv(&self, buf: Vec<u8>, user: u64) {
         self.start(OpData::Recv(buf), user);
@@ -704,7 +702,7 @@ impl Poller<Completion> for Shared {
         self.driver.wait(until, &mut raw);
         self.process(&mut raw, out);
         if next_timer.is_some() {
-            self.timers.lock().wheel.fire(Instant::now(), out);
+            self.fire_timers(Instant::now(), out);
         }
     }
 
@@ -750,7 +748,8 @@ impl Shared {
 
     /// Queues what the kernel completed and the timers due at `now` (the caller's clock
     /// reading), without waiting; nothing if a thread waits in the kernel (shared waiting:
-    /// the kernel wakes it for both) or, with one poller at a time, if the poller is at it.
+    /// the kernel wakes it for both). With one poller at a time on io_uring, the CQ is read
+    /// only if the poller is not at it.
     fn reap_now(&self, now: Instant) {
         let mut raw = Vec::new();
         let mut out = Vec::new();
@@ -810,6 +809,14 @@ impl Shared {
         self.flush();
     }
 
+    /// Closes the scheduler (every `get` answers `Closed`, queued completions are dropped),
+    /// cancels every operation, and reaps for up to `reap_for` (see `reap_until_idle`).
+    fn shut_down(&self, reap_for: Duration) {
+        drop(self.sched.close(self));
+        self.cancel_everything();
+        self.reap_until_idle(Instant::now() + reap_for);
+    }
+
     /// After shutdown: reaps what the kernel completes (every operation was cancelled) until
     /// the table holds no operation or `give_up`; the completions are dropped, which frees
     /// their buffers and closes accepted sockets.
@@ -845,10 +852,8 @@ impl Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        drop(self.sched.close(self));
-        self.cancel_everything();
         // Reap every operation the kernel still has: only then may its buffers be freed.
-        self.reap_until_idle(Instant::now() + Duration::from_secs(5));
+        self.shut_down(Duration::from_secs(5));
         let mut t = self.table.lock();
         if t.ops.len() > 0 {
             tracing::error!(

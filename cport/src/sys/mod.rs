@@ -112,19 +112,23 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// Whether the port's idle threads all wait in the backend's wait set at once
+/// ([`wait::WaitSet`]): yes, unless `CPORT_WAIT=leader` asks for one poller at a time (the
+/// design before; kept for A/B measurements, not a public setting).
+pub(crate) fn shared_wait_wanted() -> bool {
+    std::env::var("CPORT_WAIT").map_or(true, |v| v != "leader")
+}
+
 pub(crate) enum Driver {
     Uring(uring::Uring),
     Epoll(epoll::Epoll),
 }
 
 impl Driver {
-    /// Opens the backend asked for; `Auto` falls back to epoll with one warning.
-    ///
-    /// Every idle thread of the port waits in the backend's wait set at once
-    /// ([`wait::WaitSet`]), unless `CPORT_WAIT=leader` asks for one poller at a time (the
-    /// design before; kept for A/B measurements, not a public setting).
-    pub(crate) fn open(backend: Backend, entries: u32) -> io::Result<Driver> {
-        let shared = std::env::var("CPORT_WAIT").map_or(true, |v| v != "leader");
+    /// Opens the backend asked for; `Auto` falls back to epoll with one warning. With
+    /// `shared`, every idle thread will wait in [`Driver::wait_shared`] at once (see
+    /// [`shared_wait_wanted`]); else one poller at a time calls [`Driver::wait`].
+    pub(crate) fn open(backend: Backend, entries: u32, shared: bool) -> io::Result<Driver> {
         match backend {
             Backend::Uring => uring::Uring::new(entries, shared).map(Driver::Uring),
             Backend::Epoll => epoll::Epoll::new().map(Driver::Epoll),
@@ -135,15 +139,6 @@ impl Driver {
                     epoll::Epoll::new().map(Driver::Epoll)
                 }
             },
-        }
-    }
-
-    /// Every idle thread waits in [`Driver::wait_shared`] at once (else one poller at a time
-    /// calls [`Driver::wait`]).
-    pub(crate) fn shared_wait(&self) -> bool {
-        match self {
-            Driver::Uring(u) => u.shared(),
-            Driver::Epoll(_) => std::env::var("CPORT_WAIT").map_or(true, |v| v != "leader"),
         }
     }
 

@@ -130,11 +130,6 @@ impl Uring {
         })
     }
 
-    /// Every idle thread waits in `wait_shared` at once.
-    pub(crate) fn shared(&self) -> bool {
-        self.shared.is_some()
-    }
-
     /// Submits what was pushed; returns what completed at once, or else waits in the wait
     /// set (any number of threads at once; the kernel wakes one per event) until `deadline`,
     /// a wake-up, the alarm or a batch of completions, and returns what completed. True if
