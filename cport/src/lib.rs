@@ -16,7 +16,7 @@
 //! | the extended `OVERLAPPED` | [`Completion::op`] ([`Op`]: which operation, with its buffer handed back) and [`Completion::user`], a per-operation value |
 //! | `GetQueuedCompletionStatus` | [`Port::get(timeout)`](Port::get): `Ok(Some(completion))`, `Ok(None)` on timeout, `Err(Closed)` once shut down |
 //! | `GetQueuedCompletionStatusEx` | [`Port::get_many`] |
-//! | `PostQueuedCompletionStatus` | [`Port::post`] |
+//! | `PostQueuedCompletionStatus` | [`Port::post`]; with an owned value (a DB thread's result, the `EV_DB` pattern): [`Port::post_message`] → [`Op::Message`] |
 //! | a timer thread that posts | [`Port::post_after`], cancellable with [`Port::cancel_timer`] |
 //! | `CancelIoEx`, `closesocket` with pending I/O | [`Socket::cancel`], dropping the [`Socket`]: each pending operation completes once, aborted ([`Completion::is_aborted`]), with its buffer |
 //! | the concurrency value | at most `n` threads between a `get` that returned and their next `get`; [`Port::blocking`] lends a thread's slot while it blocks |
@@ -193,7 +193,7 @@ mod sys;
 mod timer;
 
 #[cfg(not(loom))]
-pub use op::{Aborted, Accepted, Completion, Op, SendBuf, TimerId};
+pub use op::{Aborted, Accepted, Completion, Message, Op, SendBuf, TimerId};
 #[cfg(not(loom))]
 pub use pool::Pool;
 #[cfg(not(loom))]

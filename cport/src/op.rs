@@ -1,6 +1,8 @@
 //! Operations: what a completion says (the extended OVERLAPPED), and the owned state of an
 //! operation while the kernel may still use it.
 
+use std::any::Any;
+use std::fmt;
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
@@ -30,8 +32,67 @@ pub enum Op {
     SendTo(SendBuf),
     /// `PostQueuedCompletionStatus`: a user completion; `result` carries the posted byte count.
     Post,
+    /// A completion posted with an owned value by [`Port::post_message`](crate::Port::post_message)
+    /// — the result of work done off the port (a database query, a file read) coming back
+    /// through the queue. `result` is `Ok(0)`.
+    Message(Message),
     /// A timer from [`Port::post_after`](crate::Port::post_after) that fired.
     Timer(TimerId),
+}
+
+/// The value a [`Port::post_message`](crate::Port::post_message) completion carries: any
+/// `Send + 'static` value, taken back by its type.
+///
+/// ```
+/// use cport::{Op, Port};
+/// struct Loaded { name: String, hp: u32 }
+/// let port = Port::new(1)?;
+/// // A database thread, for instance, posts the result of a query:
+/// port.post_message(7, 0, Loaded { name: "ann".into(), hp: 30 })?;
+/// let c = port.get(None).unwrap().unwrap();
+/// if let Op::Message(m) = c.op {
+///     let loaded: Loaded = m.downcast().expect("the key says what was posted");
+///     assert_eq!((c.key, loaded.name.as_str(), loaded.hp), (7, "ann", 30));
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Message(Box<dyn Any + Send>);
+
+impl Message {
+    pub(crate) fn new<T: Any + Send>(value: T) -> Message {
+        Message(Box::new(value))
+    }
+
+    /// True when the value is a `T`.
+    pub fn is<T: Any>(&self) -> bool {
+        self.0.is::<T>()
+    }
+
+    /// The value, if it is a `T`; otherwise the message back, unchanged.
+    pub fn downcast<T: Any>(self) -> Result<T, Message> {
+        self.0.downcast::<T>().map(|b| *b).map_err(Message)
+    }
+
+    /// A reference to the value, if it is a `T`.
+    pub fn downcast_ref<T: Any>(&self) -> Option<&T> {
+        self.0.downcast_ref::<T>()
+    }
+
+    /// A mutable reference to the value, if it is a `T`.
+    pub fn downcast_mut<T: Any>(&mut self) -> Option<&mut T> {
+        self.0.downcast_mut::<T>()
+    }
+
+    /// The value as the box it was posted in.
+    pub fn into_inner(self) -> Box<dyn Any + Send> {
+        self.0
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Message(..)")
+    }
 }
 
 /// Identifies a timer started with [`Port::post_after`](crate::Port::post_after).

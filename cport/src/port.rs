@@ -323,6 +323,34 @@ impl Port {
         Ok(())
     }
 
+    /// Queues a user completion `{ key, user, result: Ok(0), op: Op::Message(m) }` that owns
+    /// `value` — how work done off the port hands its result back (the course's `EV_DB`
+    /// pattern, without a pointer in the completion key): a database thread posts the loaded
+    /// row, a worker takes it back with [`Message::downcast`](crate::Message::downcast).
+    ///
+    /// Delivered exactly once, like [`Port::post`]. A message still queued when the port shuts
+    /// down is dropped with the queue, never leaked; after shutdown, `Err(Closed)` and `value`
+    /// is dropped at once.
+    #[doc(alias = "PostQueuedCompletionStatus")]
+    pub fn post_message<T: std::any::Any + Send>(
+        &self,
+        key: u64,
+        user: u64,
+        value: T,
+    ) -> Result<(), Closed> {
+        if self.shared.sched.is_closed() {
+            return Err(Closed);
+        }
+        let c = Completion {
+            key,
+            user,
+            result: Ok(0),
+            op: Op::Message(crate::op::Message::new(value)),
+        };
+        self.shared.sched.push_all([c], &*self.shared);
+        Ok(())
+    }
+
     /// Queues `{ key, user, result: Ok(0), op: Op::Timer(id) }` on the port once `delay` has
     /// passed (never before). Timers fire in deadline order; see [`Port::cancel_timer`].
     #[doc(alias = "CreateTimerQueueTimer")]

@@ -29,6 +29,8 @@ per_backend!(
     no_wakeup_is_lost_in_a_burst_of_posts,
     a_busy_submitters_own_completion_reaches_an_idle_worker,
     an_earlier_timer_set_while_every_thread_waits_fires_on_time,
+    posted_messages_are_delivered_once_with_their_value,
+    posted_messages_still_queued_are_dropped_at_shutdown,
 );
 
 fn posts_from_one_thread_come_out_in_order(b: Backend) {
@@ -519,4 +521,82 @@ fn an_earlier_timer_set_while_every_thread_waits_fires_on_time(b: Backend) {
     for t in threads {
         t.join().unwrap();
     }
+}
+
+/// `post_message` from other threads (a DB pool's pattern): every value comes back exactly
+/// once, with its key and user value, through `get` on the workers.
+fn posted_messages_are_delivered_once_with_their_value(b: Backend) {
+    #[derive(Debug, PartialEq)]
+    struct Row {
+        id: u64,
+        name: String,
+    }
+    const EACH: u64 = 5_000;
+    let port = port(b, 2);
+    let producers: Vec<_> = (0..4u64)
+        .map(|p| {
+            let port = port.clone();
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    let id = p * EACH + i;
+                    let row = Row {
+                        id,
+                        name: format!("p{id}"),
+                    };
+                    port.post_message(p, id, row).unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut seen = vec![false; (4 * EACH) as usize];
+    for _ in 0..4 * EACH {
+        let c = next(&port);
+        assert_eq!(c.result.as_ref().unwrap(), &0);
+        let Op::Message(m) = c.op else {
+            panic!("not a message: {:?}", c.op)
+        };
+        assert!(m.is::<Row>() && !m.is::<String>());
+        let m = m.downcast::<String>().expect_err("a Row is not a String");
+        let row: Row = m.downcast().unwrap();
+        assert_eq!((row.id, c.key), (c.user, c.user / EACH));
+        assert_eq!(row.name, format!("p{}", row.id));
+        assert!(
+            !std::mem::replace(&mut seen[row.id as usize], true),
+            "twice: {row:?}"
+        );
+    }
+    for t in producers {
+        t.join().unwrap();
+    }
+    assert!(port.get(Some(Duration::ZERO)).unwrap().is_none());
+}
+
+/// A message never taken is dropped when the port shuts down (no leak), and one posted after
+/// shutdown is refused and dropped at once.
+fn posted_messages_still_queued_are_dropped_at_shutdown(b: Backend) {
+    struct Counted(Arc<AtomicUsize>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let port = port(b, 1);
+    for i in 0..100 {
+        port.post_message(1, i, Counted(dropped.clone())).unwrap();
+    }
+    let c = next(&port);
+    drop(c);
+    assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    port.shutdown();
+    assert!(port.get(Some(Duration::ZERO)).is_err());
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        100,
+        "the 99 queued ones dropped at shutdown"
+    );
+    assert!(port.post_message(1, 0, Counted(dropped.clone())).is_err());
+    assert_eq!(dropped.load(Ordering::SeqCst), 101);
+    drop(port);
+    assert_eq!(dropped.load(Ordering::SeqCst), 101);
 }
