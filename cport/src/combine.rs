@@ -12,7 +12,18 @@
 //! comes before, and then the submitter's read comes after the pusher's set (it goes round
 //! again).
 
-use crate::sync::{AtomicBool, Ordering::SeqCst};
+use crate::sync::{fence, AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+/// Who submits what a thread outside any handler pass pushed (see [`Combiner::hand_off`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandOff {
+    /// A worker waits in the kernel: wake one; it submits when it comes back.
+    WakeAWaiter,
+    /// No waiter, but a worker will submit when it leaves its handler pass.
+    Returning,
+    /// Nobody will: submit now.
+    FlushYourself,
+}
 
 #[derive(Debug)]
 pub(crate) struct Combiner {
@@ -61,6 +72,39 @@ impl Combiner {
     /// queue behind it on the ring's mutex; that thread submits what is pending).
     pub(crate) fn busy(&self) -> bool {
         self.submitting.load(SeqCst)
+    }
+
+    /// Entries were pushed that no submission has begun to take. The read of a worker that
+    /// just stopped counting for the hand-off (see [`Combiner::hand_off`]), after a fence.
+    pub(crate) fn pending(&self) -> bool {
+        fence(SeqCst);
+        self.pending.load(SeqCst)
+    }
+
+    /// The hand-off of a thread outside any handler pass, after it pushed (and called
+    /// [`Combiner::pushed`]): true if some worker will submit for it — `pollers` workers wait
+    /// in the kernel (the caller then wakes one) or `returning` workers are in a handler pass
+    /// they will leave through `get` — so the caller need not enter the kernel itself; false:
+    /// it must flush.
+    ///
+    /// Why nothing is left behind: a worker that stops counting (a waiter back from the
+    /// kernel decrements `pollers`; a worker leaving its pass decrements `returning`) then
+    /// reads `pending` ([`Combiner::pending`]) and flushes if set. The caller sets `pending`,
+    /// then reads the counts. Each side writes, fences (`SeqCst`) and reads, so in the single
+    /// order of the two fences either the caller's read comes after the worker's decrement
+    /// (it sees the count without that worker), or the worker's read of `pending` comes after
+    /// the caller's set (it submits the entry). (The fences matter for loom, which does not
+    /// order `SeqCst` loads against earlier stores by themselves; on x86 the writes are
+    /// locked instructions and the fences cost little.)
+    pub(crate) fn hand_off(pollers: &AtomicUsize, returning: &AtomicUsize) -> HandOff {
+        fence(SeqCst);
+        if pollers.load(SeqCst) > 0 {
+            HandOff::WakeAWaiter
+        } else if returning.load(SeqCst) > 0 {
+            HandOff::Returning
+        } else {
+            HandOff::FlushYourself
+        }
     }
 
     /// The caller is about to submit everything pushed so far itself (the poller's combined
@@ -121,6 +165,63 @@ mod loom_model {
             got.sort_unstable();
             assert_eq!(got, [0, 1, 2]);
             assert!(ring.sq.lock().is_empty());
+        });
+    }
+
+    impl Ring {
+        fn flush(&self) {
+            self.c.flush(|| {
+                let mut sq = self.sq.lock();
+                self.submitted.lock().append(&mut sq);
+                true
+            });
+        }
+    }
+
+    /// The hand-off: a thread outside any handler pass pushes and leaves its entry to the
+    /// workers when one waits in the kernel or is in a handler pass; one worker comes back
+    /// from the kernel (decrements `pollers`, then flushes what is pending) and one leaves its
+    /// handler pass (decrements `returning`, then flushes). Whatever the interleaving, the
+    /// entry is submitted once all three are done — the wake-up the hand-off sends is not
+    /// needed for that (it only makes a waiter that stays in the kernel come back sooner).
+    #[test]
+    fn loom_a_handed_off_entry_is_always_submitted() {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(|| {
+            let ring = Arc::new(Ring {
+                sq: Mutex::new(Vec::new()),
+                submitted: Mutex::new(Vec::new()),
+                c: Combiner::new(),
+            });
+            let pollers = Arc::new(AtomicUsize::new(1));
+            let returning = Arc::new(AtomicUsize::new(1));
+            let waiter = {
+                let (ring, pollers) = (ring.clone(), pollers.clone());
+                thread::spawn(move || {
+                    pollers.fetch_sub(1, SeqCst);
+                    if ring.c.pending() {
+                        ring.flush();
+                    }
+                })
+            };
+            let worker = {
+                let (ring, returning) = (ring.clone(), returning.clone());
+                thread::spawn(move || {
+                    returning.fetch_sub(1, SeqCst);
+                    if ring.c.pending() {
+                        ring.flush();
+                    }
+                })
+            };
+            ring.sq.lock().push(7);
+            ring.c.pushed();
+            if Combiner::hand_off(&pollers, &returning) == HandOff::FlushYourself {
+                ring.flush();
+            }
+            waiter.join().unwrap();
+            worker.join().unwrap();
+            assert_eq!(*ring.submitted.lock(), [7]);
         });
     }
 }

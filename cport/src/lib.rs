@@ -32,6 +32,10 @@
 //!   its whole buffer was sent; receives on one socket fill their buffers in start order.
 //! * Completions are matched to operations by generation-tagged tokens, never by fd, so a
 //!   completion of a closed socket can never reach a new socket that reused its fd number.
+//! * The port never makes a blocking system call of a thread outside its handler passes
+//!   (`main`, a database thread) fail with `EINTR`, though that thread starts operations: on
+//!   io_uring such a thread leaves the submission to a worker. Inside a handler (and in
+//!   [`Port::blocking`]) a timed blocking call on io_uring may be interrupted once; see there.
 //!
 //! ## A complete worker loop
 //!

@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use socket2::{SockAddr, SockRef};
 
+use crate::combine::{Combiner, HandOff};
 use crate::op::{aborted, Completion, Op, OpData, SendBuf, TimerId};
 use crate::sched::{Outcome, Poller, Sched, Sink, Waiter};
 use crate::slab::Slab;
+use crate::sync::{AtomicUsize as SyncUsize, Ordering::SeqCst};
 use crate::sys::{Backend, Driver, Raw};
 use crate::timer::Timers;
 
@@ -111,6 +113,8 @@ impl PortBuilder {
                     wheel: Timers::default(),
                     alarm: None,
                 }),
+                hand_off: shared_wait && matches!(driver, Driver::Uring(_)),
+                returning: SyncUsize::new(0),
                 driver,
                 shared_wait,
             }),
@@ -248,7 +252,12 @@ impl Port {
         let (had_slot, mut dirty, reap, waiter) = LOCAL.with(|l| {
             let mut l = l.borrow_mut();
             let e = l.entry(&self.shared);
-            let was = (std::mem::take(&mut e.held), std::mem::take(&mut e.dirty));
+            let mut was = (std::mem::take(&mut e.held), std::mem::take(&mut e.dirty));
+            if e.returning && shared.pending() {
+                // Handed over by a thread outside any handler pass (`Shared::issue`): this
+                // thread submits it as its own deferred work.
+                was.1 = true;
+            }
             // A thread that goes from one ready completion to the next never waits in the
             // kernel; now and then it takes what the kernel completed meanwhile, so I/O joins
             // the queue about when it finished, as with IOCP's single kernel queue, instead of
@@ -299,7 +308,15 @@ impl Port {
         }
         match outcome {
             Outcome::Got => {
-                LOCAL.with(|l| l.borrow_mut().entry(&self.shared).held = true);
+                LOCAL.with(|l| {
+                    let mut l = l.borrow_mut();
+                    let e = l.entry(&self.shared);
+                    e.held = true;
+                    if shared.hand_off && e.defer && !e.returning {
+                        e.returning = true;
+                        shared.returning.fetch_add(1, SeqCst);
+                    }
+                });
                 Ok(out.count() - before)
             }
             Outcome::Timeout => Ok(0),
@@ -387,12 +404,23 @@ impl Port {
     /// Runs `f`, which may block, while the calling thread's concurrency slot is lent to
     /// another waiting thread; takes a slot back (waiting for one if needed) before
     /// returning. Outside a handler pass of this port it just runs `f`.
+    ///
+    /// On io_uring, a timed blocking call inside `f` (a read with `SO_RCVTIMEO`, a wait with
+    /// a timeout) can fail once with `ErrorKind::Interrupted`: the kernel runs the follow-up
+    /// work of operations this worker submitted earlier on this thread, and interrupts such
+    /// calls to do it. Retry on `Interrupted` (`read_exact` and `write_all` do), or use the
+    /// epoll backend. A thread outside any handler pass (`main`, a database thread) is not
+    /// affected: on io_uring it leaves its submissions to the workers.
     pub fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
         let shared = &*self.shared;
         // Outside the handler pass while `f` runs: what `f` starts is submitted at once (it may
         // wait for it), not deferred to a `get` that comes only after `f`.
         let (held, dirty) = LOCAL.with(|l| match l.borrow_mut().find(shared.id) {
-            Some(e) => (std::mem::take(&mut e.held), std::mem::take(&mut e.dirty)),
+            // No longer bound to come back to `get` soon: what was handed over goes out now.
+            Some(e) => (
+                std::mem::take(&mut e.held),
+                std::mem::take(&mut e.dirty) | shared.stop_returning(e),
+            ),
             None => (false, false),
         });
         if dirty {
@@ -634,7 +662,7 @@ impl Socket {
                     _ => false,
                 });
                 if !deferred {
-                    shared.flush();
+                    shared.issue();
                 }
             }
         }
@@ -691,6 +719,12 @@ pub(crate) struct Shared {
     /// Every idle thread waits in the kernel at once (epoll); timers then go off through the
     /// backend's alarm instead of bounding one poller's wait. See `Sched`.
     shared_wait: bool,
+    /// Threads outside any handler pass leave their submissions to the workers when one will
+    /// submit them (`Shared::issue`): io_uring with shared waiting.
+    hand_off: bool,
+    /// Deferring workers (`Port::defer_submissions`) inside a handler pass that they will
+    /// leave through `get`, where they submit what is pending (`PortEntry::returning`).
+    returning: SyncUsize,
 }
 
 /// The port's timers and, when every idle thread waits in the kernel, when the backend's
@@ -740,6 +774,23 @@ impl Poller<Completion> for Shared {
 
     fn flush(&self) {
         Shared::flush(self);
+    }
+
+    fn left_pass(&self) -> bool {
+        if !self.hand_off {
+            return false;
+        }
+        LOCAL.with(|l| match l.borrow_mut().find(self.id) {
+            Some(e) => self.stop_returning(e),
+            None => self.pending(),
+        })
+    }
+
+    fn left_kernel(&self) {
+        if self.hand_off && self.pending() {
+            // Whatever was handed to the waiters while this one was on its way back.
+            self.flush();
+        }
     }
 }
 
@@ -834,7 +885,47 @@ impl Shared {
         if !done.is_empty() && !self.sched.is_closed() {
             self.sched.push_all(done, self);
         }
+        self.issue();
+    }
+
+    /// Submits what the calling thread pushed, at once — or, on io_uring, from a thread
+    /// outside any handler pass (`main`, a database thread), lets a worker submit it.
+    ///
+    /// Why: io_uring runs an operation's follow-up work (the retry of a receive once data
+    /// arrived, say) on the thread that submitted it, and interrupts that thread's blocking
+    /// system calls to do so: a timed one (`SO_RCVTIMEO`, `epoll_wait`, `sem_timedwait`)
+    /// then fails with `EINTR`. Workers expect that; a user's own thread must not. So when a
+    /// worker waits in the kernel it is woken to submit, and when a `Pool` worker is inside a
+    /// handler pass the entry waits for it (it submits when it leaves the pass, at most
+    /// `MAX_DEFERRED_PASSES` passes later). Only when neither is true does the caller submit
+    /// itself. The handshake is `Combiner::hand_off`, model-checked.
+    fn issue(&self) {
+        if self.hand_off && !LOCAL.with(|l| l.borrow_mut().find(self.id).is_some_and(|e| e.held)) {
+            match Combiner::hand_off(self.sched.poller_count(), &self.returning) {
+                HandOff::WakeAWaiter => return self.driver.wake(),
+                HandOff::Returning => return,
+                HandOff::FlushYourself => {}
+            }
+        }
         self.flush();
+    }
+
+    /// The calling thread no longer counts in `returning` (it leaves its handler pass other
+    /// than straight into the next one, blocks, or exits). Returns whether something is
+    /// pending that it must now submit (the other side of `Combiner::hand_off`).
+    fn stop_returning(&self, e: &mut PortEntry) -> bool {
+        if std::mem::take(&mut e.returning) {
+            self.returning.fetch_sub(1, SeqCst);
+        }
+        self.pending()
+    }
+
+    /// Entries were pushed that no submission has taken yet (io_uring).
+    fn pending(&self) -> bool {
+        match &self.driver {
+            Driver::Uring(u) => u.combiner().pending(),
+            Driver::Epoll(_) => false,
+        }
     }
 
     /// Closes the scheduler (every `get` answers `Closed`, queued completions are dropped),
@@ -1114,6 +1205,9 @@ struct PortEntry {
     dirty: bool,
     /// Handler passes whose operations are waiting to be submitted together.
     deferred_passes: u32,
+    /// Counted in `Shared::returning`: a deferring thread inside a handler pass, which
+    /// submits what is pending when it leaves it.
+    returning: bool,
     /// Handler passes since this thread last looked at the clock for `REAP_INTERVAL`.
     passes_since_reap: u32,
     /// When this thread last took what the kernel completed while busy.
@@ -1149,6 +1243,7 @@ impl Local {
             defer: false,
             dirty: false,
             deferred_passes: 0,
+            returning: false,
             passes_since_reap: 0,
             last_reap: Instant::now(),
         });
@@ -1164,14 +1259,15 @@ impl Drop for Local {
     /// A thread that exits inside a handler pass submits what it started and gives its slot
     /// back (as IOCP does).
     fn drop(&mut self) {
-        for e in self.ports.drain(..) {
-            if let Some(shared) = e.port.upgrade() {
-                if e.dirty {
-                    shared.flush();
-                }
-                if e.held {
-                    shared.sched.release_slot(&*shared);
-                }
+        for mut e in self.ports.drain(..) {
+            let Some(shared) = e.port.upgrade() else {
+                continue;
+            };
+            if e.dirty | shared.stop_returning(&mut e) {
+                shared.flush();
+            }
+            if e.held {
+                shared.sched.release_slot(&*shared);
             }
         }
     }

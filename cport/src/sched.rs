@@ -53,6 +53,15 @@ pub(crate) trait Poller<T> {
     fn wake(&self);
     /// Submits operations started by the calling thread's handler (a poll submits them too).
     fn flush(&self) {}
+    /// The calling thread left its handler pass and found no completion ready at once: it
+    /// goes on to poll or park. True if there is unsubmitted work it must submit first (then
+    /// it never sleeps on it). See `Shared::issue`'s hand-off.
+    fn left_pass(&self) -> bool {
+        false
+    }
+    /// The calling thread came back from [`Poller::poll`] and no longer counts as a poller
+    /// (`Sched::pollers` is decremented): it submits what was handed to the waiters meanwhile.
+    fn left_kernel(&self) {}
 }
 
 /// Where `get` puts what it takes: a batch (`Vec`) or a single item (`Option`, no
@@ -181,7 +190,8 @@ pub(crate) struct Sched<T> {
     /// Threads in `resuming`.
     resumers: AtomicUsize,
     closed: AtomicBool,
-    /// `State::pollers`, readable without the lock (a hint for the busy worker's look).
+    /// `State::pollers`, readable without the lock: a hint for the busy worker's look, and
+    /// one side of the hand-off's handshake (`Combiner::hand_off`; stored `SeqCst`).
     pollers: AtomicUsize,
     state: Mutex<State>,
     concurrency: usize,
@@ -293,6 +303,9 @@ impl<T> Sched<T> {
                 return Outcome::Got;
             }
             self.release(poller);
+            if poller.left_pass() {
+                *dirty = true;
+            }
         }
         let mut batch = Vec::new();
         loop {
@@ -336,7 +349,7 @@ impl<T> Sched<T> {
             }
             if self.may_poll(&st) {
                 st.pollers += 1;
-                self.pollers.store(st.pollers, Relaxed);
+                self.pollers.store(st.pollers, SeqCst);
                 if !self.shared {
                     st.wake_pending = false;
                 }
@@ -352,7 +365,9 @@ impl<T> Sched<T> {
                 }
                 let mut st = self.state.lock();
                 st.pollers -= 1;
-                self.pollers.store(st.pollers, Relaxed);
+                // SeqCst: one side of the hand-off's handshake (`Combiner::hand_off`); this
+                // thread reads `pending` in `left_kernel` below.
+                self.pollers.store(st.pollers, SeqCst);
                 if self.shared {
                     // Whatever wake-up was on its way has reached a poller (this one or
                     // another, which comes back here too) or is still queued in the kernel
@@ -376,6 +391,7 @@ impl<T> Sched<T> {
                 if kick {
                     poller.wake();
                 }
+                poller.left_kernel();
                 continue;
             }
             if std::mem::take(dirty) {
@@ -550,9 +566,14 @@ impl<T> Sched<T> {
         }
     }
 
+    /// The count behind [`Sched::pollers`], for the hand-off's handshake.
+    pub(crate) fn poller_count(&self) -> &AtomicUsize {
+        &self.pollers
+    }
+
     /// Threads waiting in the kernel now (a hint: it may change at once).
     pub(crate) fn pollers(&self) -> usize {
-        self.pollers.load(Relaxed)
+        self.pollers.load(SeqCst)
     }
 
     /// Adds items to the ready queue (posted completions, completions produced outside the

@@ -41,6 +41,8 @@ per_backend!(
     send_takes_strings_and_byte_literals,
     an_operation_started_inside_blocking_goes_out_at_once,
     urgent_data_does_not_stall_the_next_receive,
+    a_threads_own_timed_blocking_call_is_not_interrupted_while_workers_wait,
+    a_threads_own_timed_blocking_call_is_not_interrupted_while_workers_are_busy,
 );
 
 /// An echo server on a worker pool: every receive is sent back as it came and a new receive
@@ -849,4 +851,83 @@ fn urgent_data_does_not_stall_the_next_receive(b: Backend) {
         got.extend_from_slice(&buf);
     }
     assert_eq!(got, b"abcdef");
+}
+
+/// The main thread starts receives on a port that a `Pool` serves and, between them, makes
+/// its own timed blocking reads (`SO_RCVTIMEO`) on an unrelated socket: the port must never
+/// make those fail with `Interrupted`. (io_uring runs an operation's follow-up work on the
+/// thread that submitted it and interrupts that thread's timed blocking calls to do so; epoll
+/// has no such work.)
+fn timed_blocking_calls_are_not_interrupted(b: Backend, busy_workers: bool) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const ROUNDS: usize = 40;
+    let port = port(b, 2);
+    let received = Arc::new(AtomicUsize::new(0));
+    let pool = {
+        let received = received.clone();
+        Pool::spawn(&port, 2, move |_, c| match c.op {
+            Op::Recv(buf) if c.result.is_ok() => {
+                assert_eq!(buf, b"x");
+                received.fetch_add(1, Ordering::SeqCst);
+            }
+            // A stand-in for handlers that compute for a while: the workers are inside
+            // handler passes, none waits in the kernel.
+            Op::Post => std::thread::sleep(Duration::from_millis(3)),
+            _ => {}
+        })
+        .unwrap()
+    };
+    let (_quiet_peer, quiet) = tcp_pair();
+    quiet
+        .set_read_timeout(Some(Duration::from_millis(15)))
+        .unwrap();
+    let mut socks = Vec::new();
+    for round in 0..ROUNDS {
+        if busy_workers {
+            for _ in 0..8 {
+                port.post(0, 0, 0).unwrap();
+            }
+        }
+        let (mut client, server) = tcp_pair();
+        let sock = port.associate(server, round as u64 + 1).unwrap();
+        // Nothing to receive yet: the kernel keeps the receive armed until the write below.
+        sock.recv(Vec::with_capacity(16), 0);
+        socks.push(sock);
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(3));
+            client.write_all(b"x").unwrap();
+            client
+        });
+        for _ in 0..3 {
+            match (&quiet).read(&mut [0u8; 1]) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    panic!("round {round}: the thread's own blocking read was interrupted: {e}")
+                }
+                other => panic!("round {round}: unexpected {other:?}"),
+            }
+        }
+        let _client = writer.join().unwrap();
+        let give_up = std::time::Instant::now() + Duration::from_secs(10);
+        while received.load(Ordering::SeqCst) <= round {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "round {round}: receive never completed"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    pool.shutdown();
+}
+
+fn a_threads_own_timed_blocking_call_is_not_interrupted_while_workers_wait(b: Backend) {
+    timed_blocking_calls_are_not_interrupted(b, false);
+}
+
+fn a_threads_own_timed_blocking_call_is_not_interrupted_while_workers_are_busy(b: Backend) {
+    timed_blocking_calls_are_not_interrupted(b, true);
 }

@@ -237,6 +237,11 @@ impl Uring {
         self.combine.flush(|| self.submit_all());
     }
 
+    /// The combiner, for the hand-off of threads outside any handler pass (`Shared::issue`).
+    pub(crate) fn combiner(&self) -> &Combiner {
+        &self.combine
+    }
+
     /// Submits what is in the ring and the backlog. False if the kernel refused for now (its
     /// CQ overflow list is full): the poller reaps, and its wait submits what is left.
     fn submit_all(&self) -> bool {
