@@ -123,7 +123,9 @@ pub enum SendBuf {
     Vec(Vec<u8>),
     /// A shared, reference-counted buffer (broadcast without a copy per recipient).
     Bytes(Bytes),
-    /// Several buffers sent in order by one gathering send.
+    /// Several buffers sent in order by one gathering send
+    /// ([`Socket::send_vectored`](crate::Socket::send_vectored)). No `From<Vec<Bytes>>`, so
+    /// that `sock.send(Vec::new(), 0)` needs no annotation.
     Vectored(Vec<Bytes>),
 }
 
@@ -160,12 +162,6 @@ impl From<Vec<u8>> for SendBuf {
 impl From<Bytes> for SendBuf {
     fn from(b: Bytes) -> Self {
         SendBuf::Bytes(b)
-    }
-}
-
-impl From<Vec<Bytes>> for SendBuf {
-    fn from(v: Vec<Bytes>) -> Self {
-        SendBuf::Vectored(v)
     }
 }
 

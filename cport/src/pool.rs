@@ -39,6 +39,7 @@ impl Pool {
             port: port.clone(),
             threads: Vec::with_capacity(n),
         };
+        port.expect_workers(n as isize);
         for i in 0..n {
             let port = port.clone();
             let handler = handler.clone();
@@ -48,6 +49,7 @@ impl Pool {
             match t {
                 Ok(t) => pool.threads.push(t),
                 Err(e) => {
+                    pool.port.expect_workers(-((n - i) as isize));
                     pool.port.shutdown();
                     pool.join();
                     return Err(e);
@@ -82,8 +84,9 @@ impl Pool {
 }
 
 fn worker(port: &Port, handler: &(dyn Fn(&Port, Completion) + Send + Sync)) {
-    // A worker always comes back to `get`: its handlers' operations go out together there.
-    port.defer_submissions();
+    // A worker always comes back to `get`: its handlers' operations go out together there,
+    // and from now on it counts as a thread that will submit what others hand over.
+    port.enlist_worker();
     loop {
         match port.get(None) {
             Ok(Some(c)) => {

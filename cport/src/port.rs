@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use socket2::{SockAddr, SockRef};
 
@@ -462,6 +463,36 @@ impl Port {
         LOCAL.with(|l| l.borrow_mut().entry(&self.shared).defer = true);
     }
 
+    /// `Pool::spawn`, before it starts `n` workers: each counts at once as a thread that will
+    /// come to `get` and submit what threads outside any handler pass hand over
+    /// (`Shared::issue`), so that `main`, starting operations right after `Pool::spawn`, does
+    /// not submit them itself while the workers are still starting. Each worker takes over
+    /// its unit with [`Port::enlist_worker`]; `-n` gives back units of workers never started.
+    pub(crate) fn expect_workers(&self, n: isize) {
+        if self.shared.hand_off {
+            if n >= 0 {
+                self.shared.returning.fetch_add(n as usize, SeqCst);
+            } else {
+                self.shared.returning.fetch_sub(n.unsigned_abs(), SeqCst);
+            }
+        }
+    }
+
+    /// A `Pool` worker, about to loop on `get`: it defers its submissions and takes over the
+    /// unit of `returning` that [`Port::expect_workers`] counted for it.
+    pub(crate) fn enlist_worker(&self) {
+        let shared = &*self.shared;
+        LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            let e = l.entry(&self.shared);
+            e.defer = true;
+            if shared.hand_off {
+                debug_assert!(!e.returning, "a thread is one Pool's worker at most once");
+                e.returning = true;
+            }
+        });
+    }
+
     /// Submits now the operations this thread started in its current handler pass (only a
     /// thread that called [`Port::defer_submissions`], such as a [`Pool`](crate::Pool)
     /// worker, has any waiting).
@@ -583,6 +614,15 @@ impl Socket {
     #[doc(alias = "WSASend")]
     pub fn send(&self, buf: impl Into<SendBuf>, user: u64) {
         self.start(OpData::send(buf.into()), user);
+    }
+
+    /// Sends several buffers in order as one operation (one gathering `sendmsg`, continued
+    /// internally if short) — `WSASend` with several `WSABUF`s; completes once with
+    /// [`Op::Send`]`(`[`SendBuf::Vectored`]`(parts))` and the total byte count. Shared
+    /// [`Bytes`] parts let one packet go to many sockets without a copy.
+    #[doc(alias = "WSASend")]
+    pub fn send_vectored(&self, parts: Vec<Bytes>, user: u64) {
+        self.start(OpData::send(SendBuf::Vectored(parts)), user);
     }
 
     /// Receives one datagram into the spare capacity of `buf`; completes with

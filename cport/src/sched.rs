@@ -53,8 +53,8 @@ pub(crate) trait Poller<T> {
     fn wake(&self);
     /// Submits operations started by the calling thread's handler (a poll submits them too).
     fn flush(&self) {}
-    /// The calling thread left its handler pass and found no completion ready at once: it
-    /// goes on to poll or park. True if there is unsubmitted work it must submit first (then
+    /// The calling thread is in `get` and found no completion ready at once (it left its
+    /// handler pass, or had none): it goes on to poll or park. True if there is unsubmitted work it must submit first (then
     /// it never sleeps on it). See `Shared::issue`'s hand-off.
     fn left_pass(&self) -> bool {
         false
@@ -303,9 +303,9 @@ impl<T> Sched<T> {
                 return Outcome::Got;
             }
             self.release(poller);
-            if poller.left_pass() {
-                *dirty = true;
-            }
+        }
+        if poller.left_pass() {
+            *dirty = true;
         }
         let mut batch = Vec::new();
         loop {

@@ -210,7 +210,7 @@ fn vectored_send_sends_every_part_in_order(b: Backend) {
         .map(|i| Bytes::from(vec![i; 1 + i as usize * 997]))
         .collect();
     let expect: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
-    sock.send(parts, 0);
+    sock.send_vectored(parts, 0);
     let n = expect.len();
     let reader = std::thread::spawn(move || {
         let mut got = vec![0u8; n];
@@ -778,17 +778,19 @@ fn send_takes_strings_and_byte_literals(b: Backend) {
     let sock = port.associate(server, 1).unwrap();
     sock.send("text,", 1);
     sock.send(b"bytes,", 2);
-    sock.send(format!("{}", 42), 3);
-    for _ in 0..3 {
+    sock.send(Vec::new(), 3); // no annotation needed: an empty send completes with 0
+    sock.send(format!("{}", 42), 4);
+    for user in 1..=4 {
         let c = next(&port);
-        let Op::Send(_buf) = c.op else { panic!() };
+        assert_eq!(c.user, user);
+        let Op::Send(buf) = c.op else { panic!() };
         assert!(!c.result.is_aborted());
-        c.result.unwrap();
+        assert_eq!(c.result.unwrap(), buf.len());
     }
     let mut got = [0u8; 13];
     client.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"text,bytes,42");
-    sock.recv(Vec::with_capacity(8), 4);
+    sock.recv(Vec::with_capacity(8), 5);
     sock.cancel();
     let c = next(&port);
     let Op::Recv(buf) = c.op else { panic!() };
