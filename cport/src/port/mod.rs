@@ -1,0 +1,560 @@
+//! The completion port.
+//!
+//! * `mod.rs` — the public [`Port`]: building it, `get`, posts and timers, `blocking`,
+//!   shutdown;
+//! * [`socket`] — the public [`Socket`]: association and the start of each operation;
+//! * [`shared`] — the state all handles share and the glue between the scheduler, the
+//!   operation table, the timers and the backend (submitting, reaping, the hand-off);
+//! * [`table`] — the operation table: every operation from start to completion, per-socket
+//!   lanes, short-send continuation, cancel;
+//! * [`local`] — per-thread state: slots held, deferred submissions.
+
+mod local;
+mod shared;
+mod socket;
+mod table;
+
+pub use socket::Socket;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use socket2::SockRef;
+
+use crate::op::{Completion, Op, TimerId};
+use crate::sched::{Outcome, Sched, Sink};
+use crate::sync::{AtomicUsize as SyncUsize, Ordering::SeqCst};
+use crate::sys::{Backend, Driver};
+use crate::timer::Timers;
+
+use local::{LOCAL, MAX_DEFERRED_PASSES, REAP_CHECK_PASSES, REAP_INTERVAL, SHUTDOWN_REAP};
+use shared::{Shared, TimerQueue};
+use table::{SockEntry, Table};
+
+/// The port was shut down: [`Port::get`] answers this, distinct from a timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("completion port is shut down")
+    }
+}
+
+impl std::error::Error for Closed {}
+
+impl From<Closed> for io::Error {
+    fn from(c: Closed) -> io::Error {
+        io::Error::new(io::ErrorKind::BrokenPipe, c)
+    }
+}
+
+/// Builds a [`Port`]: concurrency value, backend, ring size.
+#[derive(Debug, Clone)]
+pub struct PortBuilder {
+    concurrency: usize,
+    backend: Backend,
+    entries: u32,
+    env: bool,
+}
+
+impl Default for PortBuilder {
+    fn default() -> Self {
+        PortBuilder {
+            concurrency: 0,
+            backend: Backend::Auto,
+            entries: 1024,
+            env: true,
+        }
+    }
+}
+
+impl PortBuilder {
+    /// The concurrency value: at most this many threads run handlers at once
+    /// (between a `get` that returned and their next `get`). `0` = available parallelism.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// The backend (default [`Backend::Auto`]). The environment variable `CPORT_BACKEND`
+    /// (`uring`, `epoll` or `auto`), when set, overrides this.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Ignore `CPORT_BACKEND` (for programs that take the backend from their own options).
+    pub fn ignore_env(mut self) -> Self {
+        self.env = false;
+        self
+    }
+
+    /// Submission-queue size of the io_uring backend (default 1024; the completion queue is
+    /// four times that, and neither bounds how many operations may be in flight).
+    pub fn entries(mut self, n: u32) -> Self {
+        self.entries = n.max(8);
+        self
+    }
+
+    /// Creates the port — `CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, n)`.
+    #[doc(alias = "CreateIoCompletionPort")]
+    pub fn build(self) -> io::Result<Port> {
+        let mut backend = self.backend;
+        if self.env {
+            if let Ok(v) = std::env::var("CPORT_BACKEND") {
+                backend = v.parse()?;
+            }
+        }
+        let concurrency = match self.concurrency {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let shared_wait = crate::sys::shared_wait_wanted();
+        let driver = Driver::open(backend, self.entries, shared_wait)?;
+        static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+        Ok(Port {
+            shared: Arc::new(Shared {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                sched: Sched::new(concurrency, shared_wait),
+                table: Mutex::new(Table::default()),
+                timers: Mutex::new(TimerQueue {
+                    wheel: Timers::default(),
+                    alarm: None,
+                }),
+                hand_off: shared_wait && matches!(driver, Driver::Uring(_)),
+                returning: SyncUsize::new(0),
+                driver,
+                shared_wait,
+            }),
+        })
+    }
+}
+
+/// An I/O completion port. Cheap to clone; every clone is the same port, shared by all
+/// threads. See the [crate documentation](crate) for the model.
+#[derive(Clone)]
+pub struct Port {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Port")
+            .field("backend", &self.backend())
+            .field("concurrency", &self.concurrency())
+            .finish()
+    }
+}
+
+/// A snapshot of a port's state, for tests and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortStats {
+    /// Threads between a `get` that returned and their next `get`.
+    pub active: usize,
+    /// Threads waiting in `get` (parked or polling the kernel).
+    pub waiting: usize,
+    /// Completions queued in user space, not yet taken.
+    pub ready: usize,
+    /// Operations started and not yet completed.
+    pub in_flight: usize,
+    /// Associated sockets not yet fully closed.
+    pub sockets: usize,
+    /// Timers set and not yet fired or cancelled.
+    pub timers: usize,
+}
+
+impl Port {
+    /// A port with concurrency `concurrency` (`0` = available parallelism) on the default
+    /// backend (see [`PortBuilder`]).
+    #[doc(alias = "CreateIoCompletionPort")]
+    pub fn new(concurrency: usize) -> io::Result<Port> {
+        Port::builder().concurrency(concurrency).build()
+    }
+
+    /// A builder for a port with non-default settings.
+    pub fn builder() -> PortBuilder {
+        PortBuilder::default()
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.shared.driver.backend()
+    }
+
+    /// The concurrency value.
+    pub fn concurrency(&self) -> usize {
+        self.shared.sched.concurrency()
+    }
+
+    /// Associates a socket (listener, stream, datagram socket, any pollable fd) with the port
+    /// under a completion key, once. The port owns the descriptor from now on; it is closed
+    /// when the returned [`Socket`] is dropped and its last operation has completed.
+    /// `associate` puts the descriptor in non-blocking mode (its operations never block a
+    /// thread; a blocking read of your own on it would fail with `WouldBlock`).
+    #[doc(alias = "CreateIoCompletionPort")]
+    pub fn associate(&self, fd: impl Into<OwnedFd>, key: u64) -> io::Result<Socket> {
+        let fd: OwnedFd = fd.into();
+        if self.shared.sched.is_closed() {
+            return Err(Closed.into());
+        }
+        let sref = SockRef::from(&fd);
+        sref.set_nonblocking(true)?;
+        let stream = sref
+            .r#type()
+            .map(|t| t == socket2::Type::STREAM)
+            .unwrap_or(false);
+        let raw = fd.as_raw_fd();
+        let token = self.shared.table.lock().socks.insert(SockEntry {
+            fd,
+            key,
+            stream,
+            recv_q: VecDeque::new(),
+            send_q: VecDeque::new(),
+            free: Vec::new(),
+            closed: false,
+        });
+        if let Err(e) = self.shared.driver.register(token, raw, stream) {
+            self.shared.table.lock().socks.remove(token);
+            return Err(e);
+        }
+        Ok(Socket {
+            port: self.clone(),
+            token,
+            key,
+            fd: raw,
+        })
+    }
+
+    /// Dequeues one completion, waiting up to `timeout` (`None` = forever).
+    /// `Ok(None)` is a timeout; `Err(Closed)` means the port was shut down.
+    ///
+    /// Calling `get` ends the calling thread's previous handler pass (it gives back its
+    /// concurrency slot); returning a completion starts a new one.
+    #[doc(alias = "GetQueuedCompletionStatus")]
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Option<Completion>, Closed> {
+        let mut out = None;
+        self.get_into(&mut out, 1, timeout)?;
+        Ok(out)
+    }
+
+    /// Dequeues up to `max` completions at once into `out` (appending), waiting up to
+    /// `timeout` for the first. Returns how many were added (0 on timeout).
+    #[doc(alias = "GetQueuedCompletionStatusEx")]
+    pub fn get_many(
+        &self,
+        out: &mut Vec<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, Closed> {
+        self.get_into(out, max.max(1), timeout)
+    }
+
+    fn get_into(
+        &self,
+        out: &mut impl Sink<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, Closed> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let shared = &*self.shared;
+        let (had_slot, mut dirty, reap, waiter) = LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            let e = l.entry(&self.shared);
+            let mut was = (std::mem::take(&mut e.held), std::mem::take(&mut e.dirty));
+            if e.returning && shared.pending() {
+                // Handed over by a thread outside any handler pass (`Shared::issue`): this
+                // thread submits it as its own deferred work.
+                was.1 = true;
+            }
+            // A thread that goes from one ready completion to the next never waits in the
+            // kernel; now and then it takes what the kernel completed meanwhile, so I/O joins
+            // the queue about when it finished, as with IOCP's single kernel queue, instead of
+            // waiting for the queue of posts and timers to run dry.
+            // Counted in passes so that the clock is read only every REAP_CHECK_PASSES, and
+            // gated by time so that a fast stream of posts pays for one look per interval.
+            let mut reap = None;
+            if was.0 {
+                e.passes_since_reap += 1;
+                if e.passes_since_reap >= REAP_CHECK_PASSES {
+                    e.passes_since_reap = 0;
+                    let now = Instant::now();
+                    if now.saturating_duration_since(e.last_reap) >= REAP_INTERVAL {
+                        e.last_reap = now;
+                        reap = Some(now);
+                    }
+                }
+            }
+            (was.0, was.1, reap, l.waiter.clone())
+        });
+        if let Some(now) = reap {
+            shared.reap_now(now);
+        }
+        let before = out.count();
+        let outcome = shared
+            .sched
+            .get(had_slot, &mut dirty, deadline, max, out, &waiter, shared);
+        if dirty {
+            // Taken at once, with operations still unsubmitted: batch them with the next
+            // handler pass's, up to a bound.
+            let flush = LOCAL.with(|l| {
+                let mut l = l.borrow_mut();
+                let e = l.entry(&self.shared);
+                e.deferred_passes += 1;
+                if e.deferred_passes >= MAX_DEFERRED_PASSES {
+                    e.deferred_passes = 0;
+                    true
+                } else {
+                    e.dirty = true;
+                    false
+                }
+            });
+            if flush {
+                shared.flush();
+            }
+        } else {
+            LOCAL.with(|l| l.borrow_mut().entry(&self.shared).deferred_passes = 0);
+        }
+        match outcome {
+            Outcome::Got => {
+                LOCAL.with(|l| {
+                    let mut l = l.borrow_mut();
+                    let e = l.entry(&self.shared);
+                    e.held = true;
+                    if shared.hand_off && e.defer && !e.returning {
+                        e.returning = true;
+                        shared.returning.fetch_add(1, SeqCst);
+                    }
+                });
+                Ok(out.count() - before)
+            }
+            Outcome::Timeout => Ok(0),
+            Outcome::Closed => Err(Closed),
+        }
+    }
+
+    /// Queues a user completion `{ key, user, result: Ok(bytes), op: Op::Post }` on the port.
+    #[doc(alias = "PostQueuedCompletionStatus")]
+    pub fn post(&self, key: u64, bytes: usize, user: u64) -> Result<(), Closed> {
+        if self.shared.sched.is_closed() {
+            return Err(Closed);
+        }
+        let c = Completion {
+            key,
+            user,
+            result: Ok(bytes),
+            op: Op::Post,
+        };
+        self.shared.sched.push_all([c], &*self.shared);
+        Ok(())
+    }
+
+    /// Queues a user completion `{ key, user, result: Ok(0), op: Op::Message(m) }` that owns
+    /// `value` — how work done off the port hands its result back (the course's `EV_DB`
+    /// pattern, without a pointer in the completion key): a database thread posts the loaded
+    /// row, a worker takes it back with [`Message::downcast`](crate::Message::downcast).
+    ///
+    /// Delivered exactly once, like [`Port::post`]. A message still queued when the port shuts
+    /// down is dropped with the queue, never leaked; after shutdown, `Err(Closed)` and `value`
+    /// is dropped at once.
+    #[doc(alias = "PostQueuedCompletionStatus")]
+    pub fn post_message<T: std::any::Any + Send>(
+        &self,
+        key: u64,
+        user: u64,
+        value: T,
+    ) -> Result<(), Closed> {
+        if self.shared.sched.is_closed() {
+            return Err(Closed);
+        }
+        let c = Completion {
+            key,
+            user,
+            result: Ok(0),
+            op: Op::Message(crate::op::Message::new(value)),
+        };
+        self.shared.sched.push_all([c], &*self.shared);
+        Ok(())
+    }
+
+    /// Queues `{ key, user, result: Ok(0), op: Op::Timer(id) }` on the port once `delay` has
+    /// passed (never before). Timers fire in deadline order; see [`Port::cancel_timer`].
+    #[doc(alias = "CreateTimerQueueTimer")]
+    pub fn post_after(&self, delay: Duration, key: u64, user: u64) -> Result<TimerId, Closed> {
+        if self.shared.sched.is_closed() {
+            return Err(Closed);
+        }
+        // A delay too large for `Instant` is as good as never (but still cancellable).
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(delay)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+        let shared = &*self.shared;
+        let mut t = shared.timers.lock();
+        let (id, earliest) = t.wheel.add(deadline, key, user);
+        if earliest {
+            if shared.shared_wait {
+                shared.set_alarm(&mut t);
+            } else {
+                drop(t);
+                shared.sched.interrupt_poller(shared);
+            }
+        }
+        Ok(id)
+    }
+
+    /// Cancels a timer. True if it had not fired: then it never will. False if it already
+    /// fired (its completion is queued or delivered) or was cancelled before.
+    #[doc(alias = "DeleteTimerQueueTimer")]
+    pub fn cancel_timer(&self, id: TimerId) -> bool {
+        self.shared.timers.lock().wheel.cancel(id)
+    }
+
+    /// Runs `f`, which may block, while the calling thread's concurrency slot is lent to
+    /// another waiting thread; takes a slot back (waiting for one if needed) before
+    /// returning. Outside a handler pass of this port it just runs `f`.
+    ///
+    /// On io_uring, a timed blocking call inside `f` (a read with `SO_RCVTIMEO`, a wait with
+    /// a timeout) can fail once with `ErrorKind::Interrupted`: the kernel runs the follow-up
+    /// work of operations this worker submitted earlier on this thread, and interrupts such
+    /// calls to do it. Retry on `Interrupted` (`read_exact` and `write_all` do), or use the
+    /// epoll backend. A thread outside any handler pass (`main`, a database thread) is not
+    /// affected: on io_uring it leaves its submissions to the workers.
+    pub fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
+        let shared = &*self.shared;
+        // Outside the handler pass while `f` runs: what `f` starts is submitted at once (it may
+        // wait for it), not deferred to a `get` that comes only after `f`.
+        let (held, dirty) = LOCAL.with(|l| match l.borrow_mut().find(shared.id) {
+            // No longer bound to come back to `get` soon: what was handed over goes out now.
+            Some(e) => (
+                std::mem::take(&mut e.held),
+                std::mem::take(&mut e.dirty) | shared.stop_returning(e),
+            ),
+            None => (false, false),
+        });
+        if dirty {
+            shared.flush();
+        }
+        if !held {
+            return f();
+        }
+        shared.sched.release_slot(shared);
+        struct Resume<'a>(&'a Shared);
+        impl Drop for Resume<'_> {
+            fn drop(&mut self) {
+                let waiter = LOCAL.with(|l| {
+                    let mut l = l.borrow_mut();
+                    if let Some(e) = l.find(self.0.id) {
+                        e.held = true;
+                    }
+                    l.waiter.clone()
+                });
+                self.0.sched.leave_blocking(&waiter);
+            }
+        }
+        let _resume = Resume(shared);
+        f()
+    }
+
+    /// Lets the calling thread's operations wait for its next `get` to be submitted together.
+    ///
+    /// By default an operation is handed to the kernel when it is started, as IOCP's
+    /// `WSASend` is issued at once. A thread that loops on `get` can opt in to deferral: an
+    /// operation it starts inside a handler pass (between a `get` that returned and the next
+    /// one) is then submitted when it comes back to `get`, together with everything else it
+    /// started (and with the next passes' operations if completions are ready at once, up to
+    /// 16 passes): one system call for many operations under load. [`Pool`](crate::Pool)
+    /// workers opt in. The price: a handler that starts I/O and then computes for long should
+    /// call [`Port::submit`] first. Outside a handler pass, and in [`Port::blocking`],
+    /// operations are submitted at once either way.
+    pub fn defer_submissions(&self) {
+        LOCAL.with(|l| l.borrow_mut().entry(&self.shared).defer = true);
+    }
+
+    /// `Pool::spawn`, before it starts `n` workers: each counts at once as a thread that will
+    /// come to `get` and submit what threads outside any handler pass hand over
+    /// (`Shared::issue`), so that `main`, starting operations right after `Pool::spawn`, does
+    /// not submit them itself while the workers are still starting. Each worker takes over
+    /// its unit with [`Port::enlist_worker`]; `-n` gives back units of workers never started.
+    pub(crate) fn expect_workers(&self, n: isize) {
+        if self.shared.hand_off {
+            if n >= 0 {
+                self.shared.returning.fetch_add(n as usize, SeqCst);
+            } else {
+                self.shared.returning.fetch_sub(n.unsigned_abs(), SeqCst);
+            }
+        }
+    }
+
+    /// A `Pool` worker, about to loop on `get`: it defers its submissions and takes over the
+    /// unit of `returning` that [`Port::expect_workers`] counted for it.
+    pub(crate) fn enlist_worker(&self) {
+        let shared = &*self.shared;
+        LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            let e = l.entry(&self.shared);
+            e.defer = true;
+            if shared.hand_off {
+                debug_assert!(!e.returning, "a thread is one Pool's worker at most once");
+                e.returning = true;
+            }
+        });
+    }
+
+    /// Submits now the operations this thread started in its current handler pass (only a
+    /// thread that called [`Port::defer_submissions`], such as a [`Pool`](crate::Pool)
+    /// worker, has any waiting).
+    pub fn submit(&self) {
+        let dirty = LOCAL.with(|l| {
+            l.borrow_mut()
+                .find(self.shared.id)
+                .is_some_and(|e| std::mem::take(&mut e.dirty))
+        });
+        if dirty {
+            self.shared.flush();
+        }
+    }
+
+    /// Shuts the port down, the same way on both backends:
+    ///
+    /// * every waiting and future `get` (from any thread, inside a handler pass or not)
+    ///   answers `Err(Closed)`; posts and timers are refused with `Closed`;
+    /// * queued completions are dropped (their buffers freed, accepted sockets closed);
+    /// * every pending operation is cancelled, and `shutdown` waits up to 1 s for the kernel
+    ///   to hand them back (their completions are dropped too), so [`Port::stats`] shows none
+    ///   in flight when it returns. Memory the kernel still holds after that is freed only
+    ///   once its completion is reaped, when the last handle to the port is dropped;
+    /// * an operation started after `shutdown` never reaches the kernel: it is dropped with
+    ///   its buffer, and nothing is delivered for it.
+    pub fn shutdown(&self) {
+        self.shared.shut_down(SHUTDOWN_REAP);
+    }
+
+    /// True once [`Port::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.sched.is_closed()
+    }
+
+    /// A snapshot of the port's state.
+    pub fn stats(&self) -> PortStats {
+        let (active, waiting, ready) = self.shared.sched.stats();
+        let (in_flight, sockets) = {
+            let t = self.shared.table.lock();
+            (t.ops.len(), t.socks.len())
+        };
+        PortStats {
+            active,
+            waiting,
+            ready,
+            in_flight,
+            sockets,
+            timers: self.shared.timers.lock().wheel.len(),
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The state every handle of a port shares: the scheduler, the operation table, the timers
+//! and the backend, and the glue between them (the scheduler's `Poller`).
+
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::local::{PortEntry, LOCAL};
+use super::table::Table;
+use crate::combine::{Combiner, HandOff};
+use crate::op::Completion;
+use crate::sched::{Poller, Sched};
+use crate::sync::{AtomicUsize as SyncUsize, Ordering::SeqCst};
+use crate::sys::{Driver, Raw};
+use crate::timer::Timers;
+
+pub(crate) struct Shared {
+    pub(super) id: usize,
+    pub(super) sched: Sched<Completion>,
+    pub(super) table: Mutex<Table>,
+    pub(super) timers: Mutex<TimerQueue>,
+    pub(super) driver: Driver,
+    /// Every idle thread waits in the kernel at once (epoll); timers then go off through the
+    /// backend's alarm instead of bounding one poller's wait. See `Sched`.
+    pub(super) shared_wait: bool,
+    /// Threads outside any handler pass leave their submissions to the workers when one will
+    /// submit them (`Shared::issue`): io_uring with shared waiting.
+    pub(super) hand_off: bool,
+    /// Deferring workers (`Port::defer_submissions`) inside a handler pass that they will
+    /// leave through `get`, where they submit what is pending (`PortEntry::returning`).
+    pub(super) returning: SyncUsize,
+}
+
+/// The port's timers and, when every idle thread waits in the kernel, when the backend's
+/// alarm is set to go off.
+pub(super) struct TimerQueue {
+    pub(super) wheel: Timers,
+    /// The alarm is set for this instant (it may have gone off since); `None`: not set.
+    pub(super) alarm: Option<Instant>,
+}
+
+impl Poller<Completion> for Shared {
+    fn poll(&self, deadline: Option<Instant>, out: &mut Vec<Completion>) {
+        if self.shared_wait {
+            let mut raw = Vec::new();
+            let alone = self.sched.pollers() <= 1;
+            if self.driver.wait_shared(deadline, alone, &mut raw) {
+                self.fire_timers(Instant::now(), out);
+            }
+            self.process(&mut raw, out);
+            return;
+        }
+        let next_timer = self.timers.lock().wheel.next_deadline();
+        let until = match (deadline, next_timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut raw = Vec::new();
+        let mut until = until;
+        if let Driver::Epoll(_) = self.driver {
+            // epoll's wait does not attempt what was started: do it first, and do not sleep
+            // if that completed something.
+            self.driver.flush(&mut raw);
+            if !raw.is_empty() {
+                until = Some(Instant::now());
+            }
+        }
+        self.driver.wait(until, &mut raw);
+        self.process(&mut raw, out);
+        if next_timer.is_some() {
+            self.fire_timers(Instant::now(), out);
+        }
+    }
+
+    fn wake(&self) {
+        self.driver.wake();
+    }
+
+    fn flush(&self) {
+        Shared::flush(self);
+    }
+
+    fn left_pass(&self) -> bool {
+        if !self.hand_off {
+            return false;
+        }
+        LOCAL.with(|l| match l.borrow_mut().find(self.id) {
+            Some(e) => self.stop_returning(e),
+            None => self.pending(),
+        })
+    }
+
+    fn left_kernel(&self) {
+        if self.hand_off && self.pending() {
+            // Whatever was handed to the waiters while this one was on its way back.
+            self.flush();
+        }
+    }
+}
+
+impl Shared {
+    /// Turns raw kernel completions into port completions, running whatever they make the
+    /// backend do next (continued short sends, the next queued operation of a socket).
+    pub(super) fn process(&self, raw: &mut Vec<Raw>, out: &mut Vec<Completion>) {
+        while !raw.is_empty() {
+            {
+                let mut t = self.table.lock();
+                for r in raw.drain(..) {
+                    if let Some(c) = t.finish(&self.driver, r) {
+                        out.push(c);
+                    }
+                }
+            }
+            self.driver.flush(raw);
+        }
+    }
+
+    /// Submits what was pushed, and queues any completion that produced.
+    pub(super) fn flush(&self) {
+        let mut raw = Vec::new();
+        self.driver.flush(&mut raw);
+        if !raw.is_empty() {
+            let mut out = Vec::new();
+            self.process(&mut raw, &mut out);
+            // After shutdown nothing more is delivered: drop them (buffers freed) here.
+            if !out.is_empty() && !self.sched.is_closed() {
+                self.sched.push_all(out, self);
+            }
+        }
+    }
+
+    /// Queues what the kernel completed and the timers due at `now` (the caller's clock
+    /// reading), without waiting; nothing if a thread waits in the kernel (shared waiting:
+    /// the kernel wakes it for both). With one poller at a time on io_uring, the CQ is read
+    /// only if the poller is not at it.
+    pub(super) fn reap_now(&self, now: Instant) {
+        let mut raw = Vec::new();
+        let mut out = Vec::new();
+        if self.shared_wait && self.sched.pollers() > 0 {
+            // An idle thread waits in the kernel: the kernel wakes it for I/O and timers.
+            return;
+        }
+        self.driver.try_reap(&mut raw);
+        if !raw.is_empty() {
+            self.process(&mut raw, &mut out);
+        }
+        // With shared waiting that look may have taken the alarm's event, which went off
+        // after the caller read its clock: read it again, so that `fire_timers` sees the
+        // alarm gone off and sets it for the next timer (else it would stay expired, and a
+        // pending timer would wait for the next look or a new timer).
+        let now = if self.shared_wait {
+            Instant::now()
+        } else {
+            now
+        };
+        self.fire_timers(now, &mut out);
+        if !out.is_empty() && !self.sched.is_closed() {
+            self.sched.push_all(out, self);
+        }
+    }
+
+    /// Queues the timers due at `now` into `out`; with shared waiting, sets the alarm for
+    /// the next one.
+    pub(super) fn fire_timers(&self, now: Instant, out: &mut Vec<Completion>) {
+        let mut t = self.timers.lock();
+        t.wheel.fire(now, out);
+        if self.shared_wait {
+            if t.alarm.is_some_and(|a| a <= now) {
+                t.alarm = None;
+            }
+            self.set_alarm(&mut t);
+        }
+    }
+
+    /// Sets the backend's alarm for the earliest timer, unless it is set for that or earlier.
+    pub(super) fn set_alarm(&self, t: &mut TimerQueue) {
+        let Some(next) = t.wheel.next_deadline() else {
+            return;
+        };
+        if t.alarm.is_some_and(|a| a <= next) {
+            return;
+        }
+        self.driver.arm(next);
+        t.alarm = Some(next);
+    }
+
+    /// Queues completions made without the kernel, then flushes the backend.
+    pub(super) fn settle(&self, done: Vec<Completion>) {
+        if !done.is_empty() && !self.sched.is_closed() {
+            self.sched.push_all(done, self);
+        }
+        self.issue();
+    }
+
+    /// Submits what the calling thread pushed, at once — or, on io_uring, from a thread
+    /// outside any handler pass (`main`, a database thread), lets a worker submit it.
+    ///
+    /// Why: io_uring runs an operation's follow-up work (the retry of a receive once data
+    /// arrived, say) on the thread that submitted it, and interrupts that thread's blocking
+    /// system calls to do so: a timed one (`SO_RCVTIMEO`, `epoll_wait`, `sem_timedwait`)
+    /// then fails with `EINTR`. Workers expect that; a user's own thread must not. So when a
+    /// worker waits in the kernel it is woken to submit, and when a `Pool` worker is inside a
+    /// handler pass the entry waits for it (it submits when it leaves the pass, at most
+    /// `MAX_DEFERRED_PASSES` passes later). Only when neither is true does the caller submit
+    /// itself. The handshake is `Combiner::hand_off`, model-checked.
+    pub(super) fn issue(&self) {
+        if self.hand_off && !LOCAL.with(|l| l.borrow_mut().find(self.id).is_some_and(|e| e.held)) {
+            match Combiner::hand_off(self.sched.poller_count(), &self.returning) {
+                HandOff::WakeAWaiter => return self.driver.wake(),
+                HandOff::Returning => return,
+                HandOff::FlushYourself => {}
+            }
+        }
+        self.flush();
+    }
+
+    /// The calling thread no longer counts in `returning` (it leaves its handler pass other
+    /// than straight into the next one, blocks, or exits). Returns whether something is
+    /// pending that it must now submit (the other side of `Combiner::hand_off`).
+    pub(super) fn stop_returning(&self, e: &mut PortEntry) -> bool {
+        if std::mem::take(&mut e.returning) {
+            self.returning.fetch_sub(1, SeqCst);
+        }
+        self.pending()
+    }
+
+    /// Entries were pushed that no submission has taken yet (io_uring).
+    pub(super) fn pending(&self) -> bool {
+        match &self.driver {
+            Driver::Uring(u) => u.combiner().pending(),
+            Driver::Epoll(_) => false,
+        }
+    }
+
+    /// Closes the scheduler (every `get` answers `Closed`, queued completions are dropped),
+    /// cancels every operation, and reaps for up to `reap_for` (see `reap_until_idle`).
+    pub(super) fn shut_down(&self, reap_for: Duration) {
+        drop(self.sched.close(self));
+        self.cancel_everything();
+        self.reap_until_idle(Instant::now() + reap_for);
+    }
+
+    /// After shutdown: reaps what the kernel completes (every operation was cancelled) until
+    /// the table holds no operation or `give_up`; the completions are dropped, which frees
+    /// their buffers and closes accepted sockets.
+    pub(super) fn reap_until_idle(&self, give_up: Instant) {
+        let mut raw = Vec::new();
+        let mut out = Vec::new();
+        while self.table.lock().ops.len() > 0 && Instant::now() < give_up {
+            self.driver
+                .wait(Some(Instant::now() + Duration::from_millis(10)), &mut raw);
+            self.process(&mut raw, &mut out);
+            out.clear();
+            if self.shared_wait {
+                // That wait may have taken the wake-up that shutdown sent to the threads
+                // waiting in the kernel: send another, so every one of them sees `Closed`.
+                self.driver.wake();
+            }
+        }
+    }
+
+    pub(super) fn cancel_everything(&self) {
+        let done: Vec<Completion> = {
+            let mut t = self.table.lock();
+            let socks = t.socks.tokens();
+            socks
+                .into_iter()
+                .flat_map(|s| t.cancel(&self.driver, s, false))
+                .collect()
+        };
+        drop(done);
+        self.flush();
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Reap every operation the kernel still has: only then may its buffers be freed.
+        self.shut_down(Duration::from_secs(5));
+        let mut t = self.table.lock();
+        if t.ops.len() > 0 {
+            tracing::error!(
+                "{} operations still in the kernel after 5 s at port teardown; leaking their buffers",
+                t.ops.len()
+            );
+            std::mem::forget(t.ops.drain());
+        }
+    }
+}

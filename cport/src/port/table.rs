@@ -1,0 +1,218 @@
+//! The operation table: every operation from its start to its completion, and every
+//! associated socket with its lanes (the per-socket order of operations).
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::socket::fail;
+use crate::op::{aborted, Completion, OpData};
+use crate::slab::Slab;
+use crate::sys::{Driver, Raw};
+
+pub(super) struct OpEntry {
+    pub(super) sock: u64,
+    pub(super) key: u64,
+    pub(super) user: u64,
+    pub(super) data: OpData,
+    /// Bytes already sent by earlier submissions of a stream send.
+    pub(super) done: usize,
+    /// Submitted to the backend (else it waits in its socket's lane).
+    pub(super) in_flight: bool,
+    /// A cancel was requested for the submission in flight.
+    pub(super) cancelling: bool,
+}
+
+pub(super) struct SockEntry {
+    pub(super) fd: OwnedFd,
+    pub(super) key: u64,
+    pub(super) stream: bool,
+    /// Receives in start order; the front one is the one in flight.
+    pub(super) recv_q: VecDeque<u64>,
+    /// Sends in start order; the front one is the one in flight.
+    pub(super) send_q: VecDeque<u64>,
+    /// Accepts and connects, all in flight.
+    pub(super) free: Vec<u64>,
+    pub(super) closed: bool,
+}
+
+impl SockEntry {
+    pub(super) fn pending(&self) -> usize {
+        self.recv_q.len() + self.send_q.len() + self.free.len()
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Table {
+    pub(super) ops: Slab<OpEntry>,
+    pub(super) socks: Slab<SockEntry>,
+}
+
+impl Table {
+    /// Starts an operation on socket `sock`: submits it, or queues it behind the one in
+    /// flight in its lane. Returns a completion instead if the socket is closed.
+    pub(super) fn start(
+        &mut self,
+        d: &Driver,
+        sock: u64,
+        data: OpData,
+        user: u64,
+    ) -> Option<Completion> {
+        let Some(s) = self.socks.get_mut(sock) else {
+            return Some(fail(0, user, data, closed_error()));
+        };
+        if s.closed {
+            return Some(fail(s.key, user, data, closed_error()));
+        }
+        let lane = data.lane();
+        let key = s.key;
+        let token = self.ops.insert(OpEntry {
+            sock,
+            key,
+            user,
+            data,
+            done: 0,
+            in_flight: false,
+            cancelling: false,
+        });
+        let s = self.socks.get_mut(sock).expect("socket checked above");
+        let submit_now = match lane {
+            crate::op::Lane::Recv => {
+                s.recv_q.push_back(token);
+                s.recv_q.len() == 1
+            }
+            crate::op::Lane::Send => {
+                s.send_q.push_back(token);
+                s.send_q.len() == 1
+            }
+            crate::op::Lane::Free => {
+                s.free.push(token);
+                true
+            }
+        };
+        if submit_now {
+            self.submit(d, token);
+        }
+        None
+    }
+
+    /// Hands operation `token` to the backend.
+    pub(super) fn submit(&mut self, d: &Driver, token: u64) {
+        let Some(op) = self.ops.get_mut(token) else {
+            return;
+        };
+        let Some(s) = self.socks.get(op.sock) else {
+            return;
+        };
+        let desc = op.data.desc(s.fd.as_raw_fd(), op.done);
+        op.in_flight = true;
+        d.push(token, op.sock, desc);
+    }
+
+    /// Applies one raw completion. Returns the port completion, or `None` if the token is
+    /// stale or the operation continues (a short stream send).
+    pub(super) fn finish(&mut self, d: &Driver, raw: Raw) -> Option<Completion> {
+        let op = self.ops.get_mut(raw.token)?;
+        let stream = self.socks.get(op.sock).is_some_and(|s| s.stream);
+        let is_send = matches!(op.data, OpData::Send(..) | OpData::SendTo(..));
+        if is_send && raw.res >= 0 {
+            op.done += raw.res as usize;
+            if stream && raw.res > 0 && op.done < op.data.send_len() && !op.cancelling {
+                self.submit(d, raw.token);
+                return None;
+            }
+        }
+        let op = self.ops.remove(raw.token)?;
+        let total = op.done;
+        // A stream send stopped short only because it was cancelled: it did not complete.
+        let res = if is_send && stream && raw.res >= 0 && total < op.data.send_len() {
+            -libc::ECANCELED
+        } else {
+            raw.res
+        };
+        let sock = op.sock;
+        if let Some(s) = self.socks.get_mut(sock) {
+            let next = match op.data.lane() {
+                crate::op::Lane::Recv => {
+                    remove_token(&mut s.recv_q, raw.token);
+                    s.recv_q.front().copied()
+                }
+                crate::op::Lane::Send => {
+                    remove_token(&mut s.send_q, raw.token);
+                    s.send_q.front().copied()
+                }
+                crate::op::Lane::Free => {
+                    s.free.retain(|t| *t != raw.token);
+                    None
+                }
+            };
+            if let Some(next) = next {
+                self.submit(d, next);
+            }
+            self.reap_socket(d, sock);
+        }
+        let (result, kind) = op.data.finish(res, total);
+        Some(Completion {
+            key: op.key,
+            user: op.user,
+            result,
+            op: kind,
+        })
+    }
+
+    /// Cancels every pending operation of `sock` (and closes it if `close`). Operations not
+    /// yet submitted complete here; those in flight are cancelled in the backend.
+    pub(super) fn cancel(&mut self, d: &Driver, sock: u64, close: bool) -> Vec<Completion> {
+        let mut done = Vec::new();
+        let Some(s) = self.socks.get_mut(sock) else {
+            return done;
+        };
+        if close {
+            s.closed = true;
+        }
+        let mut tokens: Vec<u64> = s.free.clone();
+        for q in [&mut s.recv_q, &mut s.send_q] {
+            // Keep the submitted front; the rest never reached the kernel.
+            let keep = q.len().min(1);
+            tokens.extend(q.iter().take(keep));
+            for t in q.drain(keep..) {
+                if let Some(op) = self.ops.remove(t) {
+                    done.push(fail(op.key, op.user, op.data, aborted()));
+                }
+            }
+        }
+        for t in tokens {
+            if let Some(op) = self.ops.get_mut(t) {
+                if op.in_flight && !op.cancelling {
+                    op.cancelling = true;
+                    d.cancel(t, sock);
+                }
+            }
+        }
+        self.reap_socket(d, sock);
+        done
+    }
+
+    /// Removes a closed socket with nothing pending; its descriptor closes here.
+    pub(super) fn reap_socket(&mut self, d: &Driver, sock: u64) {
+        let Some(s) = self.socks.get(sock) else {
+            return;
+        };
+        if s.closed && s.pending() == 0 {
+            d.deregister(sock, s.fd.as_raw_fd());
+            self.socks.remove(sock);
+        }
+    }
+}
+
+pub(super) fn remove_token(q: &mut VecDeque<u64>, token: u64) {
+    if q.front() == Some(&token) {
+        q.pop_front();
+    } else {
+        q.retain(|t| *t != token);
+    }
+}
+
+pub(super) fn closed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "socket is closed")
+}
