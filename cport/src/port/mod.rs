@@ -13,6 +13,8 @@ mod local;
 mod shared;
 mod socket;
 mod table;
+#[cfg(all(test, not(loom)))]
+mod tests;
 
 pub use socket::Socket;
 
@@ -117,9 +119,21 @@ impl PortBuilder {
             n => n,
         };
         let shared_wait = crate::sys::shared_wait_wanted();
-        let driver = Driver::open(backend, self.entries, shared_wait)?;
+        let driver = crate::sys::open(backend, self.entries, shared_wait)?;
+        Ok(Port::with_driver(driver, concurrency, shared_wait))
+    }
+}
+
+impl Port {
+    /// A port on `driver` (the backend `PortBuilder::build` opened, or a modelled one in
+    /// tests).
+    pub(crate) fn with_driver(
+        driver: Box<dyn Driver>,
+        concurrency: usize,
+        shared_wait: bool,
+    ) -> Port {
         static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
-        Ok(Port {
+        Port {
             shared: Arc::new(Shared {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 sched: Sched::new(concurrency, shared_wait),
@@ -128,12 +142,14 @@ impl PortBuilder {
                     wheel: Timers::default(),
                     alarm: None,
                 }),
-                hand_off: shared_wait && matches!(driver, Driver::Uring(_)),
+                hand_off: shared_wait && driver.follow_up_on_submitter(),
                 returning: SyncUsize::new(0),
+                wait_failures: Default::default(),
+                wait_errors: Default::default(),
                 driver,
                 shared_wait,
             }),
-        })
+        }
     }
 }
 
@@ -168,6 +184,9 @@ pub struct PortStats {
     pub sockets: usize,
     /// Timers set and not yet fired or cancelled.
     pub timers: usize,
+    /// Kernel waits that failed (not counting timeouts and interruptions), since the port
+    /// was built. Each is logged; a run of them shuts the port down (see [`Port::get`]).
+    pub wait_errors: u64,
 }
 
 impl Port {
@@ -555,6 +574,7 @@ impl Port {
             in_flight,
             sockets,
             timers: self.shared.timers.lock().wheel.len(),
+            wait_errors: self.shared.wait_errors.load(Ordering::Relaxed),
         }
     }
 }

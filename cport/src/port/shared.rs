@@ -1,11 +1,13 @@
 //! The state every handle of a port shares: the scheduler, the operation table, the timers
 //! and the backend, and the glue between them (the scheduler's `Poller`).
 
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::local::{PortEntry, LOCAL};
+use super::local::{PortEntry, LOCAL, SHUTDOWN_REAP};
 use super::table::Table;
 use crate::combine::{Combiner, HandOff};
 use crate::op::Completion;
@@ -19,7 +21,7 @@ pub(crate) struct Shared {
     pub(super) sched: Sched<Completion>,
     pub(super) table: Mutex<Table>,
     pub(super) timers: Mutex<TimerQueue>,
-    pub(super) driver: Driver,
+    pub(super) driver: Box<dyn Driver>,
     /// Every idle thread waits in the kernel at once (epoll); timers then go off through the
     /// backend's alarm instead of bounding one poller's wait. See `Sched`.
     pub(super) shared_wait: bool,
@@ -29,7 +31,14 @@ pub(crate) struct Shared {
     /// Deferring workers (`Port::defer_submissions`) inside a handler pass that they will
     /// leave through `get`, where they submit what is pending (`PortEntry::returning`).
     pub(super) returning: SyncUsize,
+    /// Kernel waits that failed in a row (see `wait_failed`).
+    pub(super) wait_failures: AtomicU32,
+    /// Kernel waits that failed, in all (`PortStats::wait_errors`).
+    pub(super) wait_errors: AtomicU64,
 }
+
+/// Failed kernel waits in a row after which the port shuts down (`Shared::wait_failed`).
+pub(super) const WAIT_FAILURE_LIMIT: u32 = 50;
 
 /// The port's timers and, when every idle thread waits in the kernel, when the backend's
 /// alarm is set to go off.
@@ -44,8 +53,14 @@ impl Poller<Completion> for Shared {
         if self.shared_wait {
             let mut raw = Vec::new();
             let alone = self.sched.pollers() <= 1;
-            if self.driver.wait_shared(deadline, alone, &mut raw) {
-                self.fire_timers(Instant::now(), out);
+            match self.driver.wait_shared(deadline, alone, &mut raw) {
+                Ok(alarm) => {
+                    self.wait_succeeded();
+                    if alarm {
+                        self.fire_timers(Instant::now(), out);
+                    }
+                }
+                Err(e) => self.wait_failed(e),
             }
             self.process(&mut raw, out);
             return;
@@ -56,16 +71,10 @@ impl Poller<Completion> for Shared {
             (a, b) => a.or(b),
         };
         let mut raw = Vec::new();
-        let mut until = until;
-        if let Driver::Epoll(_) = self.driver {
-            // epoll's wait does not attempt what was started: do it first, and do not sleep
-            // if that completed something.
-            self.driver.flush(&mut raw);
-            if !raw.is_empty() {
-                until = Some(Instant::now());
-            }
+        match self.driver.wait(until, &mut raw) {
+            Ok(()) => self.wait_succeeded(),
+            Err(e) => self.wait_failed(e),
         }
-        self.driver.wait(until, &mut raw);
         self.process(&mut raw, out);
         if next_timer.is_some() {
             self.fire_timers(Instant::now(), out);
@@ -106,7 +115,7 @@ impl Shared {
             {
                 let mut t = self.table.lock();
                 for r in raw.drain(..) {
-                    if let Some(c) = t.finish(&self.driver, r) {
+                    if let Some(c) = t.finish(&*self.driver, r) {
                         out.push(c);
                     }
                 }
@@ -224,12 +233,43 @@ impl Shared {
         self.pending()
     }
 
-    /// Entries were pushed that no submission has taken yet (io_uring).
+    /// Entries were pushed that no submission has taken yet (a backend with the hand-off).
     pub(super) fn pending(&self) -> bool {
-        match &self.driver {
-            Driver::Uring(u) => u.combiner().pending(),
-            Driver::Epoll(_) => false,
+        self.driver.combiner().is_some_and(Combiner::pending)
+    }
+
+    /// The kernel's wait came back normally: the run of failures, if any, is over.
+    fn wait_succeeded(&self) {
+        if self.wait_failures.load(Relaxed) != 0 {
+            self.wait_failures.store(0, Relaxed);
         }
+    }
+
+    /// The kernel's wait failed in a way that is not part of normal operation (not a timeout
+    /// or an interruption). Logged (the first failure of a run, then at powers of two) and
+    /// retried after a pause that grows by 1 ms per failure up to 100 ms, so a persistent
+    /// error neither spins nor floods the log. After `WAIT_FAILURE_LIMIT` failures in a row
+    /// (about 1.3 s) the port is shut down — every `get` answers `Closed` — with the reason
+    /// logged at error level: a port whose kernel wait keeps failing cannot deliver
+    /// completions, and a server should stop rather than hang. Counted in
+    /// `PortStats::wait_errors`.
+    fn wait_failed(&self, e: io::Error) {
+        self.wait_errors.fetch_add(1, Relaxed);
+        let n = self.wait_failures.fetch_add(1, Relaxed) + 1;
+        if n >= WAIT_FAILURE_LIMIT {
+            if !self.sched.is_closed() {
+                tracing::error!(
+                    failures = n,
+                    "the kernel's wait failed {n} times in a row (last: {e}); shutting the port down"
+                );
+                self.shut_down(SHUTDOWN_REAP);
+            }
+            return;
+        }
+        if n == 1 || n.is_power_of_two() {
+            tracing::error!(failures = n, "the kernel's wait failed: {e}; retrying");
+        }
+        std::thread::sleep(Duration::from_millis(u64::from(n).min(100)));
     }
 
     /// Closes the scheduler (every `get` answers `Closed`, queued completions are dropped),
@@ -247,8 +287,11 @@ impl Shared {
         let mut raw = Vec::new();
         let mut out = Vec::new();
         while self.table.lock().ops.len() > 0 && Instant::now() < give_up {
-            self.driver
-                .wait(Some(Instant::now() + Duration::from_millis(10)), &mut raw);
+            let until = Instant::now() + Duration::from_millis(10);
+            if self.driver.wait(Some(until), &mut raw).is_err() {
+                // Logged by the waiters; do not spin on it until `give_up`.
+                std::thread::sleep(Duration::from_millis(10));
+            }
             self.process(&mut raw, &mut out);
             out.clear();
             if self.shared_wait {
@@ -265,7 +308,7 @@ impl Shared {
             let socks = t.socks.tokens();
             socks
                 .into_iter()
-                .flat_map(|s| t.cancel(&self.driver, s, false))
+                .flat_map(|s| t.cancel(&*self.driver, s, false))
                 .collect()
         };
         drop(done);

@@ -114,7 +114,7 @@ impl Socket {
         let done = shared
             .table
             .lock()
-            .cancel(&shared.driver, self.token, false);
+            .cancel(&*shared.driver, self.token, false);
         shared.settle(done);
     }
 
@@ -152,7 +152,7 @@ impl Socket {
                     // below, as every completion queued at shutdown is.
                     Some(fail(self.key, user, data, Closed.into()))
                 } else {
-                    table.start(&shared.driver, self.token, data, user)
+                    table.start(&*shared.driver, self.token, data, user)
                 }
             }
         };
@@ -198,7 +198,10 @@ impl AsRawFd for Socket {
 impl Drop for Socket {
     fn drop(&mut self) {
         let shared = &*self.port.shared;
-        let done = shared.table.lock().cancel(&shared.driver, self.token, true);
+        let done = shared
+            .table
+            .lock()
+            .cancel(&*shared.driver, self.token, true);
         shared.settle(done);
     }
 }

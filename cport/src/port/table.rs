@@ -17,10 +17,21 @@ pub(super) struct OpEntry {
     pub(super) data: OpData,
     /// Bytes already sent by earlier submissions of a stream send.
     pub(super) done: usize,
-    /// Submitted to the backend (else it waits in its socket's lane).
-    pub(super) in_flight: bool,
-    /// A cancel was requested for the submission in flight.
-    pub(super) cancelling: bool,
+    pub(super) state: OpState,
+}
+
+/// Where an operation is between its start and its completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OpState {
+    /// Waiting in its socket's lane behind the operation in flight: the kernel has not seen
+    /// it, so cancelling it completes it at once.
+    Queued,
+    /// Handed to the backend (a short stream send's continuation too): only the backend can
+    /// complete it.
+    InFlight,
+    /// In flight, and the backend was asked to cancel it: it completes aborted, or with its
+    /// result if it finished first; a short send is not continued.
+    Cancelling,
 }
 
 pub(super) struct SockEntry {
@@ -53,7 +64,7 @@ impl Table {
     /// flight in its lane. Returns a completion instead if the socket is closed.
     pub(super) fn start(
         &mut self,
-        d: &Driver,
+        d: &dyn Driver,
         sock: u64,
         data: OpData,
         user: u64,
@@ -72,8 +83,7 @@ impl Table {
             user,
             data,
             done: 0,
-            in_flight: false,
-            cancelling: false,
+            state: OpState::Queued,
         });
         let s = self.socks.get_mut(sock).expect("socket checked above");
         let submit_now = match lane {
@@ -97,7 +107,7 @@ impl Table {
     }
 
     /// Hands operation `token` to the backend.
-    pub(super) fn submit(&mut self, d: &Driver, token: u64) {
+    pub(super) fn submit(&mut self, d: &dyn Driver, token: u64) {
         let Some(op) = self.ops.get_mut(token) else {
             return;
         };
@@ -105,19 +115,28 @@ impl Table {
             return;
         };
         let desc = op.data.desc(s.fd.as_raw_fd(), op.done);
-        op.in_flight = true;
+        debug_assert_ne!(
+            op.state,
+            OpState::Cancelling,
+            "a cancelled send is not continued"
+        );
+        op.state = OpState::InFlight;
         d.push(token, op.sock, desc);
     }
 
     /// Applies one raw completion. Returns the port completion, or `None` if the token is
     /// stale or the operation continues (a short stream send).
-    pub(super) fn finish(&mut self, d: &Driver, raw: Raw) -> Option<Completion> {
+    pub(super) fn finish(&mut self, d: &dyn Driver, raw: Raw) -> Option<Completion> {
         let op = self.ops.get_mut(raw.token)?;
         let stream = self.socks.get(op.sock).is_some_and(|s| s.stream);
         let is_send = matches!(op.data, OpData::Send(..) | OpData::SendTo(..));
         if is_send && raw.res >= 0 {
             op.done += raw.res as usize;
-            if stream && raw.res > 0 && op.done < op.data.send_len() && !op.cancelling {
+            if stream
+                && raw.res > 0
+                && op.done < op.data.send_len()
+                && op.state != OpState::Cancelling
+            {
                 self.submit(d, raw.token);
                 return None;
             }
@@ -162,7 +181,7 @@ impl Table {
 
     /// Cancels every pending operation of `sock` (and closes it if `close`). Operations not
     /// yet submitted complete here; those in flight are cancelled in the backend.
-    pub(super) fn cancel(&mut self, d: &Driver, sock: u64, close: bool) -> Vec<Completion> {
+    pub(super) fn cancel(&mut self, d: &dyn Driver, sock: u64, close: bool) -> Vec<Completion> {
         let mut done = Vec::new();
         let Some(s) = self.socks.get_mut(sock) else {
             return done;
@@ -183,8 +202,8 @@ impl Table {
         }
         for t in tokens {
             if let Some(op) = self.ops.get_mut(t) {
-                if op.in_flight && !op.cancelling {
-                    op.cancelling = true;
+                if op.state == OpState::InFlight {
+                    op.state = OpState::Cancelling;
                     d.cancel(t, sock);
                 }
             }
@@ -194,7 +213,7 @@ impl Table {
     }
 
     /// Removes a closed socket with nothing pending; its descriptor closes here.
-    pub(super) fn reap_socket(&mut self, d: &Driver, sock: u64) {
+    pub(super) fn reap_socket(&mut self, d: &dyn Driver, sock: u64) {
         let Some(s) = self.socks.get(sock) else {
             return;
         };

@@ -32,7 +32,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use super::wait::{errno, WaitSet, ALARM, WAKE};
-use super::{Desc, OpDesc, Raw};
+use super::{Backend, Desc, Driver, OpDesc, Raw};
 
 /// Most events taken by one `epoll_wait` of the single poller.
 const MAX_EVENTS: usize = 256;
@@ -310,7 +310,7 @@ impl Epoll {
     }
 
     /// Makes the attempts that `push` and `cancel` scheduled and delivers what is done.
-    pub(crate) fn flush(&self, out: &mut Vec<Raw>) {
+    fn attempt_pending(&self, out: &mut Vec<Raw>) {
         let todo = mem::take(&mut *self.todo.lock());
         for (s, dir) in todo {
             self.drive(&s, dir, out);
@@ -385,32 +385,10 @@ impl Epoll {
         }
     }
 
-    /// Waits for readiness until `deadline` or `wake`, and attempts what became ready
-    /// (poller only).
-    pub(crate) fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) {
-        let mut guard = self.poll.lock();
-        // Something already waits for delivery: do not block.
-        let ready_now = !self.done.lock().is_empty() || !self.todo.lock().is_empty();
-        let timeout = if ready_now {
-            0
-        } else {
-            super::timeout_ms(deadline)
-        };
-        self.wait_locked(&mut guard, timeout, out);
-        drop(guard);
-        self.flush(out);
-    }
-
-    /// Takes the readiness that is there now, without waiting (a worker that keeps finding
-    /// completions ready calls this now and then, so that I/O is not left waiting behind a
-    /// long queue of posts and timers).
-    pub(crate) fn try_reap(&self, out: &mut Vec<Raw>) {
-        self.wait_shared(None, true, true, out);
-    }
-
-    fn wait_locked(&self, buf: &mut PollBuf, timeout: i32, out: &mut Vec<Raw>) {
-        let events = self.ws.wait(&mut buf.events, timeout);
+    fn wait_locked(&self, buf: &mut PollBuf, timeout: i32, out: &mut Vec<Raw>) -> io::Result<()> {
+        let events = self.ws.wait(&mut buf.events, timeout)?;
         self.harvest(events, out);
+        Ok(())
     }
 
     /// Attempts what the events made ready. Returns (a wake-up was seen, the alarm went off).
@@ -456,20 +434,20 @@ impl Epoll {
     /// releases threads. Attempts what became ready. Returns true if the alarm went off.
     /// With `reaping` (a busy thread's look, timeout 0), a wake-up meant for an idle waiter
     /// is passed on rather than swallowed.
-    pub(crate) fn wait_shared(
+    fn wait_any(
         &self,
         deadline: Option<Instant>,
         reaping: bool,
         alone: bool,
         out: &mut Vec<Raw>,
-    ) -> bool {
+    ) -> io::Result<bool> {
         // epoll's wait does not attempt what was started: do it first; if that completed
         // something, deliver it without waiting (what became ready meanwhile wakes another
         // waiter, or this one when it comes back).
         let before = out.len();
-        self.flush(out);
+        self.attempt_pending(out);
         if out.len() > before && !reaping {
-            return false;
+            return Ok(false);
         }
         let timeout = if reaping || !self.todo.lock().is_empty() {
             0
@@ -478,23 +456,96 @@ impl Epoll {
         };
         let mut events = [mem::MaybeUninit::<libc::epoll_event>::uninit(); SHARED_EVENTS];
         let take = if alone { SHARED_EVENTS } else { 1 };
-        let events = self.ws.wait(&mut events[..take], timeout);
+        let events = self.ws.wait(&mut events[..take], timeout)?;
         let (woken, alarm) = self.harvest(events, out);
         if woken && reaping {
-            self.wake();
+            self.ws.wake();
         }
-        self.flush(out);
-        alarm
+        self.attempt_pending(out);
+        Ok(alarm)
+    }
+}
+
+impl Driver for Epoll {
+    fn backend(&self) -> Backend {
+        Backend::Epoll
     }
 
-    /// Sets the alarm to go off at `deadline` (never before it).
-    pub(crate) fn arm(&self, deadline: Instant) {
-        self.ws.arm(deadline);
+    fn register(&self, sock: u64, fd: RawFd, stream: bool) -> io::Result<()> {
+        Epoll::register(self, sock, fd, stream)
+    }
+
+    fn deregister(&self, sock: u64, fd: RawFd) {
+        Epoll::deregister(self, sock, fd)
+    }
+
+    fn push(&self, token: u64, sock: u64, op: OpDesc) {
+        Epoll::push(self, token, sock, op)
+    }
+
+    fn cancel(&self, token: u64, sock: u64) {
+        Epoll::cancel(self, token, sock)
+    }
+
+    /// Attempts what was pushed (and what cancels completed), outside every global lock.
+    fn flush(&self, out: &mut Vec<Raw>) {
+        self.attempt_pending(out);
+    }
+
+    /// Attempts what was started (epoll's wait would not), then waits for readiness until
+    /// `deadline` or `wake` and attempts what became ready (poller only). Does not block if
+    /// something completed or waits for delivery already.
+    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()> {
+        let before = out.len();
+        self.attempt_pending(out);
+        let mut guard = self.poll.lock();
+        let ready_now =
+            out.len() > before || !self.done.lock().is_empty() || !self.todo.lock().is_empty();
+        let timeout = if ready_now {
+            0
+        } else {
+            super::timeout_ms(deadline)
+        };
+        let res = self.wait_locked(&mut guard, timeout, out);
+        drop(guard);
+        self.attempt_pending(out);
+        res
+    }
+
+    fn wait_shared(
+        &self,
+        deadline: Option<Instant>,
+        alone: bool,
+        out: &mut Vec<Raw>,
+    ) -> io::Result<bool> {
+        self.wait_any(deadline, false, alone, out)
+    }
+
+    /// Takes the readiness that is there now, without waiting (a worker that keeps finding
+    /// completions ready calls this now and then, so that I/O is not left waiting behind a
+    /// long queue of posts and timers). A failure here is left to the waiters to report.
+    fn try_reap(&self, out: &mut Vec<Raw>) {
+        let _ = self.wait_any(None, true, true, out);
     }
 
     /// Makes a waiter's `wait` return promptly (or the next one at once).
-    pub(crate) fn wake(&self) {
+    fn wake(&self) {
         self.ws.wake();
+    }
+
+    /// Sets the alarm to go off at `deadline` (never before it).
+    fn arm(&self, deadline: Instant) {
+        self.ws.arm(deadline);
+    }
+
+    /// Every attempt is a system call made by the thread that makes it: no follow-up work
+    /// lands on another thread.
+    fn follow_up_on_submitter(&self) -> bool {
+        false
+    }
+
+    fn combiner(&self) -> Option<&crate::combine::Combiner> {
+        None
     }
 }
 
@@ -640,7 +691,8 @@ mod tests {
                 return r.res;
             }
             assert!(Instant::now() < end, "token {token} did not complete");
-            ep.wait(Some(Instant::now() + Duration::from_millis(100)), out);
+            ep.wait(Some(Instant::now() + Duration::from_millis(100)), out)
+                .unwrap();
         }
     }
 
@@ -664,7 +716,8 @@ mod tests {
         let mut out = Vec::new();
         ep.flush(&mut out);
         assert!(out.is_empty(), "nothing to read yet: {out:?}");
-        ep.wait(Some(Instant::now() + Duration::from_millis(20)), &mut out);
+        ep.wait(Some(Instant::now() + Duration::from_millis(20)), &mut out)
+            .unwrap();
         assert!(out.is_empty(), "still nothing to read: {out:?}");
 
         client.write_all(b"hello").unwrap();
@@ -697,7 +750,8 @@ mod tests {
         // Unknown now: a second cancel does nothing.
         ep.cancel(10, 1);
         client.write_all(b"late").unwrap();
-        ep.wait(Some(Instant::now() + Duration::from_millis(50)), &mut out);
+        ep.wait(Some(Instant::now() + Duration::from_millis(50)), &mut out)
+            .unwrap();
         ep.flush(&mut out);
         assert_eq!(out.len(), 1, "completed more than once: {out:?}");
         ep.deregister(1, server.as_raw_fd());
@@ -713,14 +767,15 @@ mod tests {
                 ep.wake();
             });
             let mut out = Vec::new();
-            ep.wait(None, &mut out);
+            ep.wait(None, &mut out).unwrap();
             assert!(out.is_empty());
         });
         assert!(start.elapsed() < Duration::from_secs(5));
         // The wake-up was consumed: the next wait times out.
         let mut out = Vec::new();
         let t = Instant::now();
-        ep.wait(Some(t + Duration::from_millis(30)), &mut out);
+        ep.wait(Some(t + Duration::from_millis(30)), &mut out)
+            .unwrap();
         assert!(t.elapsed() >= Duration::from_millis(25));
     }
 

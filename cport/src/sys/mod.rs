@@ -11,8 +11,13 @@
 //!   `-ECANCELED` unless it finished first);
 //! * [`Driver::wait`] is called by one thread at a time (the poller); [`Driver::wake`] makes it
 //!   return promptly from any thread.
+//!
+//! [`Driver`] states the whole interface; the port holds a `Box<dyn Driver>` and has no
+//! backend-specific branch.
 
 pub(crate) mod epoll;
+#[cfg(test)]
+pub(crate) mod model;
 pub(crate) mod uring;
 pub(crate) mod wait;
 
@@ -119,119 +124,135 @@ pub(crate) fn shared_wait_wanted() -> bool {
     std::env::var("CPORT_WAIT").map_or(true, |v| v != "leader")
 }
 
-pub(crate) enum Driver {
-    Uring(uring::Uring),
-    Epoll(epoll::Epoll),
-}
+/// The interface every backend implements, with the same signatures — the whole of what the
+/// port asks of the kernel (io_uring and epoll today; Windows' IOCP next). Tokens are the
+/// port's generation-tagged operation tokens; `sock` is the socket's table token.
+pub(crate) trait Driver: Send + Sync {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
 
-impl Driver {
-    /// Opens the backend asked for; `Auto` falls back to epoll with one warning. With
-    /// `shared`, every idle thread will wait in [`Driver::wait_shared`] at once (see
-    /// [`shared_wait_wanted`]); else one poller at a time calls [`Driver::wait`].
-    pub(crate) fn open(backend: Backend, entries: u32, shared: bool) -> io::Result<Driver> {
-        match backend {
-            Backend::Uring => uring::Uring::new(entries, shared).map(Driver::Uring),
-            Backend::Epoll => epoll::Epoll::new().map(Driver::Epoll),
-            Backend::Auto => match uring::Uring::new(entries, shared) {
-                Ok(u) => Ok(Driver::Uring(u)),
-                Err(e) => {
-                    tracing::warn!("io_uring unavailable ({e}); falling back to epoll");
-                    epoll::Epoll::new().map(Driver::Epoll)
-                }
-            },
-        }
-    }
+    /// A socket was associated with the port under `sock`; `stream` says it is a stream
+    /// socket. After this, operations may be pushed for it.
+    fn register(&self, sock: u64, fd: RawFd, stream: bool) -> io::Result<()>;
 
-    /// Waits, with any number of threads in it at once, until `deadline`, a wake-up or an
-    /// event (the kernel wakes one waiter per event); submits or attempts what was started
-    /// first, and returns at once if that completed something. True if the alarm went off.
-    /// `alone`: no other thread waits now (take a batch of events, there is nobody to hand
-    /// them to).
-    pub(crate) fn wait_shared(
+    /// The socket is about to be closed; no operation of it is pending.
+    fn deregister(&self, sock: u64, fd: RawFd);
+
+    /// Starts an operation. Called under the port's table lock: must not block and must not
+    /// make a system call that waits. The operation completes, once, as a [`Raw`] from a
+    /// later `flush`, `wait`, `wait_shared` or `try_reap`.
+    fn push(&self, token: u64, sock: u64, op: OpDesc);
+
+    /// Makes a pushed, not yet completed operation complete promptly (with `-ECANCELED`
+    /// unless it finished first). Same rules as `push`.
+    fn cancel(&self, token: u64, sock: u64);
+
+    /// Submits (io_uring) or attempts (epoll) what was pushed; appends what completed at once.
+    fn flush(&self, out: &mut Vec<Raw>);
+
+    /// One poller at a time (`CPORT_WAIT=leader`): submits what was pushed, then waits until
+    /// `deadline` (forever with `None`), a [`Driver::wake`] or completions, and appends them.
+    /// Does not sleep if something completed already. An `Err` is a kernel failure that is not
+    /// part of normal operation (an interrupted or timed-out wait is `Ok` with nothing); the
+    /// port retries with a growing pause and shuts down if it persists.
+    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()>;
+
+    /// Every idle thread at once (the default): like `wait`, with any number of threads in
+    /// it; the kernel wakes one waiter per event. `alone`: no other thread waits now (take a
+    /// batch of events; there is nobody to hand them to). `Ok(true)` if the alarm went off.
+    fn wait_shared(
         &self,
         deadline: Option<Instant>,
         alone: bool,
         out: &mut Vec<Raw>,
-    ) -> bool {
-        match self {
-            Driver::Uring(u) => u.wait_shared(deadline, out),
-            Driver::Epoll(e) => e.wait_shared(deadline, false, alone, out),
-        }
-    }
+    ) -> io::Result<bool>;
 
-    /// Sets the alarm of the wait set to go off at `deadline` (shared waiting only).
-    pub(crate) fn arm(&self, deadline: Instant) {
-        match self {
-            Driver::Uring(u) => u.arm(deadline),
-            Driver::Epoll(e) => e.arm(deadline),
-        }
-    }
+    /// What completed by now, without waiting; nothing if a poller is at it (one poller at a
+    /// time) — a busy thread's look.
+    fn try_reap(&self, out: &mut Vec<Raw>);
 
-    pub(crate) fn backend(&self) -> Backend {
-        match self {
-            Driver::Uring(_) => Backend::Uring,
-            Driver::Epoll(_) => Backend::Epoll,
-        }
-    }
+    /// Makes a waiter's `wait` or `wait_shared` return promptly (one of them), or the next
+    /// one at once.
+    fn wake(&self);
 
-    /// A socket was associated with the port under `sock` (its table token); `stream`
-    /// says it is a stream socket.
-    pub(crate) fn register(&self, sock: u64, fd: RawFd, stream: bool) -> io::Result<()> {
-        match self {
-            Driver::Uring(_) => Ok(()),
-            Driver::Epoll(e) => e.register(sock, fd, stream),
-        }
-    }
+    /// Sets the alarm of the wait set to go off at `deadline`, never before (shared waiting
+    /// only; with one poller at a time the poller's deadline covers timers).
+    fn arm(&self, deadline: Instant);
 
-    /// The socket is about to be closed; no operation of it is pending.
-    pub(crate) fn deregister(&self, sock: u64, fd: RawFd) {
-        match self {
-            Driver::Uring(_) => {}
-            Driver::Epoll(e) => e.deregister(sock, fd),
-        }
-    }
+    /// The kernel runs an operation's follow-up work on the thread that submitted it and
+    /// interrupts that thread's blocking calls to do so (io_uring's task work): threads
+    /// outside a handler pass should then leave submitting to the workers (`Shared::issue`).
+    fn follow_up_on_submitter(&self) -> bool;
 
-    pub(crate) fn push(&self, token: u64, sock: u64, op: OpDesc) {
-        match self {
-            Driver::Uring(u) => u.push(token, op),
-            Driver::Epoll(e) => e.push(token, sock, op),
-        }
-    }
+    /// The submission hand-off's combiner, for a backend whose follow-up work runs on the
+    /// submitter (`follow_up_on_submitter`); `None` otherwise.
+    fn combiner(&self) -> Option<&crate::combine::Combiner>;
+}
 
-    pub(crate) fn cancel(&self, token: u64, sock: u64) {
-        match self {
-            Driver::Uring(u) => u.cancel(token),
-            Driver::Epoll(e) => e.cancel(token, sock),
-        }
+/// A shared driver is a driver (tests keep a handle on a modelled one while the port uses it).
+#[cfg(test)]
+impl<D: Driver + ?Sized> Driver for std::sync::Arc<D> {
+    fn backend(&self) -> Backend {
+        (**self).backend()
     }
-
-    pub(crate) fn flush(&self, out: &mut Vec<Raw>) {
-        match self {
-            Driver::Uring(u) => u.flush(),
-            Driver::Epoll(e) => e.flush(out),
-        }
+    fn register(&self, sock: u64, fd: RawFd, stream: bool) -> io::Result<()> {
+        (**self).register(sock, fd, stream)
     }
-
-    pub(crate) fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) {
-        match self {
-            Driver::Uring(u) => u.wait(deadline, out),
-            Driver::Epoll(e) => e.wait(deadline, out),
-        }
+    fn deregister(&self, sock: u64, fd: RawFd) {
+        (**self).deregister(sock, fd)
     }
-
-    /// What completed by now, without waiting; nothing if the poller is at it.
-    pub(crate) fn try_reap(&self, out: &mut Vec<Raw>) {
-        match self {
-            Driver::Uring(u) => u.try_reap(out),
-            Driver::Epoll(e) => e.try_reap(out),
-        }
+    fn push(&self, token: u64, sock: u64, op: OpDesc) {
+        (**self).push(token, sock, op)
     }
+    fn cancel(&self, token: u64, sock: u64) {
+        (**self).cancel(token, sock)
+    }
+    fn flush(&self, out: &mut Vec<Raw>) {
+        (**self).flush(out)
+    }
+    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()> {
+        (**self).wait(deadline, out)
+    }
+    fn wait_shared(
+        &self,
+        deadline: Option<Instant>,
+        alone: bool,
+        out: &mut Vec<Raw>,
+    ) -> io::Result<bool> {
+        (**self).wait_shared(deadline, alone, out)
+    }
+    fn try_reap(&self, out: &mut Vec<Raw>) {
+        (**self).try_reap(out)
+    }
+    fn wake(&self) {
+        (**self).wake()
+    }
+    fn arm(&self, deadline: Instant) {
+        (**self).arm(deadline)
+    }
+    fn follow_up_on_submitter(&self) -> bool {
+        (**self).follow_up_on_submitter()
+    }
+    fn combiner(&self) -> Option<&crate::combine::Combiner> {
+        (**self).combiner()
+    }
+}
 
-    pub(crate) fn wake(&self) {
-        match self {
-            Driver::Uring(u) => u.wake(),
-            Driver::Epoll(e) => e.wake(),
-        }
+/// Opens the backend asked for; `Auto` falls back to epoll with one warning. With `shared`,
+/// every idle thread will wait in [`Driver::wait_shared`] at once (see
+/// [`shared_wait_wanted`]); else one poller at a time calls [`Driver::wait`].
+pub(crate) fn open(backend: Backend, entries: u32, shared: bool) -> io::Result<Box<dyn Driver>> {
+    let epoll = || -> io::Result<Box<dyn Driver>> { Ok(Box::new(epoll::Epoll::new()?)) };
+    match backend {
+        Backend::Uring => Ok(Box::new(uring::Uring::new(entries, shared)?)),
+        Backend::Epoll => epoll(),
+        Backend::Auto => match uring::Uring::new(entries, shared) {
+            Ok(u) => Ok(Box::new(u)),
+            Err(e) => {
+                tracing::warn!("io_uring unavailable ({e}); falling back to epoll");
+                epoll()
+            }
+        },
     }
 }
 

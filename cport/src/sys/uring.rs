@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use io_uring::types::{Fd, SubmitArgs, Timespec};
@@ -28,7 +28,7 @@ use io_uring::{opcode, squeue, IoUring, Probe};
 use parking_lot::Mutex;
 
 use super::wait::{WaitSet, ALARM, BACKEND};
-use super::{Desc, OpDesc, Raw};
+use super::{Backend, Desc, Driver, OpDesc, Raw};
 use crate::combine::Combiner;
 use crate::slab::RESERVED_TOKENS;
 
@@ -130,42 +130,9 @@ impl Uring {
         })
     }
 
-    /// Submits what was pushed; returns what completed at once, or else waits in the wait
-    /// set (any number of threads at once; the kernel wakes one per event) until `deadline`,
-    /// a wake-up, the alarm or a batch of completions, and returns what completed. True if
-    /// the alarm went off.
-    ///
-    /// A completion whose task work runs in a thread waiting here interrupts that thread's
-    /// wait (`EINTR`), and the thread reaps it itself; one posted while every thread is busy
-    /// signals the ring's eventfd, so an idle thread that comes to wait finds it at once.
-    pub(crate) fn wait_shared(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> bool {
-        let Some((ws, _)) = &self.shared else {
-            self.wait(deadline, out);
-            return false;
-        };
-        self.flush();
-        if self.reap_locked(out) > 0 {
-            return false;
-        }
-        let mut events = [MaybeUninit::<libc::epoll_event>::uninit(); 1];
-        let alarm = ws
-            .wait(&mut events, super::timeout_ms(deadline))
-            .iter()
-            .any(|e| e.u64 == ALARM);
-        self.reap_locked(out);
-        alarm
-    }
-
     fn reap_locked(&self, out: &mut Vec<Raw>) -> usize {
         let _g = self.cq.lock();
         self.reap(out)
-    }
-
-    /// Sets the wait set's alarm (shared waiting only).
-    pub(crate) fn arm(&self, deadline: Instant) {
-        if let Some((ws, _)) = &self.shared {
-            ws.arm(deadline);
-        }
     }
 
     fn entry(op: OpDesc) -> squeue::Entry {
@@ -184,14 +151,6 @@ impl Uring {
                 .build(),
             Desc::RecvMsg { msg } => opcode::RecvMsg::new(fd, msg).build(),
         }
-    }
-
-    pub(crate) fn push(&self, token: u64, op: OpDesc) {
-        self.push_entry(Self::entry(op).user_data(token));
-    }
-
-    pub(crate) fn cancel(&self, token: u64) {
-        self.push_entry(opcode::AsyncCancel::new(token).build().user_data(CANCEL));
     }
 
     fn push_entry(&self, entry: squeue::Entry) {
@@ -233,13 +192,9 @@ impl Uring {
 
     /// Hands every pushed SQE to the kernel (no system call if nothing was pushed). One
     /// flusher at a time; one that finds another at it returns at once (see `Combiner`).
-    pub(crate) fn flush(&self) {
+    /// Submits everything pushed so far (one flusher in the kernel at a time: `combine.rs`).
+    pub(crate) fn submit_pending(&self) {
         self.combine.flush(|| self.submit_all());
-    }
-
-    /// The combiner, for the hand-off of threads outside any handler pass (`Shared::issue`).
-    pub(crate) fn combiner(&self) -> &Combiner {
-        &self.combine
     }
 
     /// Submits what is in the ring and the backlog. False if the kernel refused for now (its
@@ -303,57 +258,6 @@ impl Uring {
         }
     }
 
-    /// Waits for completions until `deadline` or a wake-up (poller only).
-    pub(crate) fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) {
-        let _g = self.cq.lock();
-        if self.reap(out) > 0 {
-            self.flush();
-            return;
-        }
-        let res = if self.combine.busy() {
-            // A flusher is in the kernel submitting: it submits what is pending too (it
-            // reads `pending` again before it leaves). Only wait, rather than spin behind it
-            // on the ring's mutex.
-            self.wait_only(deadline)
-        } else {
-            // This enter submits everything pushed so far.
-            self.combine.take_pending();
-            self.drain_backlog();
-            match deadline {
-                None => self.ring.submit_and_wait(1),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        self.ring.submit()
-                    } else {
-                        let ts = Timespec::from(left);
-                        let args = SubmitArgs::new().timespec(&ts);
-                        self.ring.submitter().submit_with_args(1, &args)
-                    }
-                }
-            }
-        };
-        if let Err(e) = res {
-            match e.raw_os_error() {
-                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
-                _ => {
-                    tracing::error!("io_uring wait failed: {e}");
-                    // Do not spin on a persistent error.
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-            }
-        }
-        self.reap(out);
-    }
-
-    /// Reaps what is in the completion queue now, without a system call, if the poller is
-    /// not at it.
-    pub(crate) fn try_reap(&self, out: &mut Vec<Raw>) {
-        if let Some(_g) = self.cq.try_lock() {
-            self.reap(out);
-        }
-    }
-
     /// `io_uring_enter` that waits for one completion (or the deadline) and submits nothing.
     fn wait_only(&self, deadline: Option<Instant>) -> io::Result<usize> {
         let getevents = io_uring::EnterFlags::GETEVENTS;
@@ -378,16 +282,144 @@ impl Uring {
             }
         }
     }
+}
+
+impl Driver for Uring {
+    fn backend(&self) -> Backend {
+        Backend::Uring
+    }
+
+    /// Nothing to do: io_uring addresses each operation by descriptor.
+    fn register(&self, _sock: u64, _fd: RawFd, _stream: bool) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn deregister(&self, _sock: u64, _fd: RawFd) {}
+
+    fn push(&self, token: u64, _sock: u64, op: OpDesc) {
+        self.push_entry(Self::entry(op).user_data(token));
+    }
+
+    fn cancel(&self, token: u64, _sock: u64) {
+        self.push_entry(opcode::AsyncCancel::new(token).build().user_data(CANCEL));
+    }
+
+    /// Waits for completions until `deadline` or a wake-up (poller only).
+    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()> {
+        let _g = self.cq.lock();
+        if self.reap(out) > 0 {
+            self.submit_pending();
+            return Ok(());
+        }
+        let res = if self.combine.busy() {
+            // A flusher is in the kernel submitting: it submits what is pending too (it
+            // reads `pending` again before it leaves). Only wait, rather than spin behind it
+            // on the ring's mutex.
+            self.wait_only(deadline)
+        } else {
+            // This enter submits everything pushed so far.
+            self.combine.take_pending();
+            self.drain_backlog();
+            match deadline {
+                None => self.ring.submit_and_wait(1),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        self.ring.submit()
+                    } else {
+                        let ts = Timespec::from(left);
+                        let args = SubmitArgs::new().timespec(&ts);
+                        self.ring.submitter().submit_with_args(1, &args)
+                    }
+                }
+            }
+        };
+        self.reap(out);
+        match res {
+            Ok(_) => Ok(()),
+            // Timed out, interrupted, or the kernel asks to reap first (the reap above did).
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(io::Error::new(e.kind(), format!("io_uring wait: {e}"))),
+        }
+    }
+
+    /// Submits what was pushed; returns what completed at once, or else waits in the wait
+    /// set (any number of threads at once; the kernel wakes one per event) until `deadline`,
+    /// a wake-up, the alarm or a batch of completions, and returns what completed. True if
+    /// the alarm went off.
+    ///
+    /// A completion whose task work runs in a thread waiting here interrupts that thread's
+    /// wait (`EINTR`), and the thread reaps it itself; one posted while every thread is busy
+    /// signals the ring's eventfd, so an idle thread that comes to wait finds it at once.
+    fn wait_shared(
+        &self,
+        deadline: Option<Instant>,
+        _alone: bool,
+        out: &mut Vec<Raw>,
+    ) -> io::Result<bool> {
+        let Some((ws, _)) = &self.shared else {
+            self.wait(deadline, out)?;
+            return Ok(false);
+        };
+        self.submit_pending();
+        if self.reap_locked(out) > 0 {
+            return Ok(false);
+        }
+        let mut events = [MaybeUninit::<libc::epoll_event>::uninit(); 1];
+        let alarm = ws
+            .wait(&mut events, super::timeout_ms(deadline))
+            .map(|ev| ev.iter().any(|e| e.u64 == ALARM));
+        self.reap_locked(out);
+        alarm
+    }
+
+    /// Reaps what is in the completion queue now, without a system call, if the poller is
+    /// not at it.
+    fn try_reap(&self, out: &mut Vec<Raw>) {
+        if let Some(_g) = self.cq.try_lock() {
+            self.reap(out);
+        }
+    }
 
     /// Interrupts the poller's wait (or makes its next wait return at once); with shared
     /// waiting, wakes one waiting thread.
-    pub(crate) fn wake(&self) {
+    fn wake(&self) {
         if let Some((ws, _)) = &self.shared {
             ws.wake();
             return;
         }
         self.push_entry(opcode::Nop::new().build().user_data(WAKE));
-        self.flush();
+        self.submit_pending();
+    }
+
+    /// Sets the wait set's alarm (shared waiting only).
+    fn arm(&self, deadline: Instant) {
+        if let Some((ws, _)) = &self.shared {
+            ws.arm(deadline);
+        }
+    }
+
+    /// The combiner, for the hand-off of threads outside any handler pass (`Shared::issue`).
+    fn combiner(&self) -> Option<&Combiner> {
+        Some(&self.combine)
+    }
+
+    /// Submits what was pushed; nothing completes at once here (completions come from the
+    /// CQ, reaped by a waiter or a busy thread's look).
+    fn flush(&self, _out: &mut Vec<Raw>) {
+        self.submit_pending();
+    }
+
+    /// io_uring runs task work on the submitting thread.
+    fn follow_up_on_submitter(&self) -> bool {
+        true
     }
 }
 

@@ -106,7 +106,7 @@ impl WaitSet {
         &self,
         events: &'a mut [MaybeUninit<libc::epoll_event>],
         timeout: i32,
-    ) -> &'a [libc::epoll_event] {
+    ) -> io::Result<&'a [libc::epoll_event]> {
         // SAFETY: `events` has room for `len` events, and epoll_wait writes at most that many.
         let n = unsafe {
             libc::epoll_wait(
@@ -117,16 +117,17 @@ impl WaitSet {
             )
         };
         if n < 0 {
-            let e = errno();
-            if e != libc::EINTR {
-                tracing::error!("epoll_wait failed: {}", io::Error::from_raw_os_error(e));
-                // Do not spin on a persistent error.
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            return &[];
+            return match errno() {
+                // Interrupted (a signal, or io_uring task work run on this thread): no events.
+                libc::EINTR => Ok(&[]),
+                e => Err(io::Error::new(
+                    io::Error::from_raw_os_error(e).kind(),
+                    format!("epoll_wait: {}", io::Error::from_raw_os_error(e)),
+                )),
+            };
         }
         // SAFETY: the kernel initialised the first `n` (<= len) events.
-        unsafe { std::slice::from_raw_parts(events.as_ptr().cast(), n as usize) }
+        Ok(unsafe { std::slice::from_raw_parts(events.as_ptr().cast(), n as usize) })
     }
 
     /// Wakes one waiter (or makes the next wait return at once).
@@ -184,12 +185,17 @@ mod tests {
         let ws = WaitSet::new().unwrap();
         ws.wake();
         let mut buf = events();
-        let got: Vec<u64> = ws.wait(&mut buf, 0).iter().map(|e| e.u64).collect();
+        let got: Vec<u64> = ws
+            .wait(&mut buf, 0)
+            .unwrap()
+            .iter()
+            .map(|e| e.u64)
+            .collect();
         assert_eq!(got, vec![WAKE]);
         // Edge-triggered: harvested once, not again.
-        assert!(ws.wait(&mut buf, 0).is_empty());
+        assert!(ws.wait(&mut buf, 0).unwrap().is_empty());
         ws.wake();
-        assert_eq!(ws.wait(&mut buf, 0).len(), 1);
+        assert_eq!(ws.wait(&mut buf, 0).unwrap().len(), 1);
     }
 
     #[test]
@@ -199,10 +205,15 @@ mod tests {
         let deadline = t + Duration::from_millis(30);
         ws.arm(deadline);
         let mut buf = events();
-        assert!(ws.wait(&mut buf, 0).is_empty());
-        let got: Vec<u64> = ws.wait(&mut buf, 2000).iter().map(|e| e.u64).collect();
+        assert!(ws.wait(&mut buf, 0).unwrap().is_empty());
+        let got: Vec<u64> = ws
+            .wait(&mut buf, 2000)
+            .unwrap()
+            .iter()
+            .map(|e| e.u64)
+            .collect();
         assert_eq!(got, vec![ALARM]);
         assert!(Instant::now() >= deadline);
-        assert!(ws.wait(&mut buf, 50).is_empty());
+        assert!(ws.wait(&mut buf, 50).unwrap().is_empty());
     }
 }
