@@ -230,8 +230,10 @@ impl Port {
             .map(|t| t == socket2::Type::STREAM)
             .unwrap_or(false);
         let raw = fd.as_raw_fd();
+        let io = self.shared.driver.new_sock(stream);
         let token = self.shared.table.lock().socks.insert(SockEntry {
             fd,
+            io: io.clone(),
             key,
             stream,
             recv_q: VecDeque::new(),
@@ -239,7 +241,7 @@ impl Port {
             free: Vec::new(),
             closed: false,
         });
-        if let Err(e) = self.shared.driver.register(token, raw, stream) {
+        if let Err(e) = self.shared.driver.register(&io, token, raw) {
             self.shared.table.lock().socks.remove(token);
             return Err(e);
         }

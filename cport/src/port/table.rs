@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use super::socket::fail;
 use crate::op::{aborted, Completion, OpData};
 use crate::slab::Slab;
-use crate::sys::{Driver, Raw};
+use crate::sys::{Driver, Raw, SockIo};
 
 pub(super) struct OpEntry {
     pub(super) sock: u64,
@@ -36,6 +36,8 @@ pub(super) enum OpState {
 
 pub(super) struct SockEntry {
     pub(super) fd: OwnedFd,
+    /// The backend's state for this socket (`Driver::new_sock`).
+    pub(super) io: SockIo,
     pub(super) key: u64,
     pub(super) stream: bool,
     /// Receives in start order; the front one is the one in flight.
@@ -121,7 +123,7 @@ impl Table {
             "a cancelled send is not continued"
         );
         op.state = OpState::InFlight;
-        d.push(token, op.sock, desc);
+        d.push(&s.io, token, desc);
     }
 
     /// Applies one raw completion. Returns the port completion, or `None` if the token is
@@ -204,7 +206,8 @@ impl Table {
             if let Some(op) = self.ops.get_mut(t) {
                 if op.state == OpState::InFlight {
                     op.state = OpState::Cancelling;
-                    d.cancel(t, sock);
+                    let io = &self.socks.get(sock).expect("socket checked above").io;
+                    d.cancel(io, t);
                 }
             }
         }
@@ -218,7 +221,7 @@ impl Table {
             return;
         };
         if s.closed && s.pending() == 0 {
-            d.deregister(sock, s.fd.as_raw_fd());
+            d.deregister(&s.io, sock, s.fd.as_raw_fd());
             self.socks.remove(sock);
         }
     }

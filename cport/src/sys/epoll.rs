@@ -1,8 +1,10 @@
 //! The epoll backend: readiness turned into completions.
 //!
 //! * Every registered socket has two *sides*, read (accept, recv, recvmsg) and write (connect,
-//!   send, sendmsg), each a FIFO of pending operations behind one per-socket lock. Sockets are
-//!   registered edge-triggered, with the socket's table token as the event data.
+//!   send, sendmsg), each a FIFO of pending operations behind one per-socket lock. That state
+//!   lives in the port's socket entry (a `SockIo`, passed with every call); sockets are
+//!   registered edge-triggered with the socket's table token as the event data, and an event
+//!   finds the state through the port's table (`SockLookup`, one look-up per batch of events).
 //! * `push` only records the operation and puts its side on the `todo` list (no system call:
 //!   it runs under the port's table lock). `flush` then attempts the front operation of every
 //!   listed side with its non-blocking system call, outside every global lock. What finishes
@@ -32,7 +34,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use super::wait::{errno, WaitSet, ALARM, WAKE};
-use super::{Backend, Desc, Driver, OpDesc, Raw};
+use super::{Backend, Desc, Driver, OpDesc, Raw, SockIo, SockLookup};
 
 /// Most events taken by one `epoll_wait` of the single poller.
 const MAX_EVENTS: usize = 256;
@@ -105,49 +107,15 @@ impl Sides {
     }
 }
 
-/// The state of one registered socket.
+/// The state of one registered socket, kept in the port's socket entry (as a [`SockIo`]) and
+/// found from an event's token through the port's table ([`SockLookup`]): there is no
+/// registry of sockets here.
 #[derive(Default)]
-struct Sock {
+pub(crate) struct Sock {
     sides: Mutex<Sides>,
     /// A stream socket: a receive that returned less than it asked for took everything
     /// there was (see `drive`).
     stream: bool,
-}
-
-/// Registered sockets by table token, at the token's slot index (the port's tokens are
-/// generation-tagged slab indices: `generation << 32 | index`), so a look-up is an index and a
-/// compare, not a hash; a token of another generation finds nothing.
-#[derive(Default)]
-struct Socks(Vec<Option<(u64, Arc<Sock>)>>);
-
-impl Socks {
-    fn index(token: u64) -> usize {
-        (token & 0xFFFF_FFFF) as usize
-    }
-
-    fn get(&self, token: u64) -> Option<Arc<Sock>> {
-        match self.0.get(Self::index(token)) {
-            Some(Some((t, s))) if *t == token => Some(s.clone()),
-            _ => None,
-        }
-    }
-
-    /// Returns true if the slot held a socket (which is replaced).
-    fn insert(&mut self, token: u64, s: Arc<Sock>) -> bool {
-        let i = Self::index(token);
-        if self.0.len() <= i {
-            self.0.resize_with(i + 1, || None);
-        }
-        self.0[i].replace((token, s)).is_some()
-    }
-
-    fn remove(&mut self, token: u64) -> Option<Arc<Sock>> {
-        let slot = self.0.get_mut(Self::index(token))?;
-        match slot {
-            Some((t, _)) if *t == token => slot.take().map(|(_, s)| s),
-            _ => None,
-        }
-    }
 }
 
 /// The poller's buffers, kept between calls.
@@ -158,8 +126,6 @@ struct PollBuf {
 pub(crate) struct Epoll {
     /// The epoll instance every socket is registered with, and its wake-up and alarm.
     ws: WaitSet,
-    /// Registered sockets by table token.
-    socks: Mutex<Socks>,
     /// Sides with an operation to attempt at the next `flush`.
     todo: Mutex<Vec<(Arc<Sock>, Dir)>>,
     /// Completions decided without a system call (cancels), for the next `flush` or `wait`.
@@ -188,7 +154,6 @@ impl Epoll {
     pub(crate) fn new() -> io::Result<Epoll> {
         Ok(Epoll {
             ws: WaitSet::new()?,
-            socks: Mutex::new(Socks::default()),
             todo: Mutex::new(Vec::new()),
             done: Mutex::new(Vec::new()),
             poll: Mutex::new(PollBuf {
@@ -197,37 +162,28 @@ impl Epoll {
         })
     }
 
-    fn sock(&self, sock: u64) -> Option<Arc<Sock>> {
-        self.socks.lock().get(sock)
+    /// The socket's state, which the port keeps in its socket entry.
+    fn state(io: &SockIo) -> Option<Arc<Sock>> {
+        let s = io.get::<Sock>();
+        if s.is_none() {
+            tracing::error!("epoll: a socket without epoll state");
+        }
+        s
     }
 
-    /// Watches a (non-blocking) socket under `sock`, its table token.
-    pub(crate) fn register(&self, sock: u64, fd: RawFd, stream: bool) -> io::Result<()> {
-        let state = Arc::new(Sock {
-            sides: Mutex::default(),
-            stream,
-        });
-        // In the table before epoll_ctl, so that no event finds it missing.
-        if self.socks.lock().insert(sock, state) {
-            tracing::warn!(
-                sock,
-                "epoll: socket registered twice; its old state is dropped"
-            );
-        }
+    /// Watches a (non-blocking) socket under `sock`, its table token. The port stored `io`
+    /// in its table first, so no event finds the socket missing.
+    pub(crate) fn register(&self, sock: u64, fd: RawFd) -> io::Result<()> {
         let events = (libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
-        if let Err(e) = self.ws.add(fd, sock, events) {
-            self.socks.lock().remove(sock);
-            return Err(e);
-        }
-        Ok(())
+        self.ws.add(fd, sock, events)
     }
 
     /// Stops watching a socket that is about to be closed.
-    pub(crate) fn deregister(&self, sock: u64, fd: RawFd) {
+    pub(crate) fn deregister(&self, io: &SockIo, sock: u64, fd: RawFd) {
         if let Err(e) = self.ws.remove(fd) {
             tracing::warn!(sock, fd, "epoll: EPOLL_CTL_DEL failed: {e}");
         }
-        let Some(s) = self.socks.lock().remove(sock) else {
+        let Some(s) = Self::state(io) else {
             return;
         };
         // The port completes every operation before closing, so nothing should be left; if
@@ -254,13 +210,8 @@ impl Epoll {
     }
 
     /// Starts an operation: records it; `flush` makes the first attempt. No system call here.
-    pub(crate) fn push(&self, token: u64, sock: u64, op: OpDesc) {
-        let Some(s) = self.sock(sock) else {
-            tracing::warn!(
-                sock,
-                token,
-                "epoll: operation started on an unregistered socket"
-            );
+    pub(crate) fn push(&self, io: &SockIo, token: u64, op: OpDesc) {
+        let Some(s) = Self::state(io) else {
             self.done.lock().push(Raw {
                 token,
                 res: -libc::EBADF,
@@ -278,8 +229,8 @@ impl Epoll {
     }
 
     /// Makes a pending operation complete promptly with `-ECANCELED`. No system call here.
-    pub(crate) fn cancel(&self, token: u64, sock: u64) {
-        let Some(s) = self.sock(sock) else {
+    pub(crate) fn cancel(&self, io: &SockIo, token: u64) {
+        let Some(s) = Self::state(io) else {
             return;
         };
         let mut sides = s.sides.lock();
@@ -385,27 +336,45 @@ impl Epoll {
         }
     }
 
-    fn wait_locked(&self, buf: &mut PollBuf, timeout: i32, out: &mut Vec<Raw>) -> io::Result<()> {
+    fn wait_locked(
+        &self,
+        buf: &mut PollBuf,
+        timeout: i32,
+        socks: &dyn SockLookup,
+        out: &mut Vec<Raw>,
+    ) -> io::Result<()> {
         let events = self.ws.wait(&mut buf.events, timeout)?;
-        self.harvest(events, out);
+        self.harvest(events, socks, out);
         Ok(())
     }
 
     /// Attempts what the events made ready. Returns (a wake-up was seen, the alarm went off).
-    fn harvest(&self, events: &[libc::epoll_event], out: &mut Vec<Raw>) -> (bool, bool) {
+    fn harvest(
+        &self,
+        events: &[libc::epoll_event],
+        socks: &dyn SockLookup,
+        out: &mut Vec<Raw>,
+    ) -> (bool, bool) {
         let (mut woken, mut alarm) = (false, false);
+        let mut tokens = Vec::with_capacity(events.len());
         for ev in events {
-            let (data, flags) = (ev.u64, ev.events);
-            if data == WAKE {
-                woken = true;
-                continue;
+            match ev.u64 {
+                WAKE => woken = true,
+                ALARM => alarm = true,
+                token => tokens.push((token, ev.events)),
             }
-            if data == ALARM {
-                alarm = true;
+        }
+        if tokens.is_empty() {
+            return (woken, alarm);
+        }
+        // The sockets' states, from the port's table in one look-up; a socket deregistered
+        // meanwhile finds nothing (all its operations had completed).
+        let mut found = Vec::with_capacity(tokens.len());
+        socks.find_all(&mut tokens.iter().map(|&(t, _)| t), &mut found);
+        for (&(_, flags), io) in tokens.iter().zip(&found) {
+            let Some(s) = io.as_ref().and_then(|io| io.get::<Sock>()) else {
                 continue;
-            }
-            // Else the socket was deregistered meanwhile.
-            let Some(s) = self.sock(data) else { continue };
+            };
             let (read, write) = (flags & READ_EVENTS != 0, flags & WRITE_EVENTS != 0);
             {
                 let mut sides = s.sides.lock();
@@ -439,6 +408,7 @@ impl Epoll {
         deadline: Option<Instant>,
         reaping: bool,
         alone: bool,
+        socks: &dyn SockLookup,
         out: &mut Vec<Raw>,
     ) -> io::Result<bool> {
         // epoll's wait does not attempt what was started: do it first; if that completed
@@ -457,7 +427,7 @@ impl Epoll {
         let mut events = [mem::MaybeUninit::<libc::epoll_event>::uninit(); SHARED_EVENTS];
         let take = if alone { SHARED_EVENTS } else { 1 };
         let events = self.ws.wait(&mut events[..take], timeout)?;
-        let (woken, alarm) = self.harvest(events, out);
+        let (woken, alarm) = self.harvest(events, socks, out);
         if woken && reaping {
             self.ws.wake();
         }
@@ -471,20 +441,28 @@ impl Driver for Epoll {
         Backend::Epoll
     }
 
-    fn register(&self, sock: u64, fd: RawFd, stream: bool) -> io::Result<()> {
-        Epoll::register(self, sock, fd, stream)
+    /// Two sides (read, write), each a FIFO of pending operations with its readiness.
+    fn new_sock(&self, stream: bool) -> SockIo {
+        SockIo::new(Sock {
+            sides: Mutex::default(),
+            stream,
+        })
     }
 
-    fn deregister(&self, sock: u64, fd: RawFd) {
-        Epoll::deregister(self, sock, fd)
+    fn register(&self, _io: &SockIo, sock: u64, fd: RawFd) -> io::Result<()> {
+        Epoll::register(self, sock, fd)
     }
 
-    fn push(&self, token: u64, sock: u64, op: OpDesc) {
-        Epoll::push(self, token, sock, op)
+    fn deregister(&self, io: &SockIo, sock: u64, fd: RawFd) {
+        Epoll::deregister(self, io, sock, fd)
     }
 
-    fn cancel(&self, token: u64, sock: u64) {
-        Epoll::cancel(self, token, sock)
+    fn push(&self, io: &SockIo, token: u64, op: OpDesc) {
+        Epoll::push(self, io, token, op)
+    }
+
+    fn cancel(&self, io: &SockIo, token: u64) {
+        Epoll::cancel(self, io, token)
     }
 
     /// Attempts what was pushed (and what cancels completed), outside every global lock.
@@ -495,7 +473,12 @@ impl Driver for Epoll {
     /// Attempts what was started (epoll's wait would not), then waits for readiness until
     /// `deadline` or `wake` and attempts what became ready (poller only). Does not block if
     /// something completed or waits for delivery already.
-    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()> {
+    fn wait(
+        &self,
+        deadline: Option<Instant>,
+        socks: &dyn SockLookup,
+        out: &mut Vec<Raw>,
+    ) -> io::Result<()> {
         let before = out.len();
         self.attempt_pending(out);
         let mut guard = self.poll.lock();
@@ -506,7 +489,7 @@ impl Driver for Epoll {
         } else {
             super::timeout_ms(deadline)
         };
-        let res = self.wait_locked(&mut guard, timeout, out);
+        let res = self.wait_locked(&mut guard, timeout, socks, out);
         drop(guard);
         self.attempt_pending(out);
         res
@@ -516,16 +499,17 @@ impl Driver for Epoll {
         &self,
         deadline: Option<Instant>,
         alone: bool,
+        socks: &dyn SockLookup,
         out: &mut Vec<Raw>,
     ) -> io::Result<bool> {
-        self.wait_any(deadline, false, alone, out)
+        self.wait_any(deadline, false, alone, socks, out)
     }
 
     /// Takes the readiness that is there now, without waiting (a worker that keeps finding
     /// completions ready calls this now and then, so that I/O is not left waiting behind a
     /// long queue of posts and timers). A failure here is left to the waiters to report.
-    fn try_reap(&self, out: &mut Vec<Raw>) {
-        let _ = self.wait_any(None, true, true, out);
+    fn try_reap(&self, socks: &dyn SockLookup, out: &mut Vec<Raw>) {
+        let _ = self.wait_any(None, true, true, socks, out);
     }
 
     /// Makes a waiter's `wait` return promptly (or the next one at once).
@@ -673,6 +657,26 @@ mod tests {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::time::Duration;
 
+    /// The sockets' states by token: the port's table, for these tests.
+    #[derive(Default)]
+    struct Reg(parking_lot::Mutex<std::collections::HashMap<u64, SockIo>>);
+
+    impl Reg {
+        fn add(&self, ep: &Epoll, sock: u64, fd: RawFd) -> SockIo {
+            let io = ep.new_sock(true);
+            self.0.lock().insert(sock, io.clone());
+            ep.register(sock, fd).unwrap();
+            io
+        }
+    }
+
+    impl SockLookup for Reg {
+        fn find_all(&self, socks: &mut dyn Iterator<Item = u64>, out: &mut Vec<Option<SockIo>>) {
+            let m = self.0.lock();
+            out.extend(socks.map(|s| m.get(&s).cloned()));
+        }
+    }
+
     /// A connected loopback pair: the accepted side non-blocking (for the backend) and the
     /// client side blocking (for the test to write with).
     fn pair() -> (OwnedFd, TcpStream) {
@@ -684,14 +688,14 @@ mod tests {
     }
 
     /// Waits (up to 5 s) until `token` completes; returns its result and everything seen.
-    fn wait_for(ep: &Epoll, token: u64, out: &mut Vec<Raw>) -> i32 {
+    fn wait_for(ep: &Epoll, reg: &Reg, token: u64, out: &mut Vec<Raw>) -> i32 {
         let end = Instant::now() + Duration::from_secs(5);
         loop {
             if let Some(r) = out.iter().find(|r| r.token == token) {
                 return r.res;
             }
             assert!(Instant::now() < end, "token {token} did not complete");
-            ep.wait(Some(Instant::now() + Duration::from_millis(100)), out)
+            ep.wait(Some(Instant::now() + Duration::from_millis(100)), reg, out)
                 .unwrap();
         }
     }
@@ -709,36 +713,42 @@ mod tests {
     #[test]
     fn recv_waits_for_data() {
         let ep = Epoll::new().unwrap();
+        let reg = Reg::default();
         let (server, mut client) = pair();
-        ep.register(1, server.as_raw_fd(), true).unwrap();
+        let io1 = reg.add(&ep, 1, server.as_raw_fd());
         let mut buf = vec![0u8; 64];
-        ep.push(10, 1, recv_op(&server, &mut buf));
+        ep.push(&io1, 10, recv_op(&server, &mut buf));
         let mut out = Vec::new();
         ep.flush(&mut out);
         assert!(out.is_empty(), "nothing to read yet: {out:?}");
-        ep.wait(Some(Instant::now() + Duration::from_millis(20)), &mut out)
-            .unwrap();
+        ep.wait(
+            Some(Instant::now() + Duration::from_millis(20)),
+            &reg,
+            &mut out,
+        )
+        .unwrap();
         assert!(out.is_empty(), "still nothing to read: {out:?}");
 
         client.write_all(b"hello").unwrap();
-        assert_eq!(wait_for(&ep, 10, &mut out), 5);
+        assert_eq!(wait_for(&ep, &reg, 10, &mut out), 5);
         assert_eq!(out.len(), 1);
         assert_eq!(&buf[..5], b"hello");
-        ep.deregister(1, server.as_raw_fd());
+        ep.deregister(&io1, 1, server.as_raw_fd());
     }
 
     #[test]
     fn cancelled_recv_completes_once() {
         let ep = Epoll::new().unwrap();
+        let reg = Reg::default();
         let (server, mut client) = pair();
-        ep.register(1, server.as_raw_fd(), true).unwrap();
+        let io1 = reg.add(&ep, 1, server.as_raw_fd());
         let mut buf = vec![0u8; 64];
-        ep.push(10, 1, recv_op(&server, &mut buf));
+        ep.push(&io1, 10, recv_op(&server, &mut buf));
         let mut out = Vec::new();
         ep.flush(&mut out);
         assert!(out.is_empty());
 
-        ep.cancel(10, 1);
+        ep.cancel(&io1, 10);
         ep.flush(&mut out);
         assert_eq!(
             out,
@@ -748,18 +758,23 @@ mod tests {
             }]
         );
         // Unknown now: a second cancel does nothing.
-        ep.cancel(10, 1);
+        ep.cancel(&io1, 10);
         client.write_all(b"late").unwrap();
-        ep.wait(Some(Instant::now() + Duration::from_millis(50)), &mut out)
-            .unwrap();
+        ep.wait(
+            Some(Instant::now() + Duration::from_millis(50)),
+            &reg,
+            &mut out,
+        )
+        .unwrap();
         ep.flush(&mut out);
         assert_eq!(out.len(), 1, "completed more than once: {out:?}");
-        ep.deregister(1, server.as_raw_fd());
+        ep.deregister(&io1, 1, server.as_raw_fd());
     }
 
     #[test]
     fn wake_interrupts_wait() {
         let ep = Epoll::new().unwrap();
+        let reg = Reg::default();
         let start = Instant::now();
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -767,14 +782,14 @@ mod tests {
                 ep.wake();
             });
             let mut out = Vec::new();
-            ep.wait(None, &mut out).unwrap();
+            ep.wait(None, &reg, &mut out).unwrap();
             assert!(out.is_empty());
         });
         assert!(start.elapsed() < Duration::from_secs(5));
         // The wake-up was consumed: the next wait times out.
         let mut out = Vec::new();
         let t = Instant::now();
-        ep.wait(Some(t + Duration::from_millis(30)), &mut out)
+        ep.wait(Some(t + Duration::from_millis(30)), &reg, &mut out)
             .unwrap();
         assert!(t.elapsed() >= Duration::from_millis(25));
     }
@@ -782,11 +797,12 @@ mod tests {
     #[test]
     fn accept_and_connect() {
         let ep = Epoll::new().unwrap();
+        let reg = Reg::default();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let listener = OwnedFd::from(listener);
-        ep.register(1, listener.as_raw_fd(), true).unwrap();
+        let io1 = reg.add(&ep, 1, listener.as_raw_fd());
         // SAFETY: all-zero is a valid sockaddr_storage.
         let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
         let mut storage_len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -797,7 +813,7 @@ mod tests {
                 len: &mut storage_len,
             },
         };
-        ep.push(10, 1, accept);
+        ep.push(&io1, 10, accept);
         let mut out = Vec::new();
         ep.flush(&mut out);
         assert!(out.is_empty(), "no connection yet: {out:?}");
@@ -806,7 +822,7 @@ mod tests {
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         client.set_nonblocking(true).unwrap();
         let client = OwnedFd::from(client);
-        ep.register(2, client.as_raw_fd(), true).unwrap();
+        let io2 = reg.add(&ep, 2, client.as_raw_fd());
         let target = socket2::SockAddr::from(addr);
         let connect = OpDesc {
             fd: client.as_raw_fd(),
@@ -815,21 +831,22 @@ mod tests {
                 len: target.len(),
             },
         };
-        ep.push(20, 2, connect);
+        ep.push(&io2, 20, connect);
         ep.flush(&mut out);
-        assert_eq!(wait_for(&ep, 20, &mut out), 0);
-        let fd = wait_for(&ep, 10, &mut out);
+        assert_eq!(wait_for(&ep, &reg, 20, &mut out), 0);
+        let fd = wait_for(&ep, &reg, 10, &mut out);
         assert!(fd >= 0, "accept failed: {fd}");
         // SAFETY: the accept returned a new descriptor that nothing else owns.
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
         assert_eq!(storage.ss_family, libc::AF_INET as libc::sa_family_t);
-        ep.deregister(2, client.as_raw_fd());
-        ep.deregister(1, listener.as_raw_fd());
+        ep.deregister(&io2, 2, client.as_raw_fd());
+        ep.deregister(&io1, 1, listener.as_raw_fd());
     }
 
     #[test]
     fn connect_refused() {
         let ep = Epoll::new().unwrap();
+        let reg = Reg::default();
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -839,7 +856,7 @@ mod tests {
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         client.set_nonblocking(true).unwrap();
         let client = OwnedFd::from(client);
-        ep.register(2, client.as_raw_fd(), true).unwrap();
+        let io2 = reg.add(&ep, 2, client.as_raw_fd());
         let target = socket2::SockAddr::from(addr);
         let connect = OpDesc {
             fd: client.as_raw_fd(),
@@ -848,10 +865,10 @@ mod tests {
                 len: target.len(),
             },
         };
-        ep.push(20, 2, connect);
+        ep.push(&io2, 20, connect);
         let mut out = Vec::new();
         ep.flush(&mut out);
-        assert_eq!(wait_for(&ep, 20, &mut out), -libc::ECONNREFUSED);
-        ep.deregister(2, client.as_raw_fd());
+        assert_eq!(wait_for(&ep, &reg, 20, &mut out), -libc::ECONNREFUSED);
+        ep.deregister(&io2, 2, client.as_raw_fd());
     }
 }

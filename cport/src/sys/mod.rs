@@ -21,8 +21,10 @@ pub(crate) mod model;
 pub(crate) mod uring;
 pub(crate) mod wait;
 
+use std::any::Any;
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A finished kernel operation: the token it was pushed with and the kernel's result
@@ -124,6 +126,36 @@ pub(crate) fn shared_wait_wanted() -> bool {
     std::env::var("CPORT_WAIT").map_or(true, |v| v != "leader")
 }
 
+/// A backend's state for one socket, kept in the port's socket entry: opaque to the port,
+/// made by [`Driver::new_sock`] and handed back with every call about the socket (epoll: its
+/// two sides of pending operations; io_uring: nothing).
+#[derive(Clone, Default)]
+pub(crate) struct SockIo(Option<Arc<dyn Any + Send + Sync>>);
+
+impl SockIo {
+    /// No state (a backend that needs none).
+    pub(crate) fn none() -> SockIo {
+        SockIo(None)
+    }
+
+    pub(crate) fn new<T: Any + Send + Sync>(state: T) -> SockIo {
+        SockIo(Some(Arc::new(state)))
+    }
+
+    /// The state, if it is a `T`.
+    pub(crate) fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.0.clone()?.downcast().ok()
+    }
+}
+
+/// How a backend finds a socket's state from the token an event carries: through the port's
+/// table, the one registry of sockets.
+pub(crate) trait SockLookup {
+    /// Appends to `out`, for each token, the state of the socket it names, or `None` if no
+    /// socket has that token now (closed meanwhile).
+    fn find_all(&self, socks: &mut dyn Iterator<Item = u64>, out: &mut Vec<Option<SockIo>>);
+}
+
 /// The interface every backend implements, with the same signatures — the whole of what the
 /// port asks of the kernel (io_uring and epoll today; Windows' IOCP next). Tokens are the
 /// port's generation-tagged operation tokens; `sock` is the socket's table token.
@@ -131,21 +163,27 @@ pub(crate) trait Driver: Send + Sync {
     /// Which backend this is.
     fn backend(&self) -> Backend;
 
-    /// A socket was associated with the port under `sock`; `stream` says it is a stream
-    /// socket. After this, operations may be pushed for it.
-    fn register(&self, sock: u64, fd: RawFd, stream: bool) -> io::Result<()>;
+    /// The backend's state for a new socket (`stream`: a stream socket), which the port
+    /// keeps in its socket entry and passes back with every call about that socket — the
+    /// backend keeps no registry of its own.
+    fn new_sock(&self, stream: bool) -> SockIo;
+
+    /// A socket was associated with the port under `sock` (its table token), its state `io`
+    /// already in the port's table. After this, operations may be pushed for it.
+    fn register(&self, io: &SockIo, sock: u64, fd: RawFd) -> io::Result<()>;
 
     /// The socket is about to be closed; no operation of it is pending.
-    fn deregister(&self, sock: u64, fd: RawFd);
+    fn deregister(&self, io: &SockIo, sock: u64, fd: RawFd);
 
-    /// Starts an operation. Called under the port's table lock: must not block and must not
-    /// make a system call that waits. The operation completes, once, as a [`Raw`] from a
-    /// later `flush`, `wait`, `wait_shared` or `try_reap`.
-    fn push(&self, token: u64, sock: u64, op: OpDesc);
+    /// Starts an operation of the socket whose state is `io`. Called under the port's table
+    /// lock: must not block and must not make a system call that waits. The operation
+    /// completes, once, as a [`Raw`] from a later `flush`, `wait`, `wait_shared` or
+    /// `try_reap`.
+    fn push(&self, io: &SockIo, token: u64, op: OpDesc);
 
     /// Makes a pushed, not yet completed operation complete promptly (with `-ECANCELED`
     /// unless it finished first). Same rules as `push`.
-    fn cancel(&self, token: u64, sock: u64);
+    fn cancel(&self, io: &SockIo, token: u64);
 
     /// Submits (io_uring) or attempts (epoll) what was pushed; appends what completed at once.
     fn flush(&self, out: &mut Vec<Raw>);
@@ -155,7 +193,13 @@ pub(crate) trait Driver: Send + Sync {
     /// Does not sleep if something completed already. An `Err` is a kernel failure that is not
     /// part of normal operation (an interrupted or timed-out wait is `Ok` with nothing); the
     /// port retries with a growing pause and shuts down if it persists.
-    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()>;
+    /// `socks` finds a socket's state from its token (readiness events name the token).
+    fn wait(
+        &self,
+        deadline: Option<Instant>,
+        socks: &dyn SockLookup,
+        out: &mut Vec<Raw>,
+    ) -> io::Result<()>;
 
     /// Every idle thread at once (the default): like `wait`, with any number of threads in
     /// it; the kernel wakes one waiter per event. `alone`: no other thread waits now (take a
@@ -164,12 +208,13 @@ pub(crate) trait Driver: Send + Sync {
         &self,
         deadline: Option<Instant>,
         alone: bool,
+        socks: &dyn SockLookup,
         out: &mut Vec<Raw>,
     ) -> io::Result<bool>;
 
     /// What completed by now, without waiting; nothing if a poller is at it (one poller at a
     /// time) — a busy thread's look.
-    fn try_reap(&self, out: &mut Vec<Raw>);
+    fn try_reap(&self, socks: &dyn SockLookup, out: &mut Vec<Raw>);
 
     /// Makes a waiter's `wait` or `wait_shared` return promptly (one of them), or the next
     /// one at once.
@@ -195,34 +240,43 @@ impl<D: Driver + ?Sized> Driver for std::sync::Arc<D> {
     fn backend(&self) -> Backend {
         (**self).backend()
     }
-    fn register(&self, sock: u64, fd: RawFd, stream: bool) -> io::Result<()> {
-        (**self).register(sock, fd, stream)
+    fn new_sock(&self, stream: bool) -> SockIo {
+        (**self).new_sock(stream)
     }
-    fn deregister(&self, sock: u64, fd: RawFd) {
-        (**self).deregister(sock, fd)
+    fn register(&self, io: &SockIo, sock: u64, fd: RawFd) -> io::Result<()> {
+        (**self).register(io, sock, fd)
     }
-    fn push(&self, token: u64, sock: u64, op: OpDesc) {
-        (**self).push(token, sock, op)
+    fn deregister(&self, io: &SockIo, sock: u64, fd: RawFd) {
+        (**self).deregister(io, sock, fd)
     }
-    fn cancel(&self, token: u64, sock: u64) {
-        (**self).cancel(token, sock)
+    fn push(&self, io: &SockIo, token: u64, op: OpDesc) {
+        (**self).push(io, token, op)
+    }
+    fn cancel(&self, io: &SockIo, token: u64) {
+        (**self).cancel(io, token)
     }
     fn flush(&self, out: &mut Vec<Raw>) {
         (**self).flush(out)
     }
-    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()> {
-        (**self).wait(deadline, out)
+    fn wait(
+        &self,
+        deadline: Option<Instant>,
+        socks: &dyn SockLookup,
+        out: &mut Vec<Raw>,
+    ) -> io::Result<()> {
+        (**self).wait(deadline, socks, out)
     }
     fn wait_shared(
         &self,
         deadline: Option<Instant>,
         alone: bool,
+        socks: &dyn SockLookup,
         out: &mut Vec<Raw>,
     ) -> io::Result<bool> {
-        (**self).wait_shared(deadline, alone, out)
+        (**self).wait_shared(deadline, alone, socks, out)
     }
-    fn try_reap(&self, out: &mut Vec<Raw>) {
-        (**self).try_reap(out)
+    fn try_reap(&self, socks: &dyn SockLookup, out: &mut Vec<Raw>) {
+        (**self).try_reap(socks, out)
     }
     fn wake(&self) {
         (**self).wake()

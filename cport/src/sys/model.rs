@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Backend, Desc, Driver, OpDesc, Raw};
+use super::{Backend, Desc, Driver, OpDesc, Raw, SockIo, SockLookup};
 
 /// What the port handed to the modelled kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,16 +118,28 @@ impl Driver for Model {
         Backend::Epoll
     }
 
-    fn register(&self, sock: u64, _fd: RawFd, _stream: bool) -> io::Result<()> {
+    /// The socket's table token, so that a push can say which socket it is for.
+    fn new_sock(&self, _stream: bool) -> SockIo {
+        SockIo::new(std::sync::atomic::AtomicU64::new(u64::MAX))
+    }
+
+    fn register(&self, io: &SockIo, sock: u64, _fd: RawFd) -> io::Result<()> {
+        io.get::<std::sync::atomic::AtomicU64>()
+            .expect("the model's state")
+            .store(sock, std::sync::atomic::Ordering::Relaxed);
         self.state.lock().calls.push(Call::Register { sock });
         Ok(())
     }
 
-    fn deregister(&self, sock: u64, _fd: RawFd) {
+    fn deregister(&self, _io: &SockIo, sock: u64, _fd: RawFd) {
         self.state.lock().calls.push(Call::Deregister { sock });
     }
 
-    fn push(&self, token: u64, sock: u64, op: OpDesc) {
+    fn push(&self, io: &SockIo, token: u64, op: OpDesc) {
+        let sock = io
+            .get::<std::sync::atomic::AtomicU64>()
+            .expect("the model's state")
+            .load(std::sync::atomic::Ordering::Relaxed);
         let (kind, len) = kind_of(&op.desc);
         self.state.lock().calls.push(Call::Push {
             token,
@@ -137,13 +149,18 @@ impl Driver for Model {
         });
     }
 
-    fn cancel(&self, token: u64, _sock: u64) {
+    fn cancel(&self, _io: &SockIo, token: u64) {
         self.state.lock().calls.push(Call::Cancel { token });
     }
 
     fn flush(&self, _out: &mut Vec<Raw>) {}
 
-    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()> {
+    fn wait(
+        &self,
+        deadline: Option<Instant>,
+        _socks: &dyn SockLookup,
+        out: &mut Vec<Raw>,
+    ) -> io::Result<()> {
         self.wait_until(deadline, out)
     }
 
@@ -151,12 +168,13 @@ impl Driver for Model {
         &self,
         deadline: Option<Instant>,
         _alone: bool,
+        _socks: &dyn SockLookup,
         out: &mut Vec<Raw>,
     ) -> io::Result<bool> {
         self.wait_until(deadline, out).map(|()| false)
     }
 
-    fn try_reap(&self, out: &mut Vec<Raw>) {
+    fn try_reap(&self, _socks: &dyn SockLookup, out: &mut Vec<Raw>) {
         out.extend(self.state.lock().ready.drain(..));
     }
 

@@ -28,7 +28,7 @@ use io_uring::{opcode, squeue, IoUring, Probe};
 use parking_lot::Mutex;
 
 use super::wait::{WaitSet, ALARM, BACKEND};
-use super::{Backend, Desc, Driver, OpDesc, Raw};
+use super::{Backend, Desc, Driver, OpDesc, Raw, SockIo, SockLookup};
 use crate::combine::Combiner;
 use crate::slab::RESERVED_TOKENS;
 
@@ -289,23 +289,32 @@ impl Driver for Uring {
         Backend::Uring
     }
 
-    /// Nothing to do: io_uring addresses each operation by descriptor.
-    fn register(&self, _sock: u64, _fd: RawFd, _stream: bool) -> io::Result<()> {
+    /// No per-socket state: io_uring addresses each operation by descriptor.
+    fn new_sock(&self, _stream: bool) -> SockIo {
+        SockIo::none()
+    }
+
+    fn register(&self, _io: &SockIo, _sock: u64, _fd: RawFd) -> io::Result<()> {
         Ok(())
     }
 
-    fn deregister(&self, _sock: u64, _fd: RawFd) {}
+    fn deregister(&self, _io: &SockIo, _sock: u64, _fd: RawFd) {}
 
-    fn push(&self, token: u64, _sock: u64, op: OpDesc) {
+    fn push(&self, _io: &SockIo, token: u64, op: OpDesc) {
         self.push_entry(Self::entry(op).user_data(token));
     }
 
-    fn cancel(&self, token: u64, _sock: u64) {
+    fn cancel(&self, _io: &SockIo, token: u64) {
         self.push_entry(opcode::AsyncCancel::new(token).build().user_data(CANCEL));
     }
 
     /// Waits for completions until `deadline` or a wake-up (poller only).
-    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()> {
+    fn wait(
+        &self,
+        deadline: Option<Instant>,
+        _socks: &dyn SockLookup,
+        out: &mut Vec<Raw>,
+    ) -> io::Result<()> {
         let _g = self.cq.lock();
         if self.reap(out) > 0 {
             self.submit_pending();
@@ -362,10 +371,11 @@ impl Driver for Uring {
         &self,
         deadline: Option<Instant>,
         _alone: bool,
+        socks: &dyn SockLookup,
         out: &mut Vec<Raw>,
     ) -> io::Result<bool> {
         let Some((ws, _)) = &self.shared else {
-            self.wait(deadline, out)?;
+            self.wait(deadline, socks, out)?;
             return Ok(false);
         };
         self.submit_pending();
@@ -382,7 +392,7 @@ impl Driver for Uring {
 
     /// Reaps what is in the completion queue now, without a system call, if the poller is
     /// not at it.
-    fn try_reap(&self, out: &mut Vec<Raw>) {
+    fn try_reap(&self, _socks: &dyn SockLookup, out: &mut Vec<Raw>) {
         if let Some(_g) = self.cq.try_lock() {
             self.reap(out);
         }
