@@ -265,7 +265,7 @@ impl<T> Sched<T> {
         }
         // More work and someone asleep who could take it: wake them.
         if !self.queue.is_empty() && self.sleepers.load(SeqCst) > 0 {
-            self.kick_locked(poller);
+            self.kick_and_wake(poller);
         }
         true
     }
@@ -298,7 +298,7 @@ impl<T> Sched<T> {
                 && self.take_ready(max, out)
             {
                 if !self.queue.is_empty() && self.sleepers.load(SeqCst) > 0 {
-                    self.kick_locked(poller);
+                    self.kick_and_wake(poller);
                 }
                 return Outcome::Got;
             }
@@ -337,7 +337,7 @@ impl<T> Sched<T> {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.sleepers.fetch_sub(1, SeqCst);
                 // Hand the poller's duty on if we were the one who might have taken it.
-                let kick = self.kick(&mut st);
+                let kick = self.kick_locked(&mut st);
                 drop(st);
                 if kick {
                     poller.wake();
@@ -385,7 +385,7 @@ impl<T> Sched<T> {
                 // woken for the rest (and, with one poller at a time, one of them becomes
                 // the next poller).
                 st.woken += 1;
-                let kick = self.kick(&mut st);
+                let kick = self.kick_locked(&mut st);
                 st.woken -= 1;
                 drop(st);
                 if kick {
@@ -411,9 +411,8 @@ impl<T> Sched<T> {
     /// about to land costs no sleep and wake-up. Adaptive, per thread: first 127 `spin_loop`s
     /// (a few microseconds); then, only while this thread's recent spins paid off, a few
     /// `yield_now`s, which let a producer sharing the core run. The yields are what a
-    /// post→get hand-off needs (two consumers with `get_many`: 12.4 vs 5.7 Mitems/s without
-    /// them), and what an idle server must not pay at every idle period (at
-    /// `--rate 4000 --skew 1:2`, 82–87 µs of CPU per message with them, 71 without).
+    /// post→get hand-off needs, and what an idle server must not pay at every idle period
+    /// (both measured: ARCHITECTURE.md, "One poller at a time").
     #[cfg(not(loom))]
     fn spin_for_work(&self, me: &Waiter) -> bool {
         let ready = || !self.queue.is_empty() && self.active.load(Relaxed) < self.concurrency;
@@ -501,23 +500,24 @@ impl<T> Sched<T> {
         // registration (`sleepers += 1`, then it reads `active`).
         self.active.fetch_sub(1, SeqCst);
         if self.sleepers.load(SeqCst) > 0 {
-            self.kick_locked(poller);
+            self.kick_and_wake(poller);
         }
     }
 
-    fn kick_locked(&self, poller: &dyn Poller<T>) {
+    /// Takes the state lock and kicks (`kick_locked`), then interrupts the poller if asked.
+    fn kick_and_wake(&self, poller: &dyn Poller<T>) {
         let mut st = self.state.lock();
-        let kick = self.kick(&mut st);
+        let kick = self.kick_locked(&mut st);
         drop(st);
         if kick {
             poller.wake();
         }
     }
 
-    /// Wakes as many idle threads as there is work and free slots for (most recent first),
-    /// plus one to poll the kernel if nobody does. Returns true if the poller must be
-    /// interrupted because ready items would otherwise wait for it.
-    fn kick(&self, st: &mut State) -> bool {
+    /// With the state lock held (`st`): wakes as many idle threads as there is work and free
+    /// slots for (most recent first), plus one to poll the kernel if nobody does. Returns true
+    /// if the poller must be interrupted because ready items would otherwise wait for it.
+    fn kick_locked(&self, st: &mut State) -> bool {
         if self.closed.load(SeqCst) {
             return false;
         }
@@ -586,7 +586,7 @@ impl<T> Sched<T> {
         // on x86, and ordered before this SeqCst load on ARMv8), the same reasoning as
         // crossbeam-channel's sender/`SyncWaker::notify`. The sleeper's side has the fence.
         if self.sleepers.load(SeqCst) > 0 {
-            self.kick_locked(poller);
+            self.kick_and_wake(poller);
         }
     }
 

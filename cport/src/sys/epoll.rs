@@ -130,7 +130,8 @@ pub(crate) struct Epoll {
     todo: Mutex<Vec<(Arc<Sock>, Dir)>>,
     /// Completions decided without a system call (cancels), for the next `flush` or `wait`.
     done: Mutex<Vec<Raw>>,
-    /// Only the poller takes this lock.
+    /// The event buffer of `wait` (one poller at a time takes this lock; `wait_shared`
+    /// waiters use buffers of their own).
     poll: Mutex<PollBuf>,
 }
 

@@ -4,11 +4,15 @@
 //!   waits in a backlog, so a push never fails and never blocks. `flush` hands pushed SQEs to
 //!   the kernel with `io_uring_enter`, one flusher at a time (`crate::combine`, model-checked
 //!   with loom): the kernel serialises submitters on the ring's mutex and issues each send
-//!   inline under it, so a second submitter would only spin there (measured: 11% of the game
-//!   server's CPU in `mutex_spin_on_owner`). A flusher that finds another at it leaves its
+//!   inline under it, so a second submitter would only spin there (see ARCHITECTURE.md for
+//!   the measurement). A flusher that finds another at it leaves its
 //!   SQEs to that one, which looks again before it leaves, and goes back to its handlers.
-//! * Completion: only the poller reads the CQ (`cq` lock), waiting with
-//!   `IORING_ENTER_EXT_ARG` for a timeout. A NOP with a reserved token interrupts it.
+//! * Completion: the CQ is read under the `cq` lock — by a waiter after its wait (and before
+//!   it, in case its own submission completed at once), and by a busy worker's look
+//!   (`try_reap`, with `try_lock`). With every idle thread waiting (the default) they wait in
+//!   the wait set on the ring's registered eventfd; with one poller at a time
+//!   (`CPORT_WAIT=leader`) the poller waits in `io_uring_enter` with `IORING_ENTER_EXT_ARG`
+//!   for a timeout, and a NOP with a reserved token interrupts it.
 //! * Overflow: the ring is set up with a CQ four times the SQ, and `IORING_FEAT_NODROP` is
 //!   required, so a full CQ makes the kernel keep completions on its overflow list instead of
 //!   dropping them; the poller flushes that list (`GETEVENTS`) whenever the ring reports
@@ -41,7 +45,7 @@ pub(crate) struct Uring {
     ring: IoUring,
     /// The submission-side lock; holds SQEs that did not fit in the ring.
     sq: Mutex<VecDeque<squeue::Entry>>,
-    /// The completion-side lock (only the poller takes it).
+    /// The completion-side lock: whoever reads the CQ holds it (waiters, a busy worker's look).
     cq: Mutex<()>,
     /// One flusher in the kernel at a time; also knows whether anything was pushed since
     /// the last submission (so a flush with nothing to submit costs no system call).
@@ -154,11 +158,12 @@ impl Uring {
     }
 
     fn push_entry(&self, entry: squeue::Entry) {
-        self.push_locked(entry);
+        self.push_sq(entry);
         self.combine.pushed();
     }
 
-    fn push_locked(&self, entry: squeue::Entry) {
+    /// Puts an SQE in the ring (taking the `sq` lock), or in the backlog if the ring is full.
+    fn push_sq(&self, entry: squeue::Entry) {
         let mut backlog = self.sq.lock();
         if backlog.is_empty() {
             // SAFETY: the `sq` lock is held, so this is the only SubmissionQueue in existence.
