@@ -11,7 +11,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use bytes::Bytes;
 use socket2::{SockAddr, SockAddrStorage};
 
-use crate::sys::{Desc, OpDesc};
+use crate::sys::{Desc, OpDesc, OpKind};
 
 /// Which operation a completion is for — the part of an extended OVERLAPPED that says what
 /// finished — with what the operation owned, handed back.
@@ -293,17 +293,6 @@ pub(crate) enum OpData {
     SendTo(SendBuf, Box<SockAddr>, Box<MsgState>),
 }
 
-/// Which per-socket queue keeps an operation in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lane {
-    /// Receives: one in flight at a time, completed in the order started.
-    Recv,
-    /// Sends: one in flight at a time, so bytes leave in the order the sends were started.
-    Send,
-    /// Accepts and connects: any number in flight.
-    Free,
-}
-
 impl OpData {
     pub(crate) fn accept() -> OpData {
         OpData::Accept(Box::new((SockAddrStorage::zeroed(), 0)))
@@ -322,11 +311,12 @@ impl OpData {
         OpData::SendTo(buf, Box::new(addr), MsgState::new())
     }
 
-    pub(crate) fn lane(&self) -> Lane {
+    pub(crate) fn kind(&self) -> OpKind {
         match self {
-            OpData::Recv(_) | OpData::RecvFrom(..) => Lane::Recv,
-            OpData::Send(..) | OpData::SendTo(..) => Lane::Send,
-            OpData::Accept(_) | OpData::Connect(_) => Lane::Free,
+            OpData::Recv(_) | OpData::RecvFrom(..) => OpKind::Recv,
+            OpData::Send(..) | OpData::SendTo(..) => OpKind::Send,
+            OpData::Accept(_) => OpKind::Accept,
+            OpData::Connect(_) => OpKind::Connect,
         }
     }
 

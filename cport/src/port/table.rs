@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use super::socket::fail;
 use crate::op::{aborted, Completion, OpData};
 use crate::slab::Slab;
-use crate::sys::{Driver, Raw, SockIo};
+use crate::sys::{Driver, OpKind, Raw, SockIo};
 
 pub(super) struct OpEntry {
     pub(super) sock: u64,
@@ -77,7 +77,7 @@ impl Table {
         if s.closed {
             return Some(fail(s.key, user, data, closed_error()));
         }
-        let lane = data.lane();
+        let kind = data.kind();
         let key = s.key;
         let token = self.ops.insert(OpEntry {
             sock,
@@ -88,16 +88,18 @@ impl Table {
             state: OpState::Queued,
         });
         let s = self.socks.get_mut(sock).expect("socket checked above");
-        let submit_now = match lane {
-            crate::op::Lane::Recv => {
+        // The lanes: receives, and sends, one in flight each in start order; accepts and
+        // connects all at once.
+        let submit_now = match kind {
+            OpKind::Recv => {
                 s.recv_q.push_back(token);
                 s.recv_q.len() == 1
             }
-            crate::op::Lane::Send => {
+            OpKind::Send => {
                 s.send_q.push_back(token);
                 s.send_q.len() == 1
             }
-            crate::op::Lane::Free => {
+            OpKind::Accept | OpKind::Connect => {
                 s.free.push(token);
                 true
             }
@@ -153,16 +155,16 @@ impl Table {
         };
         let sock = op.sock;
         if let Some(s) = self.socks.get_mut(sock) {
-            let next = match op.data.lane() {
-                crate::op::Lane::Recv => {
+            let next = match op.data.kind() {
+                OpKind::Recv => {
                     remove_token(&mut s.recv_q, raw.token);
                     s.recv_q.front().copied()
                 }
-                crate::op::Lane::Send => {
+                OpKind::Send => {
                     remove_token(&mut s.send_q, raw.token);
                     s.send_q.front().copied()
                 }
-                crate::op::Lane::Free => {
+                OpKind::Accept | OpKind::Connect => {
                     s.free.retain(|t| *t != raw.token);
                     None
                 }

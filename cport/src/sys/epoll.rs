@@ -61,9 +61,10 @@ enum Dir {
 }
 
 fn dir_of(desc: &Desc) -> Dir {
-    match desc {
-        Desc::Accept { .. } | Desc::Recv { .. } | Desc::RecvMsg { .. } => Dir::Read,
-        Desc::Connect { .. } | Desc::Send { .. } | Desc::SendMsg { .. } => Dir::Write,
+    if desc.kind().reads() {
+        Dir::Read
+    } else {
+        Dir::Write
     }
 }
 

@@ -63,6 +63,36 @@ pub(crate) enum Desc {
     },
 }
 
+/// The one classification of operations. The port keeps receives and sends in per-socket
+/// lanes (one of each in flight, completed in start order) and lets accepts and connects run
+/// freely; a readiness backend waits on the read side for accepts and receives and on the
+/// write side for connects and sends ([`OpKind::reads`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpKind {
+    Accept,
+    Connect,
+    Recv,
+    Send,
+}
+
+impl OpKind {
+    /// It waits for something to take (a connection, data) rather than for room to give.
+    pub(crate) fn reads(self) -> bool {
+        matches!(self, OpKind::Accept | OpKind::Recv)
+    }
+}
+
+impl Desc {
+    pub(crate) fn kind(&self) -> OpKind {
+        match self {
+            Desc::Accept { .. } => OpKind::Accept,
+            Desc::Connect { .. } => OpKind::Connect,
+            Desc::Recv { .. } | Desc::RecvMsg { .. } => OpKind::Recv,
+            Desc::Send { .. } | Desc::SendMsg { .. } => OpKind::Send,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OpDesc {
     pub(crate) fd: RawFd,
