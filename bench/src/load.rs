@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cport::{Backend, Op, Pool, Port, Socket};
+use cport::{Aborted, Backend, Op, Pool, Port, Socket};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
@@ -250,7 +250,7 @@ fn on_completion(sh: &Shared, c: cport::Completion) {
             let n = match c.result {
                 Ok(n) if n > 0 => n,
                 Ok(_) | Err(_) => {
-                    if !c_aborted(&c.result) && !sh.stop.load(Relaxed) {
+                    if !c.result.is_aborted() && !sh.stop.load(Relaxed) {
                         sh.broken.fetch_add(1, Relaxed);
                     }
                     conn.st.lock().alive = false;
@@ -383,6 +383,3 @@ fn open_loop_sends(sh: &Shared, port: &Port, rate: f64, start: Instant) -> Durat
     }
 }
 
-fn c_aborted(r: &io::Result<usize>) -> bool {
-    matches!(r, Err(e) if e.raw_os_error() == Some(libc::ECANCELED))
-}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cport::{Backend, Completion, Op, Pool, Port, Socket, TimerId};
+use cport::{Aborted, Backend, Completion, Op, Pool, Port, Socket, TimerId};
 use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Type};
 
@@ -559,7 +559,7 @@ fn dispatch<C: Codec, H: Handler>(srv: &ServerHandle, codec: &C, handler: &H, c:
 fn on_accept<H: Handler>(core: &Arc<Core>, handler: &H, c: Completion) {
     let accepted = match (c.op, c.result) {
         (Op::Accept(Some(a)), Ok(_)) => a,
-        (_, Err(e)) if c_aborted(&e) || core.stopping.load(Relaxed) => return,
+        (_, Err(e)) if e.is_aborted() || core.stopping.load(Relaxed) => return,
         (_, Err(e)) => {
             // Out of descriptors or memory: wait a little rather than spin on the error.
             let fd_or_mem = matches!(
@@ -628,10 +628,6 @@ fn on_accept<H: Handler>(core: &Arc<Core>, handler: &H, c: Completion) {
     );
 }
 
-fn c_aborted(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ECANCELED)
-}
-
 fn rate_limited_warn(core: &Core, msg: &str) {
     let now = core.now_ms();
     let last = core.last_refusal_log.load(Relaxed);
@@ -663,7 +659,7 @@ fn on_recv<C: Codec, H: Handler>(
             return finish_close(core, handler, s);
         }
         Ok(n) => n,
-        Err(e) if c_aborted(&e) => return finish_close(core, handler, s),
+        Err(e) if e.is_aborted() => return finish_close(core, handler, s),
         Err(e) => {
             s.close(CloseReason::from_io(&e));
             return finish_close(core, handler, s);
