@@ -382,4 +382,3 @@ fn open_loop_sends(sh: &Shared, port: &Port, rate: f64, start: Instant) -> Durat
         }
     }
 }
-

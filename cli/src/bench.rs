@@ -51,7 +51,7 @@ pub struct EchoArgs {
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Servers, comma-separated: cport-uring, cport-epoll (`cport echo`, the server layer),
-    /// port-uring, port-epoll (the port-only echo example); a cport or port name followed by `@leader` runs it with one poller at a time (`CPORT_WAIT=leader`, for A/B runs of the wait design); tokio, compio, raw (the peers:
+    /// port-uring, port-epoll (the port-only echo example); a cport or port name followed by `@leader` runs it with one poller at a time (`CPORT_WAIT=leader`, for A/B runs of the wait design); a cport name followed by `@PATH` runs the `cport` binary at PATH (a build of another commit, for before/after runs); tokio, compio, raw (the peers:
     /// `cargo build --release -p cport-bench --bins`).
     #[arg(
         long,
@@ -97,13 +97,25 @@ fn not_built(path: &Path, how: &str) -> io::Error {
 fn contender(full_name: &str, threads: usize, skew_ms: Option<f64>) -> io::Result<Contender> {
     // `NAME@leader`: a cport server with one poller at a time on every backend (the wait
     // design before issue 10), for A/B runs of the wait design in one run.
+    // `cport-NAME@PATH`: the `cport` binary at PATH (a build of another commit), for
+    // before/after runs of a change in one run.
+    let mut exe = std::env::current_exe()?;
     let (name, env) = match full_name.split_once('@') {
         Some((n, "leader")) if n.starts_with("cport-") || n.starts_with("port-") => {
             (n, vec![("CPORT_WAIT".to_string(), "leader".to_string())])
         }
+        Some((n, path)) if n.starts_with("cport-") && path.contains('/') => {
+            exe = PathBuf::from(path);
+            if !exe.exists() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{full_name}: no binary at {path}"),
+                ));
+            }
+            (n, Vec::new())
+        }
         _ => (full_name, Vec::new()),
     };
-    let exe = std::env::current_exe()?;
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     let mut common = vec![
         "--addr".to_string(),
