@@ -200,6 +200,8 @@ impl Store {
         };
         match self {
             Store::Sqlite(c) => {
+                // At startup a lock held elsewhere is an error soon, not a long wait.
+                c.busy_timeout(Duration::from_secs(2)).map_err(sql_err)?;
                 let check: String = c
                     .query_row("PRAGMA quick_check", [], |r| r.get(0))
                     .map_err(sql_err)?;
@@ -231,6 +233,7 @@ impl Store {
                         .map_err(sql_err)?;
                 }
                 tx.commit().map_err(sql_err)?;
+                c.busy_timeout(Duration::from_secs(5)).map_err(sql_err)?;
                 Ok(newest)
             }
             Store::Postgres { .. } => {
