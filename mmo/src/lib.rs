@@ -10,6 +10,14 @@
 //! the lock order are in [`world`]'s docs. NPC moves are timers posted to the port
 //! ([`ServerHandle::post_after`](cport_server::ServerHandle::post_after) → `on_timer`).
 //!
+//! Players persist ([`DbConfig`]: SQLite embedded, PostgreSQL, or none): the workers never
+//! wait on the database. Loads and batches of saves are jobs for blocking DB threads, whose
+//! results come back through the port as posted completions that own them
+//! ([`ServerHandle::post_message`](cport_server::ServerHandle::post_message) → `on_message`),
+//! the course's `EV_DB`. Changes are written behind, at most [`Config::save_interval`] after
+//! they happen, at once on logout, and all of them at shutdown. Combat follows the course:
+//! [`rules`].
+//!
 //! ```no_run
 //! let server = cport_mmo::start(cport_mmo::Config { npcs: 1000, ..Default::default() })?;
 //! println!("listening on {}", server.local_addr());
