@@ -464,3 +464,133 @@ fn db_config_parses_sqlite_postgres_and_none() {
     assert!("sqlite:".parse::<DbConfig>().is_err());
     assert!("mysql://x".parse::<DbConfig>().is_err());
 }
+
+/// A PostgreSQL cluster of one test's own (so that it can be stopped under a running game
+/// without disturbing the other tests), made with the binaries `CPORT_TEST_PG_BIN` names.
+struct OwnCluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl OwnCluster {
+    fn cmd(&self, prog: &str) -> std::process::Command {
+        // initdb and the server refuse to run as root: run them as `postgres` then.
+        let mut c = if rustix::process::geteuid().is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(prog));
+            c
+        } else {
+            std::process::Command::new(self.bin.join(prog))
+        };
+        c.stdout(std::process::Stdio::null());
+        c
+    }
+
+    fn new() -> OwnCluster {
+        let bin = PathBuf::from(std::env::var("CPORT_TEST_PG_BIN").unwrap_or_else(|_| {
+            panic!(
+                "CPORT_TEST_PG_BIN is not set: this test starts and stops a PostgreSQL of its \
+                 own. Run it with scripts/test (it installs PostgreSQL and sets it)"
+            )
+        }));
+        let dir = std::env::temp_dir().join(format!("cport-pg-{}", unique("own")));
+        std::fs::create_dir_all(&dir).unwrap();
+        if rustix::process::geteuid().is_root() {
+            let ok = std::process::Command::new("chown")
+                .arg("postgres")
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "chown postgres {}", dir.display());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = OwnCluster { bin, dir, port };
+        let ok = c
+            .cmd("initdb")
+            .arg("-D")
+            .arg(c.dir.join("data"))
+            .args(["-U", "cport", "--auth=trust", "--no-sync"])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "initdb failed");
+        c.start();
+        c
+    }
+
+    fn start(&self) {
+        let ok = self
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .args(["-w", "-t", "30", "-o"])
+            .arg(format!(
+                "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
+                self.port,
+                self.dir.display()
+            ))
+            .arg("start")
+            .status()
+            .unwrap();
+        assert!(ok.success(), "pg_ctl start failed");
+    }
+
+    fn stop(&self, mode: &str) {
+        let _ = self
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", mode, "-w", "stop"])
+            .status();
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://cport@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        self.stop("immediate");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// PostgreSQL stopped under a running game: logins get SC_LOGIN_FAIL, the game keeps
+/// running, saves fail and are kept; PostgreSQL started again: every pending row is written
+/// and logins work.
+#[test]
+fn postgres_stopped_at_runtime_fails_logins_and_keeps_saves_until_it_is_back() {
+    let pg = OwnCluster::new();
+    let db = TestDb {
+        cfg: DbConfig::Postgres(pg.url()),
+        dir: None,
+        pg: None,
+    };
+    let srv = game(&db, 100);
+    let mut a = Client::login(srv.local_addr(), U8, "fay");
+    walk(&mut a, 1);
+    common::wait_until("fay saved", || stored(&db, "fay").is_some());
+    pg.stop("fast");
+    let (c, p) = login_raw(&srv, cport_mmo::protocol::name("gus"));
+    assert_eq!(p, ServerPacket::LoginFail, "a login with PostgreSQL down");
+    c.expect_closed();
+    walk(&mut a, 3);
+    common::wait_until("a save failed", || srv.db_stats().save_errors >= 1);
+    // Still playing while saves fail.
+    let end = walk(&mut a, 1);
+    assert!(srv.db_stats().pending_rows >= 1);
+    pg.start();
+    common::wait_until("the pending row is written once PostgreSQL is back", || {
+        srv.db_stats().pending_rows == 0 && stored(&db, "fay").is_some_and(|r| (r.x, r.y) == end)
+    });
+    let (_c, p) = login_raw(&srv, cport_mmo::protocol::name("gus"));
+    info_of(&p);
+    srv.shutdown(QUICK);
+}

@@ -61,4 +61,6 @@ as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 30 \
 }
 as_pg "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U cport cport_test
 export CPORT_TEST_POSTGRES="postgres://cport@127.0.0.1:$pg_port/cport_test"
+# The test that stops PostgreSQL under a running game starts a cluster of its own with these.
+export CPORT_TEST_PG_BIN="$pg_bin"
 echo "scripts/deps/postgres.sh: PostgreSQL ($pg_bin) at $CPORT_TEST_POSTGRES"
