@@ -9,7 +9,9 @@
 //!
 //! Threads: `loaders` threads run logins (reads only, so SQLite's WAL lets them run beside
 //! the writer), and one writer runs every batch of saves, one transaction per batch, in the
-//! order they were queued (so a newer row of a player is never overwritten by an older).
+//! order they were queued (so a newer row of a player is never overwritten by an older);
+//! batches queued behind the one it takes join its transaction (up to 1000 rows), so the
+//! one-row batches of a wave of logouts are written together.
 //!
 //! Stores: SQLite (embedded, bundled, WAL, `synchronous=NORMAL`: a committed transaction
 //! survives `kill -9` of the server) or PostgreSQL (the sync `postgres` client; a connection
@@ -470,6 +472,7 @@ impl DbPool {
             );
         }
         let (rx, stop) = (self.save_rx.clone(), self.stop_rx.clone());
+        let more = self.save_rx.clone();
         let (c, cpu) = (self.counters.clone(), self.cpu_ns.clone());
         let mut store = writer_store;
         threads.push(
@@ -477,6 +480,15 @@ impl DbPool {
                 .name("cport-db-save".into())
                 .spawn(move || {
                     worker_loop(&rx, &stop, |job: SaveJob| {
+                        // Jobs queued behind this one (rows of logouts, one each) join its
+                        // transaction, in queue order (a later row of a name wins).
+                        let mut job = job;
+                        while job.rows.len() < crate::persist::MAX_BATCH {
+                            match more.try_recv() {
+                                Ok(next) => job.rows.extend(next.rows),
+                                Err(_) => break,
+                            }
+                        }
                         let t0 = Instant::now();
                         let rows: Vec<PlayerRow> = job.rows.iter().map(|r| r.0.clone()).collect();
                         let result = store.save(&rows);
