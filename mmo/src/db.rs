@@ -162,7 +162,14 @@ impl Store {
             }
             DbConfig::Postgres(url) => {
                 let mut pc: postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
-                pc.connect_timeout(Duration::from_secs(3));
+                // A server that stops answering fails the job in seconds rather than holding
+                // a DB thread (and the logins queued behind it) forever.
+                pc.connect_timeout(Duration::from_secs(3))
+                    .tcp_user_timeout(Duration::from_secs(10))
+                    .keepalives_idle(Duration::from_secs(30));
+                if pc.get_options().is_none() {
+                    pc.options("-c statement_timeout=10000");
+                }
                 let mut s = Store::Postgres {
                     cfg: Box::new(pc),
                     client: None,
@@ -204,6 +211,11 @@ impl Store {
             Store::Sqlite(c) => {
                 // At startup a lock held elsewhere is an error soon, not a long wait.
                 c.busy_timeout(Duration::from_secs(2)).map_err(sql_err)?;
+                // SQLite opens a file it cannot write read-only without a word: say so now,
+                // not at the first save.
+                if c.is_readonly(rusqlite::MAIN_DB).map_err(sql_err)? {
+                    return Err("the database file is read-only".into());
+                }
                 let check: String = c
                     .query_row("PRAGMA quick_check", [], |r| r.get(0))
                     .map_err(sql_err)?;

@@ -449,6 +449,53 @@ fn a_locked_database_is_a_clear_error_at_start() {
     drop(holder);
 }
 
+/// A database file that cannot be written (immutable as root, read-only otherwise): `start`
+/// fails with an error that names it.
+#[test]
+fn a_read_only_database_file_is_a_clear_error_at_start() {
+    let db = sqlite_db("readonly");
+    let DbConfig::Sqlite(path) = &db.cfg else {
+        unreachable!()
+    };
+    // A good database first.
+    cport_mmo::start(Config {
+        db: db.cfg.clone(),
+        ..Config::default()
+    })
+    .unwrap()
+    .shutdown(QUICK);
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        // Root writes through permission bits: make the file immutable instead.
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .expect("run chattr");
+        assert!(ok.success(), "chattr +i {}", path.display());
+    } else {
+        let mut perm = std::fs::metadata(path).unwrap().permissions();
+        perm.set_readonly(true);
+        std::fs::set_permissions(path, perm).unwrap();
+    }
+    let r = cport_mmo::start(Config {
+        db: db.cfg.clone(),
+        ..Config::default()
+    });
+    if root {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(path)
+            .status();
+    }
+    let msg = r.expect_err("started on a read-only database").to_string();
+    assert!(msg.contains("mmo.db"), "{msg}");
+    assert!(
+        msg.contains("readonly") || msg.contains("read-only") || msg.contains("WAL"),
+        "{msg}"
+    );
+}
+
 /// `--db` strings.
 #[test]
 fn db_config_parses_sqlite_postgres_and_none() {
