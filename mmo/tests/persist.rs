@@ -496,6 +496,49 @@ fn a_read_only_database_file_is_a_clear_error_at_start() {
     );
 }
 
+/// The workers never wait on the database: while another process holds the SQLite write
+/// lock for 3 s (the writer is stuck in its busy wait), a player's moves are answered as
+/// usual; once the lock is gone, the rows are written.
+#[test]
+fn the_game_keeps_playing_while_the_database_is_locked() {
+    let db = sqlite_db("stuck");
+    let DbConfig::Sqlite(path) = &db.cfg else {
+        unreachable!()
+    };
+    let srv = game(&db, 50);
+    let mut a = Client::login(srv.local_addr(), U8, "hal");
+    walk(&mut a, 1);
+    common::wait_until("hal saved", || stored(&db, "hal").is_some());
+    let holder = rusqlite::Connection::open(path).unwrap();
+    holder
+        .execute_batch("BEGIN IMMEDIATE; UPDATE players SET level = level WHERE name = 'nobody';")
+        .unwrap();
+    let locked_at = std::time::Instant::now();
+    let saved_before = srv.db_stats().rows_saved;
+    let mut slowest = Duration::ZERO;
+    let mut end = a.pos;
+    while locked_at.elapsed() < Duration::from_secs(3) {
+        let t0 = std::time::Instant::now();
+        end = walk(&mut a, 1);
+        slowest = slowest.max(t0.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        srv.db_stats().rows_saved,
+        saved_before,
+        "the writer got through the lock: the test proves nothing"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a move waited {slowest:?} while the database was locked"
+    );
+    holder.execute_batch("ROLLBACK").unwrap();
+    common::wait_until("the rows are written once the lock is gone", || {
+        stored(&db, "hal").is_some_and(|r| (r.x, r.y) == end)
+    });
+    srv.shutdown(QUICK);
+}
+
 /// `--db` strings.
 #[test]
 fn db_config_parses_sqlite_postgres_and_none() {
