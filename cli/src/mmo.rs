@@ -46,12 +46,48 @@ pub struct Args {
     /// Most bytes queued for sending per session before it is closed as a slow consumer.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_send_queue: usize,
+    /// Where players are kept: sqlite:PATH (embedded), postgres://USER@HOST:PORT/DB, or none
+    /// [default: $CPORT_MMO_DB, else sqlite:mmo.db].
+    #[arg(long)]
+    pub db: Option<String>,
+    /// A changed player is written at most this long after the change (at once on logout).
+    #[arg(long, default_value_t = 1000)]
+    pub save_interval_ms: u64,
+    /// DB threads that load players at login (one more writes the saves).
+    #[arg(long, default_value_t = 2)]
+    pub db_threads: usize,
+    /// Board width and height (W_WIDTH; the course's is 2000).
+    #[arg(long, default_value_t = cport_mmo::protocol::W_WIDTH)]
+    pub world_size: u16,
+    /// How long a killed NPC stays dead (ms).
+    #[arg(long, default_value_t = 30_000)]
+    pub npc_respawn_ms: u64,
+    /// How often a hurt player regains hit points (ms).
+    #[arg(long, default_value_t = 5_000)]
+    pub regen_ms: u64,
+}
+
+/// `--db`, else `$CPORT_MMO_DB`, else `sqlite:mmo.db`.
+fn db_config(arg: Option<&str>) -> io::Result<cport_mmo::DbConfig> {
+    let s = match arg {
+        Some(s) => s.to_string(),
+        None => std::env::var("CPORT_MMO_DB").unwrap_or_else(|_| "sqlite:mmo.db".into()),
+    };
+    s.parse()
+        .map_err(|e: String| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
 pub fn run(args: Args) -> io::Result<()> {
     crate::util::raise_fd_limit();
     let signals = crate::util::signals()?;
     let threads = crate::util::threads_or_cores(args.threads);
+    let db = db_config(args.db.as_deref())?;
+    if args.save_interval_ms == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--save-interval-ms must be at least 1",
+        ));
+    }
     let cfg = cport_mmo::Config {
         addr: args.addr,
         threads,
@@ -65,12 +101,18 @@ pub fn run(args: Args) -> io::Result<()> {
         npcs: args.npcs,
         seed: args.seed,
         max_send_queue: args.max_send_queue,
+        db: db.clone(),
+        db_threads: args.db_threads,
+        save_interval: Duration::from_millis(args.save_interval_ms),
+        world_size: args.world_size,
+        npc_respawn: Duration::from_millis(args.npc_respawn_ms),
+        regen_interval: Duration::from_millis(args.regen_ms.max(1)),
         ..cport_mmo::Config::default()
     };
     let server = cport_mmo::start(cfg)?;
     let h = server.handle();
     println!(
-        "listening on {} (backend: {}, threads: {}, npcs: {}, max users: {}, view range: {}, header: {})",
+        "listening on {} (backend: {}, threads: {}, npcs: {}, max users: {}, view range: {}, header: {}, db: {}, save interval: {} ms)",
         h.local_addr(),
         h.backend(),
         threads,
@@ -80,17 +122,29 @@ pub fn run(args: Args) -> io::Result<()> {
         match args.header {
             Header::U8 => "u8",
             Header::U16 => "u16",
-        }
+        },
+        db,
+        args.save_interval_ms
     );
     io::stdout().flush()?;
     let _ = signals.recv();
     let stats = server.stats();
-    let report = server.shutdown(Duration::from_secs(5));
-    println!("{report}");
+    let report = server.shutdown_with_db(Duration::from_secs(5));
+    println!("{}", report.0);
     println!(
-        "game: {} logins, {} login fails, {} rejected, {} player moves, {} NPC moves",
-        stats.logins, stats.login_fails, stats.rejected, stats.moves, stats.npc_moves
+        "game: {} logins, {} login fails, {} rejected, {} player moves, {} NPC moves, {} attacks, {} NPC kills, {} level-ups",
+        stats.logins,
+        stats.login_fails,
+        stats.rejected,
+        stats.moves,
+        stats.npc_moves,
+        stats.attacks,
+        stats.npc_kills,
+        stats.level_ups
     );
+    // Also on stderr: `cport stress --spawn` shows the server's stderr, not its stdout.
+    println!("db ({db}): {}", report.1);
+    eprintln!("mmo db ({db}): {}", report.1);
     println!("{}", h.metrics());
     Ok(())
 }

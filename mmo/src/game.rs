@@ -1,23 +1,166 @@
-//! The game on the server layer's worker threads: login, move, teleport, chat, logout, and
-//! NPCs that move on timers posted to the port. See [`crate::world`] for the locks.
+//! The game on the server layer's worker threads: login (loaded from the database off the
+//! workers), move, teleport, chat, combat, logout, and NPCs that move, die and respawn on
+//! timers posted to the port. See [`crate::world`] for the locks.
 
 use std::cell::OnceCell;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
+};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cport_server::cport::Message;
 use cport_server::{CloseReason, Handler, ServerHandle, Session, SizeField};
 use parking_lot::Mutex;
 
-use crate::protocol::{ClientPacket, Direction, Name, ServerPacket};
+use crate::db::{Done, LoadJob, PlayerRow, DB_KEY};
+use crate::persist::Persist;
+use crate::protocol::{ClientPacket, Direction, Name, ServerPacket, NAME_SIZE};
 use crate::world::{pack, unpack, State, World};
 
 /// `Game::player_of` of a session that has not logged in.
 pub(crate) const NO_PLAYER: u32 = u32::MAX;
 
-/// Hit points, level… of every player (there is no combat yet).
-const HP: i32 = 100;
-const LEVEL: i32 = 1;
+/// The numbers of combat (see `mmo/README.md`).
+pub mod rules {
+    /// A new player's level.
+    pub const START_LEVEL: i32 = 1;
+    /// Most hit points at `level`: 100, then 20 more per level.
+    pub fn max_hp(level: i32) -> i32 {
+        100 + 20 * (level.max(1) - 1)
+    }
+    /// Damage of one of a player's hits at `level` to each NPC it reaches: 10, then 5 more
+    /// per level.
+    pub fn damage(level: i32) -> i32 {
+        10 + 5 * (level.max(1) - 1)
+    }
+    /// Experience needed to go from `level` to the next (it is spent: `exp` starts again
+    /// from what is left over).
+    pub fn exp_to_next(level: i32) -> i32 {
+        100 * level.max(1)
+    }
+    /// An NPC's hit points (when it spawns and respawns).
+    pub const NPC_HP: i32 = 30;
+    /// Experience for killing an NPC.
+    pub const NPC_EXP: i32 = 20;
+    /// An NPC that survives a hit strikes back the attacker for this much.
+    pub const NPC_HIT: i32 = 5;
+    /// Hit points a hurt player regains at each regeneration tick: a tenth of `max_hp`
+    /// (at least 1).
+    pub fn regen(max_hp: i32) -> i32 {
+        (max_hp / 10).max(1)
+    }
+}
+
+/// Timer keys beyond NPC ids (NPC move timers use the NPC's id).
+const RESPAWN: u64 = 1 << 40;
+const REGEN: u64 = 1 << 41;
+const SAVE_TICK: u64 = 1 << 42;
+
+/// Packets a session may send between `CS_LOGIN` and its `SC_LOGIN_INFO` (the load from the
+/// database); beyond, the session is closed.
+const MAX_PENDING: usize = 64;
+
+/// A player's stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PStats {
+    pub hp: i32,
+    pub max_hp: i32,
+    pub exp: i32,
+    pub level: i32,
+}
+
+impl PStats {
+    fn new() -> PStats {
+        let max_hp = rules::max_hp(rules::START_LEVEL);
+        PStats {
+            hp: max_hp,
+            max_hp,
+            exp: 0,
+            level: rules::START_LEVEL,
+        }
+    }
+}
+
+/// Where a player slot's login is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// No login.
+    Idle,
+    /// `CS_LOGIN` taken, the row is being loaded; packets wait in `pending`.
+    Loading,
+    /// On the board.
+    InGame,
+    /// Logged out or refused: what the session still sends is ignored.
+    Left,
+}
+
+/// A player slot's login, guarded by its own lock: taken first (before view, sector, stats
+/// and NPC locks), by whoever handles the player's packets, its load result, its close, its
+/// regeneration and the save tick. So a player's packets are never handled twice at once,
+/// even when packets that waited for the load are replayed on the thread of the result.
+pub(crate) struct Login {
+    pub phase: Phase,
+    /// Bumped when the slot's login ends: a load result or timer of an older login is stale.
+    pub gen: u64,
+    pub name: String,
+    pub session: Option<Session>,
+    pub pending: Vec<ClientPacket>,
+    /// On the board (its row is saved when it leaves).
+    pub placed: bool,
+    pub asked: Instant,
+}
+
+pub(crate) struct Player {
+    pub login: Mutex<Login>,
+    /// Taken after `login` (or alone, to read).
+    pub stats: Mutex<PStats>,
+    /// Changed since the last save tick.
+    pub dirty: AtomicBool,
+    /// A regeneration timer is pending.
+    pub regen: AtomicBool,
+}
+
+impl Player {
+    pub fn new() -> Player {
+        Player {
+            login: Mutex::new(Login {
+                phase: Phase::Idle,
+                gen: 0,
+                name: String::new(),
+                session: None,
+                pending: Vec::new(),
+                placed: false,
+                asked: Instant::now(),
+            }),
+            stats: Mutex::new(PStats::new()),
+            dirty: AtomicBool::new(false),
+            regen: AtomicBool::new(false),
+        }
+    }
+}
+
+/// An NPC's life, guarded by its own lock: taken before its view lock and the sectors, by
+/// its move timer, by a hit, and by its respawn (so a dead NPC never moves).
+pub(crate) struct NpcLife {
+    pub hp: i32,
+    pub alive: bool,
+}
+
+/// A login name: the bytes before the first NUL (as a C client's `char name[20]` reads),
+/// which must be 1..=20 bytes of UTF-8 without control characters.
+pub fn login_name(raw: &Name) -> Result<String, &'static str> {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(NAME_SIZE);
+    if end == 0 {
+        return Err("empty name");
+    }
+    let s = std::str::from_utf8(&raw[..end]).map_err(|_| "name is not valid UTF-8")?;
+    if s.chars().any(char::is_control) {
+        return Err("control characters in the name");
+    }
+    Ok(s.to_string())
+}
 
 /// A counter-based random generator (splitmix64): any thread may draw from it; the sequence
 /// depends only on the seed and the order of draws.
@@ -63,6 +206,12 @@ pub(crate) struct Counters {
     pub login_fails: AtomicU64,
     pub rejected: AtomicU64,
     pub moves: AtomicU64,
+    pub attacks: AtomicU64,
+    pub npc_kills: AtomicU64,
+    pub npc_respawns: AtomicU64,
+    pub level_ups: AtomicU64,
+    pub player_deaths: AtomicU64,
+    pub stat_changes: AtomicU64,
 }
 
 /// The game state and logic, shared by every worker thread.
@@ -79,6 +228,19 @@ pub(crate) struct Game {
     pub npc_interval: Duration,
     pub rng: Rng,
     pub counters: Counters,
+    /// Per player id: login, stats.
+    pub players: Box<[Player]>,
+    /// Names logged in (or logging in) now.
+    pub online: Mutex<HashSet<String>>,
+    /// Per NPC (`id - max_users`): hit points, alive; and where it (re)spawns.
+    pub npc_life: Box<[Mutex<NpcLife>]>,
+    pub npc_spawn: Box<[u32]>,
+    pub npc_respawn: Duration,
+    pub regen_interval: Duration,
+    /// `None` with `--db none`.
+    pub persist: Option<Persist>,
+    /// Login latency (µs, from `CS_LOGIN` to `SC_LOGIN_INFO` queued).
+    pub login_us: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
 /// The packets about the object being handled that go to others, each encoded at most once
@@ -256,9 +418,11 @@ impl Game {
         let w = &self.world;
         self.counters.npc_timers.fetch_sub(1, Relaxed);
         let i = (npc - w.max_users) as usize;
+        // Held for the whole move: a hit cannot kill it halfway (a dead NPC never moves).
+        let life = self.npc_life[i].lock();
         {
             let v = w.objs[npc as usize].view.lock();
-            if v.set.is_empty() {
+            if v.set.is_empty() || !life.alive {
                 // Decided under the NPC's view lock: a player adding it to its view after
                 // this finds `awake` false and wakes it again.
                 w.awake[i].store(false, SeqCst);
@@ -276,12 +440,21 @@ impl Game {
         self.reconcile_all(srv, npc, to, &mine);
         self.counters.npc_moves.fetch_add(1, Relaxed);
         self.schedule(srv, npc);
+        drop(life);
     }
 
-    /// Puts player `id` (just taken from the free ids) on the board.
-    fn login(&self, session: &Session, id: u32, name: Name) {
+    /// Puts player `id` on the board where `row` says, with its stats; sends
+    /// `SC_LOGIN_INFO`, then the ADDs both ways.
+    fn place(&self, session: &Session, id: u32, row: &PlayerRow) {
         let w = &self.world;
-        let pos = self.random_cell();
+        let pos = pack(row.x, row.y);
+        let name = crate::protocol::name(&row.name);
+        *self.players[id as usize].stats.lock() = PStats {
+            hp: row.hp,
+            max_hp: row.max_hp,
+            exp: row.exp,
+            level: row.level,
+        };
         {
             let mut v = w.objs[id as usize].view.lock();
             debug_assert!(v.set.is_empty() && v.state != State::InGame);
@@ -292,15 +465,14 @@ impl Game {
             v.state = State::InGame;
             self.last_move_time[id as usize].store(0, Relaxed);
             // Under the lock: before any SC_ADD_OBJECT another thread may send it.
-            let (x, y) = unpack(pos);
             session.send(self.encode(ServerPacket::LoginInfo {
                 id: id as i32,
-                hp: HP,
-                max_hp: HP,
-                exp: 0,
-                level: LEVEL,
-                x: x as i16,
-                y: y as i16,
+                hp: row.hp,
+                max_hp: row.max_hp,
+                exp: row.exp,
+                level: row.level,
+                x: row.x as i16,
+                y: row.y as i16,
             }));
         }
         self.counters.players.fetch_add(1, Relaxed);
@@ -310,6 +482,421 @@ impl Game {
         self.reconcile_all(&session.server(), id, pos, &mine);
     }
 
+    /// A new player's row: default stats at a random free cell (a few tries, then any).
+    fn new_row(&self, name: &str) -> PlayerRow {
+        let mut cell = self.random_cell();
+        for _ in 0..16 {
+            if !self.world.occupied(cell) {
+                break;
+            }
+            cell = self.random_cell();
+        }
+        let (x, y) = unpack(cell);
+        let s = PStats::new();
+        PlayerRow {
+            name: name.to_string(),
+            x,
+            y,
+            hp: s.hp,
+            max_hp: s.max_hp,
+            exp: s.exp,
+            level: s.level,
+        }
+    }
+
+    /// A stored row made safe for this board and these rules (the database is not trusted
+    /// to hold a position on the board or a sane level).
+    fn sanitize(&self, mut row: PlayerRow) -> PlayerRow {
+        let max = self.world.size - 1;
+        row.x = row.x.min(max);
+        row.y = row.y.min(max);
+        row.level = row.level.clamp(1, 10_000);
+        row.max_hp = rules::max_hp(row.level);
+        row.hp = if row.hp <= 0 {
+            row.max_hp
+        } else {
+            row.hp.min(row.max_hp)
+        };
+        row.exp = row.exp.clamp(0, rules::exp_to_next(row.level) - 1);
+        row
+    }
+
+    /// Refuses a login: `SC_LOGIN_FAIL`, a logged reason, and the session closes once it is
+    /// sent (what it sends meanwhile is ignored).
+    fn login_fail(&self, session: &Session, why: &str) {
+        self.counters.login_fails.fetch_add(1, Relaxed);
+        tracing::info!(session = %session.id(), peer = ?session.peer_addr(), "SC_LOGIN_FAIL: {why}");
+        session.send(self.encode(ServerPacket::LoginFail));
+        session.close_after_flush();
+    }
+
+    /// `CS_LOGIN` of a session that has no player yet.
+    fn begin_login(&self, session: &Session, raw: &Name) {
+        let name = match login_name(raw) {
+            Ok(n) => n,
+            Err(why) => return self.login_fail(session, why),
+        };
+        if !self.online.lock().insert(name.clone()) {
+            return self.login_fail(session, &format!("{name:?} is already logged in"));
+        }
+        let Some(id) = self.free_ids.lock().pop() else {
+            self.online.lock().remove(&name);
+            return self.login_fail(session, "server full");
+        };
+        self.player_of[session.id().slot()].store(id, Relaxed);
+        let mut l = self.players[id as usize].login.lock();
+        l.phase = Phase::Loading;
+        l.name = name.clone();
+        l.session = Some(session.clone());
+        l.pending.clear();
+        l.asked = Instant::now();
+        let Some(p) = &self.persist else {
+            let row = self.new_row(&name);
+            return self.finish_login(session, id, &mut l, Ok(Some(row)));
+        };
+        if let Some(row) = p.get(&name) {
+            // Written behind, not committed yet: newer than the database's row.
+            return self.finish_login(session, id, &mut l, Ok(Some(row)));
+        }
+        let job = LoadJob {
+            session: session.id(),
+            id,
+            gen: l.gen,
+            name,
+        };
+        if p.pool.loads.try_send(job).is_err() {
+            self.finish_login(
+                session,
+                id,
+                &mut l,
+                Err("the database's queue is full".into()),
+            );
+        }
+    }
+
+    /// The player's row is here (or could not be had): on the board, then the packets that
+    /// waited are handled in order; or `SC_LOGIN_FAIL`.
+    fn finish_login(
+        &self,
+        session: &Session,
+        id: u32,
+        l: &mut Login,
+        row: Result<Option<PlayerRow>, String>,
+    ) {
+        let row = match row {
+            Ok(Some(row)) => self.sanitize(row),
+            Ok(None) => {
+                let row = self.new_row(&l.name);
+                // Created in the database at the next save tick.
+                self.players[id as usize].dirty.store(true, Relaxed);
+                row
+            }
+            Err(e) => {
+                l.phase = Phase::Left;
+                l.pending.clear();
+                return self.login_fail(session, &format!("database error: {e}"));
+            }
+        };
+        self.place(session, id, &row);
+        l.placed = true;
+        if row.hp < row.max_hp {
+            self.start_regen(&session.server(), id, l.gen);
+        }
+        let us = l.asked.elapsed().as_micros() as u64;
+        let _ = self.login_us.lock().record(us.max(1));
+        for p in std::mem::take(&mut l.pending) {
+            if l.phase != Phase::Loading {
+                break; // a CS_LOGOUT among them
+            }
+            self.handle(session, id, p, l);
+        }
+        if l.phase == Phase::Loading {
+            l.phase = Phase::InGame;
+        }
+    }
+
+    /// A load came back from a DB thread.
+    fn load_done(&self, srv: &ServerHandle, job: LoadJob, row: Result<Option<PlayerRow>, String>) {
+        let Some(session) = srv.session(job.session) else {
+            return; // it closed: its `on_close` ends the login
+        };
+        let id = job.id;
+        let mut l = self.players[id as usize].login.lock();
+        if l.gen != job.gen || l.phase != Phase::Loading || l.placed {
+            return; // stale: that login ended
+        }
+        self.finish_login(&session, id, &mut l, row);
+    }
+
+    /// The player's row now.
+    fn row(&self, id: u32, l: &Login) -> PlayerRow {
+        let (x, y) = unpack(self.world.pos(id));
+        let s = *self.players[id as usize].stats.lock();
+        PlayerRow {
+            name: l.name.clone(),
+            x,
+            y,
+            hp: s.hp,
+            max_hp: s.max_hp,
+            exp: s.exp,
+            level: s.level,
+        }
+    }
+
+    /// Logout or disconnect: the player's row goes to the database at once, and it leaves
+    /// the board.
+    fn depart(&self, srv: &ServerHandle, id: u32, l: &mut Login) {
+        if l.placed {
+            if let Some(p) = &self.persist {
+                p.put(self.row(id, l));
+                p.flush(Some(&l.name));
+            }
+            self.players[id as usize].dirty.store(false, Relaxed);
+            l.placed = false;
+        }
+        self.leave(srv, id);
+    }
+
+    /// The save tick: rows of the players changed since the last tick are written behind,
+    /// with those whose save failed; then the next tick.
+    fn save_tick(&self, srv: &ServerHandle) {
+        let Some(p) = &self.persist else { return };
+        for (id, pl) in self.players.iter().enumerate() {
+            if pl.dirty.swap(false, Relaxed) {
+                let l = pl.login.lock();
+                if l.placed {
+                    p.put(self.row(id as u32, &l));
+                }
+            }
+        }
+        p.flush(None);
+        let _ = srv.post_after(p.interval, SAVE_TICK, 0);
+    }
+
+    /// A regeneration timer for a hurt player (login `gen`), unless one is pending.
+    fn start_regen(&self, srv: &ServerHandle, id: u32, gen: u64) {
+        let pl = &self.players[id as usize];
+        if !pl.regen.swap(true, SeqCst)
+            && srv
+                .post_after(self.regen_interval, REGEN | u64::from(id), gen)
+                .is_err()
+        {
+            pl.regen.store(false, SeqCst);
+        }
+    }
+
+    /// A regeneration tick: heal, tell the player, and again while still hurt.
+    fn regen_tick(&self, srv: &ServerHandle, id: u32, gen: u64) {
+        let pl = &self.players[id as usize];
+        let l = pl.login.lock();
+        if l.gen != gen || !l.placed {
+            return; // that login ended (its end cleared `regen`)
+        }
+        let mut s = pl.stats.lock();
+        let before = *s;
+        s.hp = (s.hp + rules::regen(s.max_hp)).min(s.max_hp);
+        let now = *s;
+        drop(s);
+        if now != before {
+            pl.dirty.store(true, Relaxed);
+            if let Some(session) = &l.session {
+                self.stat_change(session, now);
+            }
+        }
+        if now.hp < now.max_hp {
+            if srv
+                .post_after(self.regen_interval, REGEN | u64::from(id), gen)
+                .is_err()
+            {
+                pl.regen.store(false, SeqCst);
+            }
+        } else {
+            pl.regen.store(false, SeqCst);
+        }
+    }
+
+    fn stat_change(&self, session: &Session, s: PStats) {
+        self.counters.stat_changes.fetch_add(1, Relaxed);
+        session.send(self.encode(ServerPacket::StatChange {
+            hp: s.hp,
+            max_hp: s.max_hp,
+            exp: s.exp,
+            level: s.level,
+        }));
+    }
+
+    /// A system message to one player (`SC_CHAT` with the player's own id).
+    fn system_chat(&self, session: &Session, id: u32, text: String) {
+        let mut mess = text.into_bytes();
+        mess.truncate(crate::protocol::CHAT_SIZE);
+        session.send(self.encode(ServerPacket::Chat {
+            id: id as i32,
+            mess,
+        }));
+    }
+
+    /// `CS_ATTACK`: one hit on every live NPC on the four cells next to the player.
+    fn attack(&self, session: &Session, id: u32, gen: u64) {
+        let w = &self.world;
+        let srv = session.server();
+        self.counters.attacks.fetch_add(1, Relaxed);
+        let pos = w.pos(id);
+        let mut cells: Vec<u32> = Direction::ALL
+            .iter()
+            .map(|d| w.step(pos, d.delta()))
+            .filter(|&c| c != pos)
+            .collect();
+        cells.sort_unstable();
+        cells.dedup();
+        let mut targets = Vec::new();
+        w.npcs_on(&cells, &mut targets);
+        let pl = &self.players[id as usize];
+        let before = *pl.stats.lock();
+        for npc in targets {
+            let i = (npc - w.max_users) as usize;
+            let mut life = self.npc_life[i].lock();
+            if !life.alive {
+                continue;
+            }
+            let level = pl.stats.lock().level;
+            let dmg = rules::damage(level);
+            life.hp -= dmg;
+            if life.hp <= 0 {
+                life.alive = false;
+                self.kill_npc(&srv, npc);
+                drop(life);
+                let mut s = pl.stats.lock();
+                s.exp += rules::NPC_EXP;
+                while s.exp >= rules::exp_to_next(s.level) {
+                    s.exp -= rules::exp_to_next(s.level);
+                    s.level += 1;
+                    s.max_hp = rules::max_hp(s.level);
+                    s.hp = s.max_hp;
+                    self.counters.level_ups.fetch_add(1, Relaxed);
+                }
+                let s = *s;
+                self.system_chat(
+                    session,
+                    id,
+                    format!(
+                        "You killed NPC {npc} (+{} exp, level {}, exp {})",
+                        rules::NPC_EXP,
+                        s.level,
+                        s.exp
+                    ),
+                );
+            } else {
+                let left = life.hp;
+                drop(life);
+                pl.stats.lock().hp -= rules::NPC_HIT;
+                self.system_chat(
+                    session,
+                    id,
+                    format!(
+                        "You hit NPC {npc} for {dmg} ({left} hp left); it hits back for {}",
+                        rules::NPC_HIT
+                    ),
+                );
+            }
+        }
+        let mut s = pl.stats.lock();
+        let died = s.hp <= 0;
+        if died {
+            // Back to full health somewhere else, with half the experience.
+            self.counters.player_deaths.fetch_add(1, Relaxed);
+            s.hp = s.max_hp;
+            s.exp /= 2;
+        }
+        let now = *s;
+        drop(s);
+        if now != before {
+            pl.dirty.store(true, Relaxed);
+            self.stat_change(session, now);
+        }
+        if died {
+            self.system_chat(session, id, "You died: respawned with half your exp".into());
+            let to = self.random_cell();
+            let t = self.last_move_time[id as usize].load(Relaxed);
+            self.relocate(session, id, to, t);
+        }
+        if now.hp < now.max_hp {
+            self.start_regen(&srv, id, gen);
+        }
+    }
+
+    /// An NPC's hit points reached 0 (its life lock held, `alive` already false): off the
+    /// board (`SC_REMOVE_OBJECT` to who saw it), back after the respawn delay.
+    fn kill_npc(&self, srv: &ServerHandle, npc: u32) {
+        let w = &self.world;
+        self.counters.npc_kills.fetch_add(1, Relaxed);
+        let (cands, name): (Vec<u32>, Name) = {
+            let mut v = w.objs[npc as usize].view.lock();
+            v.state = State::Left;
+            (v.set.iter().copied().collect(), v.name)
+        };
+        let pos = w.pos(npc);
+        w.sector_remove(npc, pos);
+        let mine = self.mine(npc, pos, name, None);
+        for c in cands {
+            self.reconcile(srv, npc, c, &mine);
+        }
+        let _ = srv.post_after(self.npc_respawn, RESPAWN | u64::from(npc), 0);
+    }
+
+    /// An NPC's respawn timer: full health at its spawn cell, ADD to the players near.
+    fn respawn(&self, srv: &ServerHandle, npc: u32) {
+        let w = &self.world;
+        let i = (npc - w.max_users) as usize;
+        let mut life = self.npc_life[i].lock();
+        if life.alive {
+            return;
+        }
+        life.alive = true;
+        life.hp = rules::NPC_HP;
+        let to = self.npc_spawn[i];
+        w.set_pos(npc, to);
+        let name = {
+            let mut v = w.objs[npc as usize].view.lock();
+            v.state = State::InGame;
+            v.name
+        };
+        w.sector_insert(npc, to);
+        let mine = self.mine(npc, to, name, None);
+        self.reconcile_all(srv, npc, to, &mine);
+        self.counters.npc_respawns.fetch_add(1, Relaxed);
+        drop(life);
+    }
+
+    /// One packet of a player in the game (its login lock held).
+    fn handle(&self, session: &Session, id: u32, p: ClientPacket, l: &mut Login) {
+        match p {
+            ClientPacket::Login { .. } => {
+                self.reject(session, "CS_LOGIN when already logged in".into())
+            }
+            ClientPacket::Move {
+                direction,
+                move_time,
+            } => {
+                self.last_move_time[id as usize].store(move_time, Relaxed);
+                let to = self.world.step(self.world.pos(id), direction.delta());
+                self.relocate(session, id, to, move_time);
+            }
+            ClientPacket::Teleport => {
+                let to = self.random_cell();
+                let t = self.last_move_time[id as usize].load(Relaxed);
+                self.relocate(session, id, to, t);
+            }
+            ClientPacket::Chat { mess } => self.chat(session, id, mess),
+            ClientPacket::Attack => self.attack(session, id, l.gen),
+            ClientPacket::Logout => {
+                // The id is freed when the session has closed (packets until then are ignored).
+                l.phase = Phase::Left;
+                self.depart(&session.server(), id, l);
+                session.close_after_flush();
+            }
+        }
+    }
+
     /// Moves player `id` to `to` (a step or a teleport) and tells everyone concerned.
     fn relocate(&self, session: &Session, id: u32, to: u32, move_time: u32) {
         let w = &self.world;
@@ -317,6 +904,7 @@ impl Game {
         w.set_pos(id, to);
         w.sector_move(id, from, to);
         self.counters.moves.fetch_add(1, Relaxed);
+        self.players[id as usize].dirty.store(true, Relaxed);
         let own = self.move_packet(id, to, move_time);
         session.send(own.clone());
         let name = w.objs[id as usize].view.lock().name;
@@ -371,16 +959,18 @@ impl Game {
             }
         }
     }
-
-    fn state(&self, id: u32) -> State {
-        self.world.objs[id as usize].view.lock().state
-    }
 }
 
 /// The server layer's handler: the game.
 pub(crate) struct GameHandler(pub std::sync::Arc<Game>);
 
 impl Handler for GameHandler {
+    fn on_start(&self, server: &ServerHandle) {
+        if let Some(p) = &self.0.persist {
+            let _ = server.post_after(p.interval, SAVE_TICK, 0);
+        }
+    }
+
     fn on_connect(&self, session: &Session) {
         self.0.player_of[session.id().slot()].store(NO_PLAYER, Relaxed);
     }
@@ -391,54 +981,26 @@ impl Handler for GameHandler {
             Ok(p) => p,
             Err(e) => return g.reject(session, e.to_string()),
         };
-        let slot = &g.player_of[session.id().slot()];
-        let id = slot.load(Relaxed);
+        let id = g.player_of[session.id().slot()].load(Relaxed);
         if id == NO_PLAYER {
             let ClientPacket::Login { name } = p else {
                 return g.reject(session, format!("packet type {} before login", p.kind()));
             };
-            let Some(id) = g.free_ids.lock().pop() else {
-                g.counters.login_fails.fetch_add(1, Relaxed);
-                tracing::debug!(session = %session.id(), "server full: SC_LOGIN_FAIL");
-                session.send(g.encode(ServerPacket::LoginFail));
-                session.close_after_flush();
-                return;
-            };
-            slot.store(id, Relaxed);
-            return g.login(session, id, name);
+            return g.begin_login(session, &name);
         }
-        match g.state(id) {
-            State::InGame => {}
-            State::Fresh | State::Left => {
+        let mut l = g.players[id as usize].login.lock();
+        match l.phase {
+            Phase::InGame => g.handle(session, id, p, &mut l),
+            Phase::Loading if l.pending.len() < MAX_PENDING => l.pending.push(p),
+            Phase::Loading => {
+                drop(l);
+                g.reject(
+                    session,
+                    format!("more than {MAX_PENDING} packets while logging in"),
+                );
+            }
+            Phase::Idle | Phase::Left => {
                 tracing::debug!(session = %session.id(), "packet after logout ignored");
-                return;
-            }
-        }
-        match p {
-            ClientPacket::Login { .. } => {
-                g.reject(session, "CS_LOGIN when already logged in".into())
-            }
-            ClientPacket::Move {
-                direction,
-                move_time,
-            } => {
-                g.last_move_time[id as usize].store(move_time, Relaxed);
-                let to = g.world.step(g.world.pos(id), direction.delta());
-                g.relocate(session, id, to, move_time);
-            }
-            ClientPacket::Teleport => {
-                let to = g.random_cell();
-                let t = g.last_move_time[id as usize].load(Relaxed);
-                g.relocate(session, id, to, t);
-            }
-            ClientPacket::Chat { mess } => g.chat(session, id, mess),
-            ClientPacket::Attack => {
-                tracing::debug!(session = %session.id(), "CS_ATTACK ignored (no combat)");
-            }
-            ClientPacket::Logout => {
-                // The id is freed when the session has closed (packets until then are ignored).
-                g.leave(&session.server(), id);
-                session.close_after_flush();
             }
         }
     }
@@ -446,18 +1008,51 @@ impl Handler for GameHandler {
     fn on_close(&self, session: &Session, _reason: &CloseReason) {
         let g = &self.0;
         let id = g.player_of[session.id().slot()].swap(NO_PLAYER, Relaxed);
-        if id != NO_PLAYER {
-            g.leave(&session.server(), id);
-            g.free_ids.lock().push(id);
+        if id == NO_PLAYER {
+            return;
+        }
+        let pl = &g.players[id as usize];
+        let name = {
+            let mut l = pl.login.lock();
+            g.depart(&session.server(), id, &mut l);
+            l.phase = Phase::Idle;
+            l.gen += 1;
+            l.pending.clear();
+            l.session = None;
+            pl.regen.store(false, SeqCst);
+            std::mem::take(&mut l.name)
+        };
+        // Its row is in the write-behind table already: a new login of the name finds it.
+        g.online.lock().remove(&name);
+        g.free_ids.lock().push(id);
+    }
+
+    fn on_timer(&self, server: &ServerHandle, key: u64, value: u64) {
+        let g = &self.0;
+        let w = &g.world;
+        let id = (key & 0xFFFF_FFFF) as u32;
+        match key & !0xFFFF_FFFF {
+            0 if w.is_npc(id) && (id as usize) < w.objs.len() => g.npc_tick(server, id),
+            RESPAWN if w.is_npc(id) && (id as usize) < w.objs.len() => g.respawn(server, id),
+            REGEN if !w.is_npc(id) => g.regen_tick(server, id, value),
+            SAVE_TICK => g.save_tick(server),
+            _ => {}
         }
     }
 
-    fn on_timer(&self, server: &ServerHandle, key: u64, _value: u64) {
+    fn on_message(&self, server: &ServerHandle, key: u64, message: Message) {
         let g = &self.0;
-        if let Ok(id) = u32::try_from(key) {
-            if g.world.is_npc(id) && (id as usize) < g.world.objs.len() {
-                g.npc_tick(server, id);
+        if key != DB_KEY {
+            return;
+        }
+        match message.downcast::<Done>() {
+            Ok(Done::Load { job, result }) => g.load_done(server, job, result),
+            Ok(Done::Save { rows, result }) => {
+                if let Some(p) = &g.persist {
+                    p.saved(rows, result.is_ok());
+                }
             }
+            Err(_) => tracing::error!("a message of an unknown type on the DB key"),
         }
     }
 }

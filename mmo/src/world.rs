@@ -249,6 +249,25 @@ impl World {
         }
     }
 
+    /// Appends the NPCs standing on any of `cells` now (each once).
+    pub fn npcs_on(&self, cells: &[u32], out: &mut Vec<u32>) {
+        for &c in cells {
+            let s = self.sector(c).lock();
+            out.extend(s.npcs.iter().filter(|&&o| self.pos(o) == c));
+        }
+        out.sort_unstable();
+        out.dedup();
+    }
+
+    /// Whether any object stands on `cell` now.
+    pub fn occupied(&self, cell: u32) -> bool {
+        let s = self.sector(cell).lock();
+        s.players
+            .iter()
+            .chain(&s.npcs)
+            .any(|&o| self.pos(o) == cell)
+    }
+
     /// Appends the ids in the sectors around `p` that are in range of `p` now (players, and
     /// NPCs too if `npcs`).
     pub fn near(&self, p: u32, npcs: bool, out: &mut Vec<u32>) {

@@ -14,6 +14,10 @@
 //! * broadcast of one encoded packet shared by all its recipients ([`ServerHandle::broadcast`]);
 //! * limits with clear close reasons ([`CloseReason`]): max sessions, max packet size (the
 //!   codec), max queued send bytes per session (slow consumers), idle timeout, packet rate;
+//! * posted events, timers and posted completions that own a value
+//!   ([`ServerHandle::post`], [`ServerHandle::post_after`], [`ServerHandle::post_message`] →
+//!   [`Handler::on_message`]: a database thread's result handed back to the workers, the
+//!   course's `EV_DB`);
 //! * graceful shutdown ([`Server::shutdown`]) and [`Metrics`].
 //!
 //! ```

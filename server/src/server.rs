@@ -23,6 +23,8 @@ const LISTENER: u64 = NOT_SESSION | 1;
 const SWEEP: u64 = NOT_SESSION | 2;
 const STATS: u64 = NOT_SESSION | 3;
 const ACCEPT_RETRY: u64 = NOT_SESSION | 4;
+/// Completions of [`ServerHandle::post_message`] (the user's key is in `user`).
+const USER_MESSAGE: u64 = NOT_SESSION | 5;
 const USER_POST: u64 = NOT_SESSION | (1 << 62);
 const USER_TIMER: u64 = NOT_SESSION | (1 << 61);
 /// The largest key of a post or timer of the server ([`ServerHandle::post`],
@@ -143,6 +145,11 @@ pub trait Handler: Send + Sync + 'static {
     /// A timer from [`ServerHandle::post_after`] fired.
     fn on_timer(&self, server: &ServerHandle, key: u64, value: u64) {
         let _ = (server, key, value);
+    }
+    /// A value from [`ServerHandle::post_message`]: take it back by type with
+    /// [`Message::downcast`](cport::Message::downcast). The default drops it.
+    fn on_message(&self, server: &ServerHandle, key: u64, message: cport::Message) {
+        let _ = (server, key, message);
     }
 }
 
@@ -312,6 +319,51 @@ impl ServerHandle {
             return Err(PostError::KeyTooLarge(key));
         }
         Ok(self.core.port.post(USER_POST, key as usize, value)?)
+    }
+
+    /// Posts a completion that owns `value` (the `EV_DB` pattern: a database or other
+    /// blocking thread hands its result back to the port's workers): the handler's
+    /// `on_message(key, message)` gets it exactly once, on a worker thread, and takes it back
+    /// with [`Message::downcast`](cport::Message::downcast). `key` must be at most
+    /// [`MAX_USER_KEY`], else [`PostError::KeyTooLarge`]; after shutdown the post is refused
+    /// with [`PostError::Closed`]. Either way `value` is dropped; a value posted but not
+    /// delivered before shutdown is dropped with the port's queue.
+    ///
+    /// ```
+    /// use cport_server::{cport::Message, Config, Handler, RawStream, Server, ServerHandle, Session};
+    /// use std::sync::mpsc;
+    ///
+    /// struct Db(mpsc::Sender<(u64, String)>);
+    /// impl Handler for Db {
+    ///     fn on_packet(&self, _: &Session, _: &[u8]) {}
+    ///     fn on_message(&self, _: &ServerHandle, key: u64, m: Message) {
+    ///         if let Ok(row) = m.downcast::<String>() {
+    ///             let _ = self.0.send((key, row));
+    ///         }
+    ///     }
+    /// }
+    /// let (tx, rx) = mpsc::channel();
+    /// let server = Server::start(Config::default(), RawStream, Db(tx))?;
+    /// let handle = server.handle();
+    /// // A blocking thread does the query, then posts its result to the port.
+    /// std::thread::spawn(move || handle.post_message(7, String::from("alice at (3, 4)")))
+    ///     .join()
+    ///     .unwrap()
+    ///     .unwrap();
+    /// assert_eq!(rx.recv().unwrap(), (7, "alice at (3, 4)".to_string()));
+    /// server.shutdown(std::time::Duration::from_secs(1));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[doc(alias = "PostQueuedCompletionStatus")]
+    pub fn post_message<T: std::any::Any + Send>(
+        &self,
+        key: u64,
+        value: T,
+    ) -> Result<(), PostError> {
+        if key > MAX_USER_KEY {
+            return Err(PostError::KeyTooLarge(key));
+        }
+        Ok(self.core.port.post_message(USER_MESSAGE, key, value)?)
     }
 
     /// Calls the handler's `on_timer(key, value)` after `delay`, through the port.
@@ -529,6 +581,11 @@ fn dispatch<C: Codec, H: Handler>(srv: &ServerHandle, codec: &C, handler: &H, c:
     match c.key {
         LISTENER => on_accept(core, handler, c),
         ACCEPT_RETRY => core.arm_accept(),
+        USER_MESSAGE => {
+            if let Op::Message(m) = c.op {
+                handler.on_message(srv, c.user, m);
+            }
+        }
         SWEEP => {
             if let Some(idle) = core.cfg.idle_timeout {
                 let now = core.now_ms();
