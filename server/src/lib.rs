@@ -45,14 +45,20 @@
 
 #![warn(missing_docs)]
 
+// Layers, each using only those below it: `server` (handler, handle, accept, dispatch,
+// shutdown) → `session` (a connection's send queue, receive path and close) → `core`
+// (settings, shared state, keys) and `table` (the generational session table).
 mod codec;
+mod core;
 mod metrics;
 mod server;
 mod session;
+mod table;
 
+pub use crate::core::{Config, MAX_USER_KEY};
 pub use codec::{Codec, FrameError, LengthPrefixed, RawStream, SizeField};
 pub use metrics::{CloseReason, Metrics, REASONS};
-pub use server::{Config, Handler, PostError, Server, ServerHandle, ShutdownReport, MAX_USER_KEY};
+pub use server::{Handler, PostError, Server, ServerHandle, ShutdownReport};
 pub use session::{Session, SessionId};
 
 pub use bytes::Bytes;

@@ -1,35 +1,27 @@
-//! The server: configuration, the accept loop, the session table, dispatch of completions on
-//! the port's worker threads, timers, limits and graceful shutdown.
+//! The top of the server layer: the handler trait, the server's handle, the accept loop,
+//! dispatch of completions on the port's worker threads, timers and graceful shutdown. It
+//! builds on `session` (a connection's whole life) and `core` (settings, shared state, keys);
+//! neither of those knows this module.
 
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cport::{Aborted, Backend, Completion, Op, Pool, Port, Socket, TimerId};
-use parking_lot::Mutex;
+use cport::{Aborted, Backend, Completion, Op, Pool, Port, TimerId};
 use socket2::{Domain, Protocol, Type};
 
 use crate::codec::Codec;
-use crate::metrics::{CloseReason, Counters, Metrics};
+use crate::core::{
+    sweep_interval, Config, Core, ACCEPT_RETRY, LISTENER, MAX_USER_KEY, NOT_SESSION, STATS, SWEEP,
+    USER_MESSAGE, USER_POST, USER_TIMER,
+};
+use crate::metrics::{CloseReason, Metrics};
 use crate::session::{Session, SessionId};
-
-/// Completion keys: a session's key is its id (bit 63 clear); the rest are the server's own.
-const NOT_SESSION: u64 = 1 << 63;
-const LISTENER: u64 = NOT_SESSION | 1;
-const SWEEP: u64 = NOT_SESSION | 2;
-const STATS: u64 = NOT_SESSION | 3;
-const ACCEPT_RETRY: u64 = NOT_SESSION | 4;
-/// Completions of [`ServerHandle::post_message`] (the user's key is in `user`).
-const USER_MESSAGE: u64 = NOT_SESSION | 5;
-const USER_POST: u64 = NOT_SESSION | (1 << 62);
-const USER_TIMER: u64 = NOT_SESSION | (1 << 61);
-/// The largest key of a post or timer of the server ([`ServerHandle::post`],
-/// [`ServerHandle::post_after`]); a larger one is refused with [`PostError::KeyTooLarge`].
-pub const MAX_USER_KEY: u64 = (1 << 61) - 1;
+use crate::table::Slots;
 
 /// Why the server refused a post or a timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,65 +48,6 @@ impl std::error::Error for PostError {}
 impl From<cport::Closed> for PostError {
     fn from(_: cport::Closed) -> Self {
         PostError::Closed
-    }
-}
-
-/// Per-operation values of a session's operations.
-pub(crate) const RECV: u64 = 0;
-pub(crate) const SEND: u64 = 1;
-
-/// Server settings. `Config::default()` then change what you need.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Address to listen on (default `127.0.0.1:0`: loopback, a free port).
-    pub addr: SocketAddr,
-    /// Worker threads (default `0` = available parallelism).
-    pub threads: usize,
-    /// The port's concurrency value (default `0` = available parallelism).
-    pub concurrency: usize,
-    /// Backend (default `None` = the port's default: `CPORT_BACKEND`, else auto).
-    pub backend: Option<Backend>,
-    /// Listen backlog (default 1024).
-    pub backlog: i32,
-    /// Accepts kept outstanding (default 16).
-    pub accepts: usize,
-    /// `TCP_NODELAY` on accepted connections (default `true`).
-    pub nodelay: bool,
-    /// Most sessions open at once; connections beyond are refused (closed at once)
-    /// (default 10,000).
-    pub max_sessions: usize,
-    /// Most bytes queued for sending per session; beyond, the session is closed as a slow
-    /// consumer (so memory stays bounded) (default 1 MiB).
-    pub max_send_queue: usize,
-    /// Size of each session's receive buffer (it grows to hold one whole packet if needed)
-    /// (default 8 KiB).
-    pub recv_buffer: usize,
-    /// Close sessions that received nothing for this long (default `None`: never).
-    pub idle_timeout: Option<Duration>,
-    /// Close sessions that send more packets than this in one second (default `None`: no
-    /// limit).
-    pub max_packets_per_sec: Option<u32>,
-    /// Log one line of metrics at info level this often (default `None`: never).
-    pub stats_interval: Option<Duration>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            threads: 0,
-            concurrency: 0,
-            backend: None,
-            backlog: 1024,
-            accepts: 16,
-            nodelay: true,
-            max_sessions: 10_000,
-            max_send_queue: 1 << 20,
-            recv_buffer: 8 * 1024,
-            idle_timeout: None,
-            max_packets_per_sec: None,
-            stats_interval: None,
-        }
     }
 }
 
@@ -153,76 +86,22 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
-struct Slot {
-    gen: u32,
-    session: Option<Session>,
-}
-
-pub(crate) struct Core {
-    pub(crate) port: Port,
-    pub(crate) cfg: Config,
-    pub(crate) counters: Counters,
-    slots: Box<[Mutex<Slot>]>,
-    free: Mutex<Vec<u32>>,
-    listener: Mutex<Option<Socket>>,
-    local_addr: SocketAddr,
-    stopping: AtomicBool,
-    epoch: Instant,
-    last_refusal_log: AtomicU64,
-}
-
-impl Core {
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    fn session(&self, key: u64) -> Option<Session> {
-        let id = SessionId(key);
-        let slot = self.slots.get(id.slot())?.lock();
-        if slot.gen == id.generation() {
-            slot.session.clone()
-        } else {
-            None
-        }
-    }
-
-    fn open_sessions(&self) -> Vec<Session> {
-        self.slots
-            .iter()
-            .filter_map(|s| s.lock().session.clone())
-            .collect()
-    }
-
-    fn alloc_slot(&self) -> Option<u32> {
-        self.free.lock().pop()
-    }
-
-    /// Removes a closed session from the table; its id goes stale.
-    fn release_slot(&self, id: SessionId) {
-        let mut slot = self.slots[id.slot()].lock();
-        if slot.gen == id.generation() && slot.session.take().is_some() {
-            // Generations stay in 1..2^31 so a session key never has bit 63 set.
-            slot.gen = if slot.gen >= 0x7FFF_FFFF {
-                1
-            } else {
-                slot.gen + 1
-            };
-            drop(slot);
-            self.free.lock().push(id.slot() as u32);
-        }
-    }
-
-    fn arm_accept(&self) {
-        if let Some(l) = &*self.listener.lock() {
-            l.accept(0);
-        }
-    }
-}
-
 /// A handle to a running server, for handlers and other threads. Cheap to clone.
 #[derive(Clone)]
 pub struct ServerHandle {
-    pub(crate) core: Arc<Core>,
+    core: Arc<Core>,
+    sessions: Arc<Slots<Session>>,
+}
+
+impl Session {
+    /// The server this session belongs to.
+    pub fn server(&self) -> ServerHandle {
+        let (core, sessions) = self.parts();
+        ServerHandle {
+            core: core.clone(),
+            sessions: sessions.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -261,12 +140,12 @@ impl ServerHandle {
 
     /// The open session with this id, if it is still open.
     pub fn session(&self, id: SessionId) -> Option<Session> {
-        self.core.session(id.0)
+        self.sessions.get(id.0)
     }
 
     /// Every open session.
     pub fn sessions(&self) -> Vec<Session> {
-        self.core.open_sessions()
+        self.sessions.all()
     }
 
     /// Sends one packet to every open session but `except` (typically the sender; `None`:
@@ -275,15 +154,12 @@ impl ServerHandle {
     /// (`Config::max_sessions`); for a known subset, [`ServerHandle::broadcast`] is cheaper.
     pub fn broadcast_all(&self, packet: &Bytes, except: Option<SessionId>) -> usize {
         let mut sent = 0;
-        for slot in self.core.slots.iter() {
-            // Cloned out of the slot's lock, sent outside it.
-            let Some(s) = slot.lock().session.clone() else {
-                continue;
-            };
+        // Each session is cloned out of its slot's lock and sent to outside it.
+        self.sessions.for_each(|s| {
             if Some(s.id()) != except && s.send(packet.clone()) {
                 sent += 1;
             }
-        }
+        });
         sent
     }
 
@@ -450,26 +326,8 @@ impl Server {
             .local_addr()?
             .as_socket()
             .expect("an IP listener has an IP address");
-        let max = cfg.max_sessions.clamp(1, 1 << 31);
-        let core = Arc::new(Core {
-            slots: (0..max)
-                .map(|_| {
-                    Mutex::new(Slot {
-                        gen: 1,
-                        session: None,
-                    })
-                })
-                .collect(),
-            free: Mutex::new((0..max as u32).rev().collect()),
-            listener: Mutex::new(None),
-            local_addr,
-            stopping: AtomicBool::new(false),
-            counters: Counters::default(),
-            epoch: Instant::now(),
-            last_refusal_log: AtomicU64::new(0),
-            cfg,
-            port: port.clone(),
-        });
+        let sessions = Arc::new(Slots::new(cfg.max_sessions));
+        let core = Arc::new(Core::new(port.clone(), cfg, local_addr));
         let listener = port.associate(sock, LISTENER)?;
         for _ in 0..core.cfg.accepts.max(1) {
             listener.accept(0);
@@ -481,7 +339,7 @@ impl Server {
         if let Some(every) = core.cfg.stats_interval {
             let _ = port.post_after(every, STATS, 0);
         }
-        let handle = ServerHandle { core };
+        let handle = ServerHandle { core, sessions };
         let h2 = handle.clone();
         let (codec, handler) = (Arc::new(codec), Arc::new(handler));
         let h3 = handler.clone();
@@ -517,7 +375,7 @@ impl Server {
         let core = &self.handle.core;
         core.stopping.store(true, Relaxed);
         drop(core.listener.lock().take());
-        let sessions = core.open_sessions();
+        let sessions = self.handle.sessions.all();
         let total = sessions.len() as u64;
         for s in &sessions {
             s.close_after_flush_for(CloseReason::Shutdown);
@@ -528,7 +386,7 @@ impl Server {
         }
         let mut forced = 0;
         let mut unsent = 0;
-        for s in core.open_sessions() {
+        for s in self.handle.sessions.all() {
             forced += 1;
             unsent += s.queued_bytes() as u64;
             s.close(CloseReason::Shutdown);
@@ -560,26 +418,27 @@ impl Drop for Server {
     }
 }
 
-fn sweep_interval(idle: Duration) -> Duration {
-    (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
-}
-
 /// Runs on a worker thread for every completion of the server's port.
 fn dispatch<C: Codec, H: Handler>(srv: &ServerHandle, codec: &C, handler: &H, c: Completion) {
     let core = &srv.core;
     if c.key & NOT_SESSION == 0 {
-        let Some(session) = core.session(c.key) else {
+        let Some(session) = srv.sessions.get(c.key) else {
             return; // a completion of a session that has closed: its slot may be reused
         };
         match c.op {
-            Op::Recv(buf) => on_recv(core, codec, handler, &session, c.result, buf),
+            Op::Recv(buf) => {
+                let on_packet = |s: &Session, p: &[u8]| handler.on_packet(s, p);
+                if let Some(reason) = session.received(codec, c.result, buf, &on_packet) {
+                    closed(srv, handler, &session, reason);
+                }
+            }
             Op::Send(_) if !c.is_aborted() => session.on_sent(c.result),
             _ => {}
         }
         return;
     }
     match c.key {
-        LISTENER => on_accept(core, handler, c),
+        LISTENER => on_accept(srv, handler, c),
         ACCEPT_RETRY => core.arm_accept(),
         USER_MESSAGE => {
             if let Op::Message(m) = c.op {
@@ -590,11 +449,11 @@ fn dispatch<C: Codec, H: Handler>(srv: &ServerHandle, codec: &C, handler: &H, c:
             if let Some(idle) = core.cfg.idle_timeout {
                 let now = core.now_ms();
                 let limit = idle.as_millis() as u64;
-                for s in core.open_sessions() {
-                    if now.saturating_sub(s.inner.last_rx.load(Relaxed)) > limit {
+                srv.sessions.for_each(|s| {
+                    if s.idle_longer_than(now, limit) {
                         s.close(CloseReason::IdleTimeout);
                     }
-                }
+                });
                 let _ = core.port.post_after(sweep_interval(idle), SWEEP, 0);
             }
         }
@@ -613,10 +472,11 @@ fn dispatch<C: Codec, H: Handler>(srv: &ServerHandle, codec: &C, handler: &H, c:
     }
 }
 
-fn on_accept<H: Handler>(core: &Arc<Core>, handler: &H, c: Completion) {
+fn on_accept<H: Handler>(srv: &ServerHandle, handler: &H, c: Completion) {
+    let core = &srv.core;
     let accepted = match (c.op, c.result) {
         (Op::Accept(Some(a)), Ok(_)) => a,
-        (_, Err(e)) if e.is_aborted() || core.stopping.load(Relaxed) => return,
+        (_, Err(e)) if e.is_aborted() || core.stopping() => return,
         (_, Err(e)) => {
             // Out of descriptors or memory: wait a little rather than spin on the error.
             let fd_or_mem = matches!(
@@ -624,7 +484,7 @@ fn on_accept<H: Handler>(core: &Arc<Core>, handler: &H, c: Completion) {
                 Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
             );
             if fd_or_mem {
-                rate_limited_warn(core, &format!("accept failed: {e}; retrying in 100 ms"));
+                core.rate_limited_warn(&format!("accept failed: {e}; retrying in 100 ms"));
                 let _ = core
                     .port
                     .post_after(Duration::from_millis(100), ACCEPT_RETRY, 0);
@@ -636,23 +496,19 @@ fn on_accept<H: Handler>(core: &Arc<Core>, handler: &H, c: Completion) {
         }
         _ => return,
     };
-    if core.stopping.load(Relaxed) {
+    if core.stopping() {
         return;
     }
     core.arm_accept();
-    let Some(slot) = core.alloc_slot() else {
+    let Some(id) = srv.sessions.reserve() else {
         core.counters.refused.fetch_add(1, Relaxed);
-        rate_limited_warn(
-            core,
-            &format!(
-                "session limit ({}) reached: refusing {:?}",
-                core.cfg.max_sessions, accepted.peer
-            ),
-        );
+        core.rate_limited_warn(&format!(
+            "session limit ({}) reached: refusing {:?}",
+            core.cfg.max_sessions, accepted.peer
+        ));
         return; // dropping the accepted fd closes the connection
     };
-    let gen = core.slots[slot as usize].lock().gen;
-    let id = SessionId((u64::from(gen) << 32) | u64::from(slot));
+    let id = SessionId(id);
     let peer = accepted.peer;
     if core.cfg.nodelay {
         let _ = socket2::SockRef::from(&accepted.fd).set_tcp_nodelay(true);
@@ -661,174 +517,39 @@ fn on_accept<H: Handler>(core: &Arc<Core>, handler: &H, c: Completion) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!("could not associate an accepted connection: {e}");
-            core.free.lock().push(slot);
+            srv.sessions.unreserve(id.0);
             return;
         }
     };
-    let session = Session::new(id, peer, socket, core.clone());
-    core.slots[slot as usize].lock().session = Some(session.clone());
+    let session = Session::new(id, peer, socket, core.clone(), srv.sessions.clone());
+    srv.sessions.fill(id.0, session.clone());
     core.counters.accepted.fetch_add(1, Relaxed);
     core.counters.open.fetch_add(1, Relaxed);
     tracing::debug!(session = %id, ?peer, "session opened");
     if catch_unwind(AssertUnwindSafe(|| handler.on_connect(&session))).is_err() {
-        handler_panicked(&session, "on_connect");
+        session.handler_panicked("on_connect");
     }
     // Shutdown may have listed the sessions to flush before this one was in the table.
-    if core.stopping.load(Relaxed) {
+    if core.stopping() {
         session.close_after_flush_for(CloseReason::Shutdown);
     }
-    restart_recv(
-        core,
-        handler,
-        &session,
-        Vec::with_capacity(core.cfg.recv_buffer),
-    );
-}
-
-fn rate_limited_warn(core: &Core, msg: &str) {
-    let now = core.now_ms();
-    let last = core.last_refusal_log.load(Relaxed);
-    if now >= last + 1000
-        && core
-            .last_refusal_log
-            .compare_exchange(last, now, Relaxed, Relaxed)
-            .is_ok()
-    {
-        tracing::warn!("{msg}");
+    if let Some(reason) = session.receive(Vec::with_capacity(core.cfg.recv_buffer)) {
+        closed(srv, handler, &session, reason);
     }
 }
 
-/// The session's receive completed. The thread handling it is the only one touching the
-/// session's receive side until it starts the next receive (or finishes the close).
-fn on_recv<C: Codec, H: Handler>(
-    core: &Arc<Core>,
-    codec: &C,
-    handler: &H,
-    s: &Session,
-    result: io::Result<usize>,
-    mut buf: Vec<u8>,
-) {
-    let n = match result {
-        Ok(0) => {
-            // A graceful close ends when the peer closes too: report it as it was asked for.
-            let graceful = s.inner.st.lock().flush_reason.clone();
-            s.close(graceful.unwrap_or(CloseReason::PeerClosed));
-            return finish_close(core, handler, s);
-        }
-        Ok(n) => n,
-        Err(e) if e.is_aborted() => return finish_close(core, handler, s),
-        Err(e) => {
-            s.close(CloseReason::from_io(&e));
-            return finish_close(core, handler, s);
-        }
-    };
-    core.counters.bytes_in.fetch_add(n as u64, Relaxed);
-    let now = core.now_ms();
-    s.inner.last_rx.store(now, Relaxed);
-    if s.inner.st.lock().draining {
-        buf.clear(); // closing: what the peer still sends is discarded
-        return restart_recv(core, handler, s, buf);
-    }
-    let mut pos = 0;
-    let mut packets = 0u64;
-    while pos < buf.len() {
-        match codec.frame(&buf[pos..]) {
-            Ok(Some(len)) if len == 0 || len > buf.len() - pos => {
-                // A codec bug, not the peer's: still close only this session, with a reason.
-                s.close(CloseReason::Rejected(format!(
-                    "codec framed {len} bytes out of {} available",
-                    buf.len() - pos
-                )));
-                break;
-            }
-            Ok(Some(len)) => {
-                if let Some(cap) = core.cfg.max_packets_per_sec {
-                    if over_rate(s, now, cap) {
-                        s.close(CloseReason::RateLimited);
-                        break;
-                    }
-                }
-                let packet = &buf[pos..pos + len];
-                if catch_unwind(AssertUnwindSafe(|| handler.on_packet(s, packet))).is_err() {
-                    handler_panicked(s, "on_packet");
-                    break;
-                }
-                pos += len;
-                packets += 1;
-                if s.inner.st.lock().socket.is_none() {
-                    break; // the handler (or a sender) closed the session
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                s.close(CloseReason::Protocol(e));
-                break;
-            }
-        }
-    }
-    core.counters.packets_in.fetch_add(packets, Relaxed);
-    buf.drain(..pos);
-    if buf.capacity() - buf.len() < core.cfg.recv_buffer / 2 {
-        buf.reserve(core.cfg.recv_buffer);
-    }
-    restart_recv(core, handler, s, buf);
-}
-
-/// A handler call for this session panicked: close the session (its receive would never be
-/// restarted, so it would otherwise stay open forever, holding its slot).
-fn handler_panicked(s: &Session, what: &str) {
-    let (id, peer) = (s.id(), s.peer_addr());
-    tracing::error!(session = %id, ?peer, "{what} panicked: closing the session");
-    s.close(CloseReason::Local);
-}
-
-fn over_rate(s: &Session, now: u64, cap: u32) -> bool {
-    let start = s.inner.rate_window.load(Relaxed);
-    if now >= start + 1000 {
-        s.inner.rate_window.store(now, Relaxed);
-        s.inner.rate_count.store(1, Relaxed);
-        return false;
-    }
-    s.inner.rate_count.fetch_add(1, Relaxed) + 1 > cap
-}
-
-/// Starts the session's next receive, or finishes its close if it is closing.
-fn restart_recv<H: Handler>(core: &Arc<Core>, handler: &H, s: &Session, buf: Vec<u8>) {
-    {
-        let st = s.inner.st.lock();
-        if let Some(socket) = &st.socket {
-            socket.recv(buf, RECV);
-            return;
-        }
-    }
-    finish_close(core, handler, s);
-}
-
-/// The last step of a close, run once by the thread that held the session's receive.
-fn finish_close<H: Handler>(core: &Arc<Core>, handler: &H, s: &Session) {
-    let (reason, unsent) = {
-        let mut st = s.inner.st.lock();
-        drop(st.socket.take());
-        let unsent = st.queued;
-        st.queued = 0;
-        (st.reason.clone().unwrap_or(CloseReason::Local), unsent)
-    };
-    core.counters.queued_bytes.fetch_sub(unsent as u64, Relaxed);
-    if reason.is_peer_fault() {
-        tracing::info!(session = %s.id(), peer = ?s.peer_addr(), "session closed: {reason}");
-    } else {
-        tracing::debug!(session = %s.id(), peer = ?s.peer_addr(), "session closed: {reason}");
-    }
-    // The slot (a game's player index) goes to a new session only once `on_close` has
-    // returned (or panicked), so a new session's `on_connect` never precedes it; the session
-    // counts as open until then (so `open == 0` means the table is empty).
-    struct Release<'a>(&'a Core, SessionId, &'a CloseReason);
+/// The session finished closing (`Session::received`): the handler hears of it, then the
+/// slot is freed. The slot (a game's player index) goes to a new session only once
+/// `on_close` has returned (or panicked), so a new session's `on_connect` never precedes it;
+/// the session counts as open until then (so `open == 0` means the table is empty).
+fn closed<H: Handler>(srv: &ServerHandle, handler: &H, s: &Session, reason: CloseReason) {
+    struct Release<'a>(&'a ServerHandle, SessionId, &'a CloseReason);
     impl Drop for Release<'_> {
         fn drop(&mut self) {
-            self.0.release_slot(self.1);
-            self.0.counters.closed(self.2);
+            self.0.sessions.release(self.1 .0);
+            self.0.core.counters.closed(self.2);
         }
     }
-    let _release = Release(core, s.id(), &reason);
+    let _release = Release(srv, s.id(), &reason);
     handler.on_close(s, &reason);
 }

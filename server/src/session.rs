@@ -1,17 +1,24 @@
-//! Sessions: a connection's identity, its ordered send queue, and how it closes.
+//! Sessions: a connection's identity, its ordered send queue, its receive path (framing,
+//! rate limit, draining) and its close — the whole life of a connection after `accept`. A
+//! session's state is private to this module; the server (`server.rs`) hands it completions
+//! and runs the handler's callbacks that it asks for.
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cport::{SendBuf, Socket};
+use cport::{Aborted, SendBuf, Socket};
 use parking_lot::Mutex;
 
+use crate::codec::Codec;
+use crate::core::{Core, RECV, SEND};
 use crate::metrics::CloseReason;
-use crate::server::{Core, ServerHandle, SEND};
+use crate::table::Slots;
 
 /// Identifies a session: its slot in the session table and the slot's generation. An id
 /// outlives its session harmlessly: once the session closed, the id never reaches the
@@ -46,39 +53,42 @@ impl fmt::Display for SessionId {
 /// Most buffers gathered into one send (one `sendmsg` iovec array).
 const MAX_GATHER: usize = 256;
 
-pub(crate) struct SendState {
+struct SendState {
     /// `None` once the session is closing: nothing more is sent or received.
-    pub(crate) socket: Option<Socket>,
-    pub(crate) reason: Option<CloseReason>,
+    socket: Option<Socket>,
+    reason: Option<CloseReason>,
     queue: VecDeque<Bytes>,
     /// Bytes queued or in flight.
-    pub(crate) queued: usize,
+    queued: usize,
     sending: bool,
     /// Graceful close: once the queue drains, half-close and wait for the peer's end.
     flush_then_close: bool,
     /// The reason a graceful close will be reported with.
-    pub(crate) flush_reason: Option<CloseReason>,
+    flush_reason: Option<CloseReason>,
     /// The write half is shut; received bytes are discarded until the peer closes.
-    pub(crate) draining: bool,
+    draining: bool,
 }
 
-pub(crate) struct SessionInner {
-    pub(crate) id: SessionId,
-    pub(crate) peer: Option<SocketAddr>,
-    pub(crate) core: Arc<Core>,
-    pub(crate) st: Mutex<SendState>,
+struct SessionInner {
+    id: SessionId,
+    peer: Option<SocketAddr>,
+    core: Arc<Core>,
+    /// The table the session is in (so that a handler holding only the session reaches the
+    /// others, through `Session::server`).
+    table: Arc<Slots<Session>>,
+    st: Mutex<SendState>,
     /// Milliseconds since the server started, of the last byte received.
-    pub(crate) last_rx: AtomicU64,
+    last_rx: AtomicU64,
     /// Packet-rate window (touched only by the thread handling the session's receive).
-    pub(crate) rate_window: AtomicU64,
-    pub(crate) rate_count: AtomicU32,
+    rate_window: AtomicU64,
+    rate_count: AtomicU32,
 }
 
 /// A handle to a session. Cheap to clone, `Send + Sync`: handlers keep it and send on it from
 /// any thread. Once the session is closed, sends are refused and the handle only identifies.
 #[derive(Clone)]
 pub struct Session {
-    pub(crate) inner: Arc<SessionInner>,
+    inner: Arc<SessionInner>,
 }
 
 impl fmt::Debug for Session {
@@ -96,6 +106,7 @@ impl Session {
         peer: Option<SocketAddr>,
         socket: Socket,
         core: Arc<Core>,
+        table: Arc<Slots<Session>>,
     ) -> Session {
         let now = core.now_ms();
         Session {
@@ -103,6 +114,7 @@ impl Session {
                 id,
                 peer,
                 core,
+                table,
                 st: Mutex::new(SendState {
                     socket: Some(socket),
                     reason: None,
@@ -130,11 +142,9 @@ impl Session {
         self.inner.peer
     }
 
-    /// The server this session belongs to.
-    pub fn server(&self) -> ServerHandle {
-        ServerHandle {
-            core: self.inner.core.clone(),
-        }
+    /// The server's shared state and session table (for `Session::server`, in `server.rs`).
+    pub(crate) fn parts(&self) -> (&Arc<Core>, &Arc<Slots<Session>>) {
+        (&self.inner.core, &self.inner.table)
     }
 
     /// True until the session starts closing.
@@ -215,8 +225,146 @@ impl Session {
         }
     }
 
+    /// Nothing received for more than `limit_ms` at `now_ms` (the idle sweep).
+    pub(crate) fn idle_longer_than(&self, now_ms: u64, limit_ms: u64) -> bool {
+        now_ms.saturating_sub(self.inner.last_rx.load(Relaxed)) > limit_ms
+    }
+
+    /// A handler call for this session panicked: close the session (its receive would never
+    /// be restarted, so it would otherwise stay open for ever, holding its slot).
+    pub(crate) fn handler_panicked(&self, what: &str) {
+        let (id, peer) = (self.id(), self.peer_addr());
+        tracing::error!(session = %id, ?peer, "{what} panicked: closing the session");
+        self.close(CloseReason::Local);
+    }
+
+    /// The session's receive completed. Frames what arrived with `codec` and hands each
+    /// packet to `on_packet` (the handler's, run under `catch_unwind` here), then starts the
+    /// next receive — or, if the session is closing, finishes the close and returns why: the
+    /// server then runs the handler's `on_close` and frees the slot. Only the thread handling
+    /// the session's receive runs this, so a session's packets are handled one at a time, in
+    /// order, and its close is finished exactly once.
+    pub(crate) fn received<C: Codec>(
+        &self,
+        codec: &C,
+        result: io::Result<usize>,
+        mut buf: Vec<u8>,
+        on_packet: &dyn Fn(&Session, &[u8]),
+    ) -> Option<CloseReason> {
+        let core = &self.inner.core;
+        let n = match result {
+            Ok(0) => {
+                // A graceful close ends when the peer closes too: report it as asked for.
+                let graceful = self.inner.st.lock().flush_reason.clone();
+                self.close(graceful.unwrap_or(CloseReason::PeerClosed));
+                return Some(self.finish_close());
+            }
+            Ok(n) => n,
+            Err(e) if e.is_aborted() => return Some(self.finish_close()),
+            Err(e) => {
+                self.close(CloseReason::from_io(&e));
+                return Some(self.finish_close());
+            }
+        };
+        core.counters.bytes_in.fetch_add(n as u64, Relaxed);
+        let now = core.now_ms();
+        self.inner.last_rx.store(now, Relaxed);
+        if self.inner.st.lock().draining {
+            buf.clear(); // closing: what the peer still sends is discarded
+            return self.receive(buf);
+        }
+        let mut pos = 0;
+        let mut packets = 0u64;
+        while pos < buf.len() {
+            match codec.frame(&buf[pos..]) {
+                Ok(Some(len)) if len == 0 || len > buf.len() - pos => {
+                    // A codec bug, not the peer's: still close only this session, with a
+                    // reason.
+                    self.close(CloseReason::Rejected(format!(
+                        "codec framed {len} bytes out of {} available",
+                        buf.len() - pos
+                    )));
+                    break;
+                }
+                Ok(Some(len)) => {
+                    if let Some(cap) = core.cfg.max_packets_per_sec {
+                        if self.over_rate(now, cap) {
+                            self.close(CloseReason::RateLimited);
+                            break;
+                        }
+                    }
+                    let packet = &buf[pos..pos + len];
+                    if catch_unwind(AssertUnwindSafe(|| on_packet(self, packet))).is_err() {
+                        self.handler_panicked("on_packet");
+                        break;
+                    }
+                    pos += len;
+                    packets += 1;
+                    if self.inner.st.lock().socket.is_none() {
+                        break; // the handler (or a sender) closed the session
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.close(CloseReason::Protocol(e));
+                    break;
+                }
+            }
+        }
+        core.counters.packets_in.fetch_add(packets, Relaxed);
+        buf.drain(..pos);
+        if buf.capacity() - buf.len() < core.cfg.recv_buffer / 2 {
+            buf.reserve(core.cfg.recv_buffer);
+        }
+        self.receive(buf)
+    }
+
+    /// Starts the session's next receive — the first one after `on_connect` too — or, if it
+    /// is closing, finishes the close and returns why (see [`Session::received`]).
+    pub(crate) fn receive(&self, buf: Vec<u8>) -> Option<CloseReason> {
+        {
+            let st = self.inner.st.lock();
+            if let Some(socket) = &st.socket {
+                socket.recv(buf, RECV);
+                return None;
+            }
+        }
+        Some(self.finish_close())
+    }
+
+    /// The last step of a close, run once by the thread that held the session's receive:
+    /// drops the socket, accounts for what was never sent, logs the reason.
+    fn finish_close(&self) -> CloseReason {
+        let core = &self.inner.core;
+        let (reason, unsent) = {
+            let mut st = self.inner.st.lock();
+            drop(st.socket.take());
+            let unsent = st.queued;
+            st.queued = 0;
+            (st.reason.clone().unwrap_or(CloseReason::Local), unsent)
+        };
+        core.counters.queued_bytes.fetch_sub(unsent as u64, Relaxed);
+        let (id, peer) = (self.id(), self.peer_addr());
+        if reason.is_peer_fault() {
+            tracing::info!(session = %id, ?peer, "session closed: {reason}");
+        } else {
+            tracing::debug!(session = %id, ?peer, "session closed: {reason}");
+        }
+        reason
+    }
+
+    fn over_rate(&self, now: u64, cap: u32) -> bool {
+        let start = self.inner.rate_window.load(Relaxed);
+        if now >= start + 1000 {
+            self.inner.rate_window.store(now, Relaxed);
+            self.inner.rate_count.store(1, Relaxed);
+            return false;
+        }
+        self.inner.rate_count.fetch_add(1, Relaxed) + 1 > cap
+    }
+
     /// A send finished (the completion of the one in flight).
-    pub(crate) fn on_sent(&self, result: std::io::Result<usize>) {
+    pub(crate) fn on_sent(&self, result: io::Result<usize>) {
         let core = &self.inner.core;
         let mut st = self.inner.st.lock();
         st.sending = false;

@@ -1,0 +1,148 @@
+//! The bottom of the server layer: its settings, the state every part shares (the port, the
+//! counters, the listener, the clock), and the completion keys and per-operation values it
+//! uses. It knows nothing of sessions; `session` builds on it and `server` on both.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use cport::{Backend, Port, Socket};
+use parking_lot::Mutex;
+
+use crate::metrics::Counters;
+
+/// Completion keys: a session's key is its id (bit 63 clear); the rest are the server's own.
+pub(crate) const NOT_SESSION: u64 = 1 << 63;
+pub(crate) const LISTENER: u64 = NOT_SESSION | 1;
+pub(crate) const SWEEP: u64 = NOT_SESSION | 2;
+pub(crate) const STATS: u64 = NOT_SESSION | 3;
+pub(crate) const ACCEPT_RETRY: u64 = NOT_SESSION | 4;
+/// Completions of `ServerHandle::post_message` (the user's key is in `user`).
+pub(crate) const USER_MESSAGE: u64 = NOT_SESSION | 5;
+pub(crate) const USER_POST: u64 = NOT_SESSION | (1 << 62);
+pub(crate) const USER_TIMER: u64 = NOT_SESSION | (1 << 61);
+/// The largest key of a post or timer of the server (`ServerHandle::post`,
+/// `ServerHandle::post_after`); a larger one is refused with `PostError::KeyTooLarge`.
+pub const MAX_USER_KEY: u64 = (1 << 61) - 1;
+
+/// Per-operation values of a session's operations.
+pub(crate) const RECV: u64 = 0;
+pub(crate) const SEND: u64 = 1;
+
+/// Server settings. `Config::default()` then change what you need.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on (default `127.0.0.1:0`: loopback, a free port).
+    pub addr: SocketAddr,
+    /// Worker threads (default `0` = available parallelism).
+    pub threads: usize,
+    /// The port's concurrency value (default `0` = available parallelism).
+    pub concurrency: usize,
+    /// Backend (default `None` = the port's default: `CPORT_BACKEND`, else auto).
+    pub backend: Option<Backend>,
+    /// Listen backlog (default 1024).
+    pub backlog: i32,
+    /// Accepts kept outstanding (default 16).
+    pub accepts: usize,
+    /// `TCP_NODELAY` on accepted connections (default `true`).
+    pub nodelay: bool,
+    /// Most sessions open at once; connections beyond are refused (closed at once)
+    /// (default 10,000).
+    pub max_sessions: usize,
+    /// Most bytes queued for sending per session; beyond, the session is closed as a slow
+    /// consumer (so memory stays bounded) (default 1 MiB).
+    pub max_send_queue: usize,
+    /// Size of each session's receive buffer (it grows to hold one whole packet if needed)
+    /// (default 8 KiB).
+    pub recv_buffer: usize,
+    /// Close sessions that received nothing for this long (default `None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Close sessions that send more packets than this in one second (default `None`: no
+    /// limit).
+    pub max_packets_per_sec: Option<u32>,
+    /// Log one line of metrics at info level this often (default `None`: never).
+    pub stats_interval: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            threads: 0,
+            concurrency: 0,
+            backend: None,
+            backlog: 1024,
+            accepts: 16,
+            nodelay: true,
+            max_sessions: 10_000,
+            max_send_queue: 1 << 20,
+            recv_buffer: 8 * 1024,
+            idle_timeout: None,
+            max_packets_per_sec: None,
+            stats_interval: None,
+        }
+    }
+}
+
+/// What every part of a server shares.
+pub(crate) struct Core {
+    pub(crate) port: Port,
+    pub(crate) cfg: Config,
+    pub(crate) counters: Counters,
+    pub(crate) listener: Mutex<Option<Socket>>,
+    pub(crate) local_addr: SocketAddr,
+    /// Shutdown began: no new sessions.
+    pub(crate) stopping: AtomicBool,
+    epoch: Instant,
+    last_refusal_log: AtomicU64,
+}
+
+impl Core {
+    pub(crate) fn new(port: Port, cfg: Config, local_addr: SocketAddr) -> Core {
+        Core {
+            port,
+            cfg,
+            counters: Counters::default(),
+            listener: Mutex::new(None),
+            local_addr,
+            stopping: AtomicBool::new(false),
+            epoch: Instant::now(),
+            last_refusal_log: AtomicU64::new(0),
+        }
+    }
+
+    /// Milliseconds since the server started.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Relaxed)
+    }
+
+    /// Starts one more accept on the listener (unless it was closed).
+    pub(crate) fn arm_accept(&self) {
+        if let Some(l) = &*self.listener.lock() {
+            l.accept(0);
+        }
+    }
+
+    /// Logs at warn level at most once a second (refusals and accept errors come in floods).
+    pub(crate) fn rate_limited_warn(&self, msg: &str) {
+        let now = self.now_ms();
+        let last = self.last_refusal_log.load(Relaxed);
+        if now >= last + 1000
+            && self
+                .last_refusal_log
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            tracing::warn!("{msg}");
+        }
+    }
+}
+
+/// How often the idle sweep runs for an idle timeout.
+pub(crate) fn sweep_interval(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
