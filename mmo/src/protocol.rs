@@ -69,9 +69,10 @@ pub mod sc {
     pub const STAT_CHANGE: u8 = 9;
 }
 
-/// Header bytes (size field + type byte).
+/// Header bytes (size field + type byte): [`SizeField::header_len`], the server layer's
+/// `[size][type]` header, which this protocol is written on.
 pub fn header_len(h: SizeField) -> usize {
-    h.width() + 1
+    h.header_len()
 }
 
 /// A name from a string: at most 19 bytes kept (so C clients always find a NUL), NUL-padded.
@@ -286,26 +287,9 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Writes a header for a packet of `body_len` body bytes.
+/// Writes a header for a packet of `body_len` body bytes (the server layer's header code).
 fn put_header(out: &mut Vec<u8>, h: SizeField, kind: u8, body_len: usize) {
-    let total = header_len(h) + body_len;
-    match h {
-        SizeField::U8 => {
-            assert!(
-                total <= u8::MAX as usize,
-                "packet of {total} bytes too large"
-            );
-            out.push(total as u8);
-        }
-        SizeField::U16 => {
-            assert!(
-                total <= u16::MAX as usize,
-                "packet of {total} bytes too large"
-            );
-            out.extend_from_slice(&(total as u16).to_le_bytes());
-        }
-    }
-    out.push(kind);
+    h.put_header(out, kind, body_len);
 }
 
 /// Checks the header of a framed packet; returns `(type, body)`.
@@ -314,10 +298,7 @@ fn split(packet: &[u8], h: SizeField) -> Result<(u8, &[u8]), DecodeError> {
     if packet.len() < hl {
         return Err(DecodeError::Short { len: packet.len() });
     }
-    let declared = match h {
-        SizeField::U8 => packet[0] as usize,
-        SizeField::U16 => u16::from_le_bytes([packet[0], packet[1]]) as usize,
-    };
+    let declared = h.read(packet).expect("the header's length was checked");
     if declared != packet.len() {
         return Err(DecodeError::SizeMismatch {
             declared,
@@ -331,11 +312,7 @@ fn split(packet: &[u8], h: SizeField) -> Result<(u8, &[u8]), DecodeError> {
 /// stream). Sizes below the header count as a whole "packet" of that many header bytes,
 /// which then fails to decode.
 pub fn frame_len(buf: &[u8], h: SizeField) -> Option<usize> {
-    let declared = match h {
-        SizeField::U8 => *buf.first()? as usize,
-        SizeField::U16 => u16::from_le_bytes([*buf.first()?, *buf.get(1)?]) as usize,
-    };
-    let len = declared.max(header_len(h));
+    let len = h.read(buf)?.max(header_len(h));
     (buf.len() >= len).then_some(len)
 }
 

@@ -73,6 +73,32 @@ impl SizeField {
             SizeField::U16 => u16::MAX as usize,
         }
     }
+
+    /// Bytes of a `[size][type]` header: the size field and the type byte.
+    pub fn header_len(self) -> usize {
+        self.width() + 1
+    }
+
+    /// The size a packet at the start of `buf` declares (its whole length, header
+    /// included), or `None` until the size field has arrived.
+    pub fn read(self, buf: &[u8]) -> Option<usize> {
+        match self {
+            SizeField::U8 => buf.first().map(|&b| b as usize),
+            SizeField::U16 => Some(u16::from_le_bytes([*buf.first()?, *buf.get(1)?]) as usize),
+        }
+    }
+
+    /// Appends the `[size][type]` header of a packet with `body_len` body bytes. Panics if
+    /// the packet does not fit the size field (a programming error, not input).
+    pub fn put_header(self, out: &mut Vec<u8>, kind: u8, body_len: usize) {
+        let total = self.header_len() + body_len;
+        assert!(total <= self.max(), "packet of {total} bytes does not fit");
+        match self {
+            SizeField::U8 => out.push(total as u8),
+            SizeField::U16 => out.extend_from_slice(&(total as u16).to_le_bytes()),
+        }
+        out.push(kind);
+    }
 }
 
 /// Packets that start with their own total size (header included), then a type byte, as in
@@ -105,7 +131,7 @@ impl LengthPrefixed {
 
     /// Size field plus type byte.
     pub fn header_len(&self) -> usize {
-        self.size.width() + 1
+        self.size.header_len()
     }
 
     /// Encodes one packet: header (total size, type) then `body`. Panics if the packet does
@@ -118,29 +144,15 @@ impl LengthPrefixed {
 
     /// Appends one encoded packet to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>, kind: u8, body: &[u8]) {
-        let total = self.header_len() + body.len();
-        assert!(
-            total <= self.size.max(),
-            "packet of {total} bytes does not fit"
-        );
-        match self.size {
-            SizeField::U8 => out.push(total as u8),
-            SizeField::U16 => out.extend_from_slice(&(total as u16).to_le_bytes()),
-        }
-        out.push(kind);
+        self.size.put_header(out, kind, body.len());
         out.extend_from_slice(body);
     }
 }
 
 impl Codec for LengthPrefixed {
     fn frame(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
-        let w = self.size.width();
-        if buf.len() < w {
+        let Some(size) = self.size.read(buf) else {
             return Ok(None);
-        }
-        let size = match self.size {
-            SizeField::U8 => buf[0] as usize,
-            SizeField::U16 => u16::from_le_bytes([buf[0], buf[1]]) as usize,
         };
         let min = self.header_len();
         if size < min {
@@ -169,6 +181,30 @@ impl Codec for RawStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_reads_back_what_it_wrote_for_both_widths() {
+        for (h, body_len, want) in [
+            (SizeField::U8, 3, vec![5u8, 9]),
+            (SizeField::U16, 300, vec![0x2F, 0x01, 9]),
+        ] {
+            let mut out = Vec::new();
+            h.put_header(&mut out, 9, body_len);
+            assert_eq!(out, want);
+            assert_eq!(h.read(&out), Some(h.header_len() + body_len));
+            assert_eq!(
+                h.read(&out[..h.width() - 1]),
+                None,
+                "size field not complete"
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "does not fit")]
+    fn a_header_for_a_packet_too_large_for_its_field_panics() {
+        SizeField::U8.put_header(&mut Vec::new(), 1, 254);
+    }
 
     #[test]
     fn u8_header_frames_whole_packets_only() {
