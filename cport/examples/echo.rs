@@ -428,10 +428,12 @@ struct Conns {
     next: AtomicUsize,
 }
 
-/// key = (slot << 32) | generation, where slot = index in shard * SHARDS + shard.
+/// key = (generation << 32) | slot, where slot = index in shard * SHARDS + shard: the same
+/// layout as the port's tokens and the server layer's session ids (the slot in the low half,
+/// its generation in the high half).
 fn split(key: u64) -> (usize, usize, u32) {
-    let slot = (key >> 32) as usize;
-    (slot % SHARDS, slot / SHARDS, key as u32)
+    let slot = (key & 0xFFFF_FFFF) as usize;
+    (slot % SHARDS, slot / SHARDS, (key >> 32) as u32)
 }
 
 impl Conns {
@@ -464,7 +466,7 @@ impl Conns {
             0 => 1,
             g => g,
         };
-        let key = ((global as u64) << 32) | u64::from(slot.gen);
+        let key = (u64::from(slot.gen) << 32) | global as u64;
         match port.associate(fd, key) {
             Ok(sock) => {
                 let conn = slot.conn.insert(Conn {
