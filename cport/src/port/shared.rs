@@ -110,9 +110,11 @@ impl Poller<Completion> for Shared {
 /// The port's table is the one registry of sockets: a backend finds a socket's state there
 /// from the token an event carries.
 impl SockLookup for Shared {
-    fn find_all(&self, socks: &mut dyn Iterator<Item = u64>, out: &mut Vec<Option<SockIo>>) {
+    fn find_all(&self, socks: &[u64], out: &mut [Option<SockIo>]) {
         let t = self.table.lock();
-        out.extend(socks.map(|s| t.socks.get(s).map(|e| e.io.clone())));
+        for (&s, o) in socks.iter().zip(out) {
+            *o = t.socks.get(s).map(|e| e.io.clone());
+        }
     }
 }
 

@@ -358,46 +358,64 @@ impl Epoll {
         out: &mut Vec<Raw>,
     ) -> (bool, bool) {
         let (mut woken, mut alarm) = (false, false);
-        let mut tokens = Vec::with_capacity(events.len());
-        for ev in events {
-            match ev.u64 {
-                WAKE => woken = true,
-                ALARM => alarm = true,
-                token => tokens.push((token, ev.events)),
+        // In chunks, on the stack: no allocation per wait.
+        const CHUNK: usize = 64;
+        let mut tokens = [0u64; CHUNK];
+        let mut flags_of = [0u32; CHUNK];
+        let mut found: [Option<SockIo>; CHUNK] = std::array::from_fn(|_| None);
+        for chunk in events.chunks(CHUNK) {
+            let mut n = 0;
+            for ev in chunk {
+                match ev.u64 {
+                    WAKE => woken = true,
+                    ALARM => alarm = true,
+                    token => {
+                        tokens[n] = token;
+                        flags_of[n] = ev.events;
+                        n += 1;
+                    }
+                }
             }
-        }
-        if tokens.is_empty() {
-            return (woken, alarm);
-        }
-        // The sockets' states, from the port's table in one look-up; a socket deregistered
-        // meanwhile finds nothing (all its operations had completed).
-        let mut found = Vec::with_capacity(tokens.len());
-        socks.find_all(&mut tokens.iter().map(|&(t, _)| t), &mut found);
-        for (&(_, flags), io) in tokens.iter().zip(&found) {
-            let Some(s) = io.as_ref().and_then(|io| io.get::<Sock>()) else {
+            if n == 0 {
                 continue;
-            };
-            let (read, write) = (flags & READ_EVENTS != 0, flags & WRITE_EVENTS != 0);
-            {
-                let mut sides = s.sides.lock();
-                if flags & HUP_EVENTS != 0 {
-                    sides.hup = true;
-                }
-                if read {
-                    sides.read.seq = sides.read.seq.wrapping_add(1);
-                }
-                if write {
-                    sides.write.seq = sides.write.seq.wrapping_add(1);
-                }
             }
-            if read {
-                self.drive(&s, Dir::Read, out);
-            }
-            if write {
-                self.drive(&s, Dir::Write, out);
+            // The sockets' states, from the port's table in one look-up; a socket
+            // deregistered meanwhile finds nothing (all its operations had completed).
+            socks.find_all(&tokens[..n], &mut found[..n]);
+            for i in 0..n {
+                if let Some(io) = found[i].take() {
+                    self.on_event(&io, flags_of[i], out);
+                }
             }
         }
         (woken, alarm)
+    }
+
+    /// One readiness event of a socket: bump the sides' sequence numbers, then attempt what
+    /// became ready.
+    fn on_event(&self, io: &SockIo, flags: u32, out: &mut Vec<Raw>) {
+        let Some(s) = io.get_ref::<Sock>() else {
+            return;
+        };
+        let (read, write) = (flags & READ_EVENTS != 0, flags & WRITE_EVENTS != 0);
+        {
+            let mut sides = s.sides.lock();
+            if flags & HUP_EVENTS != 0 {
+                sides.hup = true;
+            }
+            if read {
+                sides.read.seq = sides.read.seq.wrapping_add(1);
+            }
+            if write {
+                sides.write.seq = sides.write.seq.wrapping_add(1);
+            }
+        }
+        if read {
+            self.drive(s, Dir::Read, out);
+        }
+        if write {
+            self.drive(s, Dir::Write, out);
+        }
     }
 
     /// Waits for readiness until `deadline` or a wake-up, with any number of threads in it at
@@ -673,9 +691,11 @@ mod tests {
     }
 
     impl SockLookup for Reg {
-        fn find_all(&self, socks: &mut dyn Iterator<Item = u64>, out: &mut Vec<Option<SockIo>>) {
+        fn find_all(&self, socks: &[u64], out: &mut [Option<SockIo>]) {
             let m = self.0.lock();
-            out.extend(socks.map(|s| m.get(&s).cloned()));
+            for (s, o) in socks.iter().zip(out) {
+                *o = m.get(s).cloned();
+            }
         }
     }
 

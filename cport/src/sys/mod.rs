@@ -172,18 +172,23 @@ impl SockIo {
         SockIo(Some(Arc::new(state)))
     }
 
-    /// The state, if it is a `T`.
+    /// The state, if it is a `T` (a new reference to it).
     pub(crate) fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
         self.0.clone()?.downcast().ok()
+    }
+
+    /// The state, if it is a `T`, borrowed.
+    pub(crate) fn get_ref<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.0.as_deref()?.downcast_ref()
     }
 }
 
 /// How a backend finds a socket's state from the token an event carries: through the port's
 /// table, the one registry of sockets.
 pub(crate) trait SockLookup {
-    /// Appends to `out`, for each token, the state of the socket it names, or `None` if no
-    /// socket has that token now (closed meanwhile).
-    fn find_all(&self, socks: &mut dyn Iterator<Item = u64>, out: &mut Vec<Option<SockIo>>);
+    /// Sets `out[i]` to the state of the socket `socks[i]` names, or `None` if no socket has
+    /// that token now (closed meanwhile). `out` is at least as long as `socks`.
+    fn find_all(&self, socks: &[u64], out: &mut [Option<SockIo>]);
 }
 
 /// The interface every backend implements, with the same signatures — the whole of what the
