@@ -13,7 +13,7 @@ use crate::combine::{Combiner, HandOff};
 use crate::op::Completion;
 use crate::sched::{Poller, Sched};
 use crate::sync::{AtomicUsize as SyncUsize, Ordering::SeqCst};
-use crate::sys::{Driver, Raw, SockIo, SockLookup};
+use crate::sys::{Driver, Raw};
 use crate::timer::Timers;
 
 pub(crate) struct Shared {
@@ -53,7 +53,7 @@ impl Poller<Completion> for Shared {
         if self.shared_wait {
             let mut raw = Vec::new();
             let alone = self.sched.pollers() <= 1;
-            match self.driver.wait_shared(deadline, alone, self, &mut raw) {
+            match self.driver.wait_shared(deadline, alone, &mut raw) {
                 Ok(alarm) => {
                     self.wait_succeeded();
                     if alarm {
@@ -71,7 +71,7 @@ impl Poller<Completion> for Shared {
             (a, b) => a.or(b),
         };
         let mut raw = Vec::new();
-        match self.driver.wait(until, self, &mut raw) {
+        match self.driver.wait(until, &mut raw) {
             Ok(()) => self.wait_succeeded(),
             Err(e) => self.wait_failed(e),
         }
@@ -103,17 +103,6 @@ impl Poller<Completion> for Shared {
         if self.hand_off && self.pending() {
             // Whatever was handed to the waiters while this one was on its way back.
             self.flush();
-        }
-    }
-}
-
-/// The port's table is the one registry of sockets: a backend finds a socket's state there
-/// from the token an event carries.
-impl SockLookup for Shared {
-    fn find_all(&self, socks: &[u64], out: &mut [Option<SockIo>]) {
-        let t = self.table.lock();
-        for (&s, o) in socks.iter().zip(out) {
-            *o = t.socks.get(s).map(|e| e.io.clone());
         }
     }
 }
@@ -160,7 +149,7 @@ impl Shared {
             // An idle thread waits in the kernel: the kernel wakes it for I/O and timers.
             return;
         }
-        self.driver.try_reap(self, &mut raw);
+        self.driver.try_reap(&mut raw);
         if !raw.is_empty() {
             self.process(&mut raw, &mut out);
         }
@@ -299,7 +288,7 @@ impl Shared {
         let mut out = Vec::new();
         while self.table.lock().ops.len() > 0 && Instant::now() < give_up {
             let until = Instant::now() + Duration::from_millis(10);
-            if self.driver.wait(Some(until), self, &mut raw).is_err() {
+            if self.driver.wait(Some(until), &mut raw).is_err() {
                 // Logged by the waiters; do not spin on it until `give_up`.
                 std::thread::sleep(Duration::from_millis(10));
             }

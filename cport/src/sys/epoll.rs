@@ -2,9 +2,11 @@
 //!
 //! * Every registered socket has two *sides*, read (accept, recv, recvmsg) and write (connect,
 //!   send, sendmsg), each a FIFO of pending operations behind one per-socket lock. That state
-//!   lives in the port's socket entry (a `SockIo`, passed with every call); sockets are
-//!   registered edge-triggered with the socket's table token as the event data, and an event
-//!   finds the state through the port's table (`SockLookup`, one look-up per batch of events).
+//!   lives in the port's socket entry (a `SockIo`, passed with `push` and `cancel`, so they
+//!   take no lock of this backend's); sockets are registered edge-triggered with the socket's
+//!   table token as the event data, and an event finds the state through a dispatch index
+//!   (token slot → state; one lock per batch of events), the one structure this backend keeps
+//!   per socket.
 //! * `push` only records the operation and puts its side on the `todo` list (no system call:
 //!   it runs under the port's table lock). `flush` then attempts the front operation of every
 //!   listed side with its non-blocking system call, outside every global lock. What finishes
@@ -34,7 +36,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use super::wait::{errno, WaitSet, ALARM, WAKE};
-use super::{Backend, Desc, Driver, OpDesc, Raw, SockIo, SockLookup};
+use super::{Backend, Desc, Driver, OpDesc, Raw, SockIo};
 
 /// Most events taken by one `epoll_wait` of the single poller.
 const MAX_EVENTS: usize = 256;
@@ -108,15 +110,55 @@ impl Sides {
     }
 }
 
-/// The state of one registered socket, kept in the port's socket entry (as a [`SockIo`]) and
-/// found from an event's token through the port's table ([`SockLookup`]): there is no
-/// registry of sockets here.
+/// The state of one registered socket, owned by the port's socket entry (as a [`SockIo`]);
+/// the dispatch index holds a second reference for events.
 #[derive(Default)]
 pub(crate) struct Sock {
     sides: Mutex<Sides>,
     /// A stream socket: a receive that returned less than it asked for took everything
     /// there was (see `drive`).
     stream: bool,
+}
+
+/// Event dispatch: the registered sockets' states by table token, at the token's slot index
+/// (the port's tokens are generation-tagged slab indices: `generation << 32 | index`), so a
+/// look-up is an index and a compare, not a hash; a token of another generation finds
+/// nothing (a socket deregistered meanwhile).
+#[derive(Default)]
+struct Index(Vec<Option<(u64, Arc<Sock>)>>);
+
+impl Index {
+    fn slot(token: u64) -> usize {
+        (token & 0xFFFF_FFFF) as usize
+    }
+
+    fn get(&self, token: u64) -> Option<&Arc<Sock>> {
+        match self.0.get(Self::slot(token)) {
+            Some(Some((t, s))) if *t == token => Some(s),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, token: u64, s: Arc<Sock>) {
+        let i = Self::slot(token);
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        if self.0[i].replace((token, s)).is_some() {
+            tracing::warn!(
+                token,
+                "epoll: a slot registered twice; the old entry is dropped"
+            );
+        }
+    }
+
+    fn remove(&mut self, token: u64) {
+        if let Some(slot) = self.0.get_mut(Self::slot(token)) {
+            if matches!(slot, Some((t, _)) if *t == token) {
+                *slot = None;
+            }
+        }
+    }
 }
 
 /// The poller's buffers, kept between calls.
@@ -127,6 +169,8 @@ struct PollBuf {
 pub(crate) struct Epoll {
     /// The epoll instance every socket is registered with, and its wake-up and alarm.
     ws: WaitSet,
+    /// Event dispatch (see [`Index`]).
+    index: Mutex<Index>,
     /// Sides with an operation to attempt at the next `flush`.
     todo: Mutex<Vec<(Arc<Sock>, Dir)>>,
     /// Completions decided without a system call (cancels), for the next `flush` or `wait`.
@@ -156,6 +200,7 @@ impl Epoll {
     pub(crate) fn new() -> io::Result<Epoll> {
         Ok(Epoll {
             ws: WaitSet::new()?,
+            index: Mutex::new(Index::default()),
             todo: Mutex::new(Vec::new()),
             done: Mutex::new(Vec::new()),
             poll: Mutex::new(PollBuf {
@@ -173,11 +218,19 @@ impl Epoll {
         s
     }
 
-    /// Watches a (non-blocking) socket under `sock`, its table token. The port stored `io`
-    /// in its table first, so no event finds the socket missing.
-    pub(crate) fn register(&self, sock: u64, fd: RawFd) -> io::Result<()> {
+    /// Watches a (non-blocking) socket under `sock`, its table token. In the dispatch index
+    /// before `epoll_ctl`, so that no event finds it missing.
+    pub(crate) fn register(&self, io: &SockIo, sock: u64, fd: RawFd) -> io::Result<()> {
+        let Some(s) = Self::state(io) else {
+            return Err(io::Error::other("epoll: a socket without epoll state"));
+        };
+        self.index.lock().insert(sock, s);
         let events = (libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
-        self.ws.add(fd, sock, events)
+        if let Err(e) = self.ws.add(fd, sock, events) {
+            self.index.lock().remove(sock);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Stops watching a socket that is about to be closed.
@@ -185,6 +238,7 @@ impl Epoll {
         if let Err(e) = self.ws.remove(fd) {
             tracing::warn!(sock, fd, "epoll: EPOLL_CTL_DEL failed: {e}");
         }
+        self.index.lock().remove(sock);
         let Some(s) = Self::state(io) else {
             return;
         };
@@ -338,31 +392,20 @@ impl Epoll {
         }
     }
 
-    fn wait_locked(
-        &self,
-        buf: &mut PollBuf,
-        timeout: i32,
-        socks: &dyn SockLookup,
-        out: &mut Vec<Raw>,
-    ) -> io::Result<()> {
+    fn wait_locked(&self, buf: &mut PollBuf, timeout: i32, out: &mut Vec<Raw>) -> io::Result<()> {
         let events = self.ws.wait(&mut buf.events, timeout)?;
-        self.harvest(events, socks, out);
+        self.harvest(events, out);
         Ok(())
     }
 
     /// Attempts what the events made ready. Returns (a wake-up was seen, the alarm went off).
-    fn harvest(
-        &self,
-        events: &[libc::epoll_event],
-        socks: &dyn SockLookup,
-        out: &mut Vec<Raw>,
-    ) -> (bool, bool) {
+    fn harvest(&self, events: &[libc::epoll_event], out: &mut Vec<Raw>) -> (bool, bool) {
         let (mut woken, mut alarm) = (false, false);
         // In chunks, on the stack: no allocation per wait.
         const CHUNK: usize = 64;
         let mut tokens = [0u64; CHUNK];
         let mut flags_of = [0u32; CHUNK];
-        let mut found: [Option<SockIo>; CHUNK] = std::array::from_fn(|_| None);
+        let mut found: [Option<Arc<Sock>>; CHUNK] = std::array::from_fn(|_| None);
         for chunk in events.chunks(CHUNK) {
             let mut n = 0;
             for ev in chunk {
@@ -379,12 +422,17 @@ impl Epoll {
             if n == 0 {
                 continue;
             }
-            // The sockets' states, from the port's table in one look-up; a socket
-            // deregistered meanwhile finds nothing (all its operations had completed).
-            socks.find_all(&tokens[..n], &mut found[..n]);
+            // The sockets' states, under one lock of the index; a socket deregistered
+            // meanwhile finds nothing (all its operations had completed).
+            {
+                let index = self.index.lock();
+                for (t, f) in tokens[..n].iter().zip(&mut found[..n]) {
+                    *f = index.get(*t).cloned();
+                }
+            }
             for i in 0..n {
-                if let Some(io) = found[i].take() {
-                    self.on_event(&io, flags_of[i], out);
+                if let Some(s) = found[i].take() {
+                    self.on_event(&s, flags_of[i], out);
                 }
             }
         }
@@ -393,10 +441,7 @@ impl Epoll {
 
     /// One readiness event of a socket: bump the sides' sequence numbers, then attempt what
     /// became ready.
-    fn on_event(&self, io: &SockIo, flags: u32, out: &mut Vec<Raw>) {
-        let Some(s) = io.get_ref::<Sock>() else {
-            return;
-        };
+    fn on_event(&self, s: &Sock, flags: u32, out: &mut Vec<Raw>) {
         let (read, write) = (flags & READ_EVENTS != 0, flags & WRITE_EVENTS != 0);
         {
             let mut sides = s.sides.lock();
@@ -428,7 +473,6 @@ impl Epoll {
         deadline: Option<Instant>,
         reaping: bool,
         alone: bool,
-        socks: &dyn SockLookup,
         out: &mut Vec<Raw>,
     ) -> io::Result<bool> {
         // epoll's wait does not attempt what was started: do it first; if that completed
@@ -447,7 +491,7 @@ impl Epoll {
         let mut events = [mem::MaybeUninit::<libc::epoll_event>::uninit(); SHARED_EVENTS];
         let take = if alone { SHARED_EVENTS } else { 1 };
         let events = self.ws.wait(&mut events[..take], timeout)?;
-        let (woken, alarm) = self.harvest(events, socks, out);
+        let (woken, alarm) = self.harvest(events, out);
         if woken && reaping {
             self.ws.wake();
         }
@@ -469,8 +513,8 @@ impl Driver for Epoll {
         })
     }
 
-    fn register(&self, _io: &SockIo, sock: u64, fd: RawFd) -> io::Result<()> {
-        Epoll::register(self, sock, fd)
+    fn register(&self, io: &SockIo, sock: u64, fd: RawFd) -> io::Result<()> {
+        Epoll::register(self, io, sock, fd)
     }
 
     fn deregister(&self, io: &SockIo, sock: u64, fd: RawFd) {
@@ -493,12 +537,7 @@ impl Driver for Epoll {
     /// Attempts what was started (epoll's wait would not), then waits for readiness until
     /// `deadline` or `wake` and attempts what became ready (poller only). Does not block if
     /// something completed or waits for delivery already.
-    fn wait(
-        &self,
-        deadline: Option<Instant>,
-        socks: &dyn SockLookup,
-        out: &mut Vec<Raw>,
-    ) -> io::Result<()> {
+    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()> {
         let before = out.len();
         self.attempt_pending(out);
         let mut guard = self.poll.lock();
@@ -509,7 +548,7 @@ impl Driver for Epoll {
         } else {
             super::timeout_ms(deadline)
         };
-        let res = self.wait_locked(&mut guard, timeout, socks, out);
+        let res = self.wait_locked(&mut guard, timeout, out);
         drop(guard);
         self.attempt_pending(out);
         res
@@ -519,17 +558,16 @@ impl Driver for Epoll {
         &self,
         deadline: Option<Instant>,
         alone: bool,
-        socks: &dyn SockLookup,
         out: &mut Vec<Raw>,
     ) -> io::Result<bool> {
-        self.wait_any(deadline, false, alone, socks, out)
+        self.wait_any(deadline, false, alone, out)
     }
 
     /// Takes the readiness that is there now, without waiting (a worker that keeps finding
     /// completions ready calls this now and then, so that I/O is not left waiting behind a
     /// long queue of posts and timers). A failure here is left to the waiters to report.
-    fn try_reap(&self, socks: &dyn SockLookup, out: &mut Vec<Raw>) {
-        let _ = self.wait_any(None, true, true, socks, out);
+    fn try_reap(&self, out: &mut Vec<Raw>) {
+        let _ = self.wait_any(None, true, true, out);
     }
 
     /// Makes a waiter's `wait` return promptly (or the next one at once).
@@ -677,26 +715,11 @@ mod tests {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::time::Duration;
 
-    /// The sockets' states by token: the port's table, for these tests.
-    #[derive(Default)]
-    struct Reg(parking_lot::Mutex<std::collections::HashMap<u64, SockIo>>);
-
-    impl Reg {
-        fn add(&self, ep: &Epoll, sock: u64, fd: RawFd) -> SockIo {
-            let io = ep.new_sock(true);
-            self.0.lock().insert(sock, io.clone());
-            ep.register(sock, fd).unwrap();
-            io
-        }
-    }
-
-    impl SockLookup for Reg {
-        fn find_all(&self, socks: &[u64], out: &mut [Option<SockIo>]) {
-            let m = self.0.lock();
-            for (s, o) in socks.iter().zip(out) {
-                *o = m.get(s).cloned();
-            }
-        }
+    /// Registers a stream socket as the port would: its state made, then registered.
+    fn add(ep: &Epoll, sock: u64, fd: RawFd) -> SockIo {
+        let io = ep.new_sock(true);
+        ep.register(&io, sock, fd).unwrap();
+        io
     }
 
     /// A connected loopback pair: the accepted side non-blocking (for the backend) and the
@@ -710,14 +733,14 @@ mod tests {
     }
 
     /// Waits (up to 5 s) until `token` completes; returns its result and everything seen.
-    fn wait_for(ep: &Epoll, reg: &Reg, token: u64, out: &mut Vec<Raw>) -> i32 {
+    fn wait_for(ep: &Epoll, token: u64, out: &mut Vec<Raw>) -> i32 {
         let end = Instant::now() + Duration::from_secs(5);
         loop {
             if let Some(r) = out.iter().find(|r| r.token == token) {
                 return r.res;
             }
             assert!(Instant::now() < end, "token {token} did not complete");
-            ep.wait(Some(Instant::now() + Duration::from_millis(100)), reg, out)
+            ep.wait(Some(Instant::now() + Duration::from_millis(100)), out)
                 .unwrap();
         }
     }
@@ -735,24 +758,19 @@ mod tests {
     #[test]
     fn recv_waits_for_data() {
         let ep = Epoll::new().unwrap();
-        let reg = Reg::default();
         let (server, mut client) = pair();
-        let io1 = reg.add(&ep, 1, server.as_raw_fd());
+        let io1 = add(&ep, 1, server.as_raw_fd());
         let mut buf = vec![0u8; 64];
         ep.push(&io1, 10, recv_op(&server, &mut buf));
         let mut out = Vec::new();
         ep.flush(&mut out);
         assert!(out.is_empty(), "nothing to read yet: {out:?}");
-        ep.wait(
-            Some(Instant::now() + Duration::from_millis(20)),
-            &reg,
-            &mut out,
-        )
-        .unwrap();
+        ep.wait(Some(Instant::now() + Duration::from_millis(20)), &mut out)
+            .unwrap();
         assert!(out.is_empty(), "still nothing to read: {out:?}");
 
         client.write_all(b"hello").unwrap();
-        assert_eq!(wait_for(&ep, &reg, 10, &mut out), 5);
+        assert_eq!(wait_for(&ep, 10, &mut out), 5);
         assert_eq!(out.len(), 1);
         assert_eq!(&buf[..5], b"hello");
         ep.deregister(&io1, 1, server.as_raw_fd());
@@ -761,9 +779,8 @@ mod tests {
     #[test]
     fn cancelled_recv_completes_once() {
         let ep = Epoll::new().unwrap();
-        let reg = Reg::default();
         let (server, mut client) = pair();
-        let io1 = reg.add(&ep, 1, server.as_raw_fd());
+        let io1 = add(&ep, 1, server.as_raw_fd());
         let mut buf = vec![0u8; 64];
         ep.push(&io1, 10, recv_op(&server, &mut buf));
         let mut out = Vec::new();
@@ -782,12 +799,8 @@ mod tests {
         // Unknown now: a second cancel does nothing.
         ep.cancel(&io1, 10);
         client.write_all(b"late").unwrap();
-        ep.wait(
-            Some(Instant::now() + Duration::from_millis(50)),
-            &reg,
-            &mut out,
-        )
-        .unwrap();
+        ep.wait(Some(Instant::now() + Duration::from_millis(50)), &mut out)
+            .unwrap();
         ep.flush(&mut out);
         assert_eq!(out.len(), 1, "completed more than once: {out:?}");
         ep.deregister(&io1, 1, server.as_raw_fd());
@@ -796,7 +809,6 @@ mod tests {
     #[test]
     fn wake_interrupts_wait() {
         let ep = Epoll::new().unwrap();
-        let reg = Reg::default();
         let start = Instant::now();
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -804,14 +816,14 @@ mod tests {
                 ep.wake();
             });
             let mut out = Vec::new();
-            ep.wait(None, &reg, &mut out).unwrap();
+            ep.wait(None, &mut out).unwrap();
             assert!(out.is_empty());
         });
         assert!(start.elapsed() < Duration::from_secs(5));
         // The wake-up was consumed: the next wait times out.
         let mut out = Vec::new();
         let t = Instant::now();
-        ep.wait(Some(t + Duration::from_millis(30)), &reg, &mut out)
+        ep.wait(Some(t + Duration::from_millis(30)), &mut out)
             .unwrap();
         assert!(t.elapsed() >= Duration::from_millis(25));
     }
@@ -819,12 +831,11 @@ mod tests {
     #[test]
     fn accept_and_connect() {
         let ep = Epoll::new().unwrap();
-        let reg = Reg::default();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let listener = OwnedFd::from(listener);
-        let io1 = reg.add(&ep, 1, listener.as_raw_fd());
+        let io1 = add(&ep, 1, listener.as_raw_fd());
         // SAFETY: all-zero is a valid sockaddr_storage.
         let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
         let mut storage_len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -844,7 +855,7 @@ mod tests {
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         client.set_nonblocking(true).unwrap();
         let client = OwnedFd::from(client);
-        let io2 = reg.add(&ep, 2, client.as_raw_fd());
+        let io2 = add(&ep, 2, client.as_raw_fd());
         let target = socket2::SockAddr::from(addr);
         let connect = OpDesc {
             fd: client.as_raw_fd(),
@@ -855,8 +866,8 @@ mod tests {
         };
         ep.push(&io2, 20, connect);
         ep.flush(&mut out);
-        assert_eq!(wait_for(&ep, &reg, 20, &mut out), 0);
-        let fd = wait_for(&ep, &reg, 10, &mut out);
+        assert_eq!(wait_for(&ep, 20, &mut out), 0);
+        let fd = wait_for(&ep, 10, &mut out);
         assert!(fd >= 0, "accept failed: {fd}");
         // SAFETY: the accept returned a new descriptor that nothing else owns.
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -868,7 +879,6 @@ mod tests {
     #[test]
     fn connect_refused() {
         let ep = Epoll::new().unwrap();
-        let reg = Reg::default();
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -878,7 +888,7 @@ mod tests {
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         client.set_nonblocking(true).unwrap();
         let client = OwnedFd::from(client);
-        let io2 = reg.add(&ep, 2, client.as_raw_fd());
+        let io2 = add(&ep, 2, client.as_raw_fd());
         let target = socket2::SockAddr::from(addr);
         let connect = OpDesc {
             fd: client.as_raw_fd(),
@@ -890,7 +900,7 @@ mod tests {
         ep.push(&io2, 20, connect);
         let mut out = Vec::new();
         ep.flush(&mut out);
-        assert_eq!(wait_for(&ep, &reg, 20, &mut out), -libc::ECONNREFUSED);
+        assert_eq!(wait_for(&ep, 20, &mut out), -libc::ECONNREFUSED);
         ep.deregister(&io2, 2, client.as_raw_fd());
     }
 }

@@ -158,7 +158,10 @@ pub(crate) fn shared_wait_wanted() -> bool {
 
 /// A backend's state for one socket, kept in the port's socket entry: opaque to the port,
 /// made by [`Driver::new_sock`] and handed back with every call about the socket (epoll: its
-/// two sides of pending operations; io_uring: nothing).
+/// two sides of pending operations; io_uring: nothing). A readiness backend also needs to
+/// find it from the token an event carries: epoll keeps a dispatch index of its own for that
+/// (token slot → state, as mio's token and tokio's registration slab), touched only by
+/// `register`, `deregister` and event batches.
 #[derive(Clone, Default)]
 pub(crate) struct SockIo(Option<Arc<dyn Any + Send + Sync>>);
 
@@ -176,19 +179,6 @@ impl SockIo {
     pub(crate) fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
         self.0.clone()?.downcast().ok()
     }
-
-    /// The state, if it is a `T`, borrowed.
-    pub(crate) fn get_ref<T: Any + Send + Sync>(&self) -> Option<&T> {
-        self.0.as_deref()?.downcast_ref()
-    }
-}
-
-/// How a backend finds a socket's state from the token an event carries: through the port's
-/// table, the one registry of sockets.
-pub(crate) trait SockLookup {
-    /// Sets `out[i]` to the state of the socket `socks[i]` names, or `None` if no socket has
-    /// that token now (closed meanwhile). `out` is at least as long as `socks`.
-    fn find_all(&self, socks: &[u64], out: &mut [Option<SockIo>]);
 }
 
 /// The interface every backend implements, with the same signatures — the whole of what the
@@ -228,13 +218,7 @@ pub(crate) trait Driver: Send + Sync {
     /// Does not sleep if something completed already. An `Err` is a kernel failure that is not
     /// part of normal operation (an interrupted or timed-out wait is `Ok` with nothing); the
     /// port retries with a growing pause and shuts down if it persists.
-    /// `socks` finds a socket's state from its token (readiness events name the token).
-    fn wait(
-        &self,
-        deadline: Option<Instant>,
-        socks: &dyn SockLookup,
-        out: &mut Vec<Raw>,
-    ) -> io::Result<()>;
+    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()>;
 
     /// Every idle thread at once (the default): like `wait`, with any number of threads in
     /// it; the kernel wakes one waiter per event. `alone`: no other thread waits now (take a
@@ -243,13 +227,12 @@ pub(crate) trait Driver: Send + Sync {
         &self,
         deadline: Option<Instant>,
         alone: bool,
-        socks: &dyn SockLookup,
         out: &mut Vec<Raw>,
     ) -> io::Result<bool>;
 
     /// What completed by now, without waiting; nothing if a poller is at it (one poller at a
     /// time) — a busy thread's look.
-    fn try_reap(&self, socks: &dyn SockLookup, out: &mut Vec<Raw>);
+    fn try_reap(&self, out: &mut Vec<Raw>);
 
     /// Makes a waiter's `wait` or `wait_shared` return promptly (one of them), or the next
     /// one at once.
@@ -293,25 +276,19 @@ impl<D: Driver + ?Sized> Driver for std::sync::Arc<D> {
     fn flush(&self, out: &mut Vec<Raw>) {
         (**self).flush(out)
     }
-    fn wait(
-        &self,
-        deadline: Option<Instant>,
-        socks: &dyn SockLookup,
-        out: &mut Vec<Raw>,
-    ) -> io::Result<()> {
-        (**self).wait(deadline, socks, out)
+    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()> {
+        (**self).wait(deadline, out)
     }
     fn wait_shared(
         &self,
         deadline: Option<Instant>,
         alone: bool,
-        socks: &dyn SockLookup,
         out: &mut Vec<Raw>,
     ) -> io::Result<bool> {
-        (**self).wait_shared(deadline, alone, socks, out)
+        (**self).wait_shared(deadline, alone, out)
     }
-    fn try_reap(&self, socks: &dyn SockLookup, out: &mut Vec<Raw>) {
-        (**self).try_reap(socks, out)
+    fn try_reap(&self, out: &mut Vec<Raw>) {
+        (**self).try_reap(out)
     }
     fn wake(&self) {
         (**self).wake()

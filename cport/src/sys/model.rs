@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Backend, Desc, Driver, OpDesc, Raw, SockIo, SockLookup};
+use super::{Backend, Desc, Driver, OpDesc, Raw, SockIo};
 
 /// What the port handed to the modelled kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,12 +155,7 @@ impl Driver for Model {
 
     fn flush(&self, _out: &mut Vec<Raw>) {}
 
-    fn wait(
-        &self,
-        deadline: Option<Instant>,
-        _socks: &dyn SockLookup,
-        out: &mut Vec<Raw>,
-    ) -> io::Result<()> {
+    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()> {
         self.wait_until(deadline, out)
     }
 
@@ -168,13 +163,12 @@ impl Driver for Model {
         &self,
         deadline: Option<Instant>,
         _alone: bool,
-        _socks: &dyn SockLookup,
         out: &mut Vec<Raw>,
     ) -> io::Result<bool> {
         self.wait_until(deadline, out).map(|()| false)
     }
 
-    fn try_reap(&self, _socks: &dyn SockLookup, out: &mut Vec<Raw>) {
+    fn try_reap(&self, out: &mut Vec<Raw>) {
         out.extend(self.state.lock().ready.drain(..));
     }
 

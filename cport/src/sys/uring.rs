@@ -32,7 +32,7 @@ use io_uring::{opcode, squeue, IoUring, Probe};
 use parking_lot::Mutex;
 
 use super::wait::{WaitSet, ALARM, BACKEND};
-use super::{Backend, Desc, Driver, OpDesc, Raw, SockIo, SockLookup};
+use super::{Backend, Desc, Driver, OpDesc, Raw, SockIo};
 use crate::combine::Combiner;
 use crate::slab::RESERVED_TOKENS;
 
@@ -314,12 +314,7 @@ impl Driver for Uring {
     }
 
     /// Waits for completions until `deadline` or a wake-up (poller only).
-    fn wait(
-        &self,
-        deadline: Option<Instant>,
-        _socks: &dyn SockLookup,
-        out: &mut Vec<Raw>,
-    ) -> io::Result<()> {
+    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()> {
         let _g = self.cq.lock();
         if self.reap(out) > 0 {
             self.submit_pending();
@@ -376,11 +371,10 @@ impl Driver for Uring {
         &self,
         deadline: Option<Instant>,
         _alone: bool,
-        socks: &dyn SockLookup,
         out: &mut Vec<Raw>,
     ) -> io::Result<bool> {
         let Some((ws, _)) = &self.shared else {
-            self.wait(deadline, socks, out)?;
+            self.wait(deadline, out)?;
             return Ok(false);
         };
         self.submit_pending();
@@ -397,7 +391,7 @@ impl Driver for Uring {
 
     /// Reaps what is in the completion queue now, without a system call, if the poller is
     /// not at it.
-    fn try_reap(&self, _socks: &dyn SockLookup, out: &mut Vec<Raw>) {
+    fn try_reap(&self, out: &mut Vec<Raw>) {
         if let Some(_g) = self.cq.try_lock() {
             self.reap(out);
         }
