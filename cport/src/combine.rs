@@ -12,7 +12,9 @@
 //! comes before, and then the submitter's read comes after the pusher's set (it goes round
 //! again).
 
-use crate::sync::{fence, AtomicBool, AtomicUsize, Ordering::SeqCst};
+#[cfg(loom)]
+use crate::sync::fence;
+use crate::sync::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
 /// Who submits what a thread outside any handler pass pushed (see [`Combiner::hand_off`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +79,8 @@ impl Combiner {
     /// Entries were pushed that no submission has begun to take. The read of a worker that
     /// just stopped counting for the hand-off (see [`Combiner::hand_off`]), after a fence.
     pub(crate) fn pending(&self) -> bool {
+        // See `hand_off` for why this fence exists only for loom.
+        #[cfg(loom)]
         fence(SeqCst);
         self.pending.load(SeqCst)
     }
@@ -90,13 +94,17 @@ impl Combiner {
     /// Why nothing is left behind: a worker that stops counting (a waiter back from the
     /// kernel decrements `pollers`; a worker leaving its pass decrements `returning`) then
     /// reads `pending` ([`Combiner::pending`]) and flushes if set. The caller sets `pending`,
-    /// then reads the counts. Each side writes, fences (`SeqCst`) and reads, so in the single
-    /// order of the two fences either the caller's read comes after the worker's decrement
-    /// (it sees the count without that worker), or the worker's read of `pending` comes after
-    /// the caller's set (it submits the entry). (The fences matter for loom, which does not
-    /// order `SeqCst` loads against earlier stores by themselves; on x86 the writes are
-    /// locked instructions and the fences cost little.)
+    /// then reads the counts. Every one of these accesses is `SeqCst`, so they fall in one
+    /// total order that keeps each thread's program order: either the caller's read comes
+    /// after the worker's decrement (it sees the count without that worker), or the worker's
+    /// read of `pending` comes after the caller's set (it submits the entry) — the
+    /// store-buffering litmus test, which `SeqCst` forbids. loom does not order a `SeqCst`
+    /// load after an earlier `SeqCst` store of another location by itself (its model found the
+    /// lost entry without them), so under loom each side also fences between its write and
+    /// its read; the real build needs no `mfence` (on x86 the writes are `xchg`/`lock`
+    /// instructions, full barriers already).
     pub(crate) fn hand_off(pollers: &AtomicUsize, returning: &AtomicUsize) -> HandOff {
+        #[cfg(loom)]
         fence(SeqCst);
         if pollers.load(SeqCst) > 0 {
             HandOff::WakeAWaiter

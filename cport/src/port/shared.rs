@@ -95,7 +95,7 @@ impl Poller<Completion> for Shared {
         }
         LOCAL.with(|l| match l.borrow_mut().find(self.id) {
             Some(e) => self.stop_returning(e),
-            None => self.pending(),
+            None => false,
         })
     }
 
@@ -229,8 +229,11 @@ impl Shared {
     pub(super) fn stop_returning(&self, e: &mut PortEntry) -> bool {
         if std::mem::take(&mut e.returning) {
             self.returning.fetch_sub(1, SeqCst);
+            self.pending()
+        } else {
+            // Never counted: no thread left anything to it.
+            false
         }
-        self.pending()
     }
 
     /// Entries were pushed that no submission has taken yet (a backend with the hand-off).
