@@ -139,6 +139,9 @@ pub struct Second {
     pub packets_out_per_s: u64,
     /// Errors so far (all kinds).
     pub errors: u64,
+    /// The highest number of clients logged in while the tracked delay was under the limit,
+    /// so far (the report's `max_clients_under_limit` at this point of the run).
+    pub max_under_limit: usize,
 }
 
 /// Errors met, by kind (counted, never hidden).
@@ -242,7 +245,7 @@ pub struct Report {
 }
 
 /// Where the dummies are and the NPCs they see (awake NPCs: an NPC is awake exactly when
-/// some player sees it), at the end of the run.
+/// some player sees it): at the end of the run ([`run`]), or now ([`Probe::map`]).
 #[derive(Debug, Clone, Default)]
 pub struct MapSnapshot {
     /// Board width and height.
@@ -634,6 +637,36 @@ fn fd_soft_limit() -> Option<u64> {
 /// Descriptors kept free for everything else of the process (the port, stdio, files).
 const FD_RESERVE: u64 = 64;
 
+/// A handle on a running test that another thread can sample: [`Probe::map`] draws the board
+/// as the dummies see it now, from the same pictures as the map [`run`] returns at the end.
+///
+/// It holds the run weakly: once the run has returned, `map` gives `None`. Sampling locks each
+/// dummy in turn for as long as it takes to copy its position and the NPCs it sees, as the
+/// end-of-run map does; nothing is kept or computed for it between samples.
+#[derive(Clone)]
+pub struct Probe {
+    sh: std::sync::Weak<Shared>,
+}
+
+impl Probe {
+    /// The dummies' positions and the awake NPCs they see, now; `None` once the run is over.
+    pub fn map(&self) -> Option<MapSnapshot> {
+        let sh = self.sh.upgrade()?;
+        if sh.stop.load(Relaxed) {
+            return None;
+        }
+        Some(snapshot(&sh))
+    }
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe")
+            .field("running", &(self.sh.strong_count() > 0))
+            .finish()
+    }
+}
+
 /// Runs the stress test until `settings.duration` has passed or `stop` is set, calling
 /// `on_second` once a second (for a progress line). Returns the report and the map at the
 /// end.
@@ -641,6 +674,17 @@ pub fn run(
     settings: &Settings,
     stop: &AtomicBool,
     mut on_second: impl FnMut(&Second, &Errors),
+) -> io::Result<(Report, MapSnapshot)> {
+    run_with_probe(settings, stop, |s, e, _| on_second(s, e))
+}
+
+/// [`run`], with a [`Probe`] handed to `on_second` as well, for a live view that samples the
+/// map (clone it to another thread; the callback runs on the thread that drives the ramp, so
+/// it should return quickly).
+pub fn run_with_probe(
+    settings: &Settings,
+    stop: &AtomicBool,
+    mut on_second: impl FnMut(&Second, &Errors, &Probe),
 ) -> io::Result<(Report, MapSnapshot)> {
     let cpu0 = self_cpu_time();
     let mut max_clients = settings.max_clients.max(1);
@@ -692,6 +736,9 @@ pub fn run(
         errors: ErrCounters::default(),
         stop: AtomicBool::new(false),
     });
+    let probe = Probe {
+        sh: Arc::downgrade(&sh),
+    };
     let sh2 = sh.clone();
     let pool = Pool::spawn(&port, settings.threads.max(1), move |_, c| {
         on_completion(&sh2, c)
@@ -784,6 +831,7 @@ pub fn run(
                 packets_in_per_s: ((pin - last_in) as f64 / dt).round() as u64,
                 packets_out_per_s: ((pout - last_out) as f64 / dt).round() as u64,
                 errors: errors.total(),
+                max_under_limit: max_under,
             };
             (last_in, last_out, last_t) = (pin, pout, now);
             // Server gone: connects refused for 3 seconds running and nobody in game.
@@ -794,7 +842,7 @@ pub fn run(
                 0
             };
             last_refused = refused;
-            on_second(&sec, &errors);
+            on_second(&sec, &errors, &probe);
             series.push(sec);
             next_second += Duration::from_secs(1);
             if refusing >= 3 {
