@@ -260,7 +260,8 @@ pub fn run_report(args: Args) -> io::Result<Report> {
                 args.web_linger_s
             );
         }
-        l.finish(&report, &map, Duration::from_secs(args.web_linger_s), &stop);
+        let costs = l.finish(&report, &map, Duration::from_secs(args.web_linger_s), &stop);
+        eprintln!("stress: live view: {costs}");
     }
     Ok(report)
 }

@@ -23,7 +23,7 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -109,6 +109,7 @@ impl Bound {
             streams: AtomicUsize::new(0),
             finals_sent: AtomicUsize::new(0),
             final_maps_served: AtomicUsize::new(0),
+            costs: Costs::default(),
         });
         self.listener.set_nonblocking(true)?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -121,6 +122,7 @@ impl Bound {
             tokio::net::TcpListener::from_std(self.listener)?
         };
         let app = router(shared.clone());
+        let sh = shared.clone();
         let server = std::thread::Builder::new()
             .name("web".into())
             .spawn(move || {
@@ -134,6 +136,8 @@ impl Bound {
                     }
                 });
                 // Dropping the runtime here drops every connection still open.
+                drop(rt);
+                sh.costs.web_cpu_ns.store(thread_cpu_ns(), Relaxed);
             })?;
         let (tx, rx) = mpsc::sync_channel::<Probe>(1);
         let sampler = {
@@ -188,7 +192,7 @@ impl Live {
         map: &MapSnapshot,
         linger: Duration,
         stop: &AtomicBool,
-    ) {
+    ) -> CostSummary {
         self.stop_sampler();
         {
             let mut i = self.shared.lock();
@@ -212,6 +216,7 @@ impl Live {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.stop_server();
+        self.shared.costs.summary()
     }
 
     fn stop_sampler(&mut self) {
@@ -248,6 +253,77 @@ struct Shared {
     finals_sent: AtomicUsize,
     /// ... and the final maps fetched since.
     final_maps_served: AtomicUsize,
+    costs: Costs,
+}
+
+/// What the view costs: its threads' CPU time, and how much it served.
+#[derive(Debug, Default)]
+pub struct Costs {
+    /// Maps sampled during the run.
+    pub maps: AtomicU64,
+    /// The sampler thread's CPU time (ns), all of it: sampling and encoding.
+    pub sample_cpu_ns: AtomicU64,
+    /// Wall time spent sampling (ns).
+    pub sample_wall_ns: AtomicU64,
+    /// The HTTP thread's CPU time (ns), known once it has stopped.
+    pub web_cpu_ns: AtomicU64,
+    /// Live pages opened (streams), in all.
+    pub pages: AtomicU64,
+    /// Maps sent (`/map.bin` responses).
+    pub maps_sent: AtomicU64,
+}
+
+/// [`Costs`] read at the end.
+#[derive(Debug, Clone, Copy)]
+pub struct CostSummary {
+    /// Maps sampled.
+    pub maps: u64,
+    /// Sampler CPU per map (ms).
+    pub sample_cpu_ms: f64,
+    /// Sampler wall time per map (ms).
+    pub sample_wall_ms: f64,
+    /// The HTTP thread's CPU time (s).
+    pub web_cpu_s: f64,
+    /// Pages opened.
+    pub pages: u64,
+    /// Maps sent.
+    pub maps_sent: u64,
+}
+
+impl Costs {
+    fn summary(&self) -> CostSummary {
+        let maps = self.maps.load(Relaxed);
+        let per = |ns: &AtomicU64| ns.load(Relaxed) as f64 / 1e6 / maps.max(1) as f64;
+        CostSummary {
+            maps,
+            sample_cpu_ms: per(&self.sample_cpu_ns),
+            sample_wall_ms: per(&self.sample_wall_ns),
+            web_cpu_s: self.web_cpu_ns.load(Relaxed) as f64 / 1e9,
+            pages: self.pages.load(Relaxed),
+            maps_sent: self.maps_sent.load(Relaxed),
+        }
+    }
+}
+
+impl std::fmt::Display for CostSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} maps sampled ({:.1} ms CPU, {:.1} ms wall each); HTTP thread {:.2} s CPU; {} pages opened, {} maps sent",
+            self.maps,
+            self.sample_cpu_ms,
+            self.sample_wall_ms,
+            self.web_cpu_s,
+            self.pages,
+            self.maps_sent
+        )
+    }
+}
+
+/// This thread's CPU time (ns).
+fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 struct Inner {
@@ -292,12 +368,13 @@ impl Shared {
         }
         let _ = write!(
             out,
-            r#"],"errors":{},"map":{{"seq":{},"players":{},"npcs":{},"sample_ms":{:.2}}},"report":{}}}"#,
+            r#"],"errors":{},"map":{{"seq":{},"players":{},"npcs":{},"sample_ms":{:.2}}},"pages":{},"report":{}}}"#,
             i.errors,
             i.map_seq,
             i.map_players,
             i.map_npcs,
             i.map_sample_ms,
+            self.streams.load(Relaxed),
             i.report.as_deref().unwrap_or("null")
         );
         (out, i.series.len(), i.report.is_some())
@@ -340,7 +417,7 @@ pub fn encode_map(seq: u64, map: &MapSnapshot) -> Bytes {
 /// The map sampler: one sample per probe received, until the channel closes.
 fn sample_maps(sh: &Shared, rx: Receiver<Probe>) {
     for probe in rx {
-        let t0 = Instant::now();
+        let (t0, cpu0) = (Instant::now(), thread_cpu_ns());
         let Some(map) = probe.map() else {
             continue;
         };
@@ -357,6 +434,12 @@ fn sample_maps(sh: &Shared, rx: Receiver<Probe>) {
             i.map_sample_ms = ms;
         }
         sh.notify();
+        let c = &sh.costs;
+        c.maps.fetch_add(1, Relaxed);
+        c.sample_cpu_ns
+            .fetch_add(thread_cpu_ns().saturating_sub(cpu0), Relaxed);
+        c.sample_wall_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
     }
 }
 
@@ -395,6 +478,7 @@ async fn map_bin(State(sh): State<Arc<Shared>>) -> Response {
     if last {
         sh.final_maps_served.fetch_add(1, Relaxed);
     }
+    sh.costs.maps_sent.fetch_add(1, Relaxed);
     (
         [(header::CONTENT_TYPE, "application/octet-stream"), NO_STORE],
         map,
@@ -422,6 +506,7 @@ impl StreamGuard {
         sh.streams
             .fetch_update(Relaxed, Relaxed, |n| (n < MAX_STREAMS).then_some(n + 1))
             .ok()?;
+        sh.costs.pages.fetch_add(1, Relaxed);
         Some(StreamGuard(sh.clone()))
     }
 }
@@ -555,6 +640,7 @@ mod tests {
             streams: AtomicUsize::new(0),
             finals_sent: AtomicUsize::new(0),
             final_maps_served: AtomicUsize::new(0),
+            costs: Costs::default(),
         };
         let (a, from, over) = sh.state_json(0);
         let a: serde_json::Value = serde_json::from_str(&a).unwrap();

@@ -910,10 +910,12 @@ pub fn run_with_probe(
     Ok((report, map))
 }
 
-/// The dummies' own positions and the NPCs they see.
+/// The dummies' own positions and the NPCs they see (each NPC once, where the first dummy
+/// that sees it has it). Each dummy is locked in turn, only while it is copied.
 fn snapshot(sh: &Shared) -> MapSnapshot {
-    let mut players = Vec::new();
-    let mut npcs: HashMap<i32, (i16, i16)> = HashMap::new();
+    let mut players = Vec::with_capacity(sh.active.load(Relaxed));
+    let mut npcs = Vec::new();
+    let mut seen = IdSet::default();
     for s in &sh.slots {
         let d = s.lock();
         if d.phase != Phase::InGame {
@@ -921,14 +923,65 @@ fn snapshot(sh: &Shared) -> MapSnapshot {
         }
         players.push(d.pos);
         for (&id, &p) in &d.picture {
-            if id >= 0 && id as u32 >= sh.npc_ids_from {
-                npcs.insert(id, p);
+            if id >= 0 && id as u32 >= sh.npc_ids_from && seen.insert(id as u32 - sh.npc_ids_from) {
+                npcs.push(p);
             }
         }
     }
     MapSnapshot {
         world_size: crate::protocol::W_WIDTH,
         players,
-        npcs: npcs.into_values().collect(),
+        npcs,
+    }
+}
+
+/// A set of NPC numbers (id − the first NPC id): a bitmap for the first 4 M (the course's
+/// 200,000 NPCs take 25 KB), a hash set for any number past that a server might send.
+#[derive(Default)]
+struct IdSet {
+    bits: Vec<u64>,
+    rest: std::collections::HashSet<u32>,
+}
+
+impl IdSet {
+    const BITMAP: u32 = 1 << 22;
+
+    /// True when `n` was not in the set.
+    fn insert(&mut self, n: u32) -> bool {
+        if n >= Self::BITMAP {
+            return self.rest.insert(n);
+        }
+        let (w, b) = ((n / 64) as usize, n % 64);
+        if w >= self.bits.len() {
+            self.bits.resize(w + 1, 0);
+        }
+        let fresh = self.bits[w] & (1 << b) == 0;
+        self.bits[w] |= 1 << b;
+        fresh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdSet;
+
+    #[test]
+    fn id_set_keeps_each_number_once_in_the_bitmap_and_past_it() {
+        let mut s = IdSet::default();
+        for n in [
+            0,
+            63,
+            64,
+            199_999,
+            IdSet::BITMAP - 1,
+            IdSet::BITMAP,
+            u32::MAX,
+        ] {
+            assert!(s.insert(n), "{n} is new");
+            assert!(!s.insert(n), "{n} is there");
+        }
+        assert!(s.insert(1));
+        assert!(s.bits.len() <= (IdSet::BITMAP / 64) as usize);
+        assert_eq!(s.rest.len(), 2);
     }
 }
