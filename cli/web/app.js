@@ -49,7 +49,12 @@ function connect() {
   es.addEventListener("state", (e) => onState(JSON.parse(e.data)));
   es.onerror = () => {
     if (view.done) return;
-    setStatus("lost", "disconnected: the stress run has stopped or cannot be reached (retrying)");
+    if (es.readyState === EventSource.CLOSED) {
+      // Refused (not a stream): too many pages open, or not a live view.
+      setStatus("lost", "not connected: too many pages are open on this run, or it has ended (reload to try again)");
+    } else {
+      setStatus("lost", "disconnected: the stress run has stopped or cannot be reached (retrying)");
+    }
   };
   es.onopen = () => {
     if (!view.done) setStatus("live", "live");
@@ -159,7 +164,7 @@ function showFigures() {
   el.classList.toggle("bad", total > 0);
   const kinds = Object.entries(e).filter(([, v]) => v > 0).map(([k, v]) => `${k.replace(/_/g, " ")} ${fmt(v)}`);
   $("fig-errors-kinds").textContent = kinds.join(", ");
-  $("fig-time").textContent = `${Math.round(s.t)} / ${h.duration_s ?? "?"} s`;
+  $("fig-time").textContent = `${Math.round(s.t)} / ${h.duration_s === undefined ? "?" : h.duration_s} s`;
   $("fig-packets").textContent = `in ${fmt(s.packets_in_per_s)}/s · out ${fmt(s.packets_out_per_s)}/s`;
 }
 
@@ -467,7 +472,7 @@ function drawMap() {
   const whole = zoom.span >= worldSize();
   $("map-region").textContent = whole
     ? `${worldSize()} × ${worldSize()}`
-    : `x ${Math.round(zoom.x0)}–${Math.round(zoom.x0 + zoom.span)}, y ${Math.round(zoom.y0)}–${Math.round(zoom.y0 + zoom.span)} (of ${worldSize()})`;
+    : `x ${Math.round(zoom.x0)}–${Math.round(zoom.x0 + zoom.span)}, y ${Math.round(zoom.y0)}–${Math.round(zoom.y0 + zoom.span)}: ${fmt(players)} players, ${fmt(npcs)} NPCs here`;
 }
 
 function mapPoint(e) {
