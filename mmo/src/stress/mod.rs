@@ -963,7 +963,58 @@ impl IdSet {
 
 #[cfg(test)]
 mod tests {
-    use super::IdSet;
+    use super::{run_with_probe, IdSet, Settings};
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    #[test]
+    fn the_probe_maps_the_dummies_in_game_during_the_run_and_nothing_after() {
+        let server = crate::start(crate::Config {
+            npcs: 20_000,
+            threads: 1,
+            ..crate::Config::default()
+        })
+        .expect("start the game");
+        let settings = Settings {
+            max_clients: 50,
+            ramp_interval: Duration::from_millis(5),
+            threads: 1,
+            ..Settings::new(server.local_addr(), Duration::from_secs(3))
+        };
+        let (mut maps, mut kept) = (Vec::new(), None);
+        let (report, end) = run_with_probe(&settings, &AtomicBool::new(false), |s, _, probe| {
+            maps.push((s.clients, probe.map().expect("the run is on")));
+            kept = Some(probe.clone());
+        })
+        .expect("stress run");
+        assert_eq!(maps.len(), report.series.len());
+        for (clients, m) in &maps {
+            // Sampled just after the second's count: logins may have completed in between.
+            assert!(
+                m.players.len() >= *clients,
+                "{} < {clients}",
+                m.players.len()
+            );
+            assert!(m.players.len() <= 50);
+            assert!(m
+                .players
+                .iter()
+                .chain(&m.npcs)
+                .all(|&(x, y)| (0..2000).contains(&x) && (0..2000).contains(&y)));
+        }
+        let (_, last) = maps.last().unwrap();
+        assert_eq!(last.players.len(), 50, "every dummy is in game by the end");
+        assert!(
+            !last.npcs.is_empty(),
+            "50 dummies among 20,000 NPCs see some"
+        );
+        assert_eq!(end.players.len(), report.final_clients);
+        assert!(
+            kept.unwrap().map().is_none(),
+            "nothing once the run is over"
+        );
+        server.shutdown(Duration::from_secs(2));
+    }
 
     #[test]
     fn id_set_keeps_each_number_once_in_the_bitmap_and_past_it() {
