@@ -263,6 +263,8 @@ pub struct Costs {
     pub maps: AtomicU64,
     /// The sampler thread's CPU time (ns), all of it: sampling and encoding.
     pub sample_cpu_ns: AtomicU64,
+    /// The most CPU one map took (ns).
+    pub sample_cpu_max_ns: AtomicU64,
     /// Wall time spent sampling (ns).
     pub sample_wall_ns: AtomicU64,
     /// The HTTP thread's CPU time (ns), known once it has stopped.
@@ -280,6 +282,8 @@ pub struct CostSummary {
     pub maps: u64,
     /// Sampler CPU per map (ms).
     pub sample_cpu_ms: f64,
+    /// The most CPU one map took (ms).
+    pub sample_cpu_max_ms: f64,
     /// Sampler wall time per map (ms).
     pub sample_wall_ms: f64,
     /// The HTTP thread's CPU time (s).
@@ -297,6 +301,7 @@ impl Costs {
         CostSummary {
             maps,
             sample_cpu_ms: per(&self.sample_cpu_ns),
+            sample_cpu_max_ms: self.sample_cpu_max_ns.load(Relaxed) as f64 / 1e6,
             sample_wall_ms: per(&self.sample_wall_ns),
             web_cpu_s: self.web_cpu_ns.load(Relaxed) as f64 / 1e9,
             pages: self.pages.load(Relaxed),
@@ -309,9 +314,10 @@ impl std::fmt::Display for CostSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} maps sampled ({:.1} ms CPU, {:.1} ms wall each); HTTP thread {:.2} s CPU; {} pages opened, {} maps sent",
+            "{} maps sampled ({:.1} ms CPU each, at most {:.1}; {:.1} ms wall each); HTTP thread {:.2} s CPU; {} pages opened, {} maps sent",
             self.maps,
             self.sample_cpu_ms,
+            self.sample_cpu_max_ms,
             self.sample_wall_ms,
             self.web_cpu_s,
             self.pages,
@@ -436,8 +442,9 @@ fn sample_maps(sh: &Shared, rx: Receiver<Probe>) {
         sh.notify();
         let c = &sh.costs;
         c.maps.fetch_add(1, Relaxed);
-        c.sample_cpu_ns
-            .fetch_add(thread_cpu_ns().saturating_sub(cpu0), Relaxed);
+        let cpu = thread_cpu_ns().saturating_sub(cpu0);
+        c.sample_cpu_ns.fetch_add(cpu, Relaxed);
+        c.sample_cpu_max_ns.fetch_max(cpu, Relaxed);
         c.sample_wall_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
     }
