@@ -240,7 +240,7 @@ function drawChart() {
   let dMax = limit * 1.6;
   for (const s of S) dMax = Math.max(dMax, s.tracked_max_ms, s.p99_ms);
   dMax = Math.min(dMax, limit * 20);
-  const bot = { y0: 360, y1: H - 40 };
+  const bot = { y0: 372, y1: H - 40 };
   axes(g, bot, L, R, tMax, dMax, "delay (ms)");
   const yBot = (v) => bot.y1 - ((bot.y1 - bot.y0) * Math.min(v, dMax)) / dMax;
   line(g, S.map((s) => [x(s.t), yBot(s.tracked_max_ms)]), COLORS.trackedMax, 2);
@@ -250,7 +250,7 @@ function drawChart() {
   g.setLineDash([6, 4]);
   line(g, [[x(0), yBot(limit)], [x(tMax), yBot(limit)]], COLORS.limit, 1);
   g.setLineDash([]);
-  legend(g, L + 12, bot.y0 + 8, [
+  legendRow(g, L, bot.y0 - 12, [
     ["tracked delay (course)", COLORS.tracked],
     ["tracked, highest in the second", COLORS.trackedMax],
     ["p99", COLORS.p99],
@@ -322,26 +322,6 @@ function legendRow(g, x, y, items) {
     g.fillText(text, x + 28, y);
     x += 28 + g.measureText(text).width + 24;
   }
-}
-
-function legend(g, x, y, items) {
-  g.font = "13px system-ui, sans-serif";
-  g.textAlign = "left";
-  g.textBaseline = "middle";
-  const w = 12 + Math.max(...items.map(([t]) => g.measureText(t).width)) + 34;
-  g.fillStyle = "rgba(255,255,255,0.85)";
-  g.fillRect(x, y, w, items.length * 18 + 8);
-  g.strokeStyle = "#bbb";
-  g.lineWidth = 1;
-  g.strokeRect(x + 0.5, y + 0.5, w, items.length * 18 + 8);
-  items.forEach(([text, color], i) => {
-    const yy = y + 13 + i * 18;
-    g.strokeStyle = color;
-    g.lineWidth = 2;
-    g.beginPath(); g.moveTo(x + 8, yy); g.lineTo(x + 30, yy); g.stroke();
-    g.fillStyle = "#334";
-    g.fillText(text, x + 36, yy);
-  });
 }
 
 // ---------------------------------------------------------------- the map
