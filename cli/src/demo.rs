@@ -17,7 +17,7 @@
 //!
 //! The run can be watched live in a browser: the demo serves the view of `cport stress --web`
 //! at http://127.0.0.1:8040/ (any free port when that one is taken; `--web ADDR` to choose,
-//! `--no-web` for none) and prints the URL on its first line.
+//! `--no-web` for none) and prints the URL on its first lines.
 
 use std::io;
 use std::net::SocketAddr;
