@@ -83,6 +83,7 @@ function onState(st) {
     es.close();
     showReport(st.report);
     setStatus("over", "finished: the report is below");
+    document.title = `${fmt(st.report.max_clients_under_limit)} clients under ${st.report.settings.delay_limit_ms} ms — cport stress (finished)`;
   }
 }
 
@@ -147,6 +148,7 @@ function showFigures() {
   const h = view.hello || {};
   const limit = h.delay_limit_ms || 100;
   $("fig-clients").textContent = fmt(s.clients);
+  document.title = `${fmt(s.clients)} clients · ${fmt(s.tracked_delay_ms)} ms — cport stress`;
   $("fig-live").textContent = `${fmt(s.live)} connected or logging in`;
   const d = $("fig-delay");
   d.textContent = `${fmt(s.tracked_delay_ms)} ms`;
