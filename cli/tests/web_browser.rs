@@ -16,11 +16,23 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// Kills the child at the end of the test, whatever happens (the test started it).
+/// Ends the child at the end of the test, whatever happens (the test started it): SIGTERM
+/// first, so that `cport stress` stops the server it started, then SIGKILL after 10 s.
 struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let pid = rustix::process::Pid::from_child(&self.0);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let end = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
