@@ -14,8 +14,13 @@
 //! the thread that submitted it. Measured at 10,000 clients against the same server, 60 s:
 //! client CPU 59–61% of one core on epoll, 65–69% on io_uring (four runs each), which leaves
 //! that much more of the shared two cores to the server under test.
+//!
+//! The run can be watched live in a browser: the demo serves the view of `cport stress --web`
+//! at http://127.0.0.1:8040/ (any free port when that one is taken; `--web ADDR` to choose,
+//! `--no-web` for none) and prints the URL on its first lines.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::mmo::Header;
@@ -47,7 +52,20 @@ pub struct Args {
     /// look past 10,000 — the open-files limit still caps both processes).
     #[arg(long, default_value_t = cport_mmo::protocol::MAX_USER)]
     pub max_users: usize,
+    /// Serve the live view here (a port in use is an error); by default 127.0.0.1:8040, or
+    /// any free loopback port when that one is taken.
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_web")]
+    pub web: Option<SocketAddr>,
+    /// No live view.
+    #[arg(long)]
+    pub no_web: bool,
+    /// Keep serving the finished run's page this long after the end (Ctrl-C ends it sooner).
+    #[arg(long, default_value_t = 0)]
+    pub web_linger_s: u64,
 }
+
+/// The live view's address when none is given.
+pub const DEFAULT_WEB: &str = "127.0.0.1:8040";
 
 pub fn run(args: Args) -> io::Result<()> {
     std::fs::create_dir_all(&args.out_dir)?;
@@ -70,6 +88,14 @@ pub fn run(args: Args) -> io::Result<()> {
         json: Some(out("demo-report.json")),
         svg: Some(out("demo-report.svg")),
         map_svg: Some(out("demo-map.svg")),
+        web: match (args.no_web, args.web) {
+            (true, _) => None,
+            (false, Some(a)) => Some(a),
+            (false, None) => Some(DEFAULT_WEB.parse().expect("a socket address")),
+        },
+        web_linger_s: args.web_linger_s,
+        // Only the default address gives way to a free port; one asked for is kept or fails.
+        web_fallback: args.web.is_none(),
     };
     stress::run(s)
 }

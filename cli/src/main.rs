@@ -10,6 +10,7 @@ mod echo;
 mod mmo;
 mod stress;
 mod util;
+mod web;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -73,6 +73,19 @@ pub struct Args {
     /// Write a map of the dummies and the awake NPCs they see at the end (SVG) here.
     #[arg(long)]
     pub map_svg: Option<PathBuf>,
+    /// Serve a live view of the run at http://ADDR/ (the map with the dummies and the awake
+    /// NPCs they see, clients and delay over time, the figures, the report at the end),
+    /// updated once a second. Port 0 takes any free port; the URL is printed first.
+    #[arg(long, value_name = "ADDR")]
+    pub web: Option<SocketAddr>,
+    /// With --web: keep serving the finished run's page this long after the end (Ctrl-C
+    /// ends it sooner).
+    #[arg(long, default_value_t = 0, requires = "web")]
+    pub web_linger_s: u64,
+    /// With --web: when the address is taken, take any free port on the same address instead
+    /// of failing (what `cport demo` does with its default address).
+    #[arg(skip)]
+    pub web_fallback: bool,
 }
 
 pub fn run(args: Args) -> io::Result<()> {
@@ -87,6 +100,14 @@ pub fn run(args: Args) -> io::Result<()> {
 
 /// Runs the stress test as `args` say; returns the report.
 pub fn run_report(args: Args) -> io::Result<Report> {
+    // The view's port first: a port in use is an error before anything starts.
+    let web = args
+        .web
+        .map(|a| bind_web(a, args.web_fallback))
+        .transpose()?;
+    if let Some(w) = &web {
+        eprintln!("stress: live view at {} (open it in a browser)", w.url());
+    }
     let fd_limit = crate::util::raise_fd_limit();
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -175,9 +196,32 @@ pub fn run_report(args: Args) -> io::Result<Report> {
         "stress: {addr}, up to {} clients, limit {} ms, ramp {} ms, {} s",
         settings.max_clients, settings.delay_limit_ms, args.ramp_interval_ms, args.duration_s
     );
+    let live = match web {
+        Some(w) => {
+            let hello = serde_json::json!({
+                "addr": addr.to_string(),
+                "server": server.as_ref().map(|p| p.startup.clone()),
+                "max_clients": settings.max_clients,
+                "delay_limit_ms": settings.delay_limit_ms,
+                "duration_s": args.duration_s,
+                "ramp_interval_ms": args.ramp_interval_ms,
+                "shed_interval_ms": args.shed_interval_ms,
+                "client_threads": settings.threads,
+                "npc_ids_from": settings.npc_ids_from,
+                "world_size": cport_mmo::protocol::W_WIDTH,
+            });
+            Some(w.serve(hello)?)
+        }
+        None => None,
+    };
     let server_cpu0 = server.as_ref().map(|p| p.cpu_time());
     let progress = Progress::new();
-    let result = cport_mmo::stress::run(&settings, &stop, |s, e| progress.show(s, e));
+    let result = cport_mmo::stress::run_with_probe(&settings, &stop, |s, e, probe| {
+        progress.show(s, e);
+        if let Some(l) = &live {
+            l.on_second(s, e, probe);
+        }
+    });
     progress.finish();
     let server_cpu = server.as_ref().map(|p| p.cpu_time());
     let startup = server.as_ref().map(|p| p.startup.clone());
@@ -208,7 +252,34 @@ pub fn run_report(args: Args) -> io::Result<Report> {
         map_svg(path, &map)?;
         println!("wrote {}", path.display());
     }
+    if let Some(l) = live {
+        if args.web_linger_s > 0 {
+            eprintln!(
+                "stress: the live view stays at {} for {} s (Ctrl-C ends it)",
+                l.url(),
+                args.web_linger_s
+            );
+        }
+        let costs = l.finish(&report, &map, Duration::from_secs(args.web_linger_s), &stop);
+        eprintln!("stress: live view: {costs}");
+    }
     Ok(report)
+}
+
+/// Binds the live view's address; with `fallback`, a taken port gives way to any free one.
+fn bind_web(addr: SocketAddr, fallback: bool) -> io::Result<crate::web::Bound> {
+    match crate::web::Bound::bind(addr) {
+        Err(e) if fallback && e.kind() == io::ErrorKind::AddrInUse => {
+            let any = SocketAddr::new(addr.ip(), 0);
+            let b = crate::web::Bound::bind(any)?;
+            eprintln!(
+                "stress: {addr} is in use; the live view takes {} instead",
+                b.local_addr()
+            );
+            Ok(b)
+        }
+        r => r,
+    }
 }
 
 /// The live progress line: redrawn in place (indicatif) on a terminal, else a plain line a second.

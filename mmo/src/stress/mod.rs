@@ -139,6 +139,9 @@ pub struct Second {
     pub packets_out_per_s: u64,
     /// Errors so far (all kinds).
     pub errors: u64,
+    /// The highest number of clients logged in while the tracked delay was under the limit,
+    /// so far (the report's `max_clients_under_limit` at this point of the run).
+    pub max_under_limit: usize,
 }
 
 /// Errors met, by kind (counted, never hidden).
@@ -242,7 +245,7 @@ pub struct Report {
 }
 
 /// Where the dummies are and the NPCs they see (awake NPCs: an NPC is awake exactly when
-/// some player sees it), at the end of the run.
+/// some player sees it): at the end of the run ([`run`]), or now ([`Probe::map`]).
 #[derive(Debug, Clone, Default)]
 pub struct MapSnapshot {
     /// Board width and height.
@@ -634,6 +637,36 @@ fn fd_soft_limit() -> Option<u64> {
 /// Descriptors kept free for everything else of the process (the port, stdio, files).
 const FD_RESERVE: u64 = 64;
 
+/// A handle on a running test that another thread can sample: [`Probe::map`] draws the board
+/// as the dummies see it now, from the same pictures as the map [`run`] returns at the end.
+///
+/// It holds the run weakly: once the run has returned, `map` gives `None`. Sampling locks each
+/// dummy in turn for as long as it takes to copy its position and the NPCs it sees, as the
+/// end-of-run map does; nothing is kept or computed for it between samples.
+#[derive(Clone)]
+pub struct Probe {
+    sh: std::sync::Weak<Shared>,
+}
+
+impl Probe {
+    /// The dummies' positions and the awake NPCs they see, now; `None` once the run is over.
+    pub fn map(&self) -> Option<MapSnapshot> {
+        let sh = self.sh.upgrade()?;
+        if sh.stop.load(Relaxed) {
+            return None;
+        }
+        Some(snapshot(&sh))
+    }
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe")
+            .field("running", &(self.sh.strong_count() > 0))
+            .finish()
+    }
+}
+
 /// Runs the stress test until `settings.duration` has passed or `stop` is set, calling
 /// `on_second` once a second (for a progress line). Returns the report and the map at the
 /// end.
@@ -641,6 +674,17 @@ pub fn run(
     settings: &Settings,
     stop: &AtomicBool,
     mut on_second: impl FnMut(&Second, &Errors),
+) -> io::Result<(Report, MapSnapshot)> {
+    run_with_probe(settings, stop, |s, e, _| on_second(s, e))
+}
+
+/// [`run`], with a [`Probe`] handed to `on_second` as well, for a live view that samples the
+/// map (clone it to another thread; the callback runs on the thread that drives the ramp, so
+/// it should return quickly).
+pub fn run_with_probe(
+    settings: &Settings,
+    stop: &AtomicBool,
+    mut on_second: impl FnMut(&Second, &Errors, &Probe),
 ) -> io::Result<(Report, MapSnapshot)> {
     let cpu0 = self_cpu_time();
     let mut max_clients = settings.max_clients.max(1);
@@ -692,6 +736,9 @@ pub fn run(
         errors: ErrCounters::default(),
         stop: AtomicBool::new(false),
     });
+    let probe = Probe {
+        sh: Arc::downgrade(&sh),
+    };
     let sh2 = sh.clone();
     let pool = Pool::spawn(&port, settings.threads.max(1), move |_, c| {
         on_completion(&sh2, c)
@@ -784,6 +831,7 @@ pub fn run(
                 packets_in_per_s: ((pin - last_in) as f64 / dt).round() as u64,
                 packets_out_per_s: ((pout - last_out) as f64 / dt).round() as u64,
                 errors: errors.total(),
+                max_under_limit: max_under,
             };
             (last_in, last_out, last_t) = (pin, pout, now);
             // Server gone: connects refused for 3 seconds running and nobody in game.
@@ -794,7 +842,7 @@ pub fn run(
                 0
             };
             last_refused = refused;
-            on_second(&sec, &errors);
+            on_second(&sec, &errors, &probe);
             series.push(sec);
             next_second += Duration::from_secs(1);
             if refusing >= 3 {
@@ -862,10 +910,12 @@ pub fn run(
     Ok((report, map))
 }
 
-/// The dummies' own positions and the NPCs they see.
+/// The dummies' own positions and the NPCs they see (each NPC once, where the first dummy
+/// that sees it has it). Each dummy is locked in turn, only while it is copied.
 fn snapshot(sh: &Shared) -> MapSnapshot {
-    let mut players = Vec::new();
-    let mut npcs: HashMap<i32, (i16, i16)> = HashMap::new();
+    let mut players = Vec::with_capacity(sh.active.load(Relaxed));
+    let mut npcs = Vec::new();
+    let mut seen = IdSet::default();
     for s in &sh.slots {
         let d = s.lock();
         if d.phase != Phase::InGame {
@@ -873,14 +923,116 @@ fn snapshot(sh: &Shared) -> MapSnapshot {
         }
         players.push(d.pos);
         for (&id, &p) in &d.picture {
-            if id >= 0 && id as u32 >= sh.npc_ids_from {
-                npcs.insert(id, p);
+            if id >= 0 && id as u32 >= sh.npc_ids_from && seen.insert(id as u32 - sh.npc_ids_from) {
+                npcs.push(p);
             }
         }
     }
     MapSnapshot {
         world_size: crate::protocol::W_WIDTH,
         players,
-        npcs: npcs.into_values().collect(),
+        npcs,
+    }
+}
+
+/// A set of NPC numbers (id − the first NPC id): a bitmap for the first 4 M (the course's
+/// 200,000 NPCs take 25 KB), a hash set for any number past that a server might send.
+#[derive(Default)]
+struct IdSet {
+    bits: Vec<u64>,
+    rest: std::collections::HashSet<u32>,
+}
+
+impl IdSet {
+    const BITMAP: u32 = 1 << 22;
+
+    /// True when `n` was not in the set.
+    fn insert(&mut self, n: u32) -> bool {
+        if n >= Self::BITMAP {
+            return self.rest.insert(n);
+        }
+        let (w, b) = ((n / 64) as usize, n % 64);
+        if w >= self.bits.len() {
+            self.bits.resize(w + 1, 0);
+        }
+        let fresh = self.bits[w] & (1 << b) == 0;
+        self.bits[w] |= 1 << b;
+        fresh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{run_with_probe, IdSet, Settings};
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    #[test]
+    fn the_probe_maps_the_dummies_in_game_during_the_run_and_nothing_after() {
+        let server = crate::start(crate::Config {
+            npcs: 20_000,
+            threads: 1,
+            ..crate::Config::default()
+        })
+        .expect("start the game");
+        let settings = Settings {
+            max_clients: 50,
+            ramp_interval: Duration::from_millis(5),
+            threads: 1,
+            ..Settings::new(server.local_addr(), Duration::from_secs(3))
+        };
+        let (mut maps, mut kept) = (Vec::new(), None);
+        let (report, end) = run_with_probe(&settings, &AtomicBool::new(false), |s, _, probe| {
+            maps.push((s.clients, probe.map().expect("the run is on")));
+            kept = Some(probe.clone());
+        })
+        .expect("stress run");
+        assert_eq!(maps.len(), report.series.len());
+        for (clients, m) in &maps {
+            // Sampled just after the second's count: logins may have completed in between.
+            assert!(
+                m.players.len() >= *clients,
+                "{} < {clients}",
+                m.players.len()
+            );
+            assert!(m.players.len() <= 50);
+            assert!(m
+                .players
+                .iter()
+                .chain(&m.npcs)
+                .all(|&(x, y)| (0..2000).contains(&x) && (0..2000).contains(&y)));
+        }
+        let (_, last) = maps.last().unwrap();
+        assert_eq!(last.players.len(), 50, "every dummy is in game by the end");
+        assert!(
+            !last.npcs.is_empty(),
+            "50 dummies among 20,000 NPCs see some"
+        );
+        assert_eq!(end.players.len(), report.final_clients);
+        assert!(
+            kept.unwrap().map().is_none(),
+            "nothing once the run is over"
+        );
+        server.shutdown(Duration::from_secs(2));
+    }
+
+    #[test]
+    fn id_set_keeps_each_number_once_in_the_bitmap_and_past_it() {
+        let mut s = IdSet::default();
+        for n in [
+            0,
+            63,
+            64,
+            199_999,
+            IdSet::BITMAP - 1,
+            IdSet::BITMAP,
+            u32::MAX,
+        ] {
+            assert!(s.insert(n), "{n} is new");
+            assert!(!s.insert(n), "{n} is there");
+        }
+        assert!(s.insert(1));
+        assert!(s.bits.len() <= (IdSet::BITMAP / 64) as usize);
+        assert_eq!(s.rest.len(), 2);
     }
 }
