@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cport_server::cport::{Backend, Completion, Op, Pool, Port, Socket, TimerId};
+use cport_server::cport::{Aborted, Backend, Completion, Op, Pool, Port, Socket, TimerId};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -482,7 +482,7 @@ fn on_completion(sh: &Shared, c: Completion) {
                 }
             }
             Err(e) => {
-                if c_aborted(&e) || stopping {
+                if e.is_aborted() || stopping {
                     return;
                 }
                 if e.raw_os_error() == Some(libc::ECONNREFUSED) {
@@ -508,7 +508,7 @@ fn on_completion(sh: &Shared, c: Completion) {
                 }
             }
             other => {
-                if matches!(&other, Err(e) if c_aborted(e)) || stopping {
+                if matches!(&other, Err(e) if e.is_aborted()) || stopping {
                     return;
                 }
                 sh.errors.server_closed.fetch_add(1, Relaxed);
@@ -517,7 +517,7 @@ fn on_completion(sh: &Shared, c: Completion) {
         },
         Op::Send(_) => {
             if let Err(e) = &c.result {
-                if !c_aborted(e) && !stopping {
+                if !e.is_aborted() && !stopping {
                     tracing::debug!("stress send: {e}");
                     sh.errors.send_failed.fetch_add(1, Relaxed);
                     sh.close(slot, &mut d);
@@ -541,10 +541,6 @@ fn on_completion(sh: &Shared, c: Completion) {
         }
         _ => {}
     }
-}
-
-fn c_aborted(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ECANCELED)
 }
 
 /// Frames and handles what arrived in `buf`, leaving a partial packet at its front. True
