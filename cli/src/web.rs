@@ -94,17 +94,7 @@ impl Bound {
         let (seq, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             hello: hello.to_string(),
-            inner: Mutex::new(Inner {
-                series: Vec::new(),
-                errors: json(&Errors::default()),
-                map: encode_map(0, &MapSnapshot::default()),
-                map_seq: 0,
-                map_players: 0,
-                map_npcs: 0,
-                map_sample_ms: 0.0,
-                report: None,
-                final_map: false,
-            }),
+            inner: Mutex::new(Inner::new()),
             seq,
             streams: AtomicUsize::new(0),
             finals_sent: AtomicUsize::new(0),
@@ -347,6 +337,23 @@ struct Inner {
     report: Option<String>,
     /// `map` is the end-of-run map.
     final_map: bool,
+}
+
+impl Inner {
+    /// Before the first second: nothing yet, an empty map.
+    fn new() -> Inner {
+        Inner {
+            series: Vec::new(),
+            errors: json(&Errors::default()),
+            map: encode_map(0, &MapSnapshot::default()),
+            map_seq: 0,
+            map_players: 0,
+            map_npcs: 0,
+            map_sample_ms: 0.0,
+            report: None,
+            final_map: false,
+        }
+    }
 }
 
 impl Shared {
@@ -634,14 +641,7 @@ mod tests {
             hello: "{}".into(),
             inner: Mutex::new(Inner {
                 series: vec![json(&Second::default()); 3],
-                errors: json(&Errors::default()),
-                map: encode_map(0, &MapSnapshot::default()),
-                map_seq: 0,
-                map_players: 0,
-                map_npcs: 0,
-                map_sample_ms: 0.0,
-                report: None,
-                final_map: false,
+                ..Inner::new()
             }),
             seq,
             streams: AtomicUsize::new(0),

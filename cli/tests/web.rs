@@ -3,6 +3,9 @@
 //! its default one is taken; and pages that never read, that vanish, or that are too many
 //! neither slow nor stop the run, nor the view for the other pages.
 
+mod common;
+
+use common::Proc;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -10,28 +13,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-/// Ends the child at the end of the test, whatever happens (the test started it): SIGTERM
-/// first, so that `cport stress` stops the server it started, then SIGKILL after 10 s.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let pid = rustix::process::Pid::from_child(&self.0);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let end = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < end {
-                if let Ok(Some(_)) = self.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn cport() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cport"))

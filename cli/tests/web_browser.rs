@@ -7,6 +7,9 @@
 //! Chromium comes from `CPORT_TEST_CHROMIUM` (set by `scripts/deps/chromium.sh`, which
 //! `scripts/test` sources) or from `PATH`; without one the test fails and says so.
 
+mod common;
+
+use common::Proc;
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -15,28 +18,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-
-/// Ends the child at the end of the test, whatever happens (the test started it): SIGTERM
-/// first, so that `cport stress` stops the server it started, then SIGKILL after 10 s.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let pid = rustix::process::Pid::from_child(&self.0);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let end = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < end {
-                if let Ok(Some(_)) = self.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn chromium() -> PathBuf {
     if let Some(p) = std::env::var_os("CPORT_TEST_CHROMIUM") {

@@ -138,14 +138,31 @@ mod loom_model {
     }
 
     impl Ring {
-        fn push_and_flush(&self, x: u32) {
+        fn new() -> Arc<Ring> {
+            Arc::new(Ring {
+                sq: Mutex::new(Vec::new()),
+                submitted: Mutex::new(Vec::new()),
+                c: Combiner::new(),
+            })
+        }
+
+        fn push(&self, x: u32) {
             self.sq.lock().push(x);
             self.c.pushed();
+        }
+
+        /// Submits what is pending, as the backend does: the ring's SQ moves to the kernel.
+        fn flush(&self) {
             self.c.flush(|| {
                 let mut sq = self.sq.lock();
                 self.submitted.lock().append(&mut sq);
                 true
             });
+        }
+
+        fn push_and_flush(&self, x: u32) {
+            self.push(x);
+            self.flush();
         }
     }
 
@@ -154,11 +171,7 @@ mod loom_model {
         let mut b = loom::model::Builder::new();
         b.preemption_bound = Some(3);
         b.check(|| {
-            let ring = Arc::new(Ring {
-                sq: Mutex::new(Vec::new()),
-                submitted: Mutex::new(Vec::new()),
-                c: Combiner::new(),
-            });
+            let ring = Ring::new();
             let others: Vec<_> = (1..3)
                 .map(|x| {
                     let ring = ring.clone();
@@ -176,16 +189,6 @@ mod loom_model {
         });
     }
 
-    impl Ring {
-        fn flush(&self) {
-            self.c.flush(|| {
-                let mut sq = self.sq.lock();
-                self.submitted.lock().append(&mut sq);
-                true
-            });
-        }
-    }
-
     /// The hand-off: a thread outside any handler pass pushes and leaves its entry to the
     /// workers when one waits in the kernel or is in a handler pass; one worker comes back
     /// from the kernel (decrements `pollers`, then flushes what is pending) and one leaves its
@@ -197,11 +200,7 @@ mod loom_model {
         let mut b = loom::model::Builder::new();
         b.preemption_bound = Some(3);
         b.check(|| {
-            let ring = Arc::new(Ring {
-                sq: Mutex::new(Vec::new()),
-                submitted: Mutex::new(Vec::new()),
-                c: Combiner::new(),
-            });
+            let ring = Ring::new();
             let pollers = Arc::new(AtomicUsize::new(1));
             let returning = Arc::new(AtomicUsize::new(1));
             let waiter = {
@@ -222,8 +221,7 @@ mod loom_model {
                     }
                 })
             };
-            ring.sq.lock().push(7);
-            ring.c.pushed();
+            ring.push(7);
             if Combiner::hand_off(&pollers, &returning) == HandOff::FlushYourself {
                 ring.flush();
             }
