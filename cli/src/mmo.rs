@@ -1,4 +1,4 @@
-//! `cport mmo`: the course's game server (`shared/course-protocol.md`) on the server layer.
+//! `cport mmo`: the course's game server on the server layer.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;

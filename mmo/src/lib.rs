@@ -1,6 +1,6 @@
 //! # cport-mmo — the IOCP course's game server on cport
 //!
-//! The course's term project (`shared/course-protocol.md`): a 2000×2000 board, players who
+//! The course's term project: a 2000×2000 board, players who
 //! log in, move one cell per request and see everything within a square view range, and
 //! NPCs that move once a second while a player sees them and sleep otherwise.
 //!

@@ -1,4 +1,4 @@
-//! The course's wire protocol (`shared/course-protocol.md`), byte for byte.
+//! The course's wire protocol, byte for byte.
 //!
 //! Every packet is `[size][type][body]`: `size` counts the whole packet, header included, and
 //! is one unsigned byte ([`SizeField::U8`], the default) or two bytes little-endian
