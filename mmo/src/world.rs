@@ -340,6 +340,60 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 128,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// On a small world of any size and view range, with objects placed and then moved
+        /// anywhere (across sectors, onto edges and corners), the ids `near` finds for any
+        /// cell are exactly a brute-force scan of every object within the view range.
+        #[test]
+        fn near_equals_brute_force_for_any_world(
+            size in 1u16..60,
+            range in 0u16..20,
+            players in 0usize..12,
+            npcs in proptest::collection::vec(proptest::prelude::any::<(u16, u16)>(), 0..40),
+            placed in proptest::collection::vec(proptest::prelude::any::<(u16, u16)>(), 12),
+            moves in proptest::collection::vec(
+                (proptest::prelude::any::<u16>(), proptest::prelude::any::<(u16, u16)>()),
+                0..60,
+            ),
+            queries in proptest::collection::vec(proptest::prelude::any::<(u16, u16)>(), 1..20),
+        ) {
+            let cell = |(x, y): (u16, u16)| pack(x % size, y % size);
+            let npcs: Vec<(u16, u16)> = npcs.into_iter().map(|c| unpack(cell(c))).collect();
+            let w = World::new(size, range, players, &npcs);
+            for id in 0..players as u32 {
+                let p = cell(placed[id as usize]);
+                w.set_pos(id, p);
+                w.sector_insert(id, p);
+            }
+            let n = w.objs.len() as u32;
+            if n > 0 {
+                for (who, to) in moves {
+                    let id = u32::from(who) % n;
+                    let (from, to) = (w.pos(id), cell(to));
+                    w.set_pos(id, to);
+                    w.sector_move(id, from, to);
+                }
+            }
+            for q in queries {
+                let q = cell(q);
+                for npcs_too in [true, false] {
+                    let mut got = Vec::new();
+                    w.near(q, npcs_too, &mut got);
+                    got.sort_unstable();
+                    let want: Vec<u32> = (0..n)
+                        .filter(|&id| (npcs_too || !w.is_npc(id)) && w.in_range(q, w.pos(id)))
+                        .collect();
+                    proptest::prop_assert_eq!(got, want);
+                }
+            }
+        }
+    }
+
     #[test]
     fn steps_are_clamped_to_the_board() {
         let w = World::new(10, 3, 1, &[]);

@@ -1,0 +1,5 @@
+//! The framing codec with a one-byte size field, fed a fuzzed stream in fuzzed chunks.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| cport_fuzz::frame_stream(cport_server::SizeField::U8, data));
