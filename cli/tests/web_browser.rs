@@ -9,11 +9,10 @@
 
 mod common;
 
-use common::Proc;
-use std::io::{BufRead, BufReader};
+use common::{lines_of, Proc};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -48,21 +47,6 @@ fn chromium() -> PathBuf {
          (scripts/deps/chromium.sh installs Debian's chromium and sets CPORT_TEST_CHROMIUM), \
          or set CPORT_TEST_CHROMIUM to a Chromium or Chrome binary"
     );
-}
-
-/// Reads `child`'s stderr on a thread: every line goes to the returned channel.
-fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
-    let err = child.stderr.take().expect("stderr piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 /// Waits for a line for which `pick` gives something; `seen` keeps every line for messages.

@@ -1,7 +1,9 @@
 //! Shared by the live view's tests.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::process::Child;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Ends the child at the end of the test, whatever happens (the test started it): SIGTERM
@@ -24,4 +26,19 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Reads `child`'s stderr on a thread: every line goes to the returned channel.
+pub fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let err = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
