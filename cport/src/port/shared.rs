@@ -213,7 +213,14 @@ impl Shared {
     /// `MAX_DEFERRED_PASSES` passes later). Only when neither is true does the caller submit
     /// itself. The handshake is `Combiner::hand_off`, model-checked.
     pub(super) fn issue(&self) {
-        if self.hand_off && !LOCAL.with(|l| l.borrow_mut().find(self.id).is_some_and(|e| e.held)) {
+        let in_pass =
+            self.hand_off && LOCAL.with(|l| l.borrow_mut().find(self.id).is_some_and(|e| e.held));
+        self.issue_from(in_pass);
+    }
+
+    /// [`Shared::issue`] for a caller that already knows whether it is in a handler pass.
+    pub(super) fn issue_from(&self, in_pass: bool) {
+        if self.hand_off && !in_pass {
             match Combiner::hand_off(self.sched.poller_count(), &self.returning) {
                 HandOff::WakeAWaiter => return self.driver.wake(),
                 HandOff::Returning => return,

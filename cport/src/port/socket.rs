@@ -161,15 +161,18 @@ impl Socket {
             None => {
                 // Inside a handler pass of this port, on a thread that opted in: submitted at
                 // the thread's next `get`.
-                let deferred = LOCAL.with(|l| match l.borrow_mut().find(shared.id) {
+                // One look at the thread's state: deferred (a deferring thread in a handler
+                // pass), or issued — by this thread if it is in a handler pass.
+                let in_pass = LOCAL.with(|l| match l.borrow_mut().find(shared.id) {
                     Some(e) if e.held && e.defer => {
                         e.dirty = true;
-                        true
+                        None
                     }
-                    _ => false,
+                    Some(e) => Some(e.held),
+                    None => Some(false),
                 });
-                if !deferred {
-                    shared.issue();
+                if let Some(in_pass) = in_pass {
+                    shared.issue_from(in_pass);
                 }
             }
         }
