@@ -50,7 +50,8 @@ fn open_fds() -> usize {
 
 /// A client asks for 16 MiB (32 sends of one shared 512 KiB buffer) and resets without
 /// reading (`SO_LINGER` 0) while most of it is queued and a send is in flight. The session
-/// closes once, as `Reset`, with that reason logged; every queued byte is accounted for
+/// closes once, as `Reset` (or `PeerClosed`, if a send took the reset's error first), with that
+/// reason logged; every queued byte is accounted for
 /// (`queued_bytes` back to 0) and every send's buffer is released (the shared buffer is
 /// unique again); the port has nothing of it in flight and no descriptor is left; a client
 /// connected meanwhile is served before and after.
@@ -99,19 +100,30 @@ fn a_client_that_resets_with_sends_in_flight_closes_only_its_session(b: Backend)
         h.metrics().queued_bytes > (SENDS as u64 - 2) * 512 * 1024
     });
     std::thread::sleep(Duration::from_millis(50));
-    assert!(h.metrics().queued_bytes > 0, "sends still queued at the reset");
+    assert!(
+        h.metrics().queued_bytes > 0,
+        "sends still queued at the reset"
+    );
     reset(victim);
 
     let (closed, reason) = events.closed();
     assert_eq!(closed.id(), session.id());
-    assert_eq!(reason, CloseReason::Reset);
+    // The kernel reports the reset once (`ECONNRESET`) to whichever call comes first, and
+    // end of stream after that: a send seeing it first leaves the receive an end of stream.
+    assert!(
+        matches!(reason, CloseReason::Reset | CloseReason::PeerClosed),
+        "{reason:?}"
+    );
     wait_until("the session's buffers are released", || {
         let m = h.metrics();
         m.open == 1 && m.queued_bytes == 0 && held.is_unique()
     });
-    assert!(events.closed_so_far().is_empty(), "one close, of that session only");
+    assert!(
+        events.closed_so_far().is_empty(),
+        "one close, of that session only"
+    );
     let m = h.metrics();
-    assert_eq!(m.closed_for("reset"), 1, "{m}");
+    assert_eq!(m.closed_for(reason.name()), 1, "{m}");
     // The listener's accepts and the other session's receive only.
     let expected = 1 + Config::default().accepts.max(1);
     wait_until("nothing of the session is in flight", || {
@@ -126,12 +138,18 @@ fn a_client_that_resets_with_sends_in_flight_closes_only_its_session(b: Backend)
         .find(|l| l.contains(&session.id().to_string()) && l.contains("session closed"))
         .unwrap_or_else(|| panic!("no close logged for {}:\n{logged}", session.id()));
     println!("{b}: {line} (in flight after: {in_flight})");
-    assert!(line.contains(&reason.to_string()), "the reason is logged: {line}");
+    assert!(
+        line.contains(&reason.to_string()),
+        "the reason is logged: {line}"
+    );
 
     echo(&mut other, b"after");
     assert!(other_session.is_open());
     drop(other);
     let (closed, reason) = events.closed();
-    assert_eq!((closed.id(), reason), (other_session.id(), CloseReason::PeerClosed));
+    assert_eq!(
+        (closed.id(), reason),
+        (other_session.id(), CloseReason::PeerClosed)
+    );
     server.shutdown(Duration::from_secs(5));
 }
