@@ -140,7 +140,7 @@ fn refused_submissions_and_failed_waits_lose_no_completion(b: Backend) {
         let mut sends = vec![0; N];
         let mut received = vec![0usize; N];
         let deadline = Instant::now() + Duration::from_secs(30);
-        while sends.iter().any(|&n| n == 0) || received.iter().any(|&n| n < LEN) {
+        while sends.contains(&0) || received.iter().any(|&n| n < LEN) {
             assert!(Instant::now() < deadline, "operations lost");
             let c = next(&port);
             let k = c.key as usize;
