@@ -21,6 +21,7 @@ static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
 per_backend!(
     refused_submissions_and_failed_waits_lose_no_completion,
+    threads_starting_at_once_on_a_tiny_ring_lose_nothing,
     a_kernel_wait_that_keeps_failing_shuts_the_port_down,
     a_peer_that_resets_with_sends_in_flight_gets_each_send_completed_once,
 );
@@ -192,6 +193,98 @@ fn refused_submissions_and_failed_waits_lose_no_completion(b: Backend) {
         drop(port);
     }
     assert_eq!(open_fds(), before, "descriptors leaked");
+}
+
+/// Four threads outside the pool start 800 sends at once on a ring of 8 entries while two
+/// pool workers take the completions (and, on io_uring, 30 submissions are refused): every
+/// send completes exactly once, whole, and each connection's bytes arrive complete and in
+/// the order the sends were started.
+fn threads_starting_at_once_on_a_tiny_ring_lose_nothing(b: Backend) {
+    let _serial = ONE_AT_A_TIME.lock();
+    const THREADS: usize = 4;
+    const PAIRS: usize = 4;
+    const SENDS: usize = 50;
+    const LEN: usize = 1024;
+    let port = Port::builder()
+        .backend(b)
+        .ignore_env()
+        .concurrency(2)
+        .entries(8)
+        .build()
+        .unwrap();
+    if b == Backend::Uring {
+        faults(&port).fail(FaultPoint::UringSubmit, libc::EAGAIN, 30);
+    }
+    let done = std::sync::Arc::new(parking_lot::Mutex::new(HashMap::<(u64, u64), u32>::new()));
+    let d2 = done.clone();
+    let pool = cport::Pool::spawn(&port, 2, move |_, c| {
+        let Op::Send(buf) = c.op else {
+            panic!("unexpected {:?}", c.op)
+        };
+        assert_eq!(c.result.unwrap(), LEN);
+        assert_eq!(buf.len(), LEN);
+        *d2.lock().entry((c.key, c.user)).or_insert(0) += 1;
+    })
+    .unwrap();
+    let mut readers = Vec::new();
+    let mut starters = Vec::new();
+    for t in 0..THREADS {
+        let mut socks = Vec::new();
+        for p in 0..PAIRS {
+            let key = (t * PAIRS + p) as u64;
+            let (mut client, server) = tcp_pair();
+            socks.push((key, port.associate(server, key).unwrap()));
+            readers.push(std::thread::spawn(move || {
+                client
+                    .set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                let mut all = vec![0u8; SENDS * LEN];
+                client.read_exact(&mut all).expect("every byte arrives");
+                for (i, chunk) in all.chunks(LEN).enumerate() {
+                    let want = (key as usize * SENDS + i) as u32;
+                    assert!(
+                        chunk.chunks(4).all(|w| w == want.to_le_bytes()),
+                        "connection {key}: send {i} out of order or damaged"
+                    );
+                }
+            }));
+        }
+        starters.push(std::thread::spawn(move || {
+            for i in 0..SENDS {
+                for (key, s) in &socks {
+                    let word = (*key as usize * SENDS + i) as u32;
+                    let buf: Vec<u8> = word.to_le_bytes().repeat(LEN / 4);
+                    s.send(buf, i as u64);
+                }
+            }
+            socks
+        }));
+    }
+    let socks: Vec<_> = starters.into_iter().map(|h| h.join().unwrap()).collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(20);
+    while done.lock().len() < THREADS * PAIRS * SENDS {
+        assert!(
+            Instant::now() < until,
+            "completions lost: {}",
+            done.lock().len()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        done.lock().values().all(|&n| n == 1),
+        "a send completed twice"
+    );
+    let stats = port.stats();
+    assert_eq!(stats.in_flight, 0, "{stats:?}");
+    if b == Backend::Uring {
+        assert_eq!(faults(&port).armed(FaultPoint::UringSubmit), 0);
+    }
+    println!("{b}: {} sends, each once; {stats:?}", done.lock().len());
+    drop(socks);
+    pool.shutdown();
 }
 
 /// The wait keeps failing (every `epoll_wait` of the wait set, on both backends; on io_uring,
