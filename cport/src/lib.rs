@@ -175,6 +175,9 @@
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 mod combine;
+#[cfg(all(feature = "fault-injection", not(loom)))]
+#[doc(hidden)]
+pub mod fault;
 mod sync;
 
 #[cfg(loom)]

@@ -7,6 +7,9 @@
 //!
 //! * `Backend::Uring` fails with an error that says why; `Backend::Auto` falls back to epoll
 //!   (with one warning) and serves a TCP echo round trip.
+//! * `io_uring_setup` failing with `ENOMEM` (a filter on that call alone): `Backend::Uring`
+//!   is an `OutOfMemory` error naming the cause, `Backend::Auto` falls back to epoll with one
+//!   warning that carries it, and serves.
 //! * `CPORT_BACKEND` selects the backend of a builder that does not ignore the environment,
 //!   and a bad value is an `InvalidInput` error.
 //! * The `echo` example, with io_uring blocked, starts on epoll by itself, echoes, and exits 0
@@ -79,6 +82,63 @@ fn auto_falls_back_to_epoll_when_io_uring_is_blocked() {
         .stdout
         .lines()
         .filter(|l| l.contains("Backend::Uring error") || l.contains("-OK"))
+    {
+        println!("child: {line}");
+    }
+}
+
+/// `io_uring_setup` fails with `ENOMEM` (what the kernel answers when the ring's memory
+/// cannot be had: the locked-memory limit on kernels before 5.12, the memory cgroup after),
+/// injected for real by a seccomp filter on that one system call: `Backend::Uring` is an
+/// `OutOfMemory` error that says so and what to do, `Backend::Auto` falls back to epoll with
+/// one warning that carries the reason, and serves.
+#[test]
+fn auto_falls_back_to_epoll_when_ring_setup_fails_with_enomem() {
+    if child_role().as_deref() == Some("enomem") {
+        return enomem_child();
+    }
+    if !cfg!(target_arch = "x86_64") {
+        println!("note: the seccomp filter of this test is written for x86_64; skipped");
+        return;
+    }
+    let out = rerun(
+        "auto_falls_back_to_epoll_when_ring_setup_fails_with_enomem",
+        "enomem",
+        &[],
+    );
+    if out.stdout.contains("FALLBACK-SKIP") {
+        println!("note: skipped: {}", out.stdout.trim());
+        return;
+    }
+    assert!(
+        out.status.success() && out.stdout.contains("ENOMEM-OK backend=epoll"),
+        "child failed: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("falling back to epoll"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one fallback warning\nstderr:\n{}",
+        out.stderr
+    );
+    assert!(
+        warnings[0].contains("WARN")
+            && warnings[0].contains("Cannot allocate memory")
+            && warnings[0].contains("ulimit -l"),
+        "the warning gives the reason: {}",
+        warnings[0]
+    );
+    for line in out
+        .stdout
+        .lines()
+        .filter(|l| l.contains("error") || l.contains("-OK"))
     {
         println!("child: {line}");
     }
@@ -224,6 +284,76 @@ fn fallback_child() {
     drop(listener);
     port.shutdown();
     println!("FALLBACK-OK backend={}", port.backend());
+}
+
+#[cfg(target_arch = "x86_64")]
+fn enomem_child() {
+    if let Err(e) = seccomp::Filter::deny_io_uring_setup(libc::ENOMEM).install() {
+        println!("FALLBACK-SKIP cannot install a seccomp filter here: {e}");
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(false)
+        .try_init();
+
+    let e = Port::builder()
+        .backend(Backend::Uring)
+        .ignore_env()
+        .build()
+        .expect_err("Backend::Uring must fail when the ring cannot be set up");
+    println!("Backend::Uring error: {e}");
+    assert_eq!(e.kind(), io::ErrorKind::OutOfMemory, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("io_uring setup") && msg.contains("Cannot allocate memory"),
+        "the error names the call and ENOMEM: {msg}"
+    );
+    assert!(
+        msg.contains("ulimit -l"),
+        "the error says what to raise: {msg}"
+    );
+
+    let port = Port::builder()
+        .backend(Backend::Auto)
+        .ignore_env()
+        .concurrency(1)
+        .build()
+        .expect("Backend::Auto must fall back to epoll");
+    assert_eq!(port.backend(), Backend::Epoll);
+    // It serves: one receive and one send through the port.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let sock = port.associate(server, 1).unwrap();
+    sock.recv(Vec::with_capacity(16), 0);
+    client.write_all(b"enomem").unwrap();
+    let c = port
+        .get(Some(Duration::from_secs(10)))
+        .expect("port closed")
+        .expect("no completion within 10 s");
+    assert!(
+        matches!(c.op, Op::Recv(ref v) if v == b"enomem"),
+        "{:?}",
+        c.op
+    );
+    sock.send(&b"served"[..], 0);
+    let c = port
+        .get(Some(Duration::from_secs(10)))
+        .expect("port closed")
+        .expect("no completion within 10 s");
+    assert_eq!(c.result.unwrap(), 6);
+    let mut back = [0u8; 6];
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"served");
+    drop(sock);
+    port.shutdown();
+    println!("ENOMEM-OK backend={}", port.backend());
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn enomem_child() {
+    println!("FALLBACK-SKIP the seccomp filter is written for x86_64");
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -476,6 +606,23 @@ mod seccomp {
                 jeq(register, 1, 0),          // 5: to 7, deny
                 ret(libc::SECCOMP_RET_ALLOW), // 6
                 ret(eperm),                   // 7
+            ])
+        }
+
+        /// Makes `io_uring_setup` alone fail with `errno` (the ring cannot be set up; the
+        /// other io_uring calls are never reached); allows everything else.
+        pub fn deny_io_uring_setup(errno: i32) -> Filter {
+            let arch = offset_of!(libc::seccomp_data, arch);
+            let nr = offset_of!(libc::seccomp_data, nr);
+            let setup = libc::SYS_io_uring_setup as u32;
+            let deny = libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA);
+            Filter(vec![
+                ld(arch),                     // 0
+                jeq(AUDIT_ARCH_X86_64, 0, 2), // 1: another ABI: to 4, allow
+                ld(nr),                       // 2
+                jeq(setup, 1, 0),             // 3: to 5, deny
+                ret(libc::SECCOMP_RET_ALLOW), // 4
+                ret(deny),                    // 5
             ])
         }
 

@@ -184,8 +184,10 @@ pub struct PortStats {
     pub sockets: usize,
     /// Timers set and not yet fired or cancelled.
     pub timers: usize,
-    /// Kernel waits that failed (not counting timeouts and interruptions), since the port
-    /// was built. Each is logged; a run of them shuts the port down (see [`Port::get`]).
+    /// Kernel waits that failed (not counting timeouts and interruptions), and io_uring
+    /// submissions the kernel refused again when a waiter retried them (`EAGAIN`, `EBUSY`),
+    /// since the port was built. Each is logged and retried after a pause; a run of them
+    /// shuts the port down (see [`Port::get`]).
     pub wait_errors: u64,
 }
 
@@ -560,6 +562,14 @@ impl Port {
     /// True once [`Port::shutdown`] was called.
     pub fn is_shut_down(&self) -> bool {
         self.shared.sched.is_closed()
+    }
+
+    /// Test hook (feature `fault-injection`): the faults to arm on this port's system calls;
+    /// `None` if its backend has no hooks (io_uring with one poller at a time).
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn faults(&self) -> Option<&crate::fault::Faults> {
+        self.shared.driver.faults()
     }
 
     /// A snapshot of the port's state.

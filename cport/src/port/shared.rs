@@ -256,7 +256,7 @@ impl Shared {
     }
 
     /// The kernel's wait failed in a way that is not part of normal operation (not a timeout
-    /// or an interruption). Logged (the first failure of a run, then at powers of two) and
+    /// or an interruption), or io_uring refused a submission again when a waiter retried it. Logged (the first failure of a run, then at powers of two) and
     /// retried after a pause that grows by 1 ms per failure up to 100 ms, so a persistent
     /// error neither spins nor floods the log. After `WAIT_FAILURE_LIMIT` failures in a row
     /// (about 1.3 s) the port is shut down — every `get` answers `Closed` — with the reason
@@ -270,14 +270,17 @@ impl Shared {
             if !self.sched.is_closed() {
                 tracing::error!(
                     failures = n,
-                    "the kernel's wait failed {n} times in a row (last: {e}); shutting the port down"
+                    "the kernel's wait or submission failed {n} times in a row (last: {e}); shutting the port down"
                 );
                 self.shut_down(SHUTDOWN_REAP);
             }
             return;
         }
         if n == 1 || n.is_power_of_two() {
-            tracing::error!(failures = n, "the kernel's wait failed: {e}; retrying");
+            tracing::error!(
+                failures = n,
+                "the kernel's wait or submission failed: {e}; retrying"
+            );
         }
         std::thread::sleep(Duration::from_millis(u64::from(n).min(100)));
     }

@@ -505,6 +505,11 @@ impl Driver for Epoll {
         Backend::Epoll
     }
 
+    #[cfg(feature = "fault-injection")]
+    fn faults(&self) -> Option<&crate::fault::Faults> {
+        Some(self.ws.faults())
+    }
+
     /// Two sides (read, write), each a FIFO of pending operations with its readiness.
     fn new_sock(&self, stream: bool) -> SockIo {
         SockIo::new(Sock {

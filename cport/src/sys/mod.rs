@@ -250,6 +250,13 @@ pub(crate) trait Driver: Send + Sync {
     /// The submission hand-off's combiner, for a backend whose follow-up work runs on the
     /// submitter (`follow_up_on_submitter`); `None` otherwise.
     fn combiner(&self) -> Option<&crate::combine::Combiner>;
+
+    /// The faults a test may arm on this backend's system calls (feature
+    /// `fault-injection`); `None`: this backend has no hooks.
+    #[cfg(feature = "fault-injection")]
+    fn faults(&self) -> Option<&crate::fault::Faults> {
+        None
+    }
 }
 
 /// A shared driver is a driver (tests keep a handle on a modelled one while the port uses it).
@@ -301,6 +308,10 @@ impl<D: Driver + ?Sized> Driver for std::sync::Arc<D> {
     }
     fn combiner(&self) -> Option<&crate::combine::Combiner> {
         (**self).combiner()
+    }
+    #[cfg(feature = "fault-injection")]
+    fn faults(&self) -> Option<&crate::fault::Faults> {
+        (**self).faults()
     }
 }
 

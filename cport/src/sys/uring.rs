@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering::SeqCst};
 use std::time::Instant;
 
 use io_uring::types::{Fd, SubmitArgs, Timespec};
@@ -54,6 +55,11 @@ pub(crate) struct Uring {
     /// signals for every batch of completions it posts; `None`: one poller at a time waits
     /// in `io_uring_enter` (`wait`).
     shared: Option<(WaitSet, OwnedFd)>,
+    /// The errno of a submission the kernel refused (0: none): its SQEs are still in the
+    /// ring (or the backlog). The next `wait_shared` submits them again and, if the kernel
+    /// refuses again, reports it as a kernel failure, which the port counts, logs and retries
+    /// after a pause (`Shared::wait_failed`).
+    refused: AtomicI32,
 }
 
 fn setup_error(what: &str, e: io::Error) -> io::Error {
@@ -61,7 +67,9 @@ fn setup_error(what: &str, e: io::Error) -> io::Error {
         Some(libc::EPERM) => {
             " (blocked by a seccomp filter, as container runtimes do, or by sysctl kernel.io_uring_disabled)"
         }
-        Some(libc::ENOMEM) => " (locked-memory limit too low for the ring: raise ulimit -l)",
+        Some(libc::ENOMEM) => {
+            " (no memory for the ring: raise ulimit -l before Linux 5.12, the memory cgroup's limit after)"
+        }
         Some(libc::ENOSYS) => " (kernel without io_uring)",
         _ => "",
     };
@@ -131,6 +139,7 @@ impl Uring {
             cq: Mutex::new(()),
             combine: Combiner::new(),
             shared,
+            refused: AtomicI32::new(0),
         })
     }
 
@@ -202,26 +211,48 @@ impl Uring {
         self.combine.flush(|| self.submit_all());
     }
 
-    /// Submits what is in the ring and the backlog. False if the kernel refused for now (its
-    /// CQ overflow list is full): the poller reaps, and its wait submits what is left.
+    /// Submits what is in the ring and the backlog. False if the kernel refused (`EAGAIN`:
+    /// no memory for requests; `EBUSY`: completions to reap first; or any other error): the
+    /// SQEs stay where they are, `refused` records it and a waiter is woken; its
+    /// `wait_shared` reaps, submits them again, and reports a refusal that persists as a
+    /// kernel failure (counted, logged, retried after a growing pause). With one poller at a
+    /// time, the poller's next enter submits what is in the ring.
     fn submit_all(&self) -> bool {
         loop {
             let more = self.drain_backlog();
-            match self.ring.submit() {
+            match self.enter_submit() {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
-                    return false
-                }
                 Err(e) => {
-                    tracing::error!("io_uring submit failed: {e}");
-                    return true;
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    self.refused.store(errno, SeqCst);
+                    match &self.shared {
+                        Some((ws, _)) => ws.wake(),
+                        None if errno != libc::EBUSY && errno != libc::EAGAIN => {
+                            tracing::error!("io_uring submit failed: {e}");
+                        }
+                        None => {}
+                    }
+                    return false;
                 }
             }
             if !more {
                 return true;
             }
         }
+    }
+
+    /// `io_uring_enter` submitting what is in the ring (or the fault a test armed).
+    fn enter_submit(&self) -> io::Result<usize> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(e) = self
+            .shared
+            .as_ref()
+            .and_then(|(ws, _)| ws.faults().take(crate::fault::FaultPoint::UringSubmit))
+        {
+            return Err(e);
+        }
+        self.ring.submit()
     }
 
     /// Reaps every CQE in the ring into `out`; returns how many were reaped (wake-ups and
@@ -326,8 +357,9 @@ impl Driver for Uring {
             // on the ring's mutex.
             self.wait_only(deadline)
         } else {
-            // This enter submits everything pushed so far.
+            // This enter submits everything pushed so far (a refused submission's SQEs too).
             self.combine.take_pending();
+            self.refused.store(0, SeqCst);
             self.drain_backlog();
             match deadline {
                 None => self.ring.submit_and_wait(1),
@@ -377,7 +409,22 @@ impl Driver for Uring {
             self.wait(deadline, out)?;
             return Ok(false);
         };
+        if self.refused.swap(0, SeqCst) != 0 {
+            // The kernel refused a submission: its SQEs are still in the ring; submit again.
+            self.combine.pushed();
+        }
         self.submit_pending();
+        let refused = self.refused.load(SeqCst);
+        if refused != 0 {
+            // Refused again: what completed is reaped (that may be what the kernel waits
+            // for); the port logs, counts and retries after a pause.
+            self.reap_locked(out);
+            let e = io::Error::from_raw_os_error(refused);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("io_uring refused a submission: {e}"),
+            ));
+        }
         if self.reap_locked(out) > 0 {
             return Ok(false);
         }
@@ -418,6 +465,12 @@ impl Driver for Uring {
     /// The combiner, for the hand-off of threads outside any handler pass (`Shared::issue`).
     fn combiner(&self) -> Option<&Combiner> {
         Some(&self.combine)
+    }
+
+    /// The wait set's faults (shared waiting only; one poller at a time has no wait set).
+    #[cfg(feature = "fault-injection")]
+    fn faults(&self) -> Option<&crate::fault::Faults> {
+        self.shared.as_ref().map(|(ws, _)| ws.faults())
     }
 
     /// Submits what was pushed; nothing completes at once here (completions come from the

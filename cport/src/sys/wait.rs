@@ -48,6 +48,9 @@ pub(crate) struct WaitSet {
     wake_fd: OwnedFd,
     /// Closed on drop.
     alarm_fd: OwnedFd,
+    /// Faults a test armed on this wait set's calls (and, for io_uring, its submissions).
+    #[cfg(feature = "fault-injection")]
+    faults: crate::fault::Faults,
 }
 
 impl WaitSet {
@@ -63,14 +66,26 @@ impl WaitSet {
             epfd,
             wake_fd,
             alarm_fd,
+            #[cfg(feature = "fault-injection")]
+            faults: Default::default(),
         };
         ws.add(ws.wake_fd.as_raw_fd(), WAKE, libc::EPOLLIN as u32)?;
         ws.add(ws.alarm_fd.as_raw_fd(), ALARM, libc::EPOLLIN as u32)?;
         Ok(ws)
     }
 
+    /// The faults a test armed on this wait set (feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn faults(&self) -> &crate::fault::Faults {
+        &self.faults
+    }
+
     /// Watches `fd` for `events` (edge-triggered) under `data`.
     pub(crate) fn add(&self, fd: RawFd, data: u64, events: u32) -> io::Result<()> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(e) = self.faults.take(crate::fault::FaultPoint::EpollAdd) {
+            return Err(e);
+        }
         let mut ev = libc::epoll_event {
             events: events | libc::EPOLLET as u32,
             u64: data,
@@ -107,6 +122,10 @@ impl WaitSet {
         events: &'a mut [MaybeUninit<libc::epoll_event>],
         timeout: i32,
     ) -> io::Result<&'a [libc::epoll_event]> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(e) = self.faults.take(crate::fault::FaultPoint::EpollWait) {
+            return Err(io::Error::new(e.kind(), format!("epoll_wait: {e}")));
+        }
         // SAFETY: `events` has room for `len` events, and epoll_wait writes at most that many.
         let n = unsafe {
             libc::epoll_wait(
