@@ -44,11 +44,34 @@ fn key_of(s: usize) -> u64 {
 
 #[derive(Debug)]
 enum Expect {
-    Post { key: u64, bytes: usize },
-    Timer { key: u64, id: TimerId },
-    Message { key: u64, value: u64 },
-    Recv { sock: usize, seq: u64, ptr: usize, cap: usize, old: usize, epoch: u64 },
-    Send { sock: usize, seq: u64, index: usize, ptr: usize, len: usize, epoch: u64 },
+    Post {
+        key: u64,
+        bytes: usize,
+    },
+    Timer {
+        key: u64,
+        id: TimerId,
+    },
+    Message {
+        key: u64,
+        value: u64,
+    },
+    Recv {
+        sock: usize,
+        seq: u64,
+        ptr: usize,
+        cap: usize,
+        old: usize,
+        epoch: u64,
+    },
+    Send {
+        sock: usize,
+        seq: u64,
+        index: usize,
+        ptr: usize,
+        len: usize,
+        epoch: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -178,7 +201,10 @@ impl Model {
                 got.push(c);
             }
         } else {
-            let n = self.port.get_many(&mut got, max, Some(timeout)).expect("port open");
+            let n = self
+                .port
+                .get_many(&mut got, max, Some(timeout))
+                .expect("port open");
             assert_eq!(n, got.len(), "get_many's count");
             assert!(n <= max, "get_many returned {n} > {max}");
         }
@@ -194,10 +220,17 @@ impl Model {
         match e {
             Expect::Post { key, bytes } => {
                 assert!(matches!(c.op, Op::Post), "{c:?} for a post");
-                assert_eq!((c.key, c.result.as_ref().ok()), (key, Some(&bytes)), "{c:?}");
+                assert_eq!(
+                    (c.key, c.result.as_ref().ok()),
+                    (key, Some(&bytes)),
+                    "{c:?}"
+                );
             }
             Expect::Timer { key, id } => {
-                assert!(matches!(c.op, Op::Timer(t) if t == id), "{c:?} for timer {id:?}");
+                assert!(
+                    matches!(c.op, Op::Timer(t) if t == id),
+                    "{c:?} for timer {id:?}"
+                );
                 assert_eq!(c.key, key);
                 assert!(c.result.is_ok(), "{c:?}");
             }
@@ -343,7 +376,10 @@ impl Model {
             }
             let run = got[i..].iter().take_while(|&&b| b as usize == k).count();
             let (len, fate) = sends[k - 1];
-            assert!(run <= len, "socket {r}: {run} bytes of send {k}, which had {len}");
+            assert!(
+                run <= len,
+                "socket {r}: {run} bytes of send {k}, which had {len}"
+            );
             i += run;
             if i < got.len() {
                 assert!(
@@ -377,7 +413,10 @@ impl Model {
             self.port.shutdown();
             let st = self.port.stats();
             assert_eq!(st.in_flight, 0, "in flight after shutdown: {st:?}");
-            assert!(self.port.get(Some(Duration::ZERO)).is_err(), "get after shutdown");
+            assert!(
+                self.port.get(Some(Duration::ZERO)).is_err(),
+                "get after shutdown"
+            );
             assert!(self.port.post(1, 0, 0).is_err(), "post after shutdown");
             for s in 0..SOCKETS {
                 self.close(s);
@@ -426,7 +465,10 @@ impl Model {
         self.port.shutdown();
         let st = self.port.stats();
         assert_eq!((st.in_flight, st.sockets), (0, 0), "after shutdown: {st:?}");
-        assert!(self.port.get(Some(Duration::ZERO)).is_err(), "get after shutdown");
+        assert!(
+            self.port.get(Some(Duration::ZERO)).is_err(),
+            "get after shutdown"
+        );
     }
 }
 
