@@ -389,6 +389,19 @@ fuzz_target!(|data: &[u8]| {
         ),
         "closed for {name}"
     );
+    if std::env::var_os("MMO_SESSION_STATS").is_some() {
+        let first = packets.first().map(|p| format!("{p:?}"));
+        let first = first
+            .as_deref()
+            .unwrap_or("-")
+            .split([' ', '{'])
+            .next()
+            .unwrap_or("-");
+        eprintln!(
+            "mmo_session: closed {name}, {} packets back, first {first}",
+            packets.len()
+        );
+    }
     let (frame_error, login_or_logout) = scan(h, &stream);
     if !frame_error {
         assert_ne!(
