@@ -363,7 +363,7 @@ impl Model {
         while i < got.len() {
             let k = got[i] as usize;
             assert!(
-                k >= 1 && k <= sends.len() && k - 1 >= next,
+                k > next && k <= sends.len(),
                 "socket {r} received byte {k} at {i}: not the next send's (next is {})",
                 next + 1
             );
