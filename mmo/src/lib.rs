@@ -446,6 +446,128 @@ impl MmoServer {
         ((id as usize) < w.objs.len()).then(|| unpack(w.pos(id)))
     }
 
+    /// Test hook (the `mmo_session` fuzz target; not part of the API): checks the world's
+    /// invariants once and describes the first one broken. Every object on the board (and
+    /// only those) is in exactly the sector of its position, inside the board; every view set
+    /// is exactly the objects in range that are on the board (players see players and NPCs,
+    /// NPCs see players); an object off the board sees nothing and is seen by none; a
+    /// player has a session exactly while on the board; the player and awake-NPC counters
+    /// match. Each lock is taken alone, so an object moving meanwhile can make it fail
+    /// once: it is meant for a world at rest, and callers retry.
+    #[doc(hidden)]
+    pub fn check_world(&self) -> Result<(), String> {
+        let g = &self.game;
+        let w = &g.world;
+        let n = w.objs.len();
+        let mut on = vec![false; n];
+        let mut sets: Vec<Vec<u32>> = Vec::with_capacity(n);
+        let mut pos = Vec::with_capacity(n);
+        for id in 0..n as u32 {
+            let life = w
+                .is_npc(id)
+                .then(|| g.npc_life[(id - w.max_users) as usize].lock().alive);
+            let v = w.objs[id as usize].view.lock();
+            let p = w.pos(id);
+            let in_game = v.state == State::InGame;
+            if let Some(alive) = life {
+                if alive != in_game {
+                    return Err(format!("NPC {id}: alive {alive}, state {:?}", v.state));
+                }
+            } else if v.session.is_some() != in_game {
+                return Err(format!(
+                    "player {id}: state {:?} but session {}",
+                    v.state,
+                    if v.session.is_some() { "set" } else { "none" }
+                ));
+            }
+            let (x, y) = unpack(p);
+            if x >= w.size || y >= w.size {
+                return Err(format!("object {id} at ({x}, {y}), off a {} board", w.size));
+            }
+            let mut set: Vec<u32> = v.set.iter().copied().collect();
+            set.sort_unstable();
+            on[id as usize] = in_game;
+            sets.push(set);
+            pos.push(p);
+        }
+        for a in 0..n as u32 {
+            let expected: Vec<u32> = if on[a as usize] {
+                (0..n as u32)
+                    .filter(|&b| {
+                        b != a
+                            && on[b as usize]
+                            && !(w.is_npc(a) && w.is_npc(b))
+                            && w.in_range(pos[a as usize], pos[b as usize])
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if sets[a as usize] != expected {
+                return Err(format!(
+                    "view set of {a} at {:?} ({}): {:?}, objects in range: {expected:?}",
+                    unpack(pos[a as usize]),
+                    if on[a as usize] {
+                        "on the board"
+                    } else {
+                        "off the board"
+                    },
+                    sets[a as usize]
+                ));
+            }
+        }
+        let mut seen = vec![0u32; n];
+        for (sector, id) in w.sector_members() {
+            let Some(count) = seen.get_mut(id as usize) else {
+                return Err(format!("unknown id {id} in sector {sector}"));
+            };
+            *count += 1;
+            let want = w.sector_index(pos[id as usize]);
+            if sector != want {
+                return Err(format!(
+                    "object {id} at {:?} is in sector {sector}, not {want}",
+                    unpack(pos[id as usize])
+                ));
+            }
+        }
+        for id in 0..n {
+            if seen[id] != u32::from(on[id]) {
+                return Err(format!(
+                    "object {id} ({}) is in {} sectors",
+                    if on[id] {
+                        "on the board"
+                    } else {
+                        "off the board"
+                    },
+                    seen[id]
+                ));
+            }
+        }
+        let players = on[..w.max_users as usize].iter().filter(|&&b| b).count();
+        let counted = g.counters.players.load(Relaxed);
+        if counted != players {
+            return Err(format!(
+                "{players} players on the board, counter says {counted}"
+            ));
+        }
+        let awake = w.awake.iter().filter(|a| a.load(Relaxed)).count();
+        let counted = g.counters.awake_npcs.load(Relaxed);
+        if counted != awake {
+            return Err(format!("{awake} NPCs awake, counter says {counted}"));
+        }
+        Ok(())
+    }
+
+    /// Test hook (the `mmo_session` fuzz target; not part of the API): the ids in the view
+    /// set of object `id`, sorted (what its client must have been told about).
+    #[doc(hidden)]
+    pub fn view_set(&self, id: u32) -> Option<Vec<u32>> {
+        let obj = self.game.world.objs.get(id as usize)?;
+        let mut set: Vec<u32> = obj.view.lock().set.iter().copied().collect();
+        set.sort_unstable();
+        Some(set)
+    }
+
     /// Graceful shutdown: the server layer's (see [`Server::shutdown`]: every session
     /// flushed and closed, so every player's row is written behind), then the DB threads
     /// finish their queues, then every row not yet known to be saved is written on this

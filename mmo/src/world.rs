@@ -249,6 +249,23 @@ impl World {
         }
     }
 
+    /// The sector that holds position `p` (for [`World::sector_members`]).
+    pub(crate) fn sector_index(&self, p: u32) -> usize {
+        let (sx, sy) = self.sector_xy(p);
+        sy * self.sectors_per_side + sx
+    }
+
+    /// Every `(sector, id)` in the sectors, one sector lock at a time (the consistency check
+    /// of `MmoServer::check_world`; not used by the game).
+    pub(crate) fn sector_members(&self) -> Vec<(usize, u32)> {
+        let mut out = Vec::new();
+        for (i, s) in self.sectors.iter().enumerate() {
+            let s = s.lock();
+            out.extend(s.players.iter().chain(&s.npcs).map(|&id| (i, id)));
+        }
+        out
+    }
+
     /// Appends the NPCs standing on any of `cells` now (each once).
     pub fn npcs_on(&self, cells: &[u32], out: &mut Vec<u32>) {
         for &c in cells {

@@ -258,6 +258,15 @@ fn random_sessions(backend: Backend, h: SizeField, seed: u64, steps: usize) {
     for c in &mut sim.clients {
         c.assert_quiet(Duration::from_millis(50));
     }
+    // The world at rest: sectors, view sets and counters agree (the fuzz target
+    // `mmo_session` checks the same after every input).
+    if let Err(e) = sim.srv.check_world() {
+        panic!("seed {seed}: the world's invariants: {e}");
+    }
+    for c in &sim.clients {
+        let seen: Vec<u32> = c.picture.keys().copied().collect();
+        assert_eq!(sim.srv.view_set(c.id), Some(seen), "client {}", c.id);
+    }
     let stats = sim.srv.stats();
     assert_eq!(stats.players, sim.clients.len());
     assert_eq!(stats.rejected, 0);
