@@ -594,11 +594,7 @@ impl OwnCluster {
                 .unwrap();
             assert!(ok.success(), "chown postgres {}", dir.display());
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = port_below_ephemeral_range();
         let c = OwnCluster { bin, dir, port };
         let ok = c
             .cmd("initdb")
@@ -683,4 +679,19 @@ fn postgres_stopped_at_runtime_fails_logins_and_keeps_saves_until_it_is_back() {
     let (_c, p) = login_raw(&srv, cport_mmo::protocol::name("gus"));
     info_of(&p);
     srv.shutdown(QUICK);
+}
+
+/// A free loopback port below the kernel's ephemeral range: the cluster is stopped and started
+/// again on it, and a port from the ephemeral range could meanwhile become the local port of
+/// another test's outgoing connection (the start would then fail with "address in use").
+fn port_below_ephemeral_range() -> u16 {
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let seed = std::process::id() ^ std::time::UNIX_EPOCH.elapsed().unwrap().subsec_nanos();
+    (0..1000u32)
+        .map(|i| 10_000 + seed.wrapping_add(i.wrapping_mul(7919)) % (low.max(10_001) - 10_000))
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok())
+        .expect("no free loopback port below the ephemeral range") as u16
 }
