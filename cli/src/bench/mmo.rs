@@ -336,7 +336,7 @@ fn ramp_run(a: &MmoArgs, b: &Build, dir: &Path) -> io::Result<RunResult> {
 /// One fixed-load run of `b`: climb to `n` clients, hold; the last `hold_s` are measured.
 fn fixed_run(a: &MmoArgs, b: &Build, n: usize, dir: &Path) -> io::Result<RunResult> {
     // The climb at the ramp's pace, with room for logins and a slower pace near the limit.
-    let climb_s = (n as u64 * a.ramp_interval_ms).div_ceil(1000) * 5 / 4 + 5;
+    let climb_s = (n as u64 * a.ramp_interval_ms * 5 / 4).div_ceil(1000) + 2;
     let server = ServerProc::spawn(&b.program, &b.args, &[("RUST_LOG".into(), "warn".into())])?;
     let sampler = Sampler::start(server.pid());
     let r = stress(a, server.addr, n, climb_s + a.hold_s, dir);
