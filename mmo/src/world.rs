@@ -13,7 +13,8 @@
 //! 2. **A sector lock** (`World::sectors`): the ids of the objects in one sector. A leaf:
 //!    held only to push, remove or copy ids out, never together with another sector lock or
 //!    while taking a view lock, and never taken while a view lock is held.
-//! 3. **A session's send lock** (inside `cport-server`): taken by `Session::send`, which
+//! 3. **A session's send lock** (inside `cport-server`, or the host's own for another
+//!    [`Host`](crate::net::Host)): taken by [`Conn::send`](crate::net::Conn::send), which
 //!    only queues bytes and never blocks or calls back into the game; a leaf, taken while
 //!    view locks are held.
 //!
