@@ -3,8 +3,9 @@
 //! The game's worker threads never wait on the database. A login or a batch of saves is a
 //! job on a bounded queue ([`crossbeam_channel::bounded`]); blocking DB threads (separate
 //! from the port's workers) run it and post the result back to the completion port with
-//! [`ServerHandle::post_message`]; a worker picks it up in `Handler::on_message` like any
-//! I/O completion. A full queue is refused at once (a login gets `SC_LOGIN_FAIL`, a batch of
+//! [`Host::post_db`](crate::net::Host::post_db) (on cport:
+//! [`ServerHandle::post_message`](cport_server::ServerHandle::post_message)); a worker picks
+//! it up in `Handler::on_message` like any I/O completion. A full queue is refused at once (a login gets `SC_LOGIN_FAIL`, a batch of
 //! saves stays pending and is retried at the next save tick), never waited on.
 //!
 //! Threads: `loaders` threads run logins (reads only, so SQLite's WAL lets them run beside
