@@ -1,6 +1,9 @@
 //! `cport bench echo`: every server under the same load, each as its own process, alternated
 //! round by round, medians and ranges printed side by side. `cport bench port`: the post→get
-//! hand-off comparison (`cport/examples/bench_port.rs`).
+//! hand-off comparison (`cport/examples/bench_port.rs`). `cport bench mmo`: the game server
+//! builds under the same stress client ([`mmo`]).
+
+mod mmo;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -21,6 +24,9 @@ pub enum Cmd {
     /// Post→get hand-off throughput: cport against crossbeam-channel and std mpsc (runs the
     /// `bench_port` example; arguments are passed to it, e.g. `--batch --rounds 5`).
     Port(PortArgs),
+    /// The game server builds (cport on io_uring, cport on epoll, the same game on tokio)
+    /// under the same stress client: the ramp's maximum and a fixed load, round by round.
+    Mmo(mmo::MmoArgs),
 }
 
 /// Options of `cport bench echo`.
@@ -221,6 +227,7 @@ pub fn run(cmd: Cmd) -> io::Result<()> {
     match cmd {
         Cmd::Echo(a) => echo(a),
         Cmd::Port(a) => port(a),
+        Cmd::Mmo(a) => mmo::run(a),
     }
 }
 

@@ -3,8 +3,9 @@
 //! The game's worker threads never wait on the database. A login or a batch of saves is a
 //! job on a bounded queue ([`crossbeam_channel::bounded`]); blocking DB threads (separate
 //! from the port's workers) run it and post the result back to the completion port with
-//! [`ServerHandle::post_message`]; a worker picks it up in `Handler::on_message` like any
-//! I/O completion. A full queue is refused at once (a login gets `SC_LOGIN_FAIL`, a batch of
+//! [`Host::post_db`](crate::net::Host::post_db) (on cport:
+//! [`ServerHandle::post_message`](cport_server::ServerHandle::post_message)); a worker picks
+//! it up in `Handler::on_message` like any I/O completion. A full queue is refused at once (a login gets `SC_LOGIN_FAIL`, a batch of
 //! saves stays pending and is retried at the next save tick), never waited on.
 //!
 //! Threads: `loaders` threads run logins (reads only, so SQLite's WAL lets them run beside
@@ -26,8 +27,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cport_server::{ServerHandle, SessionId};
 use crossbeam_channel::{Receiver, Sender};
+
+use crate::net::DbResult;
 
 /// Where players are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -369,8 +371,8 @@ impl Store {
 
 /// A login's load, asked by a worker.
 #[derive(Debug)]
-pub(crate) struct LoadJob {
-    pub session: SessionId,
+pub(crate) struct LoadJob<I> {
+    pub session: I,
     /// The player id the login holds, and its login generation (a result for an older
     /// login of the same id is stale).
     pub id: u32,
@@ -386,9 +388,9 @@ pub(crate) struct SaveJob {
 
 /// What a DB thread posts back to the port.
 #[derive(Debug)]
-pub(crate) enum Done {
+pub(crate) enum Done<I> {
     Load {
-        job: LoadJob,
+        job: LoadJob<I>,
         result: Result<Option<PlayerRow>, String>,
     },
     Save {
@@ -414,8 +416,8 @@ pub(crate) struct DbCounters {
 }
 
 /// The job queues and the DB threads.
-pub(crate) struct DbPool {
-    pub loads: Sender<LoadJob>,
+pub(crate) struct DbPool<I> {
+    pub loads: Sender<LoadJob<I>>,
     pub saves: Sender<SaveJob>,
     pub counters: Arc<DbCounters>,
     /// CPU time of each DB thread so far (ns), the writer last.
@@ -423,7 +425,7 @@ pub(crate) struct DbPool {
     /// Dropped to tell the threads to finish the queued jobs and exit.
     stop: parking_lot::Mutex<Option<Sender<()>>>,
     stop_rx: Receiver<()>,
-    load_rx: Receiver<LoadJob>,
+    load_rx: Receiver<LoadJob<I>>,
     save_rx: Receiver<SaveJob>,
     threads: parking_lot::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -438,9 +440,9 @@ fn thread_cpu_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
-impl DbPool {
+impl<I: Send + 'static> DbPool<I> {
     /// The queues (jobs wait there until [`DbPool::spawn`]).
-    pub fn new(loaders: usize) -> DbPool {
+    pub fn new(loaders: usize) -> DbPool<I> {
         let (loads, load_rx) = crossbeam_channel::bounded(LOAD_QUEUE);
         let (saves, save_rx) = crossbeam_channel::bounded(SAVE_QUEUE);
         let (stop, stop_rx) = crossbeam_channel::bounded(0);
@@ -458,7 +460,11 @@ impl DbPool {
     }
 
     /// Starts the threads, one store each (`stores.len()` = loaders + 1, the writer's last).
-    pub fn spawn(&self, mut stores: Vec<Store>, srv: ServerHandle) -> std::io::Result<()> {
+    pub fn spawn<H: crate::net::Host<ConnId = I>>(
+        &self,
+        mut stores: Vec<Store>,
+        srv: H,
+    ) -> std::io::Result<()> {
         let writer_store = stores.pop().expect("a store for the writer");
         let mut threads = self.threads.lock();
         for (i, mut store) in stores.into_iter().enumerate() {
@@ -468,7 +474,7 @@ impl DbPool {
                 std::thread::Builder::new()
                     .name(format!("cport-db-load{i}"))
                     .spawn(move || {
-                        let run = |job: LoadJob, store: &mut Store| {
+                        let run = |job: LoadJob<I>, store: &mut Store| {
                             let result = store.load(&job.name);
                             c.loads.fetch_add(1, Relaxed);
                             if let Err(e) = &result {
@@ -477,7 +483,7 @@ impl DbPool {
                             }
                             cpu[i].store(thread_cpu_ns(), Relaxed);
                             // Refused only at shutdown: the login is gone with the sessions.
-                            let _ = srv.post_message(DB_KEY, Done::Load { job, result });
+                            let _ = srv.post_db(DbResult(Done::Load { job, result }));
                         };
                         worker_loop(&rx, &stop, |job| run(job, &mut store));
                     })?,
@@ -522,13 +528,15 @@ impl DbPool {
                         cpu[cpu.len() - 1].store(thread_cpu_ns(), Relaxed);
                         let rows = job.rows.into_iter().map(|(r, seq)| (r.name, seq)).collect();
                         // Refused only at shutdown; the final flush writes every row again.
-                        let _ = srv.post_message(DB_KEY, Done::Save { rows, result });
+                        let _ = srv.post_db(DbResult(Done::Save { rows, result }));
                     });
                 })?,
         );
         Ok(())
     }
+}
 
+impl<I> DbPool<I> {
     /// Lets the threads finish the jobs queued and joins them.
     pub fn stop(&self) {
         drop(self.stop.lock().take());
@@ -561,7 +569,7 @@ fn worker_loop<J>(rx: &Receiver<J>, stop: &Receiver<()>, mut run: impl FnMut(J))
     }
 }
 
-impl Drop for DbPool {
+impl<I> Drop for DbPool<I> {
     fn drop(&mut self) {
         self.stop();
     }

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cport_server::cport::Message;
-use cport_server::{CloseReason, Handler, ServerHandle, Session, SizeField};
+use cport_server::{CloseReason, Handler, ServerHandle, Session, SessionId, SizeField};
 use parking_lot::Mutex;
 
 use crate::db::{Done, LoadJob, PlayerRow, DB_KEY};
+use crate::net::{Conn, DbResult, Host};
 use crate::persist::Persist;
 use crate::protocol::{ClientPacket, Direction, Name, ServerPacket, NAME_SIZE};
 use crate::world::{pack, unpack, State, World};
@@ -100,20 +101,20 @@ pub(crate) enum Phase {
 /// and NPC locks), by whoever handles the player's packets, its load result, its close, its
 /// regeneration and the save tick. So a player's packets are never handled twice at once,
 /// even when packets that waited for the load are replayed on the thread of the result.
-pub(crate) struct Login {
+pub(crate) struct Login<C> {
     pub phase: Phase,
     /// Bumped when the slot's login ends: a load result or timer of an older login is stale.
     pub gen: u64,
     pub name: String,
-    pub session: Option<Session>,
+    pub session: Option<C>,
     pub pending: Vec<ClientPacket>,
     /// On the board (its row is saved when it leaves).
     pub placed: bool,
     pub asked: Instant,
 }
 
-pub(crate) struct Player {
-    pub login: Mutex<Login>,
+pub(crate) struct Player<C> {
+    pub login: Mutex<Login<C>>,
     /// Taken after `login` (or alone, to read).
     pub stats: Mutex<PStats>,
     /// Changed since the last save tick.
@@ -122,8 +123,8 @@ pub(crate) struct Player {
     pub regen: AtomicBool,
 }
 
-impl Player {
-    pub fn new() -> Player {
+impl<C> Player<C> {
+    pub fn new() -> Player<C> {
         Player {
             login: Mutex::new(Login {
                 phase: Phase::Idle,
@@ -215,8 +216,8 @@ pub(crate) struct Counters {
 }
 
 /// The game state and logic, shared by every worker thread.
-pub(crate) struct Game {
-    pub world: World,
+pub(crate) struct Game<H: Host> {
+    pub world: World<H::Conn>,
     /// Player ids not in use (a stack: the most recently freed is reused first).
     pub free_ids: Mutex<Vec<u32>>,
     /// The player id of each session slot ([`NO_PLAYER`] before login).
@@ -229,7 +230,7 @@ pub(crate) struct Game {
     pub rng: Rng,
     pub counters: Counters,
     /// Per player id: login, stats.
-    pub players: Box<[Player]>,
+    pub players: Box<[Player<H::Conn>]>,
     /// Names logged in (or logging in) now.
     pub online: Mutex<HashSet<String>>,
     /// Per NPC (`id - max_users`): hit points, alive; and where it (re)spawns.
@@ -238,7 +239,7 @@ pub(crate) struct Game {
     pub npc_respawn: Duration,
     pub regen_interval: Duration,
     /// `None` with `--db none`.
-    pub persist: Option<Persist>,
+    pub persist: Option<Persist<H::ConnId>>,
     /// Login latency (µs, from `CS_LOGIN` to `SC_LOGIN_INFO` queued).
     pub login_us: Mutex<hdrhistogram::Histogram<u64>>,
 }
@@ -255,7 +256,7 @@ struct Mine {
     remove: OnceCell<Bytes>,
 }
 
-impl Game {
+impl<H: Host> Game<H> {
     fn encode(&self, p: ServerPacket) -> Bytes {
         p.encode(self.header).into()
     }
@@ -309,15 +310,15 @@ impl Game {
         pack((r % s) as u16, ((r >> 32) % s) as u16)
     }
 
-    fn reject(&self, session: &Session, why: String) {
+    fn reject(&self, session: &H::Conn, why: String) {
         self.counters.rejected.fetch_add(1, Relaxed);
         tracing::info!(session = %session.id(), peer = ?session.peer_addr(), "rejected: {why}");
-        session.close(CloseReason::Rejected(why));
+        session.reject(why);
     }
 
     /// Brings "`me` sees `other`" (and the converse) in line with where both are now, under
     /// both view locks (lower id first), sending the packets before unlocking.
-    fn reconcile(&self, srv: &ServerHandle, me: u32, other: u32, mine: &Mine) {
+    fn reconcile(&self, srv: &H, me: u32, other: u32, mine: &Mine) {
         let w = &self.world;
         if me == other || (w.is_npc(me) && w.is_npc(other)) {
             return;
@@ -371,7 +372,7 @@ impl Game {
     }
 
     /// Reconciles `me` with everything near `pos` and everything in its view set.
-    fn reconcile_all(&self, srv: &ServerHandle, me: u32, pos: u32, mine: &Mine) {
+    fn reconcile_all(&self, srv: &H, me: u32, pos: u32, mine: &Mine) {
         let w = &self.world;
         let mut cands: Vec<u32> = w.objs[me as usize]
             .view
@@ -389,7 +390,7 @@ impl Game {
     }
 
     /// An NPC came into some player's view: if it slept, schedule its first move.
-    fn wake(&self, srv: &ServerHandle, npc: u32) {
+    fn wake(&self, srv: &H, npc: u32) {
         let i = (npc - self.world.max_users) as usize;
         if self.world.awake[i]
             .compare_exchange(false, true, SeqCst, SeqCst)
@@ -400,12 +401,9 @@ impl Game {
         }
     }
 
-    fn schedule(&self, srv: &ServerHandle, npc: u32) {
+    fn schedule(&self, srv: &H, npc: u32) {
         self.counters.npc_timers.fetch_add(1, Relaxed);
-        if srv
-            .post_after(self.npc_interval, u64::from(npc), 0)
-            .is_err()
-        {
+        if !srv.post_after(self.npc_interval, u64::from(npc), 0) {
             // The port is shutting down: the NPC sleeps.
             self.counters.npc_timers.fetch_sub(1, Relaxed);
             self.world.awake[(npc - self.world.max_users) as usize].store(false, SeqCst);
@@ -414,7 +412,7 @@ impl Game {
     }
 
     /// An NPC's move timer fired: move one random cell if a player sees it, else sleep.
-    fn npc_tick(&self, srv: &ServerHandle, npc: u32) {
+    fn npc_tick(&self, srv: &H, npc: u32) {
         let w = &self.world;
         self.counters.npc_timers.fetch_sub(1, Relaxed);
         let i = (npc - w.max_users) as usize;
@@ -445,7 +443,7 @@ impl Game {
 
     /// Puts player `id` on the board where `row` says, with its stats; sends
     /// `SC_LOGIN_INFO`, then the ADDs both ways.
-    fn place(&self, session: &Session, id: u32, row: &PlayerRow) {
+    fn place(&self, session: &H::Conn, id: u32, row: &PlayerRow) {
         let w = &self.world;
         let pos = pack(row.x, row.y);
         let name = crate::protocol::name(&row.name);
@@ -523,7 +521,7 @@ impl Game {
 
     /// Refuses a login: `SC_LOGIN_FAIL`, a logged reason, and the session closes once it is
     /// sent (what it sends meanwhile is ignored).
-    fn login_fail(&self, session: &Session, why: &str) {
+    fn login_fail(&self, session: &H::Conn, why: &str) {
         self.counters.login_fails.fetch_add(1, Relaxed);
         tracing::info!(session = %session.id(), peer = ?session.peer_addr(), "SC_LOGIN_FAIL: {why}");
         session.send(self.encode(ServerPacket::LoginFail));
@@ -531,7 +529,7 @@ impl Game {
     }
 
     /// `CS_LOGIN` of a session that has no player yet.
-    fn begin_login(&self, session: &Session, raw: &Name) {
+    fn begin_login(&self, session: &H::Conn, raw: &Name) {
         let name = match login_name(raw) {
             Ok(n) => n,
             Err(why) => return self.login_fail(session, why),
@@ -543,7 +541,7 @@ impl Game {
             self.online.lock().remove(&name);
             return self.login_fail(session, "server full");
         };
-        self.player_of[session.id().slot()].store(id, Relaxed);
+        self.player_of[session.slot()].store(id, Relaxed);
         let mut l = self.players[id as usize].login.lock();
         l.phase = Phase::Loading;
         l.name = name.clone();
@@ -578,9 +576,9 @@ impl Game {
     /// waited are handled in order; or `SC_LOGIN_FAIL`.
     fn finish_login(
         &self,
-        session: &Session,
+        session: &H::Conn,
         id: u32,
-        l: &mut Login,
+        l: &mut Login<H::Conn>,
         row: Result<Option<PlayerRow>, String>,
     ) {
         let row = match row {
@@ -616,8 +614,8 @@ impl Game {
     }
 
     /// A load came back from a DB thread.
-    fn load_done(&self, srv: &ServerHandle, job: LoadJob, row: Result<Option<PlayerRow>, String>) {
-        let Some(session) = srv.session(job.session) else {
+    fn load_done(&self, srv: &H, job: LoadJob<H::ConnId>, row: Result<Option<PlayerRow>, String>) {
+        let Some(session) = srv.conn(job.session) else {
             return; // it closed: its `on_close` ends the login
         };
         let id = job.id;
@@ -629,7 +627,7 @@ impl Game {
     }
 
     /// The player's row now.
-    fn row(&self, id: u32, l: &Login) -> PlayerRow {
+    fn row(&self, id: u32, l: &Login<H::Conn>) -> PlayerRow {
         let (x, y) = unpack(self.world.pos(id));
         let s = *self.players[id as usize].stats.lock();
         PlayerRow {
@@ -645,7 +643,7 @@ impl Game {
 
     /// Logout or disconnect: the player's row goes to the database at once, and it leaves
     /// the board.
-    fn depart(&self, srv: &ServerHandle, id: u32, l: &mut Login) {
+    fn depart(&self, srv: &H, id: u32, l: &mut Login<H::Conn>) {
         if l.placed {
             if let Some(p) = &self.persist {
                 p.put(self.row(id, l));
@@ -659,7 +657,7 @@ impl Game {
 
     /// The save tick: rows of the players changed since the last tick are written behind,
     /// with those whose save failed; then the next tick.
-    fn save_tick(&self, srv: &ServerHandle) {
+    fn save_tick(&self, srv: &H) {
         let Some(p) = &self.persist else { return };
         for (id, pl) in self.players.iter().enumerate() {
             if pl.dirty.swap(false, Relaxed) {
@@ -674,19 +672,17 @@ impl Game {
     }
 
     /// A regeneration timer for a hurt player (login `gen`), unless one is pending.
-    fn start_regen(&self, srv: &ServerHandle, id: u32, gen: u64) {
+    fn start_regen(&self, srv: &H, id: u32, gen: u64) {
         let pl = &self.players[id as usize];
         if !pl.regen.swap(true, SeqCst)
-            && srv
-                .post_after(self.regen_interval, REGEN | u64::from(id), gen)
-                .is_err()
+            && !srv.post_after(self.regen_interval, REGEN | u64::from(id), gen)
         {
             pl.regen.store(false, SeqCst);
         }
     }
 
     /// A regeneration tick: heal, tell the player, and again while still hurt.
-    fn regen_tick(&self, srv: &ServerHandle, id: u32, gen: u64) {
+    fn regen_tick(&self, srv: &H, id: u32, gen: u64) {
         let pl = &self.players[id as usize];
         let l = pl.login.lock();
         if l.gen != gen || !l.placed {
@@ -704,10 +700,7 @@ impl Game {
             }
         }
         if now.hp < now.max_hp {
-            if srv
-                .post_after(self.regen_interval, REGEN | u64::from(id), gen)
-                .is_err()
-            {
+            if !srv.post_after(self.regen_interval, REGEN | u64::from(id), gen) {
                 pl.regen.store(false, SeqCst);
             }
         } else {
@@ -715,7 +708,7 @@ impl Game {
         }
     }
 
-    fn stat_change(&self, session: &Session, s: PStats) {
+    fn stat_change(&self, session: &H::Conn, s: PStats) {
         self.counters.stat_changes.fetch_add(1, Relaxed);
         session.send(self.encode(ServerPacket::StatChange {
             hp: s.hp,
@@ -726,7 +719,7 @@ impl Game {
     }
 
     /// A system message to one player (`SC_CHAT` with the player's own id).
-    fn system_chat(&self, session: &Session, id: u32, text: String) {
+    fn system_chat(&self, session: &H::Conn, id: u32, text: String) {
         let mut mess = text.into_bytes();
         mess.truncate(crate::protocol::CHAT_SIZE);
         session.send(self.encode(ServerPacket::Chat {
@@ -736,7 +729,7 @@ impl Game {
     }
 
     /// `CS_ATTACK`: one hit on every live NPC on the four cells next to the player.
-    fn attack(&self, session: &Session, id: u32, gen: u64) {
+    fn attack(&self, session: &H::Conn, id: u32, gen: u64) {
         let w = &self.world;
         let srv = session.server();
         self.counters.attacks.fetch_add(1, Relaxed);
@@ -826,7 +819,7 @@ impl Game {
 
     /// An NPC's hit points reached 0 (its life lock held, `alive` already false): off the
     /// board (`SC_REMOVE_OBJECT` to who saw it), back after the respawn delay.
-    fn kill_npc(&self, srv: &ServerHandle, npc: u32) {
+    fn kill_npc(&self, srv: &H, npc: u32) {
         let w = &self.world;
         self.counters.npc_kills.fetch_add(1, Relaxed);
         let (cands, name): (Vec<u32>, Name) = {
@@ -844,7 +837,7 @@ impl Game {
     }
 
     /// An NPC's respawn timer: full health at its spawn cell, ADD to the players near.
-    fn respawn(&self, srv: &ServerHandle, npc: u32) {
+    fn respawn(&self, srv: &H, npc: u32) {
         let w = &self.world;
         let i = (npc - w.max_users) as usize;
         let mut life = self.npc_life[i].lock();
@@ -868,7 +861,7 @@ impl Game {
     }
 
     /// One packet of a player in the game (its login lock held).
-    fn handle(&self, session: &Session, id: u32, p: ClientPacket, l: &mut Login) {
+    fn handle(&self, session: &H::Conn, id: u32, p: ClientPacket, l: &mut Login<H::Conn>) {
         match p {
             ClientPacket::Login { .. } => {
                 self.reject(session, "CS_LOGIN when already logged in".into())
@@ -898,7 +891,7 @@ impl Game {
     }
 
     /// Moves player `id` to `to` (a step or a teleport) and tells everyone concerned.
-    fn relocate(&self, session: &Session, id: u32, to: u32, move_time: u32) {
+    fn relocate(&self, session: &H::Conn, id: u32, to: u32, move_time: u32) {
         let w = &self.world;
         let from = w.pos(id);
         w.set_pos(id, to);
@@ -913,7 +906,7 @@ impl Game {
     }
 
     /// Takes player `id` off the board (logout or disconnect): REMOVE to everyone who saw it.
-    fn leave(&self, srv: &ServerHandle, id: u32) {
+    fn leave(&self, srv: &H, id: u32) {
         let w = &self.world;
         let cands: Vec<u32> = {
             let mut v = w.objs[id as usize].view.lock();
@@ -935,7 +928,7 @@ impl Game {
         self.counters.players.fetch_sub(1, Relaxed);
     }
 
-    fn chat(&self, session: &Session, id: u32, mess: Vec<u8>) {
+    fn chat(&self, session: &H::Conn, id: u32, mess: Vec<u8>) {
         let w = &self.world;
         let pkt = self.encode(ServerPacket::Chat {
             id: id as i32,
@@ -961,27 +954,26 @@ impl Game {
     }
 }
 
-/// The server layer's handler: the game.
-pub(crate) struct GameHandler(pub std::sync::Arc<Game>);
-
-impl Handler for GameHandler {
-    fn on_start(&self, server: &ServerHandle) {
-        if let Some(p) = &self.0.persist {
+/// The game's entry points, for whatever network it runs on (the server layer's handler
+/// below; `Engine` for the others).
+impl<H: Host> Game<H> {
+    pub(crate) fn on_start(&self, server: &H) {
+        if let Some(p) = &self.persist {
             let _ = server.post_after(p.interval, SAVE_TICK, 0);
         }
     }
 
-    fn on_connect(&self, session: &Session) {
-        self.0.player_of[session.id().slot()].store(NO_PLAYER, Relaxed);
+    pub(crate) fn on_connect(&self, session: &H::Conn) {
+        self.player_of[session.slot()].store(NO_PLAYER, Relaxed);
     }
 
-    fn on_packet(&self, session: &Session, packet: &[u8]) {
-        let g = &self.0;
+    pub(crate) fn on_packet(&self, session: &H::Conn, packet: &[u8]) {
+        let g = self;
         let p = match ClientPacket::decode(packet, g.header) {
             Ok(p) => p,
             Err(e) => return g.reject(session, e.to_string()),
         };
-        let id = g.player_of[session.id().slot()].load(Relaxed);
+        let id = g.player_of[session.slot()].load(Relaxed);
         if id == NO_PLAYER {
             let ClientPacket::Login { name } = p else {
                 return g.reject(session, format!("packet type {} before login", p.kind()));
@@ -1005,9 +997,9 @@ impl Handler for GameHandler {
         }
     }
 
-    fn on_close(&self, session: &Session, _reason: &CloseReason) {
-        let g = &self.0;
-        let id = g.player_of[session.id().slot()].swap(NO_PLAYER, Relaxed);
+    pub(crate) fn on_close(&self, session: &H::Conn) {
+        let g = self;
+        let id = g.player_of[session.slot()].swap(NO_PLAYER, Relaxed);
         if id == NO_PLAYER {
             return;
         }
@@ -1027,8 +1019,8 @@ impl Handler for GameHandler {
         g.free_ids.lock().push(id);
     }
 
-    fn on_timer(&self, server: &ServerHandle, key: u64, value: u64) {
-        let g = &self.0;
+    pub(crate) fn on_timer(&self, server: &H, key: u64, value: u64) {
+        let g = self;
         let w = &g.world;
         let id = (key & 0xFFFF_FFFF) as u32;
         match key & !0xFFFF_FFFF {
@@ -1040,18 +1032,51 @@ impl Handler for GameHandler {
         }
     }
 
-    fn on_message(&self, server: &ServerHandle, key: u64, message: Message) {
-        let g = &self.0;
-        if key != DB_KEY {
-            return;
-        }
-        match message.downcast::<Done>() {
-            Ok(Done::Load { job, result }) => g.load_done(server, job, result),
-            Ok(Done::Save { rows, result }) => {
-                if let Some(p) = &g.persist {
+    pub(crate) fn on_db(&self, server: &H, result: DbResult<H::ConnId>) {
+        match result.0 {
+            Done::Load { job, result } => self.load_done(server, job, result),
+            Done::Save { rows, result } => {
+                if let Some(p) = &self.persist {
                     p.saved(rows, result.is_ok());
                 }
             }
+        }
+    }
+}
+
+/// The server layer's handler: the game on cport.
+pub(crate) struct GameHandler(pub std::sync::Arc<Game<ServerHandle>>);
+
+impl Handler for GameHandler {
+    fn on_start(&self, server: &ServerHandle) {
+        self.0.on_start(server);
+    }
+
+    #[inline]
+    fn on_connect(&self, session: &Session) {
+        self.0.on_connect(session);
+    }
+
+    #[inline]
+    fn on_packet(&self, session: &Session, packet: &[u8]) {
+        self.0.on_packet(session, packet);
+    }
+
+    fn on_close(&self, session: &Session, _reason: &CloseReason) {
+        self.0.on_close(session);
+    }
+
+    #[inline]
+    fn on_timer(&self, server: &ServerHandle, key: u64, value: u64) {
+        self.0.on_timer(server, key, value);
+    }
+
+    fn on_message(&self, server: &ServerHandle, key: u64, message: Message) {
+        if key != DB_KEY {
+            return;
+        }
+        match message.downcast::<DbResult<SessionId>>() {
+            Ok(result) => self.0.on_db(server, result),
             Err(_) => tracing::error!("a message of an unknown type on the DB key"),
         }
     }

@@ -31,6 +31,7 @@
 
 pub mod db;
 mod game;
+pub mod net;
 mod persist;
 pub mod protocol;
 pub mod stress;
@@ -48,6 +49,7 @@ use parking_lot::Mutex;
 
 pub use db::{DbConfig, PlayerRow};
 pub use game::{login_name, npc_position, rules, splitmix64, Rng};
+pub use net::{Conn, DbResult, Host};
 
 use db::{DbPool, Store};
 use game::{Counters, Game, GameHandler, NpcLife, Player};
@@ -243,7 +245,7 @@ pub struct Snapshot {
 /// A running game server.
 pub struct MmoServer {
     server: Option<Server>,
-    game: Arc<Game>,
+    engine: Engine<ServerHandle>,
 }
 
 impl std::fmt::Debug for MmoServer {
@@ -256,100 +258,176 @@ impl std::fmt::Debug for MmoServer {
 
 /// Places the NPCs, binds, listens and starts the workers.
 pub fn start(cfg: Config) -> io::Result<MmoServer> {
-    let size = cfg.world_size.clamp(1, i16::MAX as u16);
-    let npcs: Vec<(u16, u16)> = (0..cfg.npcs)
-        .map(|i| npc_position(cfg.seed, i, size))
-        .collect();
-    if cfg.max_users + cfg.npcs > i32::MAX as usize {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "too many players and NPCs for i32 ids",
-        ));
-    }
-    let max_sessions = cfg.max_users + cfg.overflow_sessions;
-    // The database first: a file that is locked, read-only or corrupt, or a server that
-    // cannot be reached, stops the start with a clear error.
-    let (persist, stores) = match &cfg.db {
-        DbConfig::None => (None, Vec::new()),
-        db => {
-            let fail = |e: String| io::Error::other(format!("database {db}: {e}"));
-            let mut first = Store::open(db).map_err(fail)?;
-            first.migrate().map_err(fail)?;
-            let mut stores = vec![first];
-            for _ in 0..cfg.db_threads.max(1) {
-                stores.push(Store::open(db).map_err(fail)?);
-            }
-            let pool = DbPool::new(cfg.db_threads.max(1));
-            (
-                Some(Persist::new(db.clone(), pool, cfg.save_interval)),
-                stores,
-            )
-        }
-    };
-    let game = Arc::new(Game {
-        world: World::new(size, cfg.view_range, cfg.max_users, &npcs),
-        free_ids: Mutex::new((0..cfg.max_users as u32).rev().collect()),
-        player_of: (0..max_sessions)
-            .map(|_| AtomicU32::new(game::NO_PLAYER))
-            .collect(),
-        last_move_time: (0..cfg.max_users).map(|_| AtomicU32::new(0)).collect(),
-        header: cfg.header,
-        npc_interval: cfg.npc_interval,
-        rng: Rng::new(splitmix64(cfg.seed)),
-        counters: Counters::default(),
-        players: (0..cfg.max_users).map(|_| Player::new()).collect(),
-        online: Mutex::new(Default::default()),
-        npc_life: (0..cfg.npcs)
-            .map(|_| {
-                Mutex::new(NpcLife {
-                    hp: rules::NPC_HP,
-                    alive: true,
-                })
-            })
-            .collect(),
-        npc_spawn: npcs.iter().map(|&(x, y)| world::pack(x, y)).collect(),
-        npc_respawn: cfg.npc_respawn,
-        regen_interval: cfg.regen_interval,
-        persist,
-        login_us: Mutex::new(
-            hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2)
-                .expect("valid histogram bounds"),
-        ),
-    });
+    let engine = Engine::<ServerHandle>::new(&cfg)?;
     let scfg = cport_server::Config {
         addr: cfg.addr,
         threads: cfg.threads,
         backend: cfg.backend,
-        max_sessions,
+        max_sessions: engine.max_sessions(),
         max_send_queue: cfg.max_send_queue,
         ..Default::default()
     };
-    // The largest client packet is a chat of 100 bytes; a size field above that is a lie.
-    let codec = LengthPrefixed::new(cfg.header)
-        .max_packet(protocol::header_len(cfg.header) + protocol::CHAT_SIZE);
-    let server = Server::start(scfg, codec, GameHandler(game.clone()))?;
-    if let Some(p) = &game.persist {
-        // Jobs queued before this wait in the queues. The first store did the migrations
-        // and is not kept (each thread has its own connection).
-        let mut stores = stores;
-        stores.remove(0);
-        p.pool.spawn(stores, server.handle())?;
-    }
+    let server = Server::start(scfg, engine.codec(), GameHandler(engine.game.clone()))?;
+    engine.spawn_db(server.handle())?;
     Ok(MmoServer {
         server: Some(server),
-        game,
+        engine,
     })
 }
 
-impl MmoServer {
-    /// The address the server listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.handle().local_addr()
+/// The game itself, on any network that implements [`Host`] and [`Conn`]: the world, the
+/// rules, the NPCs, login and persistence. [`start`] runs it on the server layer; a
+/// benchmark peer runs it on another runtime by calling the `on_*` entry points the way the
+/// server layer's handler does (each may be called on any thread, concurrently, except that
+/// one connection's packets are handed over one at a time and in order, and its
+/// [`Engine::on_close`] comes once, after its last packet).
+pub struct Engine<H: Host> {
+    game: Arc<Game<H>>,
+    /// The DB threads' connections, until [`Engine::spawn_db`].
+    stores: Mutex<Vec<Store>>,
+    max_sessions: usize,
+    max_packet: usize,
+}
+
+impl<H: Host> std::fmt::Debug for Engine<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("max_sessions", &self.max_sessions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Host> Engine<H> {
+    /// Places the NPCs and opens the database (a file that is locked, read-only or corrupt,
+    /// or a server that cannot be reached, is an error here). Nothing runs yet.
+    pub fn new(cfg: &Config) -> io::Result<Engine<H>> {
+        let size = cfg.world_size.clamp(1, i16::MAX as u16);
+        let npcs: Vec<(u16, u16)> = (0..cfg.npcs)
+            .map(|i| npc_position(cfg.seed, i, size))
+            .collect();
+        if cfg.max_users + cfg.npcs > i32::MAX as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many players and NPCs for i32 ids",
+            ));
+        }
+        let max_sessions = cfg.max_users + cfg.overflow_sessions;
+        let (persist, stores) = match &cfg.db {
+            DbConfig::None => (None, Vec::new()),
+            db => {
+                let fail = |e: String| io::Error::other(format!("database {db}: {e}"));
+                let mut first = Store::open(db).map_err(fail)?;
+                first.migrate().map_err(fail)?;
+                // The first store did the migrations and is not kept (each DB thread has its
+                // own connection).
+                let mut stores = Vec::new();
+                for _ in 0..cfg.db_threads.max(1) {
+                    stores.push(Store::open(db).map_err(fail)?);
+                }
+                let pool = DbPool::new(cfg.db_threads.max(1));
+                (
+                    Some(Persist::new(db.clone(), pool, cfg.save_interval)),
+                    stores,
+                )
+            }
+        };
+        let game = Arc::new(Game {
+            world: World::new(size, cfg.view_range, cfg.max_users, &npcs),
+            free_ids: Mutex::new((0..cfg.max_users as u32).rev().collect()),
+            player_of: (0..max_sessions)
+                .map(|_| AtomicU32::new(game::NO_PLAYER))
+                .collect(),
+            last_move_time: (0..cfg.max_users).map(|_| AtomicU32::new(0)).collect(),
+            header: cfg.header,
+            npc_interval: cfg.npc_interval,
+            rng: Rng::new(splitmix64(cfg.seed)),
+            counters: Counters::default(),
+            players: (0..cfg.max_users).map(|_| Player::new()).collect(),
+            online: Mutex::new(Default::default()),
+            npc_life: (0..cfg.npcs)
+                .map(|_| {
+                    Mutex::new(NpcLife {
+                        hp: rules::NPC_HP,
+                        alive: true,
+                    })
+                })
+                .collect(),
+            npc_spawn: npcs.iter().map(|&(x, y)| world::pack(x, y)).collect(),
+            npc_respawn: cfg.npc_respawn,
+            regen_interval: cfg.regen_interval,
+            persist,
+            login_us: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2)
+                    .expect("valid histogram bounds"),
+            ),
+        });
+        Ok(Engine {
+            game,
+            stores: Mutex::new(stores),
+            max_sessions,
+            // The largest client packet is a chat of 100 bytes; a size field above that is a
+            // lie.
+            max_packet: protocol::header_len(cfg.header) + protocol::CHAT_SIZE,
+        })
     }
 
-    /// The server layer's handle (backend, metrics, port).
-    pub fn handle(&self) -> ServerHandle {
-        self.server.as_ref().expect("running").handle()
+    /// Most connections at once: `max_users` plus the overflow that is told
+    /// `SC_LOGIN_FAIL`; [`Conn::slot`] must be below it. Beyond, close new connections at
+    /// once.
+    pub fn max_sessions(&self) -> usize {
+        self.max_sessions
+    }
+
+    /// The framing of client packets (a size field as the config says, at most a chat's
+    /// length): a packet it refuses closes the connection.
+    pub fn codec(&self) -> LengthPrefixed {
+        LengthPrefixed::new(self.game.header).max_packet(self.max_packet)
+    }
+
+    /// Starts the DB threads, which post their results to `host` (nothing with `--db
+    /// none`), and the save tick. Once, when `host` can take posts.
+    pub fn spawn_db(&self, host: H) -> io::Result<()> {
+        if let Some(p) = &self.game.persist {
+            // Jobs queued before this wait in the queues.
+            let stores = std::mem::take(&mut *self.stores.lock());
+            p.pool.spawn(stores, host)?;
+        }
+        Ok(())
+    }
+
+    /// The server is up: starts the save tick (the server layer calls this from its
+    /// `on_start`).
+    pub fn on_start(&self, host: &H) {
+        self.game.on_start(host);
+    }
+
+    /// A connection was accepted (before its first packet).
+    #[inline]
+    pub fn on_connect(&self, conn: &H::Conn) {
+        self.game.on_connect(conn);
+    }
+
+    /// One whole packet of `conn` (framed by [`Engine::codec`]).
+    #[inline]
+    pub fn on_packet(&self, conn: &H::Conn, packet: &[u8]) {
+        self.game.on_packet(conn, packet);
+    }
+
+    /// `conn` closed (once, after its last `on_packet`): its player leaves, its slot and id
+    /// are free again.
+    pub fn on_close(&self, conn: &H::Conn) {
+        self.game.on_close(conn);
+    }
+
+    /// A timer posted with [`Host::post_after`] fired.
+    #[inline]
+    pub fn on_timer(&self, host: &H, key: u64, value: u64) {
+        self.game.on_timer(host, key, value);
+    }
+
+    /// A result posted with [`Host::post_db`].
+    pub fn on_db(&self, host: &H, result: DbResult<H::ConnId>) {
+        self.game.on_db(host, result);
     }
 
     /// The game's counters now.
@@ -568,26 +646,8 @@ impl MmoServer {
         Some(set)
     }
 
-    /// Graceful shutdown: the server layer's (see [`Server::shutdown`]: every session
-    /// flushed and closed, so every player's row is written behind), then the DB threads
-    /// finish their queues, then every row not yet known to be saved is written on this
-    /// thread (an error is logged, with how many rows were lost).
-    pub fn shutdown(self, deadline: Duration) -> ShutdownReport {
-        self.shutdown_with_db(deadline).0
-    }
-
-    /// [`MmoServer::shutdown`], and what persistence did in all (the final write included:
-    /// [`DbStats::final_rows`]).
-    pub fn shutdown_with_db(mut self, deadline: Duration) -> (ShutdownReport, DbStats) {
-        let report = self.server.take().expect("running").shutdown(deadline);
-        let final_rows = self.flush_all();
-        let mut db = self.db_stats();
-        db.final_rows = final_rows;
-        (report, db)
-    }
-
     /// Writes every row not known to be saved; returns how many.
-    fn flush_all(&self) -> usize {
+    pub fn flush_all(&self) -> usize {
         let g = &self.game;
         let Some(p) = &g.persist else { return 0 };
         // No worker runs now: a player still on the board (a session not closed by the
@@ -621,12 +681,89 @@ impl MmoServer {
     }
 }
 
+impl MmoServer {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle().local_addr()
+    }
+
+    /// The server layer's handle (backend, metrics, port).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.as_ref().expect("running").handle()
+    }
+
+    /// The game (counters, positions, stats).
+    pub fn engine(&self) -> &Engine<ServerHandle> {
+        &self.engine
+    }
+
+    /// The game's counters now.
+    pub fn stats(&self) -> Stats {
+        self.engine.stats()
+    }
+
+    /// What persistence did so far.
+    pub fn db_stats(&self) -> DbStats {
+        self.engine.db_stats()
+    }
+
+    /// The stats (hp, max_hp, exp, level) of the player with this id, if on the board.
+    pub fn player_stats(&self, id: u32) -> Option<(i32, i32, i32, i32)> {
+        self.engine.player_stats(id)
+    }
+
+    /// Whether NPC `id` is alive now (`None` if `id` is not an NPC).
+    pub fn npc_alive(&self, id: u32) -> Option<bool> {
+        self.engine.npc_alive(id)
+    }
+
+    /// Where the players and the awake NPCs are now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.engine.snapshot()
+    }
+
+    /// Where object `id` (player or NPC) is now.
+    pub fn position(&self, id: u32) -> Option<(u16, u16)> {
+        self.engine.position(id)
+    }
+
+    /// Test hook: [`Engine::check_world`].
+    #[doc(hidden)]
+    pub fn check_world(&self) -> Result<(), String> {
+        self.engine.check_world()
+    }
+
+    /// Test hook: [`Engine::view_set`].
+    #[doc(hidden)]
+    pub fn view_set(&self, id: u32) -> Option<Vec<u32>> {
+        self.engine.view_set(id)
+    }
+
+    /// Graceful shutdown: the server layer's (see [`Server::shutdown`]: every session
+    /// flushed and closed, so every player's row is written behind), then the DB threads
+    /// finish their queues, then every row not yet known to be saved is written on this
+    /// thread (an error is logged, with how many rows were lost).
+    pub fn shutdown(self, deadline: Duration) -> ShutdownReport {
+        self.shutdown_with_db(deadline).0
+    }
+
+    /// [`MmoServer::shutdown`], and what persistence did in all (the final write included:
+    /// [`DbStats::final_rows`]).
+    pub fn shutdown_with_db(mut self, deadline: Duration) -> (ShutdownReport, DbStats) {
+        let report = self.server.take().expect("running").shutdown(deadline);
+        let final_rows = self.engine.flush_all();
+        let mut db = self.db_stats();
+        db.final_rows = final_rows;
+        (report, db)
+    }
+}
+
 impl Drop for MmoServer {
     /// Stops at once (see [`Server`]'s drop), then writes every unsaved row.
     fn drop(&mut self) {
         if let Some(server) = self.server.take() {
             drop(server);
-            let _ = self.flush_all();
+            let _ = self.engine.flush_all();
         }
     }
 }

@@ -26,9 +26,9 @@ struct Entry {
     sent: Option<u64>,
 }
 
-pub(crate) struct Persist {
+pub(crate) struct Persist<I> {
     pub db: DbConfig,
-    pub pool: DbPool,
+    pub pool: DbPool<I>,
     pub interval: Duration,
     rows: Mutex<HashMap<String, Entry>>,
     seq: AtomicU64,
@@ -38,8 +38,8 @@ pub(crate) struct Persist {
     pub deferred: AtomicU64,
 }
 
-impl Persist {
-    pub fn new(db: DbConfig, pool: DbPool, interval: Duration) -> Persist {
+impl<I: Send + 'static> Persist<I> {
+    pub fn new(db: DbConfig, pool: DbPool<I>, interval: Duration) -> Persist<I> {
         Persist {
             db,
             pool,

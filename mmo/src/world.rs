@@ -13,7 +13,8 @@
 //! 2. **A sector lock** (`World::sectors`): the ids of the objects in one sector. A leaf:
 //!    held only to push, remove or copy ids out, never together with another sector lock or
 //!    while taking a view lock, and never taken while a view lock is held.
-//! 3. **A session's send lock** (inside `cport-server`): taken by `Session::send`, which
+//! 3. **A session's send lock** (inside `cport-server`, or the host's own for another
+//!    [`Host`](crate::net::Host)): taken by [`Conn::send`](crate::net::Conn::send), which
 //!    only queues bytes and never blocks or calls back into the game; a leaf, taken while
 //!    view locks are held.
 //!
@@ -39,7 +40,6 @@
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
 
-use cport_server::Session;
 use parking_lot::Mutex;
 
 use crate::protocol::{self, Name};
@@ -78,20 +78,20 @@ pub(crate) enum State {
 }
 
 /// What an object's view lock guards.
-pub(crate) struct View {
+pub(crate) struct View<C> {
     /// Player: the objects its client was told about. NPC: the players that see it.
     pub set: IdSet,
     /// A player's session while it is on the board.
-    pub session: Option<Session>,
+    pub session: Option<C>,
     pub state: State,
     pub name: Name,
 }
 
 /// One object: a player slot or an NPC.
-pub(crate) struct Obj {
+pub(crate) struct Obj<C> {
     /// `x << 16 | y`.
     pub pos: AtomicU32,
-    pub view: Mutex<View>,
+    pub view: Mutex<View<C>>,
 }
 
 /// Packs a position.
@@ -111,11 +111,11 @@ pub(crate) struct Sector {
 }
 
 /// The board.
-pub(crate) struct World {
+pub(crate) struct World<C> {
     pub size: u16,
     pub range: u16,
     pub max_users: u32,
-    pub objs: Box<[Obj]>,
+    pub objs: Box<[Obj<C>]>,
     /// NPC `i` (id `max_users + i`) has a move timer pending.
     pub awake: Box<[AtomicBool]>,
     sector_size: u16,
@@ -123,10 +123,10 @@ pub(crate) struct World {
     sectors: Box<[Mutex<Sector>]>,
 }
 
-impl World {
+impl<C> World<C> {
     /// A board `size` cells wide and high, `max_users` player slots, and NPCs at
     /// `npc_positions`.
-    pub fn new(size: u16, range: u16, max_users: usize, npc_positions: &[(u16, u16)]) -> World {
+    pub fn new(size: u16, range: u16, max_users: usize, npc_positions: &[(u16, u16)]) -> World<C> {
         // Sectors at least as wide as the view range: everything within range of a cell is
         // in its sector or the 8 around it.
         let sector_size = range.max(8);
@@ -327,7 +327,7 @@ mod tests {
             };
             let npcs: Vec<(u16, u16)> = (0..300).map(|_| unpack(cell(rng.next_u64()))).collect();
             let players = 40;
-            let w = World::new(size, range, players, &npcs);
+            let w = World::<()>::new(size, range, players, &npcs);
             for id in 0..players as u32 {
                 let p = cell(rng.next_u64());
                 w.set_pos(id, p);
@@ -381,7 +381,7 @@ mod tests {
         ) {
             let cell = |(x, y): (u16, u16)| pack(x % size, y % size);
             let npcs: Vec<(u16, u16)> = npcs.into_iter().map(|c| unpack(cell(c))).collect();
-            let w = World::new(size, range, players, &npcs);
+            let w = World::<()>::new(size, range, players, &npcs);
             for id in 0..players as u32 {
                 let p = cell(placed[id as usize]);
                 w.set_pos(id, p);
@@ -413,7 +413,7 @@ mod tests {
 
     #[test]
     fn steps_are_clamped_to_the_board() {
-        let w = World::new(10, 3, 1, &[]);
+        let w = World::<()>::new(10, 3, 1, &[]);
         assert_eq!(w.step(pack(0, 0), (-1, 0)), pack(0, 0));
         assert_eq!(w.step(pack(0, 0), (0, -1)), pack(0, 0));
         assert_eq!(w.step(pack(9, 9), (1, 0)), pack(9, 9));

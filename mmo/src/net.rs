@@ -1,0 +1,121 @@
+//! What the game needs from the network, as two small traits: a [`Host`] (post a timer,
+//! post a database result, find a connection by id) and its [`Conn`]s (send a packet, close,
+//! a slot number). The cport build implements them with the server layer
+//! ([`ServerHandle`], [`Session`]); a benchmark peer can implement them with another
+//! runtime (the `mmo-tokio` binary of the `cport-bench` crate does, with tokio) and run the
+//! very same game through [`Engine`](crate::Engine).
+//!
+//! The game calls them with its view locks held (a send is queued under both view locks, so
+//! that a client's packets about an object come in the order its view set changed): an
+//! implementation must never block, wait for the network or call back into the game from
+//! them.
+
+use std::fmt::{Debug, Display};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cport_server::{CloseReason, ServerHandle, Session, SessionId};
+
+use crate::db::Done;
+
+/// The server a game runs on: timers and posted results come back to the game through it
+/// ([`Engine::on_timer`](crate::Engine::on_timer), [`Engine::on_db`](crate::Engine::on_db)).
+pub trait Host: Clone + Send + Sync + 'static {
+    /// Its connections.
+    type Conn: Conn<Host = Self>;
+    /// A connection's id: names it for as long as it is open, and never another after.
+    type ConnId: Copy + Send + Sync + Debug + Display + 'static;
+
+    /// Calls `Engine::on_timer(key, value)` once, `delay` from now, on some worker. `false`
+    /// when the server is shutting down (the timer will never fire).
+    fn post_after(&self, delay: Duration, key: u64, value: u64) -> bool;
+
+    /// Hands a database thread's result to a worker (`Engine::on_db`). `false` when the
+    /// server is shutting down.
+    fn post_db(&self, result: DbResult<Self::ConnId>) -> bool;
+
+    /// The connection with this id, if it is still open.
+    fn conn(&self, id: Self::ConnId) -> Option<Self::Conn>;
+}
+
+/// One client's connection.
+pub trait Conn: Clone + Send + Sync + 'static {
+    /// The server it belongs to.
+    type Host: Host<Conn = Self>;
+
+    /// Queues a whole packet for sending (never blocks; a connection too slow to take what
+    /// is queued is closed by the implementation).
+    fn send(&self, packet: Bytes);
+    /// Closes at once, for what the client sent (logged by the game with `why`).
+    fn reject(&self, why: String);
+    /// Closes once everything queued so far is sent; what arrives meanwhile is ignored.
+    fn close_after_flush(&self);
+    /// Its id.
+    fn id(&self) -> <Self::Host as Host>::ConnId;
+    /// A small dense number, below the server's most connections, unique among open ones.
+    fn slot(&self) -> usize;
+    /// The client's address.
+    fn peer_addr(&self) -> Option<SocketAddr>;
+    /// Its server.
+    fn server(&self) -> Self::Host;
+}
+
+/// What a database thread posts back to the game (opaque: hand it to
+/// [`Engine::on_db`](crate::Engine::on_db)).
+#[derive(Debug)]
+pub struct DbResult<I>(pub(crate) Done<I>);
+
+impl Host for ServerHandle {
+    type Conn = Session;
+    type ConnId = SessionId;
+
+    #[inline]
+    fn post_after(&self, delay: Duration, key: u64, value: u64) -> bool {
+        ServerHandle::post_after(self, delay, key, value).is_ok()
+    }
+
+    fn post_db(&self, result: DbResult<SessionId>) -> bool {
+        self.post_message(crate::db::DB_KEY, result).is_ok()
+    }
+
+    fn conn(&self, id: SessionId) -> Option<Session> {
+        self.session(id)
+    }
+}
+
+impl Conn for Session {
+    type Host = ServerHandle;
+
+    #[inline]
+    fn send(&self, packet: Bytes) {
+        Session::send(self, packet);
+    }
+
+    fn reject(&self, why: String) {
+        self.close(CloseReason::Rejected(why));
+    }
+
+    fn close_after_flush(&self) {
+        Session::close_after_flush(self);
+    }
+
+    #[inline]
+    fn id(&self) -> SessionId {
+        Session::id(self)
+    }
+
+    #[inline]
+    fn slot(&self) -> usize {
+        Session::id(self).slot()
+    }
+
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        Session::peer_addr(self)
+    }
+
+    #[inline]
+    fn server(&self) -> ServerHandle {
+        Session::server(self)
+    }
+}
