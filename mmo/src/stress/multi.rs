@@ -484,47 +484,49 @@ pub fn run_multi(
     let mut problem: Option<String> = None;
     // Feeds one child's line into the global state; returns the samples it fed the tracker.
     let take = |i: usize,
-                    msg: Msg,
-                    kids: &mut Vec<Kid>,
-                    tracked_max: &mut u64,
-                    hist: &mut hdrhistogram::Histogram<u64>,
-                    problem: &mut Option<String>|
+                msg: Msg,
+                kids: &mut Vec<Kid>,
+                tracked_max: &mut u64,
+                hist: &mut hdrhistogram::Histogram<u64>,
+                problem: &mut Option<String>|
      -> u64 {
         match msg {
-        Msg::Up(Up::Tick { d, c }) => {
-            let n = d.len() as u64;
-            for delay in d {
-                let delay = u64::from(delay);
-                tracker.sample(delay);
-                *tracked_max = (*tracked_max).max(tracker.get());
-                if delay < MAX_DELAY_MS {
-                    let _ = hist.record(delay);
+            Msg::Up(Up::Tick { d, c }) => {
+                let n = d.len() as u64;
+                for delay in d {
+                    let delay = u64::from(delay);
+                    tracker.sample(delay);
+                    *tracked_max = (*tracked_max).max(tracker.get());
+                    if delay < MAX_DELAY_MS {
+                        let _ = hist.record(delay);
+                    }
+                }
+                kids[i].c = c;
+                return n;
+            }
+            Msg::Up(Up::Map { players, npcs }) => {
+                kids[i].map = Some((players, npcs));
+                *live_map.lock() = Some(merge_maps(kids.iter().filter_map(|k| k.map.as_ref())));
+            }
+            Msg::Up(Up::End {
+                c,
+                cpu_s,
+                players,
+                npcs,
+            }) => {
+                kids[i].end = Some((c, cpu_s));
+                kids[i].map = Some((players, npcs));
+            }
+            Msg::Up(Up::Hello { .. }) => {
+                *problem = Some(format!("client process {i}: a second hello"))
+            }
+            Msg::Bad(e) => *problem = Some(format!("client process {i}: {e}")),
+            Msg::Gone => {
+                kids[i].gone = true;
+                if kids[i].end.is_none() {
+                    *problem = Some(format!("client process {i} ended during the run"));
                 }
             }
-            kids[i].c = c;
-            return n;
-        }
-        Msg::Up(Up::Map { players, npcs }) => {
-            kids[i].map = Some((players, npcs));
-            *live_map.lock() = Some(merge_maps(kids.iter().filter_map(|k| k.map.as_ref())));
-        }
-        Msg::Up(Up::End {
-            c,
-            cpu_s,
-            players,
-            npcs,
-        }) => {
-            kids[i].end = Some((c, cpu_s));
-            kids[i].map = Some((players, npcs));
-        }
-        Msg::Up(Up::Hello { .. }) => *problem = Some(format!("client process {i}: a second hello")),
-        Msg::Bad(e) => *problem = Some(format!("client process {i}: {e}")),
-        Msg::Gone => {
-            kids[i].gone = true;
-            if kids[i].end.is_none() {
-                *problem = Some(format!("client process {i} ended during the run"));
-            }
-        }
         }
         0
     };
@@ -562,14 +564,7 @@ pub fn run_multi(
     };
     loop {
         while let Ok((i, msg)) = rx.try_recv() {
-            fed += take(
-                i,
-                msg,
-                &mut kids,
-                &mut tracked_max,
-                &mut hist,
-                &mut problem,
-            );
+            fed += take(i, msg, &mut kids, &mut tracked_max, &mut hist, &mut problem);
         }
         if let Some(why) = problem.take() {
             stopped_early = Some(why);
@@ -630,10 +625,7 @@ pub fn run_multi(
         }
         if now >= next_second {
             whole.add(&hist).expect("same bounds");
-            let (pin, pout) = (
-                sum(&kids, |c| c.packets_in),
-                sum(&kids, |c| c.packets_out),
-            );
+            let (pin, pout) = (sum(&kids, |c| c.packets_in), sum(&kids, |c| c.packets_out));
             let dt = now.duration_since(last_t).as_secs_f64().max(1e-3);
             let errors = errors_of(&kids);
             let sec = Second {
@@ -688,14 +680,7 @@ pub fn run_multi(
             break;
         };
         let mut ignored = None;
-        fed += take(
-            i,
-            msg,
-            &mut kids,
-            &mut tracked_max,
-            &mut hist,
-            &mut ignored,
-        );
+        fed += take(i, msg, &mut kids, &mut tracked_max, &mut hist, &mut ignored);
         if stopped_early.is_none() {
             stopped_early = ignored.filter(|_| kids[i].end.is_none());
         }
