@@ -1001,7 +1001,7 @@ fn snapshot(sh: &Shared) -> MapSnapshot {
 }
 
 /// The players' positions and the NPCs seen, each with its id.
-type IdMap = (Vec<(i16, i16)>, Vec<(u32, (i16, i16))>);
+pub(crate) type IdMap = (Vec<(i16, i16)>, Vec<(u32, (i16, i16))>);
 
 /// [`snapshot`] with the NPCs' ids (so that maps of several processes can be merged).
 fn snapshot_ids(sh: &Shared) -> IdMap {

@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     add, new_hist, self_cpu_time, shed, snapshot_ids, AddError, DelayTracker, Engine, Errors,
-    MapSnapshot, Probe, ProbeOf, Ramp, Report, Second, Settings, SettingsReport, MAX_DELAY_MS,
+    IdMap, MapSnapshot, Probe, ProbeOf, Ramp, Report, Second, Settings, SettingsReport,
+    MAX_DELAY_MS,
 };
 use crate::protocol::SizeField;
 
@@ -329,7 +330,7 @@ struct Kid {
     c: Counts,
     sent_adds: u64,
     sent_sheds: u64,
-    map: Option<(Vec<(i16, i16)>, Vec<(u32, (i16, i16))>)>,
+    map: Option<IdMap>,
     end: Option<(Counts, f64)>,
     gone: bool,
 }
@@ -361,9 +362,7 @@ enum Msg {
 }
 
 /// Merges the maps of the children (an NPC several see is drawn once).
-fn merge_maps<'a>(
-    maps: impl Iterator<Item = &'a (Vec<(i16, i16)>, Vec<(u32, (i16, i16))>)>,
-) -> MapSnapshot {
+fn merge_maps<'a>(maps: impl Iterator<Item = &'a IdMap>) -> MapSnapshot {
     let mut m = MapSnapshot {
         world_size: crate::protocol::W_WIDTH,
         ..MapSnapshot::default()
