@@ -169,6 +169,14 @@ pub fn run_report(args: Args) -> io::Result<Report> {
             );
             max_clients = args.max_users;
         }
+        // The server's own open-files limit caps its sessions (its startup line says how
+        // many): a client beyond would be closed at once.
+        if let Some(n) = max_sessions_of(&p.startup).filter(|&n| n < max_clients) {
+            eprintln!(
+                "stress: clients capped at the server's {n} sessions (its open-files limit: the server's ceiling on this machine)"
+            );
+            max_clients = n;
+        }
         Some(p)
     } else {
         None
@@ -292,6 +300,15 @@ pub fn run_report(args: Args) -> io::Result<Report> {
         eprintln!("stress: live view: {costs}");
     }
     Ok(report)
+}
+
+/// `max sessions: N` in a `cport mmo` startup line.
+fn max_sessions_of(startup: &str) -> Option<usize> {
+    let rest = startup.split("max sessions: ").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Open files a client process keeps for itself (its port, stdio, pipes).
@@ -687,4 +704,19 @@ pub fn map_svg(path: &Path, map: &MapSnapshot) -> io::Result<()> {
         .draw_series(npcs.iter().map(|&p| Pixel::new(p, green)))
         .map_err(plot_err)?;
     root.present().map_err(plot_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_sessions_of;
+
+    #[test]
+    fn max_sessions_is_read_from_the_startup_line() {
+        let line = "listening on 127.0.0.1:4000 (backend: uring, threads: 2, npcs: 200000, max users: 20000, max sessions: 19900, view range: 7)";
+        assert_eq!(max_sessions_of(line), Some(19_900));
+        assert_eq!(
+            max_sessions_of("listening on 127.0.0.1:1 (backend: uring)"),
+            None
+        );
+    }
 }
