@@ -79,6 +79,7 @@ pub fn run(args: Args) -> io::Result<()> {
         ramp_interval_ms: args.ramp_interval_ms,
         shed_interval_ms: 500,
         client_threads: 2,
+        procs: 0,
         client_backend: Some(cport::Backend::Epoll),
         header: Header::U8,
         threads: args.threads,

@@ -33,6 +33,9 @@ enum Cmd {
     Stress(stress::Args),
     /// The stress tester against the game server for a minute: report, chart and map.
     Demo(demo::Args),
+    /// One client process of a multi-process `cport stress` (started by it).
+    #[command(hide = true)]
+    StressChild(stress::ChildArgs),
     /// Side-by-side benchmarks.
     #[command(subcommand)]
     Bench(bench::Cmd),
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Cmd::Echo(args) => echo::run(args),
         Cmd::Mmo(args) => mmo::run(args),
         Cmd::Stress(args) => stress::run(args),
+        Cmd::StressChild(args) => stress::run_child(args),
         Cmd::Demo(args) => demo::run(args),
         Cmd::Bench(cmd) => bench::run(cmd),
     };

@@ -77,8 +77,16 @@ fn db_config(arg: Option<&str>) -> io::Result<cport_mmo::DbConfig> {
         .map_err(|e: String| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
+/// Open files the server keeps for itself beyond its sessions: stdio, the listener, the
+/// port's own descriptors, the database's files, and the accepts in flight (each brings a
+/// descriptor, also when the connection is to be refused).
+const SERVER_FD_RESERVE: usize = 100;
+
+/// Sessions beyond --max-users, so that a login on a full server gets SC_LOGIN_FAIL.
+const OVERFLOW_SESSIONS: usize = 64;
+
 pub fn run(args: Args) -> io::Result<()> {
-    crate::util::raise_fd_limit();
+    let fd_limit = crate::util::raise_fd_limit();
     let signals = crate::util::signals()?;
     let threads = crate::util::threads_or_cores(args.threads);
     let db = db_config(args.db.as_deref())?;
@@ -88,7 +96,23 @@ pub fn run(args: Args) -> io::Result<()> {
             "--save-interval-ms must be at least 1",
         ));
     }
+    // Each session is an open file: past the open-files limit the server cannot hold a
+    // client, whatever --max-users says. Sessions are capped below it, so that a connection
+    // beyond is accepted and closed at once (the client sees it) instead of waiting in the
+    // backlog while accepts fail with EMFILE.
+    let room = (fd_limit as usize).saturating_sub(SERVER_FD_RESERVE);
+    let wanted = args.max_users + OVERFLOW_SESSIONS;
+    let max_sessions = wanted.min(room).max(1);
+    if wanted > room {
+        eprintln!(
+            "cport mmo: the open-files limit ({fd_limit}) caps this server at {max_sessions} sessions: at most {} players at once, whatever --max-users ({}) says; connections beyond are closed at once",
+            max_sessions.min(args.max_users),
+            args.max_users
+        );
+    }
     let cfg = cport_mmo::Config {
+        max_sessions: Some(max_sessions),
+        overflow_sessions: OVERFLOW_SESSIONS,
         addr: args.addr,
         threads,
         backend: args.backend,
@@ -112,7 +136,7 @@ pub fn run(args: Args) -> io::Result<()> {
     let server = cport_mmo::start(cfg)?;
     let h = server.handle();
     println!(
-        "listening on {} (backend: {}, threads: {}, npcs: {}, max users: {}, view range: {}, header: {}, db: {}, save interval: {} ms)",
+        "listening on {} (backend: {}, threads: {}, npcs: {}, max users: {}, max sessions: {max_sessions}, view range: {}, header: {}, db: {}, save interval: {} ms)",
         h.local_addr(),
         h.backend(),
         threads,

@@ -43,9 +43,14 @@ pub struct Args {
     /// Time between shed clients above 1.5 times the limit (the course's: 500).
     #[arg(long, default_value_t = 500)]
     pub shed_interval_ms: u64,
-    /// Client worker threads.
+    /// Client worker threads (per client process).
     #[arg(long, default_value_t = 2)]
     pub client_threads: usize,
+    /// Client processes, each owning a share of the clients (one process may open only as
+    /// many sockets as its open-files limit allows); the ramp runs in this one, on one
+    /// global tracked delay. 0: as many as --max-clients needs under the open-files limit.
+    #[arg(long, default_value_t = 0)]
+    pub procs: usize,
     /// The client's own port backend: auto, uring or epoll [default: $CPORT_BACKEND, else auto].
     #[arg(long)]
     pub client_backend: Option<Backend>,
@@ -164,6 +169,14 @@ pub fn run_report(args: Args) -> io::Result<Report> {
             );
             max_clients = args.max_users;
         }
+        // The server's own open-files limit caps its sessions (its startup line says how
+        // many): a client beyond would be closed at once.
+        if let Some(n) = max_sessions_of(&p.startup).filter(|&n| n < max_clients) {
+            eprintln!(
+                "stress: clients capped at the server's {n} sessions (its open-files limit: the server's ceiling on this machine)"
+            );
+            max_clients = n;
+        }
         Some(p)
     } else {
         None
@@ -173,10 +186,18 @@ pub fn run_report(args: Args) -> io::Result<Report> {
         (None, Some(a)) => a,
         (None, None) => unreachable!("clap requires --addr or --spawn"),
     };
-    if (fd_limit as usize) < max_clients + 64 {
+    // One process holds at most its open-files limit less a few: more clients take more
+    // processes (each raises its own soft limit to the hard one).
+    let room = (fd_limit as usize).saturating_sub(FD_RESERVE).max(1);
+    let procs = match args.procs {
+        0 => max_clients.div_ceil(room).max(1),
+        n => n,
+    };
+    let per_proc = max_clients.div_ceil(procs);
+    if per_proc > room {
         eprintln!(
-            "stress: the open-files limit ({fd_limit}) caps the clients at {}",
-            (fd_limit as usize).saturating_sub(64)
+            "stress: the open-files limit ({fd_limit}) caps each client process at {room} clients: {} in all with --procs {procs}",
+            room * procs
         );
     }
     let settings = Settings {
@@ -190,11 +211,20 @@ pub fn run_report(args: Args) -> io::Result<Report> {
         threads: args.client_threads.max(1),
         backend: args.client_backend,
         npc_ids_from: args.max_users as u32,
+        live_map: args.web.is_some(),
         ..Settings::new(addr, Duration::from_secs(args.duration_s))
     };
     eprintln!(
-        "stress: {addr}, up to {} clients, limit {} ms, ramp {} ms, {} s",
-        settings.max_clients, settings.delay_limit_ms, args.ramp_interval_ms, args.duration_s
+        "stress: {addr}, up to {} clients{}, limit {} ms, ramp {} ms, {} s",
+        settings.max_clients,
+        if procs > 1 {
+            format!(" over {procs} client processes")
+        } else {
+            String::new()
+        },
+        settings.delay_limit_ms,
+        args.ramp_interval_ms,
+        args.duration_s
     );
     let live = match web {
         Some(w) => {
@@ -207,6 +237,7 @@ pub fn run_report(args: Args) -> io::Result<Report> {
                 "ramp_interval_ms": args.ramp_interval_ms,
                 "shed_interval_ms": args.shed_interval_ms,
                 "client_threads": settings.threads,
+                "client_procs": procs,
                 "npc_ids_from": settings.npc_ids_from,
                 "world_size": cport_mmo::protocol::W_WIDTH,
             });
@@ -216,12 +247,17 @@ pub fn run_report(args: Args) -> io::Result<Report> {
     };
     let server_cpu0 = server.as_ref().map(|p| p.cpu_time());
     let progress = Progress::new();
-    let result = cport_mmo::stress::run_with_probe(&settings, &stop, |s, e, probe| {
+    let on_second = |s: &Second, e: &Errors, probe: &cport_mmo::stress::Probe| {
         progress.show(s, e);
         if let Some(l) = &live {
             l.on_second(s, e, probe);
         }
-    });
+    };
+    let result = if procs > 1 {
+        run_children(&settings, procs, &stop, on_second)
+    } else {
+        cport_mmo::stress::run_with_probe(&settings, &stop, on_second)
+    };
     progress.finish();
     let server_cpu = server.as_ref().map(|p| p.cpu_time());
     let startup = server.as_ref().map(|p| p.startup.clone());
@@ -264,6 +300,103 @@ pub fn run_report(args: Args) -> io::Result<Report> {
         eprintln!("stress: live view: {costs}");
     }
     Ok(report)
+}
+
+/// `max sessions: N` in a `cport mmo` startup line.
+fn max_sessions_of(startup: &str) -> Option<usize> {
+    let rest = startup.split("max sessions: ").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Open files a client process keeps for itself (its port, stdio, pipes).
+const FD_RESERVE: usize = 64;
+
+/// The run over `procs` client processes (this binary in its hidden `stress-child` mode),
+/// each with its share of the clients; the ramp runs here.
+fn run_children(
+    settings: &Settings,
+    procs: usize,
+    stop: &AtomicBool,
+    on_second: impl FnMut(&Second, &Errors, &cport_mmo::stress::Probe),
+) -> io::Result<(Report, MapSnapshot)> {
+    use cport_mmo::stress::multi::{run_multi, shares, ChildSettings, Link};
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe()?;
+    let mut kids = Vec::new();
+    let mut links = Vec::new();
+    for (i, share) in shares(settings.max_clients, procs).into_iter().enumerate() {
+        let cs = serde_json::to_string(&ChildSettings::new(settings, i, share))
+            .map_err(io::Error::other)?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(["stress-child", &cs])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn");
+        }
+        let mut child = cmd.spawn()?;
+        let to = child.stdin.take().expect("piped stdin");
+        let from = child.stdout.take().expect("piped stdout");
+        links.push(Link {
+            to: Box::new(to),
+            from: Box::new(io::BufReader::new(from)),
+        });
+        kids.push(child);
+    }
+    let result = run_multi(settings, links, stop, on_second);
+    // Each child was told to stop (and its input closed): it exits at once.
+    for (i, mut k) in kids.into_iter().enumerate() {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match k.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        eprintln!("stress: client process {i} exited with {status}");
+                    }
+                    break;
+                }
+                Ok(None) if std::time::Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => {
+                    eprintln!("stress: client process {i} did not exit: killed");
+                    let _ = k.kill();
+                    let _ = k.wait();
+                    break;
+                }
+            }
+        }
+    }
+    result
+}
+
+/// `cport stress-child SETTINGS` (hidden): one client process of a multi-process run, driven
+/// over stdin/stdout by its parent `cport stress`.
+#[derive(clap::Args, Debug)]
+pub struct ChildArgs {
+    /// Its settings (JSON, from the parent).
+    pub settings: String,
+}
+
+pub fn run_child(args: ChildArgs) -> io::Result<()> {
+    let cs: cport_mmo::stress::multi::ChildSettings = serde_json::from_str(&args.settings)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    crate::util::raise_fd_limit();
+    // Ctrl-C reaches the whole process group: the parent decides when children stop (it
+    // tells them, or closes their input by exiting).
+    let _ = signal_hook::flag::register(
+        signal_hook::consts::SIGINT,
+        Arc::new(AtomicBool::new(false)),
+    );
+    cport_mmo::stress::multi::run_child(
+        &cs,
+        io::BufReader::new(io::stdin()),
+        io::BufWriter::new(io::stdout().lock()),
+    )
 }
 
 /// Binds the live view's address; with `fallback`, a taken port gives way to any free one.
@@ -355,6 +488,24 @@ pub fn print_report(r: &Report, map: &MapSnapshot) {
         r.clients_started, r.clients_shed, r.packets_in, r.packets_out
     );
     println!("errors: {}", r.errors);
+    if let Some(id) = r.max_player_id {
+        println!("highest player id given: {id}");
+    }
+    if r.procs > 1 {
+        for c in &r.children {
+            println!(
+                "client process {}: cap {}, started {}, shed {}, final {}, samples {}, errors {}, CPU {:.1} s",
+                c.index,
+                c.cap,
+                c.clients_started,
+                c.clients_shed,
+                c.final_clients,
+                c.delay_samples,
+                c.errors.total(),
+                c.client_cpu_s
+            );
+        }
+    }
     if let Some(n) = r.fd_limited_to {
         println!("note: the open-files limit capped the clients at {n}");
     }
@@ -362,8 +513,13 @@ pub fn print_report(r: &Report, map: &MapSnapshot) {
         println!("note: stopped early ({why}) after {:.1} s", r.elapsed_s);
     }
     println!(
-        "client CPU: {:.1} s ({:.0}% of one core; {} threads, backend {})",
-        r.client_cpu_s, r.client_cpu_pct, st.client_threads, st.client_backend
+        "client CPU: {:.1} s ({:.0}% of one core; {} process{}, {} threads each, backend {})",
+        r.client_cpu_s,
+        r.client_cpu_pct,
+        r.procs,
+        if r.procs == 1 { "" } else { "es" },
+        st.client_threads,
+        st.client_backend
     );
     if let Some(s) = r.server_cpu_s {
         println!(
@@ -548,4 +704,19 @@ pub fn map_svg(path: &Path, map: &MapSnapshot) -> io::Result<()> {
         .draw_series(npcs.iter().map(|&p| Pixel::new(p, green)))
         .map_err(plot_err)?;
     root.present().map_err(plot_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_sessions_of;
+
+    #[test]
+    fn max_sessions_is_read_from_the_startup_line() {
+        let line = "listening on 127.0.0.1:4000 (backend: uring, threads: 2, npcs: 200000, max users: 20000, max sessions: 19900, view range: 7)";
+        assert_eq!(max_sessions_of(line), Some(19_900));
+        assert_eq!(
+            max_sessions_of("listening on 127.0.0.1:1 (backend: uring)"),
+            None
+        );
+    }
 }

@@ -83,6 +83,10 @@ pub struct Config {
     /// Connections accepted beyond `max_users`, so that they can be told `SC_LOGIN_FAIL`
     /// rather than just closed (beyond that, the server layer closes them at once).
     pub overflow_sessions: usize,
+    /// Most sessions open at once (`None`: `max_users + overflow_sessions`); connections
+    /// beyond are accepted and closed at once. Each session is an open file: `cport mmo`
+    /// sets this to what the process's open-files limit can hold when that is less.
+    pub max_sessions: Option<usize>,
     /// Most bytes queued for sending per session before it is closed as a slow consumer.
     pub max_send_queue: usize,
     /// Where players are kept (`DbConfig::None`: nowhere, every login starts fresh).
@@ -112,6 +116,7 @@ impl Default for Config {
             world_size: protocol::W_WIDTH,
             npc_interval: Duration::from_secs(1),
             overflow_sessions: 64,
+            max_sessions: None,
             max_send_queue: 1 << 20,
             db: DbConfig::None,
             db_threads: 2,
@@ -256,7 +261,14 @@ impl std::fmt::Debug for MmoServer {
     }
 }
 
-/// Places the NPCs, binds, listens and starts the workers.
+/// Most player and NPC ids together: ids are the protocol's `int` (i32), players
+/// `0..max_users` and NPCs from `max_users` up, so the last id must be at most `i32::MAX`.
+pub const MAX_IDS: usize = i32::MAX as usize + 1;
+
+/// Places the NPCs, binds, listens and starts the workers. `max_users + npcs` above
+/// [`MAX_IDS`] is refused (`InvalidInput`). Each session is one open file: a server holds
+/// at most its open-files limit less a few clients, whatever `max_users` says (`cport mmo`
+/// warns at start when `max_users` is above that).
 pub fn start(cfg: Config) -> io::Result<MmoServer> {
     let engine = Engine::<ServerHandle>::new(&cfg)?;
     let scfg = cport_server::Config {
@@ -302,16 +314,28 @@ impl<H: Host> Engine<H> {
     /// or a server that cannot be reached, is an error here). Nothing runs yet.
     pub fn new(cfg: &Config) -> io::Result<Engine<H>> {
         let size = cfg.world_size.clamp(1, i16::MAX as u16);
+        // Ids go on the wire as the protocol's `int`: players `0..max_users`, NPCs after them.
+        // Checked before anything is allocated for them.
+        if cfg
+            .max_users
+            .checked_add(cfg.npcs)
+            .is_none_or(|n| n > MAX_IDS)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "max_users {} + npcs {} is more ids than the protocol's i32 ids can carry (at most {MAX_IDS})",
+                    cfg.max_users, cfg.npcs
+                ),
+            ));
+        }
         let npcs: Vec<(u16, u16)> = (0..cfg.npcs)
             .map(|i| npc_position(cfg.seed, i, size))
             .collect();
-        if cfg.max_users + cfg.npcs > i32::MAX as usize {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "too many players and NPCs for i32 ids",
-            ));
-        }
-        let max_sessions = cfg.max_users + cfg.overflow_sessions;
+        let max_sessions = cfg
+            .max_sessions
+            .unwrap_or(cfg.max_users + cfg.overflow_sessions)
+            .max(1);
         let (persist, stores) = match &cfg.db {
             DbConfig::None => (None, Vec::new()),
             db => {

@@ -16,15 +16,17 @@
 //! dummy's move schedule is a port timer ([`Port::post_after`]). One controller thread (the
 //! caller's) runs the ramp and the per-second series.
 
+pub mod multi;
 mod ramp;
 
+pub use multi::ChildSummary;
 pub use ramp::{Action, DelayTracker, Ramp};
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +65,9 @@ pub struct Settings {
     pub npc_ids_from: u32,
     /// Keep each dummy's picture of the objects it sees (for the map).
     pub keep_picture: bool,
+    /// With several client processes: have them send their maps once a second (for a live
+    /// view's [`Probe`]; the map at the end is always sent).
+    pub live_map: bool,
 }
 
 impl Settings {
@@ -81,6 +86,7 @@ impl Settings {
             backend: None,
             npc_ids_from: crate::protocol::MAX_USER as u32,
             keep_picture: true,
+            live_map: false,
         }
     }
 }
@@ -145,7 +151,7 @@ pub struct Second {
 }
 
 /// Errors met, by kind (counted, never hidden).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Errors {
     /// Connects refused (`ECONNREFUSED`: nothing listening, or the backlog full).
     pub connect_refused: u64,
@@ -226,8 +232,16 @@ pub struct Report {
     pub series: Vec<Second>,
     /// Errors met.
     pub errors: Errors,
-    /// The open-files limit, when it capped `max_clients`.
+    /// The open-files limit, when it capped `max_clients` (with several client processes:
+    /// the sum of what theirs allow).
     pub fd_limited_to: Option<usize>,
+    /// The highest player id the server gave a dummy (ids are dense from 0: with no client
+    /// shed or lost, it is `clients_started − 1`).
+    pub max_player_id: Option<u32>,
+    /// Client processes (1: this one alone; more: `children` did the sockets).
+    pub procs: usize,
+    /// With several client processes, what each did (the counts above are their sums).
+    pub children: Vec<ChildSummary>,
     /// The client's CPU time (user + system) during the run.
     pub client_cpu_s: f64,
     /// The client's CPU use as a share of one core.
@@ -330,6 +344,14 @@ struct Shared {
     samples: AtomicU64,
     errors: ErrCounters,
     stop: AtomicBool,
+    /// Login names are `{name_prefix}{slot}_{generation}` (unique across the processes of a
+    /// multi-process run).
+    name_prefix: String,
+    /// A child of a multi-process run: every delay sample is also kept here for the parent,
+    /// whose tracker is the global one.
+    forward: Option<Mutex<Vec<u32>>>,
+    /// The highest player id a `SC_LOGIN_INFO` gave (−1: none yet).
+    max_id: AtomicI64,
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -471,7 +493,7 @@ fn on_completion(sh: &Shared, c: Completion) {
             Ok(_) => {
                 let mut out = Vec::with_capacity(32);
                 ClientPacket::Login {
-                    name: name(&format!("dummy{slot}_{gen}")),
+                    name: name(&format!("{}{slot}_{gen}", sh.name_prefix)),
                 }
                 .encode_into(sh.header, &mut out);
                 ClientPacket::Teleport.encode_into(sh.header, &mut out);
@@ -570,6 +592,7 @@ fn on_bytes(sh: &Shared, slot: u32, d: &mut Dummy, buf: &mut Vec<u8>) -> bool {
                     d.id = id;
                     d.pos = (x, y);
                     d.phase = Phase::InGame;
+                    sh.max_id.fetch_max(i64::from(id), Relaxed);
                     sh.active.fetch_add(1, Relaxed);
                     sh.schedule_move(slot, d, true);
                 }
@@ -600,6 +623,9 @@ fn on_bytes(sh: &Shared, slot: u32, d: &mut Dummy, buf: &mut Vec<u8>) -> bool {
                         if delay < MAX_DELAY_MS {
                             sh.tracker.sample(delay);
                             sh.samples.fetch_add(1, Relaxed);
+                            if let Some(f) = &sh.forward {
+                                f.lock().push(delay as u32);
+                            }
                             let _ = sh.hists[slot as usize % HIST_SHARDS].lock().record(delay);
                         }
                     }
@@ -639,27 +665,137 @@ const FD_RESERVE: u64 = 64;
 /// It holds the run weakly: once the run has returned, `map` gives `None`. Sampling locks each
 /// dummy in turn for as long as it takes to copy its position and the NPCs it sees, as the
 /// end-of-run map does; nothing is kept or computed for it between samples.
+///
+/// With several client processes ([`multi`]) the map is the one the children last sent
+/// (once a second when [`Settings::live_map`] is set; none otherwise).
 #[derive(Clone)]
-pub struct Probe {
-    sh: std::sync::Weak<Shared>,
+pub struct Probe(ProbeOf);
+
+#[derive(Clone)]
+enum ProbeOf {
+    Local(std::sync::Weak<Shared>),
+    Remote(std::sync::Weak<Mutex<Option<MapSnapshot>>>),
 }
 
 impl Probe {
     /// The dummies' positions and the awake NPCs they see, now; `None` once the run is over.
     pub fn map(&self) -> Option<MapSnapshot> {
-        let sh = self.sh.upgrade()?;
-        if sh.stop.load(Relaxed) {
-            return None;
+        match &self.0 {
+            ProbeOf::Local(sh) => {
+                let sh = sh.upgrade()?;
+                if sh.stop.load(Relaxed) {
+                    return None;
+                }
+                Some(snapshot(&sh))
+            }
+            ProbeOf::Remote(m) => m.upgrade()?.lock().clone(),
         }
-        Some(snapshot(&sh))
     }
 }
 
 impl std::fmt::Debug for Probe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Probe")
-            .field("running", &(self.sh.strong_count() > 0))
-            .finish()
+        let running = match &self.0 {
+            ProbeOf::Local(sh) => sh.strong_count() > 0,
+            ProbeOf::Remote(m) => m.strong_count() > 0,
+        };
+        f.debug_struct("Probe").field("running", &running).finish()
+    }
+}
+
+/// The sockets' side of a run: the port, its workers and the dummies, without the ramp (the
+/// caller says when to add and shed: this process's ramp, or a parent's).
+struct Engine {
+    sh: Arc<Shared>,
+    pool: Pool,
+    max_clients: usize,
+    fd_limited_to: Option<usize>,
+    client_backend: String,
+    cpu0: Duration,
+}
+
+impl Engine {
+    /// At most `settings.max_clients`, fewer if the open-files limit says so.
+    fn start(settings: &Settings, name_prefix: String, forward: bool) -> io::Result<Engine> {
+        let cpu0 = self_cpu_time();
+        let mut max_clients = settings.max_clients.max(1);
+        let mut fd_limited_to = None;
+        if let Some(soft) = fd_soft_limit() {
+            let room = soft.saturating_sub(FD_RESERVE) as usize;
+            if room < max_clients {
+                fd_limited_to = Some(room);
+                max_clients = room.max(1);
+            }
+        }
+        let mut b = Port::builder().concurrency(settings.threads.max(1));
+        if let Some(backend) = settings.backend {
+            b = b.backend(backend).ignore_env();
+        }
+        let port = b.build()?;
+        let client_backend = port.backend().to_string();
+        let sh = Arc::new(Shared {
+            addr: settings.addr,
+            header: settings.header,
+            move_interval: settings.move_interval,
+            npc_ids_from: settings.npc_ids_from,
+            keep_picture: settings.keep_picture,
+            port: port.clone(),
+            slots: (0..max_clients)
+                .map(|_| {
+                    Mutex::new(Dummy {
+                        gen: 0,
+                        phase: Phase::Free,
+                        sock: None,
+                        id: -1,
+                        pos: (0, 0),
+                        picture: HashMap::new(),
+                        timer: None,
+                        rng: 0,
+                    })
+                })
+                .collect(),
+            free: Mutex::new((0..max_clients as u32).rev().collect()),
+            order: Mutex::new(VecDeque::with_capacity(max_clients)),
+            clock0: Instant::now(),
+            tracker: DelayTracker::new(),
+            hists: (0..HIST_SHARDS).map(|_| Mutex::new(new_hist())).collect(),
+            live: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            packets_in: AtomicU64::new(0),
+            packets_out: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
+            errors: ErrCounters::default(),
+            stop: AtomicBool::new(false),
+            name_prefix,
+            forward: forward.then(|| Mutex::new(Vec::new())),
+            max_id: AtomicI64::new(-1),
+        });
+        let sh2 = sh.clone();
+        let pool = Pool::spawn(&port, settings.threads.max(1), move |_, c| {
+            on_completion(&sh2, c)
+        })?;
+        Ok(Engine {
+            sh,
+            pool,
+            max_clients,
+            fd_limited_to,
+            client_backend,
+            cpu0,
+        })
+    }
+
+    /// Stops the workers and closes every socket (nothing more is delivered).
+    fn stop(self) -> Duration {
+        self.sh.stop.store(true, Relaxed);
+        self.pool.shutdown();
+        for s in &self.sh.slots {
+            s.lock().sock = None;
+        }
+        self_cpu_time().saturating_sub(self.cpu0)
+    }
+
+    fn max_player_id(&self) -> Option<u32> {
+        u32::try_from(self.sh.max_id.load(Relaxed)).ok()
     }
 }
 
@@ -682,63 +818,11 @@ pub fn run_with_probe(
     stop: &AtomicBool,
     mut on_second: impl FnMut(&Second, &Errors, &Probe),
 ) -> io::Result<(Report, MapSnapshot)> {
-    let cpu0 = self_cpu_time();
-    let mut max_clients = settings.max_clients.max(1);
-    let mut fd_limited_to = None;
-    if let Some(soft) = fd_soft_limit() {
-        let room = soft.saturating_sub(FD_RESERVE) as usize;
-        if room < max_clients {
-            fd_limited_to = Some(room);
-            max_clients = room.max(1);
-        }
-    }
-    let mut b = Port::builder().concurrency(settings.threads.max(1));
-    if let Some(backend) = settings.backend {
-        b = b.backend(backend).ignore_env();
-    }
-    let port = b.build()?;
-    let client_backend = port.backend().to_string();
-    let sh = Arc::new(Shared {
-        addr: settings.addr,
-        header: settings.header,
-        move_interval: settings.move_interval,
-        npc_ids_from: settings.npc_ids_from,
-        keep_picture: settings.keep_picture,
-        port: port.clone(),
-        slots: (0..max_clients)
-            .map(|_| {
-                Mutex::new(Dummy {
-                    gen: 0,
-                    phase: Phase::Free,
-                    sock: None,
-                    id: -1,
-                    pos: (0, 0),
-                    picture: HashMap::new(),
-                    timer: None,
-                    rng: 0,
-                })
-            })
-            .collect(),
-        free: Mutex::new((0..max_clients as u32).rev().collect()),
-        order: Mutex::new(VecDeque::with_capacity(max_clients)),
-        clock0: Instant::now(),
-        tracker: DelayTracker::new(),
-        hists: (0..HIST_SHARDS).map(|_| Mutex::new(new_hist())).collect(),
-        live: AtomicUsize::new(0),
-        active: AtomicUsize::new(0),
-        packets_in: AtomicU64::new(0),
-        packets_out: AtomicU64::new(0),
-        samples: AtomicU64::new(0),
-        errors: ErrCounters::default(),
-        stop: AtomicBool::new(false),
-    });
-    let probe = Probe {
-        sh: Arc::downgrade(&sh),
-    };
-    let sh2 = sh.clone();
-    let pool = Pool::spawn(&port, settings.threads.max(1), move |_, c| {
-        on_completion(&sh2, c)
-    })?;
+    let engine = Engine::start(settings, "dummy".into(), false)?;
+    let sh = engine.sh.clone();
+    let max_clients = engine.max_clients;
+    let mut fd_limited_to = engine.fd_limited_to;
+    let probe = Probe(ProbeOf::Local(Arc::downgrade(&sh)));
 
     let start = Instant::now();
     let end = start + settings.duration;
@@ -854,12 +938,12 @@ pub fn run_with_probe(
     let final_clients = sh.active.load(Relaxed);
     let final_tracked = sh.tracker.get();
     let map = snapshot(&sh);
-    sh.stop.store(true, Relaxed);
-    pool.shutdown();
+    let max_player_id = engine.max_player_id();
+    let client_backend = engine.client_backend.clone();
+    let cpu = engine.stop();
     for s in &sh.hists {
         whole.add(&*s.lock()).expect("same bounds");
     }
-    let cpu = self_cpu_time().saturating_sub(cpu0);
     let report = Report {
         max_clients_under_limit: max_under,
         peak_clients: peak,
@@ -877,6 +961,9 @@ pub fn run_with_probe(
         series,
         errors: sh.errors.get(),
         fd_limited_to,
+        max_player_id,
+        procs: 1,
+        children: Vec::new(),
         client_cpu_s: cpu.as_secs_f64(),
         client_cpu_pct: 100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-3),
         server_cpu_s: None,
@@ -899,16 +986,25 @@ pub fn run_with_probe(
             client_backend,
         },
     };
-    // Close every socket now (the port is shut down; nothing more is delivered).
-    for s in &sh.slots {
-        s.lock().sock = None;
-    }
     Ok((report, map))
 }
 
 /// The dummies' own positions and the NPCs they see (each NPC once, where the first dummy
 /// that sees it has it). Each dummy is locked in turn, only while it is copied.
 fn snapshot(sh: &Shared) -> MapSnapshot {
+    let (players, npcs) = snapshot_ids(sh);
+    MapSnapshot {
+        world_size: crate::protocol::W_WIDTH,
+        players,
+        npcs: npcs.into_iter().map(|(_, p)| p).collect(),
+    }
+}
+
+/// The players' positions and the NPCs seen, each with its id.
+pub(crate) type IdMap = (Vec<(i16, i16)>, Vec<(u32, (i16, i16))>);
+
+/// [`snapshot`] with the NPCs' ids (so that maps of several processes can be merged).
+fn snapshot_ids(sh: &Shared) -> IdMap {
     let mut players = Vec::with_capacity(sh.active.load(Relaxed));
     let mut npcs = Vec::new();
     let mut seen = IdSet::default();
@@ -920,15 +1016,11 @@ fn snapshot(sh: &Shared) -> MapSnapshot {
         players.push(d.pos);
         for (&id, &p) in &d.picture {
             if id >= 0 && id as u32 >= sh.npc_ids_from && seen.insert(id as u32 - sh.npc_ids_from) {
-                npcs.push(p);
+                npcs.push((id as u32, p));
             }
         }
     }
-    MapSnapshot {
-        world_size: crate::protocol::W_WIDTH,
-        players,
-        npcs,
-    }
+    (players, npcs)
 }
 
 /// A set of NPC numbers (id − the first NPC id): a bitmap for the first 4 M (the course's
