@@ -234,28 +234,34 @@ mod tests {
     }
 
     #[test]
-    fn ctx_switches_of_this_process_grow_when_a_live_thread_sleeps() {
-        let pid = std::process::id();
-        let (go_tx, go_rx) = mpsc::channel::<()>();
-        let (slept_tx, slept_rx) = mpsc::channel();
-        let (done_tx, done_rx) = mpsc::channel::<()>();
-        // The sleeper stays alive until measured: an exited thread's switches are not counted.
-        let sleeper = std::thread::spawn(move || {
-            let _ = go_rx.recv();
-            for _ in 0..20 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            slept_tx.send(()).unwrap();
-            let _ = done_rx.recv();
-        });
-        // The sleeper's task exists once spawn returns; it sleeps only after `before`.
-        let before = ctx_switches(pid).unwrap();
-        go_tx.send(()).unwrap();
-        slept_rx.recv().unwrap();
-        let after = ctx_switches(pid).unwrap();
-        done_tx.send(()).unwrap();
-        sleeper.join().unwrap();
-        // Each sleep blocks once: at least 20 voluntary switches on the sleeper alone.
+    fn ctx_switches_of_a_process_grow_when_it_sleeps() {
+        use std::io::{BufRead, BufReader, Write};
+        use std::process::{Command, Stdio};
+        // A process of its own: this test binary's other tests start and end threads, whose
+        // switches would come and go from a count of this process. The shell waits for its
+        // go line, then blocks 20 times waiting for a `sleep`, says so, and stays alive
+        // (blocked on stdin) until measured.
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "read go; for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; \
+                 do sleep 0.001; done; echo slept; read done",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let before = ctx_switches(child.id()).unwrap();
+        writeln!(stdin, "go").unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "slept");
+        let after = ctx_switches(child.id()).unwrap();
+        drop(stdin);
+        child.wait().unwrap();
+        // Each wait for a `sleep` blocks once: at least 20 voluntary switches.
         assert!(after >= before + 20, "before {before}, after {after}");
     }
 }
