@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod db;
+pub mod os;
 mod game;
 mod persist;
 pub mod protocol;
