@@ -30,8 +30,8 @@
 #![warn(missing_docs)]
 
 pub mod db;
-pub mod os;
 mod game;
+pub mod os;
 mod persist;
 pub mod protocol;
 pub mod stress;

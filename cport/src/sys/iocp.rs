@@ -79,6 +79,8 @@ pub(crate) struct SockState {
 }
 
 /// What a finished operation still has to do when its packet is dequeued.
+// The accept's address buffer is inline: the whole block is one heap allocation already.
+#[allow(clippy::large_enum_variant)]
 enum Extra {
     None,
     /// Update the connect context (so that `getpeername` and `shutdown` work).
@@ -91,7 +93,7 @@ enum Extra {
         addr: *mut super::CSockAddrStorage,
         len: *mut super::SockLen,
         out: *mut RawSock,
-        buf: Box<[u8; 2 * ACCEPT_ADDR_LEN as usize]>,
+        buf: [u8; 2 * ACCEPT_ADDR_LEN as usize],
     },
 }
 
@@ -626,7 +628,7 @@ impl Iocp {
                         addr,
                         len,
                         out: sock,
-                        buf: Box::new([0; 2 * ACCEPT_ADDR_LEN as usize]),
+                        buf: [0; 2 * ACCEPT_ADDR_LEN as usize],
                     }
                 }
                 Err(e) => return self.fail_now(token, e),
