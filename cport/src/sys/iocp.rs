@@ -74,6 +74,7 @@ unsafe impl Sync for Shared {}
 /// The backend's state for one socket: its handle and the blocks of its operations in flight
 /// (token → block address), so that `cancel` finds the `OVERLAPPED` to give `CancelIoEx`.
 pub(crate) struct SockState {
+    stream: bool,
     handle: AtomicUsize,
     pending: Mutex<HashMap<u64, usize>>,
 }
@@ -390,6 +391,27 @@ fn finish(block: Box<Block>) -> Raw {
     }
 }
 
+/// How many of the `n` buffers at `bufs` fit `i32::MAX` bytes together (at least one), so
+/// that a gathering send's byte count fits `Raw.res`; the port sends the rest afterwards.
+///
+/// # Safety
+/// `bufs` points to `n` initialised `WSABUF`s.
+unsafe fn within_i32(bufs: *const ws::WSABUF, n: u32) -> u32 {
+    if n == 0 {
+        return 0;
+    }
+    // SAFETY: the caller's promise.
+    let bufs = unsafe { std::slice::from_raw_parts(bufs, n as usize) };
+    let mut total = 0u64;
+    for (i, b) in bufs.iter().enumerate() {
+        total += u64::from(b.len);
+        if total > i32::MAX as u64 {
+            return (i as u32).max(1);
+        }
+    }
+    n
+}
+
 /// `ConnectEx`, looked up once per process (it is an extension function of the provider).
 fn connect_ex(s: ws::SOCKET) -> Result<ws::LPFN_CONNECTEX, i32> {
     static CONNECT_EX: OnceLock<ws::LPFN_CONNECTEX> = OnceLock::new();
@@ -477,8 +499,9 @@ impl Driver for Iocp {
         Backend::Iocp
     }
 
-    fn new_sock(&self, _stream: bool) -> SockIo {
+    fn new_sock(&self, stream: bool) -> SockIo {
         SockIo::new(SockState {
+            stream,
             handle: AtomicUsize::new(ws::INVALID_SOCKET),
             pending: Mutex::new(HashMap::new()),
         })
@@ -503,6 +526,31 @@ impl Driver for Iocp {
         }
         if let Some(st) = io.get::<SockState>() {
             st.handle.store(s, Ordering::Relaxed);
+            if !st.stream {
+                // A datagram socket: no WSAECONNRESET on the next receive because an earlier
+                // send drew an ICMP "port unreachable" (Windows' default; Linux reports no
+                // such error on an unconnected UDP socket).
+                let off: u32 = 0;
+                let mut n = 0u32;
+                // SAFETY: the in-buffer is a live local of the size given; no out-buffer,
+                // no overlapped.
+                let r = unsafe {
+                    ws::WSAIoctl(
+                        s,
+                        ws::SIO_UDP_CONNRESET,
+                        (&off as *const u32).cast(),
+                        mem::size_of::<u32>() as u32,
+                        ptr::null_mut(),
+                        0,
+                        &mut n,
+                        ptr::null_mut(),
+                        None,
+                    )
+                };
+                if r != 0 {
+                    tracing::debug!("SIO_UDP_CONNRESET: WSA error {}", wsa_error());
+                }
+            }
         }
         Ok(())
     }
@@ -672,7 +720,8 @@ impl Iocp {
                 Desc::SendMsg { msg } => {
                     let m = &*msg;
                     if m.name.is_null() {
-                        ws::WSASend(s, m.bufs, m.nbufs, ptr::null_mut(), 0, ov, None)
+                        let n = within_i32(m.bufs, m.nbufs);
+                        ws::WSASend(s, m.bufs, n, ptr::null_mut(), 0, ov, None)
                     } else {
                         ws::WSASendTo(
                             s,
