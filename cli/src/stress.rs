@@ -46,7 +46,7 @@ pub struct Args {
     /// Client worker threads.
     #[arg(long, default_value_t = 2)]
     pub client_threads: usize,
-    /// The client's own port backend: auto, uring or epoll [default: $CPORT_BACKEND, else auto].
+    /// The client's own port backend: auto, uring, epoll (Linux) or iocp (Windows) [default: $CPORT_BACKEND, else auto].
     #[arg(long)]
     pub client_backend: Option<Backend>,
     /// Width of the size field of every packet (passed to the server with --spawn).
