@@ -85,13 +85,21 @@ impl PeerArgs {
 }
 
 /// `n` listeners (blocking) on one address with `SO_REUSEPORT`; with port 0 the first picks
-/// the port and the others bind to it.
+/// the port and the others bind to it. (Windows has no `SO_REUSEPORT`: one listener, cloned
+/// `n` times, so every thread accepts from the same queue.)
 pub fn reuseport_listeners(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpListener>> {
     let mut out: Vec<TcpListener> = Vec::with_capacity(n);
     let mut addr = addr;
     for _ in 0..n.max(1) {
+        #[cfg(windows)]
+        if let Some(first) = out.first() {
+            let l = first.try_clone()?;
+            out.push(l);
+            continue;
+        }
         let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         s.set_reuse_address(true)?;
+        #[cfg(unix)]
         s.set_reuse_port(true)?;
         s.bind(&addr.into())?;
         s.listen(BACKLOG)?;
@@ -138,8 +146,13 @@ pub fn maybe_spin(spin_for: Duration, chunk: &[u8]) {
     }
 }
 
+/// Nothing to raise on Windows (no per-process limit on sockets).
+#[cfg(windows)]
+pub fn raise_nofile() {}
+
 /// Raises the soft open-files limit to the hard one (1000 connections need more than 1024
 /// descriptors with the listeners and rings).
+#[cfg(unix)]
 pub fn raise_nofile() {
     let mut r = libc::rlimit {
         rlim_cur: 0,
@@ -155,6 +168,24 @@ pub fn raise_nofile() {
 }
 
 /// Blocks until SIGINT or SIGTERM, then exits the process with status 0.
+#[cfg(windows)]
+pub fn exit_on_signal() -> ! {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, flag.clone()) {
+            eprintln!("signals: {e}");
+            std::process::exit(1)
+        }
+    }
+    while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::process::exit(0)
+}
+
+/// Blocks until SIGINT or SIGTERM, then exits the process with status 0.
+#[cfg(unix)]
 pub fn exit_on_signal() -> ! {
     use signal_hook::consts::{SIGINT, SIGTERM};
     match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {

@@ -9,7 +9,29 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// What the process measurements need and Windows does not have (`/proc`).
+#[cfg(not(target_os = "linux"))]
+fn no_proc() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "measuring another process reads /proc: not on Windows",
+    )
+}
+
+/// User + system CPU time of process `pid` (all its threads): not on Windows.
+#[cfg(not(target_os = "linux"))]
+pub fn cpu_time(_pid: u32) -> io::Result<Duration> {
+    Err(no_proc())
+}
+
+/// Context switches of process `pid`: not on Windows.
+#[cfg(not(target_os = "linux"))]
+pub fn ctx_switches(_pid: u32) -> io::Result<u64> {
+    Err(no_proc())
+}
+
 /// User + system CPU time of process `pid` (all its threads), from `/proc/PID/stat`.
+#[cfg(target_os = "linux")]
 pub fn cpu_time(pid: u32) -> io::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces: fields are counted after its ')'.
@@ -40,6 +62,7 @@ pub fn cpu_time(pid: u32) -> io::Result<Duration> {
 /// whole life, so this loses little. (io_uring's `iou-wrk` helper threads do show up as tasks but may come
 /// and go: what they did before exiting is lost.) A thread that exits while being read is
 /// skipped.
+#[cfg(target_os = "linux")]
 pub fn ctx_switches(pid: u32) -> io::Result<u64> {
     let mut total = 0u64;
     for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
@@ -60,6 +83,7 @@ pub fn ctx_switches(pid: u32) -> io::Result<u64> {
 }
 
 /// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of one `status` file's text.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn parse_ctx_switches(status: &str) -> u64 {
     status
         .lines()
@@ -152,9 +176,13 @@ impl ServerProc {
     /// SIGTERM, then SIGKILL if it has not exited within 10 s.
     pub fn stop(mut self) -> io::Result<ExitStatus> {
         // The child is not reaped yet, so its pid still names it.
+        #[cfg(unix)]
         if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
+        // No SIGTERM on Windows: the wait below ends in a kill.
+        #[cfg(windows)]
+        let _ = self.child.kill();
         let give_up = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait()? {

@@ -25,7 +25,7 @@ pub struct Args {
     /// Worker threads (0 = available parallelism).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Backend: auto, uring or epoll [default: $CPORT_BACKEND, else auto].
+    /// Backend: auto, uring, epoll (Linux) or iocp (Windows) [default: $CPORT_BACKEND, else auto].
     #[arg(long)]
     pub backend: Option<Backend>,
     /// Width of the size field of every packet.

@@ -51,7 +51,7 @@ pub struct Args {
     /// global tracked delay. 0: as many as --max-clients needs under the open-files limit.
     #[arg(long, default_value_t = 0)]
     pub procs: usize,
-    /// The client's own port backend: auto, uring or epoll [default: $CPORT_BACKEND, else auto].
+    /// The client's own port backend: auto, uring, epoll (Linux) or iocp (Windows) [default: $CPORT_BACKEND, else auto].
     #[arg(long)]
     pub client_backend: Option<Backend>,
     /// Width of the size field of every packet (passed to the server with --spawn).

@@ -318,8 +318,7 @@ impl std::fmt::Display for CostSummary {
 
 /// This thread's CPU time (ns).
 fn thread_cpu_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    cport_mmo::os::thread_cpu_ns()
 }
 
 struct Inner {

@@ -18,7 +18,10 @@
 use std::cell::RefCell;
 use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
+#[cfg(unix)]
 use std::os::fd::OwnedFd;
+#[cfg(windows)]
+use std::os::windows::io::OwnedSocket as OwnedFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -140,10 +143,19 @@ fn run(args: &Args) -> io::Result<()> {
 
     // Register the signal handlers before announcing the address, so a signal sent as soon
     // as the startup line is seen is not lost.
+    #[cfg(unix)]
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])?;
+    #[cfg(windows)]
+    let signals = {
+        // Ctrl-C (SIGINT) and SIGTERM as Windows' C runtime delivers them.
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGINT, flag.clone())?;
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, flag.clone())?;
+        flag
+    };
     let handler_state = state.clone();
     let pool = Pool::spawn(&port, args.threads, move |port, c| {
         handler_state.handle(port, c)
@@ -153,14 +165,25 @@ fn run(args: &Args) -> io::Result<()> {
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                let mut seen = false;
-                for sig in signals.forever() {
-                    if seen {
-                        eprintln!("second signal {sig}: exiting at once");
-                        std::process::exit(1);
+                #[cfg(unix)]
+                {
+                    let mut seen = false;
+                    for sig in signals.forever() {
+                        if seen {
+                            eprintln!("second signal {sig}: exiting at once");
+                            std::process::exit(1);
+                        }
+                        seen = true;
+                        tracing::info!("signal {sig}: shutting down");
+                        port.shutdown();
                     }
-                    seen = true;
-                    tracing::info!("signal {sig}: shutting down");
+                }
+                #[cfg(windows)]
+                {
+                    while !signals.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    tracing::info!("interrupted: shutting down");
                     port.shutdown();
                 }
             })?;
@@ -194,7 +217,14 @@ fn context(e: io::Error, what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
+/// Nothing to raise on Windows: it has no per-process limit on sockets.
+#[cfg(windows)]
+fn raise_nofile_limit() {
+    // Windows has no per-process limit on sockets.
+}
+
 /// Raises the soft limit on open files to the hard limit: every connection is a descriptor.
+#[cfg(unix)]
 fn raise_nofile_limit() {
     let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft);
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -241,8 +271,13 @@ impl State {
                 if aborted {
                     return; // the port is shutting down
                 }
+                #[cfg(unix)]
+                let scarce = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM];
+                // WSAEMFILE, WSAENOBUFS, ERROR_NOT_ENOUGH_MEMORY
+                #[cfg(windows)]
+                let scarce = [10024, 10055, 8];
                 match e.raw_os_error() {
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                    Some(code) if scarce.contains(&code) => {
                         self.accept_warning(&e);
                         // Out of descriptors or memory: retrying at once would only spin.
                         // The timer completion re-arms this accept.

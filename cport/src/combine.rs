@@ -28,6 +28,7 @@ pub(crate) enum HandOff {
 }
 
 #[derive(Debug)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) struct Combiner {
     /// Entries were pushed since the last submission began.
     pending: AtomicBool,
@@ -35,6 +36,7 @@ pub(crate) struct Combiner {
     submitting: AtomicBool,
 }
 
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 impl Combiner {
     pub(crate) fn new() -> Self {
         Combiner {

@@ -4,7 +4,10 @@
 //! queue of finished I/O shared by a pool of worker threads**. Any idle worker takes the next
 //! completion, so one slow handler never holds the others back. It runs on io_uring, and on
 //! epoll where io_uring is unavailable (containers' seccomp profiles, `kernel.io_uring_disabled`,
-//! old kernels), with the same semantics.
+//! old kernels), with the same semantics. On Windows the same program runs on the kernel's
+//! own completion port ([`Backend::Iocp`]); there sockets are `OwnedSocket`/`RawSocket` where
+//! Linux has `OwnedFd`/`RawFd`, and an aborted operation's error is `ERROR_OPERATION_ABORTED`
+//! where Linux has `ECANCELED`.
 //!
 //! ## IOCP → cport
 //!
@@ -23,7 +26,7 @@
 //! | LIFO waiter release | the most recently parked waiter is woken first |
 //! | a pool of worker threads | [`Pool`] |
 //!
-//! ## Rules that hold on both backends
+//! ## Rules that hold on every backend
 //!
 //! * Buffers are owned: an operation takes its buffer and the completion hands it back.
 //!   Nothing the kernel may still write is freed or reused before its completion is reaped.

@@ -1,17 +1,14 @@
 //! Operations: what a completion says (the extended OVERLAPPED), and the owned state of an
 //! operation while the kernel may still use it.
 
+use bytes::Bytes;
+use socket2::{SockAddr, SockAddrStorage};
 use std::any::Any;
 use std::fmt;
 use std::io;
-use std::mem;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use bytes::Bytes;
-use socket2::{SockAddr, SockAddrStorage};
-
-use crate::sys::{Desc, OpDesc, OpKind};
+use crate::sys::{self, Desc, IoVec, MsgHdr, OpDesc, OpKind, OwnedSock, RawSock, SockLen};
 
 /// Which operation a completion is for — the part of an extended OVERLAPPED that says what
 /// finished — with what the operation owned, handed back.
@@ -102,8 +99,10 @@ pub struct TimerId(pub(crate) u64);
 /// A connection taken by an accept operation.
 #[derive(Debug)]
 pub struct Accepted {
-    /// The new socket, non-blocking and close-on-exec.
-    pub fd: OwnedFd,
+    /// The new socket: on Linux an `OwnedFd`, non-blocking and close-on-exec; on Windows an
+    /// `OwnedSocket` (made by the port for `AcceptEx`, overlapped, not inheritable, its
+    /// accept context updated so that `getpeername` and `shutdown` work).
+    pub fd: OwnedSock,
     /// The peer's address, when it is an IP address.
     pub peer: Option<SocketAddr>,
 }
@@ -209,7 +208,8 @@ pub struct Completion {
 
 impl Completion {
     /// True when the operation was aborted by [`Socket::cancel`](crate::Socket::cancel), by
-    /// closing its socket, or by shutting the port down (`ERROR_OPERATION_ABORTED`).
+    /// closing its socket, or by shutting the port down (`ERROR_OPERATION_ABORTED`; on Linux
+    /// the error is `ECANCELED`).
     ///
     /// After `match c.op { … }` has moved the buffer out of `c`, ask the result instead:
     /// `c.result.is_aborted()` (with [`Aborted`] in scope).
@@ -224,7 +224,9 @@ impl Completion {
 /// ```
 /// use cport::{Aborted, Op};
 /// # let port = cport::Port::new(1)?;
-/// # let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+/// # let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// # let _b = std::net::TcpStream::connect(l.local_addr()?)?;
+/// # let (a, _) = l.accept()?;
 /// # let sock = port.associate(a, 1)?;
 /// # sock.recv(Vec::with_capacity(16), 0);
 /// # drop(sock); // closing aborts the receive
@@ -237,13 +239,14 @@ impl Completion {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub trait Aborted {
-    /// True for the error of an operation aborted by cancel, close or shutdown (`ECANCELED`).
+    /// True for the error of an operation aborted by cancel, close or shutdown (`ECANCELED`
+    /// on Linux, `ERROR_OPERATION_ABORTED` on Windows).
     fn is_aborted(&self) -> bool;
 }
 
 impl Aborted for io::Error {
     fn is_aborted(&self) -> bool {
-        self.raw_os_error() == Some(libc::ECANCELED)
+        self.raw_os_error() == Some(sys::ABORTED)
     }
 }
 
@@ -254,14 +257,14 @@ impl<T> Aborted for io::Result<T> {
 }
 
 pub(crate) fn aborted() -> io::Error {
-    io::Error::from_raw_os_error(libc::ECANCELED)
+    io::Error::from_raw_os_error(sys::ABORTED)
 }
 
 /// The kernel-facing part of a message operation, boxed so its address is stable however the
 /// operation table moves.
 pub(crate) struct MsgState {
-    hdr: libc::msghdr,
-    iov: Vec<libc::iovec>,
+    hdr: MsgHdr,
+    iov: Vec<IoVec>,
     addr: SockAddrStorage,
 }
 
@@ -273,9 +276,7 @@ unsafe impl Send for MsgState {}
 impl MsgState {
     fn new() -> Box<MsgState> {
         Box::new(MsgState {
-            // SAFETY: msghdr is a plain C struct for which all-zero (null pointers, zero
-            // lengths) is a valid value.
-            hdr: unsafe { mem::zeroed() },
+            hdr: sys::msg_new(),
             iov: Vec::new(),
             addr: SockAddrStorage::zeroed(),
         })
@@ -285,7 +286,7 @@ impl MsgState {
 /// The owned state of one operation. Everything the kernel may read or write while the
 /// operation is in flight lives in a heap allocation owned here.
 pub(crate) enum OpData {
-    Accept(Box<(SockAddrStorage, libc::socklen_t)>),
+    Accept(Box<AcceptState>),
     Connect(Box<SockAddr>),
     Recv(Vec<u8>),
     Send(SendBuf, Option<Box<MsgState>>),
@@ -293,9 +294,22 @@ pub(crate) enum OpData {
     SendTo(SendBuf, Box<SockAddr>, Box<MsgState>),
 }
 
+/// What an accept fills in: the peer's address and (Windows) the accepted socket.
+pub(crate) struct AcceptState {
+    addr: SockAddrStorage,
+    len: SockLen,
+    #[cfg(windows)]
+    sock: RawSock,
+}
+
 impl OpData {
     pub(crate) fn accept() -> OpData {
-        OpData::Accept(Box::new((SockAddrStorage::zeroed(), 0)))
+        OpData::Accept(Box::new(AcceptState {
+            addr: SockAddrStorage::zeroed(),
+            len: 0,
+            #[cfg(windows)]
+            sock: 0,
+        }))
     }
 
     pub(crate) fn recv_from(buf: Vec<u8>) -> OpData {
@@ -331,13 +345,15 @@ impl OpData {
     /// Builds the raw description the backend submits, starting `done` bytes into a send.
     /// The pointers stay valid until this `OpData` is dropped, which happens only after the
     /// backend has reported the operation complete.
-    pub(crate) fn desc(&mut self, fd: RawFd, done: usize) -> OpDesc {
+    pub(crate) fn desc(&mut self, fd: RawSock, done: usize) -> OpDesc {
         let desc = match self {
             OpData::Accept(b) => {
-                b.1 = b.0.size_of();
+                b.len = b.addr.size_of();
                 Desc::Accept {
-                    addr: (&mut b.0 as *mut SockAddrStorage).cast(),
-                    len: &mut b.1,
+                    addr: (&mut b.addr as *mut SockAddrStorage).cast(),
+                    len: &mut b.len,
+                    #[cfg(windows)]
+                    sock: &mut b.sock,
                 }
             }
             OpData::Connect(a) => Desc::Connect {
@@ -361,8 +377,7 @@ impl OpData {
             },
             OpData::Send(SendBuf::Vectored(parts), Some(m)) => {
                 fill_iov(&mut m.iov, parts, done);
-                m.hdr.msg_iov = m.iov.as_mut_ptr();
-                m.hdr.msg_iovlen = m.iov.len();
+                sys::msg_set_iov(&mut m.hdr, &mut m.iov);
                 Desc::SendMsg { msg: &m.hdr }
             }
             OpData::Send(SendBuf::Vectored(_), None) => {
@@ -371,14 +386,15 @@ impl OpData {
             OpData::RecvFrom(buf, m) => {
                 let spare = buf.spare_capacity_mut();
                 m.iov.clear();
-                m.iov.push(libc::iovec {
-                    iov_base: spare.as_mut_ptr().cast(),
-                    iov_len: spare.len(),
-                });
-                m.hdr.msg_iov = m.iov.as_mut_ptr();
-                m.hdr.msg_iovlen = 1;
-                m.hdr.msg_name = (&mut m.addr as *mut SockAddrStorage).cast();
-                m.hdr.msg_namelen = m.addr.size_of();
+                m.iov
+                    .push(sys::iovec(spare.as_mut_ptr().cast(), spare.len()));
+                sys::msg_set_iov(&mut m.hdr, &mut m.iov);
+                let len = m.addr.size_of();
+                sys::msg_set_name(
+                    &mut m.hdr,
+                    (&mut m.addr as *mut SockAddrStorage).cast(),
+                    len,
+                );
                 Desc::RecvMsg { msg: &mut m.hdr }
             }
             OpData::SendTo(buf, addr, m) => {
@@ -387,10 +403,8 @@ impl OpData {
                     SendBuf::Bytes(b) => set_one_iov(&mut m.iov, b),
                     SendBuf::Vectored(parts) => fill_iov(&mut m.iov, parts, 0),
                 }
-                m.hdr.msg_iov = m.iov.as_mut_ptr();
-                m.hdr.msg_iovlen = m.iov.len();
-                m.hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
-                m.hdr.msg_namelen = addr.len();
+                sys::msg_set_iov(&mut m.hdr, &mut m.iov);
+                sys::msg_set_name(&mut m.hdr, addr.as_ptr() as *mut _, addr.len());
                 Desc::SendMsg { msg: &m.hdr }
             }
         };
@@ -423,11 +437,19 @@ impl OpData {
         };
         match self {
             OpData::Accept(b) => match result {
-                Ok(fd) => {
+                Ok(_fd) => {
+                    #[cfg(unix)]
                     // SAFETY: a successful accept returned a new descriptor that nothing else
                     // owns; from here the OwnedFd closes it.
-                    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-                    let (storage, len) = *b;
+                    let fd = unsafe { std::os::fd::FromRawFd::from_raw_fd(_fd as RawSock) };
+                    #[cfg(windows)]
+                    // SAFETY: a successful accept put the accepted socket, which nothing else
+                    // owns, in `b.sock`; from here the OwnedSocket closes it.
+                    let fd =
+                        unsafe { std::os::windows::io::FromRawSocket::from_raw_socket(b.sock) };
+                    let AcceptState {
+                        addr: storage, len, ..
+                    } = *b;
                     // SAFETY: the kernel filled `len` bytes of the storage with the address.
                     let addr = unsafe { SockAddr::new(storage, len) };
                     (
@@ -454,7 +476,7 @@ impl OpData {
                 Ok(n) => {
                     // SAFETY: as for Recv: `n` bytes were written into the spare capacity.
                     unsafe { buf.set_len(buf.len() + n) };
-                    let len = m.hdr.msg_namelen;
+                    let len = sys::msg_namelen(&m.hdr);
                     // SAFETY: the kernel wrote `len` bytes of the sender's address.
                     let addr = unsafe { SockAddr::new(m.addr, len) };
                     (Ok(n), Op::RecvFrom(buf, addr.as_socket()))
@@ -466,16 +488,13 @@ impl OpData {
     }
 }
 
-fn set_one_iov(iov: &mut Vec<libc::iovec>, bytes: &[u8]) {
+fn set_one_iov(iov: &mut Vec<IoVec>, bytes: &[u8]) {
     iov.clear();
-    iov.push(libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    });
+    iov.push(sys::iovec(bytes.as_ptr(), bytes.len()));
 }
 
 /// iovecs covering `parts` from byte `skip` on.
-fn fill_iov(iov: &mut Vec<libc::iovec>, parts: &[Bytes], mut skip: usize) {
+fn fill_iov(iov: &mut Vec<IoVec>, parts: &[Bytes], mut skip: usize) {
     iov.clear();
     for p in parts {
         if skip >= p.len() {
@@ -484,9 +503,6 @@ fn fill_iov(iov: &mut Vec<libc::iovec>, parts: &[Bytes], mut skip: usize) {
         }
         let rest = &p[skip..];
         skip = 0;
-        iov.push(libc::iovec {
-            iov_base: rest.as_ptr() as *mut libc::c_void,
-            iov_len: rest.len(),
-        });
+        iov.push(sys::iovec(rest.as_ptr(), rest.len()));
     }
 }

@@ -4,6 +4,7 @@
 
 /// Tokens at or above this value are never handed out; backends use them for their own
 /// internal submissions (wake-ups, cancels).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) const RESERVED_TOKENS: u64 = u64::MAX - 15;
 const MAX_GEN: u32 = u32::MAX - 1;
 

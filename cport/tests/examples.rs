@@ -1,4 +1,6 @@
 //! The examples a new user writes first, run as programs and driven by real clients.
+//! (Linux: they are run on the io_uring and epoll backends.)
+#![cfg(target_os = "linux")]
 
 use cport_testkit::examples::{chat_relays_lines_to_the_others, example};
 

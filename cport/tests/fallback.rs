@@ -171,6 +171,21 @@ fn cport_backend_env_var_selects_the_backend() {
 
 /// The `echo` example, exec'd with io_uring blocked and no backend option, starts on epoll by
 /// itself, echoes correctly, and exits 0 on SIGTERM.
+/// IOCP is Windows' own: asking for it on Linux is a clear error, not a silent fallback.
+#[test]
+fn asking_for_iocp_on_linux_is_unsupported() {
+    let e = cport::Port::builder()
+        .backend(cport::Backend::Iocp)
+        .ignore_env()
+        .build()
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}");
+    assert_eq!(
+        "iocp".parse::<cport::Backend>().unwrap(),
+        cport::Backend::Iocp
+    );
+}
+
 #[test]
 fn echo_example_starts_on_epoll_when_io_uring_is_blocked() {
     if child_role().is_some() {

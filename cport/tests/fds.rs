@@ -9,7 +9,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use common::{next, open_fds, port, tcp_pair};
+use common::{next, open_fds, port, raw, tcp_pair};
 use cport::{Backend, Op};
 
 static FDS: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
@@ -23,10 +23,9 @@ per_backend!(
 /// number: only the new socket's completions arrive, under its own key.
 fn reused_fd_number_never_gets_a_stale_completion(b: Backend) {
     let _one_at_a_time = FDS.lock();
-    use std::os::fd::AsRawFd;
     let port = port(b, 1);
     let (_c1, s1) = tcp_pair();
-    let old_fd = s1.as_raw_fd();
+    let old_fd = raw(&s1);
     let old = port.associate(s1, 100).unwrap();
     old.recv(Vec::with_capacity(16), 1);
     drop(old);
@@ -35,10 +34,10 @@ fn reused_fd_number_never_gets_a_stale_completion(b: Backend) {
     let mut keep = Vec::new();
     let (mut client, server) = loop {
         let (c, s) = tcp_pair();
-        if s.as_raw_fd() == old_fd {
+        if raw(&s) == old_fd {
             break (c, s);
         }
-        if c.as_raw_fd() == old_fd {
+        if raw(&c) == old_fd {
             break (s, c);
         }
         assert!(keep.len() < 100, "fd number {old_fd} never reused");

@@ -823,24 +823,26 @@ fn an_operation_started_inside_blocking_goes_out_at_once(b: Backend) {
 /// stops short at the urgent mark, and the next one must still get the data behind it (the
 /// epoll backend's "a short receive emptied the socket" shortcut must not apply).
 fn urgent_data_does_not_stall_the_next_receive(b: Backend) {
-    use std::os::fd::AsRawFd;
     let port = port(b, 1);
     let (client, server) = tcp_pair();
     client.set_nodelay(true).unwrap();
     let sock = port.associate(server, 1).unwrap();
-    let fd = client.as_raw_fd();
-    let send = |bytes: &[u8], flags: i32| {
-        // SAFETY: `bytes` is a live slice for the whole call.
-        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), flags) };
-        assert_eq!(n, bytes.len() as isize);
+    let client = socket2::SockRef::from(&client);
+    let send = |bytes: &[u8], urgent: bool| {
+        let n = if urgent {
+            client.send_out_of_band(bytes).unwrap()
+        } else {
+            client.send(bytes).unwrap()
+        };
+        assert_eq!(n, bytes.len());
     };
     // The first receive is pending before anything arrives: one event then reports it all,
     // and the receive is attempted after that event.
     sock.recv(Vec::with_capacity(64), 0);
     std::thread::sleep(Duration::from_millis(20));
-    send(b"abc", 0);
-    send(b"x", libc::MSG_OOB);
-    send(b"def", 0);
+    send(b"abc", false);
+    send(b"x", true);
+    send(b"def", false);
     std::thread::sleep(Duration::from_millis(50));
     let mut got = Vec::new();
     while got.len() < 6 {

@@ -435,10 +435,7 @@ pub(crate) const LOAD_QUEUE: usize = 4096;
 /// Batches of saves queued at most (beyond: kept pending, retried at the next tick).
 pub(crate) const SAVE_QUEUE: usize = 64;
 
-fn thread_cpu_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
+use crate::os::thread_cpu_ns;
 
 impl<I: Send + 'static> DbPool<I> {
     /// The queues (jobs wait there until [`DbPool::spawn`]).

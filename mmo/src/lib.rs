@@ -32,6 +32,7 @@
 pub mod db;
 mod game;
 pub mod net;
+pub mod os;
 mod persist;
 pub mod protocol;
 pub mod stress;

@@ -12,16 +12,25 @@ pub use cport::Backend;
 /// How long anything may take before a test fails rather than hangs.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Expands each listed test function `fn name(backend: Backend)` into a `#[test]` per backend:
-/// `uring::name` and `epoll::name`.
+/// Expands each listed test function `fn name(backend: Backend)` into a `#[test]` per backend
+/// of the platform: `uring::name` and `epoll::name` on Linux, `iocp::name` on Windows.
+/// Attributes written before a name go on each of its tests, e.g.
+/// `#[cfg_attr(wine, ignore = "why")] name` for a difference of Wine's from Windows
+/// (`scripts/wine-test` builds with `--cfg wine`).
 #[macro_export]
 macro_rules! per_backend {
-    ($($name:ident),* $(,)?) => {
+    ($( $(#[$attr:meta])* $name:ident ),* $(,)?) => {
+        #[cfg(target_os = "linux")]
         mod uring {
-            $( #[test] fn $name() { super::$name($crate::Backend::Uring) } )*
+            $( #[test] $(#[$attr])* fn $name() { super::$name($crate::Backend::Uring) } )*
         }
+        #[cfg(target_os = "linux")]
         mod epoll {
-            $( #[test] fn $name() { super::$name($crate::Backend::Epoll) } )*
+            $( #[test] $(#[$attr])* fn $name() { super::$name($crate::Backend::Epoll) } )*
+        }
+        #[cfg(windows)]
+        mod iocp {
+            $( #[test] $(#[$attr])* fn $name() { super::$name($crate::Backend::Iocp) } )*
         }
     };
 }

@@ -13,7 +13,7 @@ mod local;
 mod shared;
 mod socket;
 mod table;
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(loom), unix))]
 mod tests;
 
 pub use socket::Socket;
@@ -21,7 +21,6 @@ pub use socket::Socket;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +31,7 @@ use socket2::SockRef;
 use crate::op::{Completion, Op, TimerId};
 use crate::sched::{Outcome, Sched, Sink};
 use crate::sync::{AtomicUsize as SyncUsize, Ordering::SeqCst};
-use crate::sys::{Backend, Driver};
+use crate::sys::{Backend, Driver, OwnedSock};
 use crate::timer::Timers;
 
 use local::{LOCAL, MAX_DEFERRED_PASSES, REAP_CHECK_PASSES, REAP_INTERVAL, SHUTDOWN_REAP};
@@ -119,7 +118,7 @@ impl PortBuilder {
             n => n,
         };
         let shared_wait = crate::sys::shared_wait_wanted();
-        let driver = crate::sys::open(backend, self.entries, shared_wait)?;
+        let driver = crate::sys::open(backend, self.entries, shared_wait, concurrency)?;
         Ok(Port::with_driver(driver, concurrency, shared_wait))
     }
 }
@@ -217,21 +216,26 @@ impl Port {
     /// Associates a socket (listener, stream, datagram socket, any pollable fd) with the port
     /// under a completion key, once. The port owns the descriptor from now on; it is closed
     /// when the returned [`Socket`] is dropped and its last operation has completed.
-    /// `associate` puts the descriptor in non-blocking mode (its operations never block a
-    /// thread; a blocking read of your own on it would fail with `WouldBlock`).
+    /// On Linux `associate` puts the descriptor in non-blocking mode (its operations never
+    /// block a thread; a blocking read of your own on it would fail with `WouldBlock`).
+    ///
+    /// On Windows it takes anything that becomes an `OwnedSocket` (an overlapped socket, as
+    /// std and `socket2` make them), associates it with the kernel's port and leaves its mode
+    /// alone: overlapped operations never block whatever the mode.
     #[doc(alias = "CreateIoCompletionPort")]
-    pub fn associate(&self, fd: impl Into<OwnedFd>, key: u64) -> io::Result<Socket> {
-        let fd: OwnedFd = fd.into();
+    pub fn associate(&self, fd: impl Into<OwnedSock>, key: u64) -> io::Result<Socket> {
+        let fd: OwnedSock = fd.into();
         if self.shared.sched.is_closed() {
             return Err(Closed.into());
         }
         let sref = SockRef::from(&fd);
+        #[cfg(unix)]
         sref.set_nonblocking(true)?;
         let stream = sref
             .r#type()
             .map(|t| t == socket2::Type::STREAM)
             .unwrap_or(false);
-        let raw = fd.as_raw_fd();
+        let raw = crate::sys::raw_of(&fd);
         let io = self.shared.driver.new_sock(stream);
         let token = self.shared.table.lock().socks.insert(SockEntry {
             fd,

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use bytes::Bytes;
 use socket2::{SockAddr, SockRef};
@@ -11,6 +10,7 @@ use socket2::{SockAddr, SockRef};
 use super::local::LOCAL;
 use super::{Closed, Port};
 use crate::op::{Completion, OpData, SendBuf};
+use crate::sys::RawSock;
 
 /// A socket associated with a port — the `SOCKET` of IOCP after
 /// `CreateIoCompletionPort(socket, port, key, 0)`.
@@ -23,7 +23,7 @@ pub struct Socket {
     pub(super) port: Port,
     pub(super) token: u64,
     pub(super) key: u64,
-    pub(super) fd: RawFd,
+    pub(super) fd: RawSock,
 }
 
 impl fmt::Debug for Socket {
@@ -184,16 +184,34 @@ pub(super) fn sock_addr(a: SockAddr) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "not an IP socket address"))
 }
 
-impl AsFd for Socket {
-    fn as_fd(&self) -> BorrowedFd<'_> {
+#[cfg(unix)]
+impl std::os::fd::AsFd for Socket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         // SAFETY: the descriptor is owned by the port's table and closed only after this
         // Socket is dropped (and its operations completed), so it is open for `'_`.
-        unsafe { BorrowedFd::borrow_raw(self.fd) }
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) }
     }
 }
 
-impl AsRawFd for Socket {
-    fn as_raw_fd(&self) -> RawFd {
+#[cfg(unix)]
+impl std::os::fd::AsRawFd for Socket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd
+    }
+}
+
+#[cfg(windows)]
+impl std::os::windows::io::AsSocket for Socket {
+    fn as_socket(&self) -> std::os::windows::io::BorrowedSocket<'_> {
+        // SAFETY: the socket is owned by the port's table and closed only after this Socket
+        // is dropped (and its operations completed), so it is open for `'_`.
+        unsafe { std::os::windows::io::BorrowedSocket::borrow_raw(self.fd) }
+    }
+}
+
+#[cfg(windows)]
+impl std::os::windows::io::AsRawSocket for Socket {
+    fn as_raw_socket(&self) -> std::os::windows::io::RawSocket {
         self.fd
     }
 }
@@ -211,7 +229,7 @@ impl Drop for Socket {
 
 /// A completion for an operation that could not be started (the kernel never saw it).
 pub(super) fn fail(key: u64, user: u64, data: OpData, e: io::Error) -> Completion {
-    let (_, op) = data.finish(-libc::ECANCELED, 0);
+    let (_, op) = data.finish(-crate::sys::ABORTED, 0);
     Completion {
         key,
         user,

@@ -3,12 +3,11 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::socket::fail;
 use crate::op::{aborted, Completion, OpData};
 use crate::slab::Slab;
-use crate::sys::{Driver, OpKind, Raw, SockIo};
+use crate::sys::{self, Driver, OpKind, OwnedSock, Raw, SockIo};
 
 pub(super) struct OpEntry {
     pub(super) sock: u64,
@@ -35,7 +34,7 @@ pub(super) enum OpState {
 }
 
 pub(super) struct SockEntry {
-    pub(super) fd: OwnedFd,
+    pub(super) fd: OwnedSock,
     /// The backend's state for this socket (`Driver::new_sock`).
     pub(super) io: SockIo,
     pub(super) key: u64,
@@ -118,7 +117,7 @@ impl Table {
         let Some(s) = self.socks.get(op.sock) else {
             return;
         };
-        let desc = op.data.desc(s.fd.as_raw_fd(), op.done);
+        let desc = op.data.desc(sys::raw_of(&s.fd), op.done);
         debug_assert_ne!(
             op.state,
             OpState::Cancelling,
@@ -149,7 +148,7 @@ impl Table {
         let total = op.done;
         // A stream send stopped short only because it was cancelled: it did not complete.
         let res = if is_send && stream && raw.res >= 0 && total < op.data.send_len() {
-            -libc::ECANCELED
+            -sys::ABORTED
         } else {
             raw.res
         };
@@ -223,7 +222,7 @@ impl Table {
             return;
         };
         if s.closed && s.pending() == 0 {
-            d.deregister(&s.io, sock, s.fd.as_raw_fd());
+            d.deregister(&s.io, sock, sys::raw_of(&s.fd));
             self.socks.remove(sock);
         }
     }

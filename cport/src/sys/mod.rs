@@ -1,9 +1,10 @@
 //! Backends: what turns started operations into kernel work and kernel events into raw
-//! completions. Two implement the same small contract: [`uring`] (io_uring) and [`epoll`]
-//! (readiness turned into completions). The port above them owns every buffer, orders the
+//! completions. Three implement the same small contract: on Linux [`uring`] (io_uring) and
+//! [`epoll`] (readiness turned into completions), on Windows `iocp` (the kernel's own
+//! completion port). The port above them owns every buffer, orders the
 //! operations of each socket, and never lets a backend see a stale token.
 //!
-//! The contract, for both:
+//! The contract, for all of them:
 //! * [`Driver::push`] is called under the port's table lock, must not block, and must not make
 //!   a system call that waits; it may make the operation complete later, in `flush` or `wait`.
 //! * every pushed token completes exactly once, as a [`Raw`] from `flush` or `wait`;
@@ -15,20 +16,163 @@
 //! [`Driver`] states the whole interface; the port holds a `Box<dyn Driver>` and has no
 //! backend-specific branch.
 
+#[cfg(target_os = "linux")]
 pub(crate) mod epoll;
-#[cfg(test)]
+#[cfg(windows)]
+pub(crate) mod iocp;
+#[cfg(all(test, unix))]
 pub(crate) mod model;
+#[cfg(target_os = "linux")]
 pub(crate) mod uring;
+#[cfg(target_os = "linux")]
 pub(crate) mod wait;
 
 use std::any::Any;
 use std::io;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
+#[cfg(unix)]
+pub(crate) use std::os::fd::{OwnedFd as OwnedSock, RawFd as RawSock};
+#[cfg(windows)]
+pub(crate) use std::os::windows::io::{OwnedSocket as OwnedSock, RawSocket as RawSock};
+
+/// The OS handle of an owned socket (a file descriptor on Linux, a `SOCKET` on Windows).
+pub(crate) fn raw_of(s: &OwnedSock) -> RawSock {
+    #[cfg(unix)]
+    {
+        std::os::fd::AsRawFd::as_raw_fd(s)
+    }
+    #[cfg(windows)]
+    {
+        std::os::windows::io::AsRawSocket::as_raw_socket(s)
+    }
+}
+
+/// The OS error code of an aborted operation: `ECANCELED` on Linux, `ERROR_OPERATION_ABORTED`
+/// (995, `WSA_OPERATION_ABORTED`) on Windows. A `Raw.res` of `-ABORTED` is an aborted
+/// operation on every backend.
+#[cfg(unix)]
+pub(crate) const ABORTED: i32 = libc::ECANCELED;
+/// The OS error code of an aborted operation (see the Linux definition).
+#[cfg(windows)]
+pub(crate) const ABORTED: i32 = windows_sys::Win32::Foundation::ERROR_OPERATION_ABORTED as i32;
+
+/// The C socket address types of the platform.
+#[cfg(unix)]
+pub(crate) type CSockAddr = libc::sockaddr;
+#[cfg(unix)]
+pub(crate) type CSockAddrStorage = libc::sockaddr_storage;
+#[cfg(windows)]
+pub(crate) type CSockAddr = windows_sys::Win32::Networking::WinSock::SOCKADDR;
+#[cfg(windows)]
+pub(crate) type CSockAddrStorage = windows_sys::Win32::Networking::WinSock::SOCKADDR_STORAGE;
+pub(crate) use socket2::socklen_t as SockLen;
+
+/// One buffer of a gathering or scattering operation: `iovec` on Linux, `WSABUF` on Windows.
+#[cfg(unix)]
+pub(crate) type IoVec = libc::iovec;
+/// One buffer of a gathering or scattering operation: `iovec` on Linux, `WSABUF` on Windows.
+#[cfg(windows)]
+pub(crate) type IoVec = windows_sys::Win32::Networking::WinSock::WSABUF;
+
+/// An `IoVec` for `len` bytes at `ptr` (on Windows at most `i32::MAX`, so that the byte count
+/// fits a `Raw.res`; a stream send is continued by the port, and a receive gets less).
+pub(crate) fn iovec(ptr: *const u8, len: usize) -> IoVec {
+    #[cfg(unix)]
+    {
+        libc::iovec {
+            iov_base: ptr as *mut libc::c_void,
+            iov_len: len,
+        }
+    }
+    #[cfg(windows)]
+    {
+        windows_sys::Win32::Networking::WinSock::WSABUF {
+            len: len.min(i32::MAX as usize) as u32,
+            buf: ptr as *mut u8,
+        }
+    }
+}
+
+/// A message operation's header: `msghdr` on Linux; on Windows the arguments of
+/// `WSASendTo`/`WSARecvFrom` (or of a gathering `WSASend` when `name` is null).
+#[cfg(unix)]
+pub(crate) type MsgHdr = libc::msghdr;
+
+/// A message operation's header: the arguments of `WSASendTo`/`WSARecvFrom` (or of a
+/// gathering `WSASend` when `name` is null).
+#[cfg(windows)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MsgHdr {
+    pub(crate) name: *mut CSockAddr,
+    /// In: the room at `name`; out (a receive): the sender address's length.
+    pub(crate) namelen: i32,
+    pub(crate) bufs: *mut IoVec,
+    pub(crate) nbufs: u32,
+}
+
+pub(crate) fn msg_new() -> MsgHdr {
+    #[cfg(unix)]
+    {
+        // SAFETY: msghdr is a plain C struct for which all-zero (null pointers, zero
+        // lengths) is a valid value.
+        unsafe { std::mem::zeroed() }
+    }
+    #[cfg(windows)]
+    {
+        MsgHdr {
+            name: std::ptr::null_mut(),
+            namelen: 0,
+            bufs: std::ptr::null_mut(),
+            nbufs: 0,
+        }
+    }
+}
+
+/// Points the header at `iov`'s buffers.
+pub(crate) fn msg_set_iov(h: &mut MsgHdr, iov: &mut [IoVec]) {
+    #[cfg(unix)]
+    {
+        h.msg_iov = iov.as_mut_ptr();
+        h.msg_iovlen = iov.len() as _;
+    }
+    #[cfg(windows)]
+    {
+        h.bufs = iov.as_mut_ptr();
+        h.nbufs = iov.len() as u32;
+    }
+}
+
+/// Points the header at an address of `len` bytes.
+pub(crate) fn msg_set_name(h: &mut MsgHdr, name: *mut CSockAddr, len: SockLen) {
+    #[cfg(unix)]
+    {
+        h.msg_name = name.cast();
+        h.msg_namelen = len;
+    }
+    #[cfg(windows)]
+    {
+        h.name = name;
+        h.namelen = len;
+    }
+}
+
+/// The address length the kernel wrote into the header (a receive).
+pub(crate) fn msg_namelen(h: &MsgHdr) -> SockLen {
+    #[cfg(unix)]
+    {
+        h.msg_namelen
+    }
+    #[cfg(windows)]
+    {
+        h.namelen
+    }
+}
+
 /// A finished kernel operation: the token it was pushed with and the kernel's result
-/// (bytes, a new fd, or a negative errno).
+/// (bytes, a new fd, or a negative OS error code: `-errno` on Linux, `-(WSA error)` on
+/// Windows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Raw {
     pub(crate) token: u64,
@@ -40,12 +184,16 @@ pub(crate) struct Raw {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Desc {
     Accept {
-        addr: *mut libc::sockaddr_storage,
-        len: *mut libc::socklen_t,
+        addr: *mut CSockAddrStorage,
+        len: *mut SockLen,
+        /// Windows: where the backend puts the accepted socket (`AcceptEx` takes a socket
+        /// made beforehand; Linux returns the new fd as the result).
+        #[cfg(windows)]
+        sock: *mut RawSock,
     },
     Connect {
-        addr: *const libc::sockaddr,
-        len: libc::socklen_t,
+        addr: *const CSockAddr,
+        len: SockLen,
     },
     Recv {
         ptr: *mut u8,
@@ -56,10 +204,10 @@ pub(crate) enum Desc {
         len: usize,
     },
     SendMsg {
-        msg: *const libc::msghdr,
+        msg: *const MsgHdr,
     },
     RecvMsg {
-        msg: *mut libc::msghdr,
+        msg: *mut MsgHdr,
     },
 }
 
@@ -75,6 +223,7 @@ pub(crate) enum OpKind {
     Send,
 }
 
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 impl OpKind {
     /// It waits for something to take (a connection, data) rather than for room to give.
     pub(crate) fn reads(self) -> bool {
@@ -82,6 +231,7 @@ impl OpKind {
     }
 }
 
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 impl Desc {
     pub(crate) fn kind(&self) -> OpKind {
         match self {
@@ -95,7 +245,7 @@ impl Desc {
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OpDesc {
-    pub(crate) fd: RawFd,
+    pub(crate) fd: RawSock,
     pub(crate) desc: Desc,
 }
 
@@ -107,23 +257,26 @@ unsafe impl Send for OpDesc {}
 /// The backend a port runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Backend {
-    /// io_uring if a ring can be set up and supports every operation the port needs, else
-    /// epoll (with one warning in the log saying why).
+    /// Linux: io_uring if a ring can be set up and supports every operation the port needs,
+    /// else epoll (with one warning in the log saying why). Windows: IOCP.
     #[default]
     Auto,
-    /// io_uring, or an error if it is unavailable.
+    /// io_uring (Linux), or an error if it is unavailable.
     Uring,
-    /// epoll (readiness turned into completions).
+    /// epoll (Linux; readiness turned into completions).
     Epoll,
+    /// Windows' own I/O completion port (Windows only).
+    Iocp,
 }
 
 impl Backend {
-    /// The lower-case name (`auto`, `uring`, `epoll`).
+    /// The lower-case name (`auto`, `uring`, `epoll`, `iocp`).
     pub fn name(self) -> &'static str {
         match self {
             Backend::Auto => "auto",
             Backend::Uring => "uring",
             Backend::Epoll => "epoll",
+            Backend::Iocp => "iocp",
         }
     }
 }
@@ -141,9 +294,10 @@ impl std::str::FromStr for Backend {
             "auto" | "" => Ok(Backend::Auto),
             "uring" | "io_uring" | "io-uring" => Ok(Backend::Uring),
             "epoll" => Ok(Backend::Epoll),
+            "iocp" => Ok(Backend::Iocp),
             other => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("unknown backend {other:?} (expected auto, uring or epoll)"),
+                format!("unknown backend {other:?} (expected auto, uring, epoll or iocp)"),
             )),
         }
     }
@@ -165,6 +319,7 @@ pub(crate) fn shared_wait_wanted() -> bool {
 #[derive(Clone, Default)]
 pub(crate) struct SockIo(Option<Arc<dyn Any + Send + Sync>>);
 
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 impl SockIo {
     /// No state (a backend that needs none).
     pub(crate) fn none() -> SockIo {
@@ -195,10 +350,10 @@ pub(crate) trait Driver: Send + Sync {
 
     /// A socket was associated with the port under `sock` (its table token), its state `io`
     /// already in the port's table. After this, operations may be pushed for it.
-    fn register(&self, io: &SockIo, sock: u64, fd: RawFd) -> io::Result<()>;
+    fn register(&self, io: &SockIo, sock: u64, fd: RawSock) -> io::Result<()>;
 
     /// The socket is about to be closed; no operation of it is pending.
-    fn deregister(&self, io: &SockIo, sock: u64, fd: RawFd);
+    fn deregister(&self, io: &SockIo, sock: u64, fd: RawSock);
 
     /// Starts an operation of the socket whose state is `io`. Called under the port's table
     /// lock: must not block and must not make a system call that waits. The operation
@@ -268,10 +423,10 @@ impl<D: Driver + ?Sized> Driver for std::sync::Arc<D> {
     fn new_sock(&self, stream: bool) -> SockIo {
         (**self).new_sock(stream)
     }
-    fn register(&self, io: &SockIo, sock: u64, fd: RawFd) -> io::Result<()> {
+    fn register(&self, io: &SockIo, sock: u64, fd: RawSock) -> io::Result<()> {
         (**self).register(io, sock, fd)
     }
-    fn deregister(&self, io: &SockIo, sock: u64, fd: RawFd) {
+    fn deregister(&self, io: &SockIo, sock: u64, fd: RawSock) {
         (**self).deregister(io, sock, fd)
     }
     fn push(&self, io: &SockIo, token: u64, op: OpDesc) {
@@ -317,8 +472,15 @@ impl<D: Driver + ?Sized> Driver for std::sync::Arc<D> {
 
 /// Opens the backend asked for; `Auto` falls back to epoll with one warning. With `shared`,
 /// every idle thread will wait in [`Driver::wait_shared`] at once (see
-/// [`shared_wait_wanted`]); else one poller at a time calls [`Driver::wait`].
-pub(crate) fn open(backend: Backend, entries: u32, shared: bool) -> io::Result<Box<dyn Driver>> {
+/// [`shared_wait_wanted`]); else one poller at a time calls [`Driver::wait`]. `concurrency`
+/// is the port's concurrency value (IOCP gives it to the kernel's port too).
+#[cfg(target_os = "linux")]
+pub(crate) fn open(
+    backend: Backend,
+    entries: u32,
+    shared: bool,
+    _concurrency: usize,
+) -> io::Result<Box<dyn Driver>> {
     let epoll = || -> io::Result<Box<dyn Driver>> { Ok(Box::new(epoll::Epoll::new()?)) };
     match backend {
         Backend::Uring => Ok(Box::new(uring::Uring::new(entries, shared)?)),
@@ -330,10 +492,37 @@ pub(crate) fn open(backend: Backend, entries: u32, shared: bool) -> io::Result<B
                 epoll()
             }
         },
+        Backend::Iocp => Err(unavailable(backend)),
     }
 }
 
+/// Opens the backend asked for: IOCP (`Auto` is IOCP on Windows).
+#[cfg(windows)]
+pub(crate) fn open(
+    backend: Backend,
+    _entries: u32,
+    _shared: bool,
+    concurrency: usize,
+) -> io::Result<Box<dyn Driver>> {
+    match backend {
+        Backend::Auto | Backend::Iocp => Ok(Box::new(iocp::Iocp::new(concurrency)?)),
+        Backend::Uring | Backend::Epoll => Err(unavailable(backend)),
+    }
+}
+
+/// The backend does not exist on this platform.
+fn unavailable(backend: Backend) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "the {backend} backend is not available on {}",
+            std::env::consts::OS
+        ),
+    )
+}
+
 /// Milliseconds until `deadline` for epoll_wait-style timeouts (rounded up; -1 = forever).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) fn timeout_ms(deadline: Option<Instant>) -> i32 {
     match deadline {
         None => -1,

@@ -32,7 +32,36 @@ pub fn next(port: &Port) -> Completion {
         .expect("no completion within 10 s")
 }
 
-/// Open file descriptors of this process.
+/// Open file descriptors of this process (Windows: open handles).
+#[cfg(unix)]
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Open file descriptors of this process (Windows: open handles).
+#[cfg(windows)]
+pub fn open_fds() -> usize {
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, GetProcessHandleCount};
+    let mut n = 0u32;
+    // SAFETY: the pseudo-handle of this process and a live local to write the count to.
+    let ok = unsafe { GetProcessHandleCount(GetCurrentProcess(), &mut n) };
+    assert_ne!(
+        ok,
+        0,
+        "GetProcessHandleCount: {}",
+        std::io::Error::last_os_error()
+    );
+    n as usize
+}
+
+/// The OS handle number of a socket (fd on Linux, SOCKET on Windows).
+pub fn raw(s: &TcpStream) -> u64 {
+    #[cfg(unix)]
+    {
+        std::os::fd::AsRawFd::as_raw_fd(s) as u64
+    }
+    #[cfg(windows)]
+    {
+        std::os::windows::io::AsRawSocket::as_raw_socket(s)
+    }
 }

@@ -25,7 +25,6 @@ pub use ramp::{Action, DelayTracker, Ramp};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -434,7 +433,7 @@ fn add(sh: &Shared, n: u64) -> Result<(), AddError> {
     let s = match socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
     {
         Ok(s) => s,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+        Err(e) if crate::os::out_of_descriptors(&e) => {
             sh.errors.fd_limit.fetch_add(1, Relaxed);
             return Err(give_back(AddError::FdLimit(e)));
         }
@@ -445,7 +444,7 @@ fn add(sh: &Shared, n: u64) -> Result<(), AddError> {
     }
     let mut d = sh.slots[slot as usize].lock();
     let gen = d.gen;
-    let sock = match sh.port.associate(OwnedFd::from(s), key(slot, gen)) {
+    let sock = match sh.port.associate(s, key(slot, gen)) {
         Ok(s) => s,
         Err(e) => {
             drop(d);
@@ -507,7 +506,7 @@ fn on_completion(sh: &Shared, c: Completion) {
                 if e.is_aborted() || stopping {
                     return;
                 }
-                if e.raw_os_error() == Some(libc::ECONNREFUSED) {
+                if e.kind() == io::ErrorKind::ConnectionRefused {
                     sh.errors.connect_refused.fetch_add(1, Relaxed);
                 } else {
                     sh.errors.connect_failed.fetch_add(1, Relaxed);
@@ -647,14 +646,10 @@ fn on_bytes(sh: &Shared, slot: u32, d: &mut Dummy, buf: &mut Vec<u8>) -> bool {
 
 /// User + system CPU time of this process (all threads).
 pub fn self_cpu_time() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    crate::os::process_cpu_time()
 }
 
-/// The soft open-files limit now (`None`: unlimited).
-fn fd_soft_limit() -> Option<u64> {
-    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
-}
+use crate::os::fd_soft_limit;
 
 /// Descriptors kept free for everything else of the process (the port, stdio, files).
 const FD_RESERVE: u64 = 64;
