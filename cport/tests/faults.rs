@@ -5,6 +5,10 @@
 //! counted in `stats()` and retried, nothing leaks.
 //!
 //! The tests count this process's descriptors, so they run one at a time (`ONE_AT_A_TIME`).
+//!
+//! Linux only: the hooks sit in the io_uring and epoll backends (the IOCP backend has none
+//! yet), and the descriptor and CPU-time checks read Linux's `/proc` and `getrusage`.
+#![cfg(target_os = "linux")]
 
 mod common;
 
