@@ -8,6 +8,7 @@ mod bench;
 mod demo;
 mod echo;
 mod mmo;
+mod soak;
 mod stress;
 mod util;
 mod web;
@@ -33,6 +34,9 @@ enum Cmd {
     Stress(stress::Args),
     /// The stress tester against the game server for a minute: report, chart and map.
     Demo(demo::Args),
+    /// A bounded soak of `cport echo` and `cport mmo` (separate processes) under mixed load,
+    /// sampling RSS, fds and sessions; ends with a table and a verdict (exit 1 on failure).
+    Soak(soak::Args),
     /// Side-by-side benchmarks.
     #[command(subcommand)]
     Bench(bench::Cmd),
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Cmd::Mmo(args) => mmo::run(args),
         Cmd::Stress(args) => stress::run(args),
         Cmd::Demo(args) => demo::run(args),
+        Cmd::Soak(args) => soak::run(args),
         Cmd::Bench(cmd) => bench::run(cmd),
     };
     match result {
