@@ -36,8 +36,6 @@ fn a_short_soak_passes_with_every_load_applied() {
             "--hostile-per-s",
             "4",
         ])
-        // A few seconds include the warm-up: RSS growth is judged on the long runs.
-        .args(["--max-rss-growth-pct", "1000"])
         .arg("--dir")
         .arg(&dir)
         .output()
