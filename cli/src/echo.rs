@@ -32,7 +32,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0.0)]
     pub stats_interval_s: f64,
     /// Every second, replace this file with one line of counters (`key=value`: sessions
-    /// open, accepted, refused, closed by reason, bytes in/out, bytes queued for sending).
+    /// open, accepted, refused, closed by reason, bytes in/out, bytes queued for sending;
+    /// with glibc, the heap's bytes in use and held free).
     #[arg(long)]
     pub stats_file: Option<std::path::PathBuf>,
 }
@@ -75,7 +76,7 @@ pub fn run(args: Args) -> io::Result<()> {
     );
     io::stdout().flush()?;
     crate::util::wait_for_signal(&signals, args.stats_file.as_deref(), || {
-        crate::util::metrics_kv(&h.metrics())
+        crate::util::metrics_kv(&h.metrics()) + &crate::util::heap_kv()
     });
     let report = server.shutdown(Duration::from_secs(5));
     let m = h.metrics();

@@ -66,7 +66,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5_000)]
     pub regen_ms: u64,
     /// Every second, replace this file with one line of counters (`key=value`: the server
-    /// layer's sessions, bytes and queued bytes as `cport echo --stats-file` has them, then
+    /// layer's sessions, bytes, queued bytes and heap as `cport echo --stats-file` has them, then
     /// players, awake NPCs, pending NPC timers, NPC and player moves, rejected sessions).
     #[arg(long)]
     pub stats_file: Option<std::path::PathBuf>,
@@ -135,8 +135,9 @@ pub fn run(args: Args) -> io::Result<()> {
     crate::util::wait_for_signal(&signals, args.stats_file.as_deref(), || {
         let g = server.stats();
         format!(
-            "{} players={} awake_npcs={} npc_timers={} npc_moves={} moves={} logins={} login_fails={} rejected={}",
+            "{}{} players={} awake_npcs={} npc_timers={} npc_moves={} moves={} logins={} login_fails={} rejected={}",
             crate::util::metrics_kv(&h.metrics()),
+            crate::util::heap_kv(),
             g.players,
             g.awake_npcs,
             g.npc_timers,

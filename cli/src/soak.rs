@@ -3,9 +3,10 @@
 //! connect/disconnect churn, clients that never read, hostile senders, resets mid-packet, and
 //! players moving among sleeping NPCs (the game's timers). Every second it samples each
 //! server's RSS and open descriptors (`/proc`) and its sessions and queued bytes (the servers'
-//! `--stats-file`); at the end, with every client gone, it checks that the sessions are back
-//! to 0 and the descriptors to where they started, stops the servers with SIGTERM, and prints
-//! a table and a verdict (non-zero exit on failure).
+//! `--stats-file`; all samples are kept in `samples.csv` in `--dir`); at the end, with every
+//! client gone, it checks that the sessions are back to 0 and the descriptors to where they
+//! started, stops the servers with SIGTERM, and prints a table and a verdict (non-zero exit on
+//! failure).
 //!
 //! The load runs on one thread (a current-thread tokio runtime): the servers get the cores.
 
@@ -63,6 +64,14 @@ pub struct Args {
     /// NPCs on the game's board (they sleep until a player sees them: timers).
     #[arg(long, default_value_t = 200_000)]
     pub npcs: usize,
+    /// The game's board width and height (`cport mmo --world-size`).
+    #[arg(long, default_value_t = protocol::W_WIDTH)]
+    pub world_size: u16,
+    /// Each player walks within this many cells of where it logged in (0: anywhere), so
+    /// that the NPCs the run wakes are a fixed set that wake and sleep over and over: RSS
+    /// then reaches a steady state, and growth after it is a leak, not new ground.
+    #[arg(long, default_value_t = 20)]
+    pub walk_range: u16,
     /// Hostile connections to the game per second (bad sizes, unknown types, garbage,
     /// packets before login, floods).
     #[arg(long, default_value_t = 4.0)]
@@ -77,6 +86,11 @@ pub struct Args {
     /// this, percent (judged on runs of 3 minutes or more).
     #[arg(long, default_value_t = 25.0)]
     pub max_rss_growth_pct: f64,
+    /// Fail when the median heap in use (glibc `mallinfo2`: bytes allocated and not freed)
+    /// of the last minute exceeds the first minute's by more than this, percent (judged on
+    /// runs of 3 minutes or more). Unlike RSS it does not count what the allocator keeps.
+    #[arg(long, default_value_t = 10.0)]
+    pub max_heap_growth_pct: f64,
     /// Where the servers' output and stats files go [default: a new directory in the temp dir].
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -141,6 +155,8 @@ pub fn run(args: Args) -> io::Result<()> {
         "none".into(),
         "--npcs".into(),
         args.npcs.to_string(),
+        "--world-size".into(),
+        args.world_size.to_string(),
     ];
     mmo_args.extend(backend.iter().cloned());
     let mut servers = Servers(Vec::new());
@@ -199,6 +215,7 @@ pub fn run(args: Args) -> io::Result<()> {
     }
     stop.store(true, Relaxed);
     let samples = sampler.finish();
+    write_samples(&dir.join("samples.csv"), &servers, &samples)?;
     let last_stats: Vec<HashMap<String, u64>> = servers
         .0
         .iter()
@@ -215,6 +232,7 @@ pub fn run(args: Args) -> io::Result<()> {
         last_stats: &last_stats,
         exits: &exits,
         max_rss_growth_pct: args.max_rss_growth_pct,
+        max_heap_growth_pct: args.max_heap_growth_pct,
     };
     let (table, failures) = report.render();
     println!("{table}");
@@ -422,6 +440,32 @@ fn rss_kib(pid: u32) -> (u64, bool) {
     (rss, alive)
 }
 
+/// The per-second samples, one row per second and server: `server,t_s,rss_kib,fds,sessions,
+/// queued_bytes,awake_npcs,heap_used,heap_free`.
+fn write_samples(path: &Path, servers: &Servers, samples: &[Vec<Sample>]) -> io::Result<()> {
+    let mut out = String::from(
+        "server,t_s,rss_kib,fds,sessions,queued_bytes,awake_npcs,heap_used,heap_free\n",
+    );
+    for (srv, rows) in servers.0.iter().zip(samples) {
+        for x in rows {
+            let _ = writeln!(
+                out,
+                "{},{:.1},{},{},{},{},{},{},{}",
+                srv.name,
+                x.t,
+                x.rss_kib,
+                x.fds,
+                x.open,
+                x.queued,
+                x.extra,
+                x.heap_used,
+                x.heap_free
+            );
+        }
+    }
+    fs::write(path, out)
+}
+
 fn tail_of(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -439,6 +483,8 @@ struct Sample {
     open: u64,
     queued: u64,
     extra: u64,
+    heap_used: u64,
+    heap_free: u64,
 }
 
 struct Sampler {
@@ -480,6 +526,8 @@ impl Sampler {
                             open: get("open"),
                             queued: get("queued_bytes"),
                             extra: get("awake_npcs"),
+                            heap_used: get("heap_used"),
+                            heap_free: get("heap_free"),
                         };
                         let _ = write!(
                             line,
@@ -679,7 +727,7 @@ async fn load(
                     n += 1;
                     churn_mmo(mmo, &format!("c{i}-{n}"), &mut r, &t).await;
                 }
-                sleep_until(at).await;
+                sleep_until(at.min(deadline)).await;
             }
         }));
     }
@@ -721,7 +769,7 @@ async fn load(
                         hostile(mmo, kind, seed, &t).await;
                     }));
                 }
-                sleep_until(at).await;
+                sleep_until(at.min(deadline)).await;
             }
             // Each ends within HOSTILE_CLOSE (SLOW_CLOSE for the flood).
             for h in open.into_iter().chain(flood) {
@@ -729,12 +777,13 @@ async fn load(
             }
         }));
     }
+    let walk_range = args.walk_range;
     for i in 0..args.players {
         let (t, live) = (t.clone(), live.clone());
         tasks.push(tokio::task::spawn_local(async move {
             // Log in over the first second, not all at once.
             sleep(Duration::from_millis(i as u64 * 1000 / 200)).await;
-            player(mmo, i, &t, &live).await;
+            player(mmo, i, walk_range, &t, &live).await;
         }));
     }
     for task in tasks {
@@ -912,8 +961,14 @@ impl Frames {
     }
 }
 
-/// Logs in; returns the player's id, or `None` (counted) when the server refused or stalled.
-async fn login(s: &mut TcpStream, name: &str, f: &mut Frames, t: &Tally) -> Option<i32> {
+/// Logs in; returns the player's id and cell, or `None` (counted) when the server refused or
+/// stalled.
+async fn login(
+    s: &mut TcpStream,
+    name: &str,
+    f: &mut Frames,
+    t: &Tally,
+) -> Option<(i32, i16, i16)> {
     let p = ClientPacket::Login {
         name: protocol::name(name),
     };
@@ -925,9 +980,9 @@ async fn login(s: &mut TcpStream, name: &str, f: &mut Frames, t: &Tally) -> Opti
     loop {
         while let Some(p) = f.next() {
             match p {
-                Ok(ServerPacket::LoginInfo { id, .. }) => {
+                Ok(ServerPacket::LoginInfo { id, x, y, .. }) => {
                     add(&t.logins, 1);
-                    return Some(id);
+                    return Some((id, x, y));
                 }
                 Ok(ServerPacket::LoginFail) => {
                     add(&t.login_fails, 1);
@@ -1119,14 +1174,16 @@ async fn hostile(addr: SocketAddr, kind: usize, seed: u64, t: &Tally) {
 /// A player walking the board: a move at a time, each waited for (its own `SC_MOVE_OBJECT`
 /// with its `move_time`), 100..300 ms apart, in straight runs so that it keeps meeting NPCs
 /// that were asleep.
-async fn player(addr: SocketAddr, i: usize, t: &Tally, live: &impl Fn() -> bool) {
+async fn player(addr: SocketAddr, i: usize, walk_range: u16, t: &Tally, live: &impl Fn() -> bool) {
     let Some(mut s) = connect(addr, t).await else {
         return;
     };
     let mut f = Frames::new();
-    let Some(me) = login(&mut s, &format!("soak{i}"), &mut f, t).await else {
+    let Some((me, x0, y0)) = login(&mut s, &format!("soak{i}"), &mut f, t).await else {
         return;
     };
+    let (mut x, mut y) = (i32::from(x0), i32::from(y0));
+    let (x0, y0, range) = (x, y, i32::from(walk_range));
     let mut r = Rand(splitmix64(0x9A7 + i as u64));
     let mut dir = Direction::ALL[r.below(4) as usize];
     let mut run = 0;
@@ -1135,9 +1192,21 @@ async fn player(addr: SocketAddr, i: usize, t: &Tally, live: &impl Fn() -> bool)
     let mut next = tokio::time::Instant::now();
     while live() {
         if pending.is_none() && tokio::time::Instant::now() >= next {
-            if run == 0 {
+            let (dx, dy) = dir.delta();
+            let outside = range > 0 && ((x + dx - x0).abs() > range || (y + dy - y0).abs() > range);
+            if run == 0 || outside {
                 dir = Direction::ALL[r.below(4) as usize];
                 run = r.range(5, 60);
+                // Back towards the box when the step would leave it.
+                let (dx, dy) = dir.delta();
+                if range > 0 && ((x + dx - x0).abs() > range || (y + dy - y0).abs() > range) {
+                    dir = match dir {
+                        Direction::Up => Direction::Down,
+                        Direction::Down => Direction::Up,
+                        Direction::Left => Direction::Right,
+                        Direction::Right => Direction::Left,
+                    };
+                }
             }
             run -= 1;
             move_time += 1;
@@ -1174,7 +1243,15 @@ async fn player(addr: SocketAddr, i: usize, t: &Tally, live: &impl Fn() -> bool)
         }
         while let Some(p) = f.next() {
             match p {
-                Ok(ServerPacket::MoveObject { id, move_time, .. }) => {
+                Ok(ServerPacket::MoveObject {
+                    id,
+                    move_time,
+                    x: nx,
+                    y: ny,
+                }) => {
+                    if id == me {
+                        (x, y) = (i32::from(nx), i32::from(ny));
+                    }
                     if id >= MAX_USERS {
                         add(&t.npc_moves_seen, 1);
                     } else if id == me {
@@ -1239,6 +1316,7 @@ struct Report<'a> {
     last_stats: &'a [HashMap<String, u64>],
     exits: &'a [(&'static str, Exit)],
     max_rss_growth_pct: f64,
+    max_heap_growth_pct: f64,
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
@@ -1423,6 +1501,32 @@ impl Report<'_> {
                 },
                 !judged || (r0 > 0 && growth <= self.max_rss_growth_pct),
             );
+            let heap = |w: &[&Sample]| median(w.iter().map(|x| x.heap_used).collect());
+            let (h0, h1) = (heap(&first), heap(&last));
+            let free = |w: &[&Sample]| median(w.iter().map(|x| x.heap_free).collect());
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            if h0 > 0 {
+                let growth = (h1 as f64 / h0 as f64 - 1.0) * 100.0;
+                row(
+                    &format!("{name}: heap in use median, first / last window (held free)"),
+                    format!(
+                        "{:.1} / {:.1} MiB ({growth:+.1} %) ({:.1} / {:.1} MiB)",
+                        mib(h0),
+                        mib(h1),
+                        mib(free(&first)),
+                        mib(free(&last))
+                    ),
+                    &if judged {
+                        format!("≤ +{} %", self.max_heap_growth_pct)
+                    } else {
+                        format!(
+                            "not judged: runs under {} s are warm-up",
+                            RSS_JUDGED.as_secs()
+                        )
+                    },
+                    !judged || growth <= self.max_heap_growth_pct,
+                );
+            }
             let fds = |w: &[&Sample]| w.iter().map(|x| x.fds).max().unwrap_or(0);
             let (i0, i1) = (self.idle_start[i], self.idle_end[i]);
             row(
@@ -1576,6 +1680,7 @@ mod tests {
             t,
             rss_kib: 10_000,
             fds: 20,
+            heap_used: 5 << 20,
             ..Sample::default()
         };
         let ok = ExitStatus::default();
@@ -1601,6 +1706,7 @@ mod tests {
             last_stats: &[HashMap::new(), HashMap::new()],
             exits: &f.exits,
             max_rss_growth_pct: 25.0,
+            max_heap_growth_pct: 10.0,
         };
         report.render().1
     }
@@ -1621,6 +1727,15 @@ mod tests {
             }
         });
         assert_eq!(rss, ["echo: RSS median, first / last window"]);
+        let heap = failures(|f| {
+            for x in f.samples[1].iter_mut().skip(7) {
+                x.heap_used = 6 << 20;
+            }
+        });
+        assert_eq!(
+            heap,
+            ["mmo: heap in use median, first / last window (held free)"]
+        );
         let short = failures(|f| {
             f.duration = Duration::from_secs(60);
             for x in f.samples[0].iter_mut().skip(7) {

@@ -112,3 +112,23 @@ pub fn metrics_kv(m: &Metrics) -> String {
     }
     s
 }
+
+/// The heap as the C allocator sees it: ` heap_used=N heap_free=N` (bytes allocated and not
+/// freed, bytes the allocator holds free), from glibc's `mallinfo2` (it walks every arena:
+/// called once a second, from the stats writer only). Empty elsewhere. Beside RSS, it tells
+/// a leak (used grows) from memory the allocator keeps after it was freed (free grows).
+pub fn heap_kv() -> String {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value; glibc
+        // locks each arena while it reads it.
+        let m = unsafe { libc::mallinfo2() };
+        format!(
+            " heap_used={} heap_free={}",
+            m.uordblks + m.hblkhd,
+            m.fordblks
+        )
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    String::new()
+}
