@@ -87,8 +87,9 @@ pub struct Args {
     #[arg(long, default_value_t = 25.0)]
     pub max_rss_growth_pct: f64,
     /// Fail when the median heap in use (glibc `mallinfo2`: bytes allocated and not freed)
-    /// of the last minute exceeds the first minute's by more than this, percent (judged on
-    /// runs of 3 minutes or more). Unlike RSS it does not count what the allocator keeps.
+    /// of the last minute exceeds the first minute's by more than this, percent, and by more
+    /// than 1 MiB (judged on runs of 3 minutes or more). Unlike RSS it does not count what the
+    /// allocator keeps.
     #[arg(long, default_value_t = 10.0)]
     pub max_heap_growth_pct: f64,
     /// Where the servers' output and stats files go [default: a new directory in the temp dir].
@@ -1517,14 +1518,14 @@ impl Report<'_> {
                         mib(free(&last))
                     ),
                     &if judged {
-                        format!("≤ +{} %", self.max_heap_growth_pct)
+                        format!("≤ +{} % or ≤ +1 MiB", self.max_heap_growth_pct)
                     } else {
                         format!(
                             "not judged: runs under {} s are warm-up",
                             RSS_JUDGED.as_secs()
                         )
                     },
-                    !judged || growth <= self.max_heap_growth_pct,
+                    !judged || growth <= self.max_heap_growth_pct || h1 <= h0 + (1 << 20),
                 );
             }
             let fds = |w: &[&Sample]| w.iter().map(|x| x.fds).max().unwrap_or(0);
@@ -1729,7 +1730,7 @@ mod tests {
         assert_eq!(rss, ["echo: RSS median, first / last window"]);
         let heap = failures(|f| {
             for x in f.samples[1].iter_mut().skip(7) {
-                x.heap_used = 6 << 20;
+                x.heap_used = 7 << 20;
             }
         });
         assert_eq!(
