@@ -31,6 +31,11 @@ pub struct Args {
     /// Log a line of metrics every this many seconds (0 = never).
     #[arg(long, default_value_t = 0.0)]
     pub stats_interval_s: f64,
+    /// Every second, replace this file with one line of counters (`key=value`: sessions
+    /// open, accepted, refused, closed by reason, bytes in/out, bytes queued for sending;
+    /// with glibc, the heap's bytes in use and held free).
+    #[arg(long)]
+    pub stats_file: Option<std::path::PathBuf>,
 }
 
 struct Echo;
@@ -70,7 +75,9 @@ pub fn run(args: Args) -> io::Result<()> {
         h.port().concurrency()
     );
     io::stdout().flush()?;
-    let _ = signals.recv();
+    crate::util::wait_for_signal(&signals, args.stats_file.as_deref(), || {
+        crate::util::metrics_kv(&h.metrics()) + &crate::util::heap_kv()
+    });
     let report = server.shutdown(Duration::from_secs(5));
     let m = h.metrics();
     println!("{report}");

@@ -8,6 +8,9 @@ mod bench;
 mod demo;
 mod echo;
 mod mmo;
+// The soak reads the servers' RSS and descriptors from Linux's /proc.
+#[cfg(target_os = "linux")]
+mod soak;
 mod stress;
 mod util;
 mod web;
@@ -36,6 +39,10 @@ enum Cmd {
     /// One client process of a multi-process `cport stress` (started by it).
     #[command(hide = true)]
     StressChild(stress::ChildArgs),
+    /// A bounded soak of `cport echo` and `cport mmo` (separate processes) under mixed load,
+    /// sampling RSS, fds and sessions; ends with a table and a verdict (exit 1 on failure).
+    #[cfg(target_os = "linux")]
+    Soak(soak::Args),
     /// Side-by-side benchmarks.
     #[command(subcommand)]
     Bench(bench::Cmd),
@@ -50,6 +57,8 @@ fn main() -> ExitCode {
         Cmd::Stress(args) => stress::run(args),
         Cmd::StressChild(args) => stress::run_child(args),
         Cmd::Demo(args) => demo::run(args),
+        #[cfg(target_os = "linux")]
+        Cmd::Soak(args) => soak::run(args),
         Cmd::Bench(cmd) => bench::run(cmd),
     };
     match result {

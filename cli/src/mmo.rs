@@ -65,6 +65,11 @@ pub struct Args {
     /// How often a hurt player regains hit points (ms).
     #[arg(long, default_value_t = 5_000)]
     pub regen_ms: u64,
+    /// Every second, replace this file with one line of counters (`key=value`: the server
+    /// layer's sessions, bytes, queued bytes and heap as `cport echo --stats-file` has them, then
+    /// players, awake NPCs, pending NPC timers, NPC and player moves, rejected sessions).
+    #[arg(long)]
+    pub stats_file: Option<std::path::PathBuf>,
 }
 
 /// `--db`, else `$CPORT_MMO_DB`, else `sqlite:mmo.db`.
@@ -151,7 +156,22 @@ pub fn run(args: Args) -> io::Result<()> {
         args.save_interval_ms
     );
     io::stdout().flush()?;
-    let _ = signals.recv();
+    crate::util::wait_for_signal(&signals, args.stats_file.as_deref(), || {
+        let g = server.stats();
+        format!(
+            "{}{} players={} awake_npcs={} npc_timers={} npc_moves={} moves={} logins={} login_fails={} rejected={}",
+            crate::util::metrics_kv(&h.metrics()),
+            crate::util::heap_kv(),
+            g.players,
+            g.awake_npcs,
+            g.npc_timers,
+            g.npc_moves,
+            g.moves,
+            g.logins,
+            g.login_fails,
+            g.rejected
+        )
+    });
     let stats = server.stats();
     let report = server.shutdown_with_db(Duration::from_secs(5));
     println!("{}", report.0);

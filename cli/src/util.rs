@@ -1,7 +1,11 @@
 //! What every subcommand needs: logging, the open-files limit, signals.
 
-use std::io::{self, IsTerminal};
+use std::io::{self, IsTerminal, Write};
+use std::path::Path;
 use std::sync::mpsc;
+use std::time::Duration;
+
+use cport_server::{Metrics, REASONS};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -84,4 +88,79 @@ pub fn signals() -> io::Result<mpsc::Receiver<i32>> {
             }
         })?;
     Ok(rx)
+}
+
+/// Waits for SIGINT/SIGTERM. With a stats file, meanwhile replaces it once a second with one
+/// line of `key=value` counters (`line()`), written to `PATH.tmp` and renamed over `PATH`, so a
+/// reader never sees half a line. This runs on the main thread, which otherwise only waits:
+/// the workers never touch the file.
+pub fn wait_for_signal(
+    signals: &mpsc::Receiver<i32>,
+    stats_file: Option<&Path>,
+    line: impl Fn() -> String,
+) {
+    let Some(path) = stats_file else {
+        let _ = signals.recv();
+        return;
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut warned = false;
+    loop {
+        let written = std::fs::File::create(&tmp)
+            .and_then(|mut f| writeln!(f, "{}", line()))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            if !warned {
+                tracing::warn!("could not write the stats file {}: {e}", path.display());
+                warned = true;
+            }
+        }
+        match signals.recv_timeout(Duration::from_secs(1)) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+    }
+}
+
+/// The server layer's counters as `key=value` pairs: `open accepted refused closed bytes_in
+/// bytes_out packets_in packets_out queued_bytes`, then `closed_<reason>` for every reason.
+pub fn metrics_kv(m: &Metrics) -> String {
+    let mut s = format!(
+        "open={} accepted={} refused={} closed={} bytes_in={} bytes_out={} packets_in={} packets_out={} queued_bytes={}",
+        m.open,
+        m.accepted,
+        m.refused,
+        m.closed_total(),
+        m.bytes_in,
+        m.bytes_out,
+        m.packets_in,
+        m.packets_out,
+        m.queued_bytes
+    );
+    for (r, n) in REASONS.iter().zip(m.closed) {
+        s.push_str(&format!(" closed_{r}={n}"));
+    }
+    s
+}
+
+/// The heap as the C allocator sees it: ` heap_used=N heap_free=N` (bytes allocated and not
+/// freed, bytes the allocator holds free), from glibc's `mallinfo2` (it walks every arena:
+/// called once a second, from the stats writer only). Empty elsewhere. Beside RSS, it tells
+/// a leak (used grows) from memory the allocator keeps after it was freed (free grows).
+pub fn heap_kv() -> String {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value; glibc
+        // locks each arena while it reads it.
+        let m = unsafe { libc::mallinfo2() };
+        format!(
+            " heap_used={} heap_free={}",
+            m.uordblks + m.hblkhd,
+            m.fordblks
+        )
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    String::new()
 }

@@ -52,6 +52,9 @@ impl fmt::Display for SessionId {
 
 /// Most buffers gathered into one send (one `sendmsg` iovec array).
 const MAX_GATHER: usize = 256;
+/// Send-queue capacity (entries) a session keeps once its queue has drained; above it, the
+/// queue is shrunk.
+const QUEUE_KEEP: usize = 4 * MAX_GATHER;
 
 struct SendState {
     /// `None` once the session is closing: nothing more is sent or received.
@@ -378,8 +381,16 @@ impl Session {
                 core.counters.bytes_out.fetch_add(n as u64, Relaxed);
                 if !st.queue.is_empty() {
                     start_send(&mut st);
-                } else if st.flush_then_close {
-                    half_close(&mut st);
+                } else {
+                    // A burst can leave a long-lived session with a queue sized for tens of
+                    // thousands of packets (32 bytes each, whatever their size): give that
+                    // back once it has drained, or the memory stays with the session.
+                    if st.queue.capacity() > QUEUE_KEEP {
+                        st.queue.shrink_to(QUEUE_KEEP / 16);
+                    }
+                    if st.flush_then_close {
+                        half_close(&mut st);
+                    }
                 }
             }
             Err(e) => {
