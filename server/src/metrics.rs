@@ -13,7 +13,7 @@ use crate::codec::FrameError;
 pub enum CloseReason {
     /// The peer closed its side (end of stream).
     PeerClosed,
-    /// The peer reset the connection (`ECONNRESET`, `EPIPE`).
+    /// The peer reset the connection (`ECONNRESET`, `EPIPE`; Windows: `WSAECONNRESET`).
     Reset,
     /// Another I/O error, with its errno where there is one.
     Io(io::ErrorKind, Option<i32>),
@@ -38,9 +38,11 @@ pub enum CloseReason {
 
 impl CloseReason {
     pub(crate) fn from_io(e: &io::Error) -> CloseReason {
-        match e.raw_os_error() {
-            Some(libc::ECONNRESET | libc::EPIPE) => CloseReason::Reset,
-            errno => CloseReason::Io(e.kind(), errno),
+        // By kind, not errno: Linux's ECONNRESET/EPIPE and Windows' WSAECONNRESET (10054)
+        // are the same reset to the user.
+        match e.kind() {
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => CloseReason::Reset,
+            kind => CloseReason::Io(kind, e.raw_os_error()),
         }
     }
 

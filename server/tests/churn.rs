@@ -16,7 +16,16 @@ use cport_server::{Handler, RawStream, Server, Session};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-per_backend!(churn_of_20000_connections_leaves_no_session_and_no_descriptor,);
+per_backend!(
+    // Under Wine 8 the server stopped catching up with the client's accepts within the
+    // test's 10 s (seen once, 2026-12-02); not yet known whether Wine or the IOCP backend's
+    // accept path is at fault, so it stays marked until that is found (issue 17).
+    #[cfg_attr(
+        wine,
+        ignore = "under Wine 8 the server stopped catching up with accepts (cause not yet found)"
+    )]
+    churn_of_20000_connections_leaves_no_session_and_no_descriptor,
+);
 
 const CYCLES: u64 = 20_000;
 /// Connections the client may be ahead of the server's accepts (well under the backlog).

@@ -1,5 +1,6 @@
 //! The example a new user writes first on the server layer, run as a program and driven by
-//! real clients.
+//! real clients (on Linux's two backends).
+#![cfg(target_os = "linux")]
 
 use cport_testkit::examples::{chat_relays_lines_to_the_others, example};
 
