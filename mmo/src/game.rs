@@ -419,11 +419,17 @@ impl<H: Host> Game<H> {
         // Held for the whole move: a hit cannot kill it halfway (a dead NPC never moves).
         let life = self.npc_life[i].lock();
         {
-            let v = w.objs[npc as usize].view.lock();
+            let mut v = w.objs[npc as usize].view.lock();
             if v.set.is_empty() || !life.alive {
                 // Decided under the NPC's view lock: a player adding it to its view after
                 // this finds `awake` false and wakes it again.
                 w.awake[i].store(false, SeqCst);
+                // A sleeping NPC gives its view set's memory back (once per sleep): kept,
+                // every NPC ever seen would hold an allocation for the server's whole life
+                // (the soak's heap grew with the NPCs its logins had woken).
+                if v.set.is_empty() {
+                    v.set.shrink_to_fit();
+                }
                 self.counters.awake_npcs.fetch_sub(1, Relaxed);
                 return;
             }
