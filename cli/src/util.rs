@@ -125,10 +125,10 @@ pub fn wait_for_signal(
 }
 
 /// The server layer's counters as `key=value` pairs: `open accepted refused closed bytes_in
-/// bytes_out packets_in packets_out queued_bytes`, then `closed_<reason>` for every reason.
+/// bytes_out packets_in packets_out sends queued_bytes`, then `closed_<reason>` for every reason.
 pub fn metrics_kv(m: &Metrics) -> String {
     let mut s = format!(
-        "open={} accepted={} refused={} closed={} bytes_in={} bytes_out={} packets_in={} packets_out={} queued_bytes={}",
+        "open={} accepted={} refused={} closed={} bytes_in={} bytes_out={} packets_in={} packets_out={} sends={} queued_bytes={}",
         m.open,
         m.accepted,
         m.refused,
@@ -137,6 +137,7 @@ pub fn metrics_kv(m: &Metrics) -> String {
         m.bytes_out,
         m.packets_in,
         m.packets_out,
+        m.sends,
         m.queued_bytes
     );
     for (r, n) in REASONS.iter().zip(m.closed) {

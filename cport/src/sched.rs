@@ -53,6 +53,13 @@ pub(crate) trait Poller<T> {
     fn wake(&self);
     /// Submits operations started by the calling thread's handler (a poll submits them too).
     fn flush(&self) {}
+    /// The calling thread held a slot, is in `get`, and found no completion it may take at
+    /// once: its handler pass ends (the slot is released right after). Runs what must run
+    /// inside the pass before its operations are submitted (`PortBuilder::before_submit`);
+    /// true if that started operations that are not submitted yet.
+    fn end_pass(&self) -> bool {
+        false
+    }
     /// The calling thread is in `get` and found no completion ready at once (it left its
     /// handler pass, or had none): it goes on to poll or park. True if there is unsubmitted work it must submit first (then
     /// it never sleeps on it). See `Shared::issue`'s hand-off.
@@ -301,6 +308,9 @@ impl<T> Sched<T> {
                     self.kick_and_wake(poller);
                 }
                 return Outcome::Got;
+            }
+            if poller.end_pass() {
+                *dirty = true;
             }
             self.release(poller);
         }

@@ -217,6 +217,18 @@ impl Timers {
         }
     }
 
+    /// `deadline` rounded up to the next tick boundary (itself if it is on one): when an
+    /// alarm for it goes off, everything due in its tick is due too, so a busy stream of
+    /// timers costs at most one alarm per tick instead of one per deadline.
+    pub(crate) fn round_up(&self, deadline: Instant) -> Instant {
+        let since = deadline.saturating_duration_since(self.base);
+        let ms = since.as_millis();
+        if since == Duration::from_millis(ms as u64) {
+            return deadline;
+        }
+        self.base + Duration::from_millis(ms as u64 + 1)
+    }
+
     /// Moves every timer due at `now` into `out`, in deadline order (then in the order set).
     pub(crate) fn fire(&mut self, now: Instant, out: &mut Vec<Completion>) {
         let now_tick = self.tick(now);
@@ -532,6 +544,23 @@ mod tests {
                 "{wakes} wakes, fired at {now:?}"
             );
             assert_eq!(fired(&out), [(7, 8, id.0)]);
+        }
+    }
+
+    /// The alarm's rounding: never before the deadline, less than a tick after it, and
+    /// every deadline of one tick rounds to the same instant (one alarm per tick).
+    #[test]
+    fn round_up_goes_to_the_end_of_the_tick_never_earlier() {
+        let w = Timers::default();
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..10_000 {
+            let d = w.base + Duration::from_micros(rng.gen_range(0..5_000_000));
+            let r = w.round_up(d);
+            assert!(r >= d, "{r:?} before {d:?}");
+            assert!(r - d < MS, "{:?} late", r - d);
+            assert_eq!(r.duration_since(w.base).subsec_nanos() % 1_000_000, 0);
+            assert_eq!(w.round_up(r), r, "a tick boundary stays put");
+            assert_eq!(w.tick(d) + u64::from(r != d), w.tick(r));
         }
     }
 }

@@ -36,6 +36,8 @@ per_backend!(
     an_earlier_timer_set_while_every_thread_waits_fires_on_time,
     posted_messages_are_delivered_once_with_their_value,
     posted_messages_still_queued_are_dropped_at_shutdown,
+    before_submit_runs_in_the_pass_at_least_every_16_passes_and_before_waiting,
+    an_operation_started_by_before_submit_is_submitted_before_the_worker_waits,
 );
 
 fn posts_from_one_thread_come_out_in_order(b: Backend) {
@@ -604,4 +606,115 @@ fn posted_messages_still_queued_are_dropped_at_shutdown(b: Backend) {
     assert_eq!(dropped.load(Ordering::SeqCst), 101);
     drop(port);
     assert_eq!(dropped.load(Ordering::SeqCst), 101);
+}
+
+thread_local! {
+    /// Handler passes of this thread since the `before_submit` hook last ran on it.
+    static PASSES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// The `before_submit` hook of a `Pool` worker runs on that worker, inside its handler pass,
+/// at least every 16 passes while completions keep coming ready at once, and once more after
+/// the last one, before the worker waits: a layer that gathers work over passes (the server
+/// layer's sends) never leaves any of it behind a waiting worker.
+fn before_submit_runs_in_the_pass_at_least_every_16_passes_and_before_waiting(b: Backend) {
+    const POSTS: u32 = 100;
+    // (worker thread, passes since the last run) for every run of the hook.
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let r2 = runs.clone();
+    let port = cport::Port::builder()
+        .backend(b)
+        .ignore_env()
+        .concurrency(1)
+        .before_submit(move || {
+            let passes = PASSES.replace(0);
+            r2.lock()
+                .unwrap()
+                .push((std::thread::current().id(), passes));
+        })
+        .build()
+        .unwrap();
+    // All ready before the worker starts: it goes from one to the next without waiting.
+    for i in 0..POSTS {
+        port.post(1, 0, i as u64).unwrap();
+    }
+    let worker = Arc::new(std::sync::Mutex::new(None));
+    let w2 = worker.clone();
+    let pool = cport::Pool::spawn(&port, 1, move |_, _| {
+        *w2.lock().unwrap() = Some(std::thread::current().id());
+        PASSES.set(PASSES.get() + 1);
+    })
+    .unwrap();
+    let deadline = Instant::now() + cport_testkit::TIMEOUT;
+    loop {
+        let total: u32 = runs.lock().unwrap().iter().map(|r| r.1).sum();
+        if total == POSTS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hook saw {total} of {POSTS} passes; runs: {:?}",
+            runs.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let worker = worker.lock().unwrap().expect("the worker ran");
+    let runs = runs.lock().unwrap().clone();
+    assert!(runs.iter().all(|r| r.0 == worker), "hook ran off the worker");
+    assert!(
+        runs.iter().all(|r| r.1 <= 16),
+        "more than 16 passes between two runs of the hook: {runs:?}"
+    );
+    pool.shutdown();
+}
+
+/// What the hook starts goes to the kernel with the worker's own operations, even when the
+/// worker then finds nothing to do and waits: a send started in the hook reaches the peer,
+/// and its completion reaches a handler.
+fn an_operation_started_by_before_submit_is_submitted_before_the_worker_waits(b: Backend) {
+    use std::io::Read;
+    let (mut client, server) = common::tcp_pair();
+    client
+        .set_read_timeout(Some(cport_testkit::TIMEOUT))
+        .unwrap();
+    let sock: Arc<std::sync::Mutex<Option<cport::Socket>>> = Default::default();
+    let want = Arc::new(AtomicUsize::new(0));
+    let (s2, w2) = (sock.clone(), want.clone());
+    let port = cport::Port::builder()
+        .backend(b)
+        .ignore_env()
+        .concurrency(1)
+        .before_submit(move || {
+            let n = w2.swap(0, Ordering::SeqCst);
+            if n > 0 {
+                let s = s2.lock().unwrap();
+                s.as_ref()
+                    .unwrap()
+                    .send(vec![n as u8; n], 7);
+            }
+        })
+        .build()
+        .unwrap();
+    *sock.lock().unwrap() = Some(port.associate(server, 3).unwrap());
+    let (tx, rx) = mpsc::channel();
+    let w3 = want.clone();
+    let pool = cport::Pool::spawn(&port, 1, move |_, c| match c.op {
+        // Each post asks for a send of `value` bytes; the hook starts it.
+        Op::Post => {
+            w3.fetch_add(c.user as usize, Ordering::SeqCst);
+        }
+        Op::Send(_) => tx.send(c.result.map_err(|e| e.kind())).unwrap(),
+        _ => {}
+    })
+    .unwrap();
+    for n in [5u64, 9, 1] {
+        port.post(1, 0, n).unwrap();
+        let mut got = vec![0u8; n as usize];
+        client.read_exact(&mut got).expect("the hook's send reached the peer");
+        assert_eq!(got, vec![n as u8; n as usize]);
+        let done = rx.recv_timeout(cport_testkit::TIMEOUT).expect("its completion");
+        assert_eq!(done, Ok(n as usize));
+    }
+    drop(sock.lock().unwrap().take());
+    pool.shutdown();
 }

@@ -123,6 +123,7 @@ pub(crate) struct Counters {
     pub(crate) bytes_out: AtomicU64,
     pub(crate) packets_in: AtomicU64,
     pub(crate) packets_out: AtomicU64,
+    pub(crate) sends: AtomicU64,
     pub(crate) queued_bytes: AtomicU64,
 }
 
@@ -142,6 +143,7 @@ impl Counters {
             bytes_out: self.bytes_out.load(Relaxed),
             packets_in: self.packets_in.load(Relaxed),
             packets_out: self.packets_out.load(Relaxed),
+            sends: self.sends.load(Relaxed),
             queued_bytes: self.queued_bytes.load(Relaxed),
         }
     }
@@ -166,6 +168,9 @@ pub struct Metrics {
     pub packets_in: u64,
     /// Packets queued for sending.
     pub packets_out: u64,
+    /// Send operations started (each carries every packet its session had queued, up to
+    /// 256 buffers: `packets_out / sends` is the coalescing).
+    pub sends: u64,
     /// Bytes queued for sending and not yet sent, over all sessions.
     pub queued_bytes: u64,
 }
@@ -189,7 +194,7 @@ impl fmt::Display for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "sessions open={} accepted={} refused={} closed={} | in {} B / {} pkts, out {} B / {} pkts, queued {} B",
+            "sessions open={} accepted={} refused={} closed={} | in {} B / {} pkts, out {} B / {} pkts / {} sends, queued {} B",
             self.open,
             self.accepted,
             self.refused,
@@ -198,6 +203,7 @@ impl fmt::Display for Metrics {
             self.packets_in,
             self.bytes_out,
             self.packets_out,
+            self.sends,
             self.queued_bytes
         )?;
         let reasons: Vec<String> = REASONS

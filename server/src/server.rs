@@ -308,7 +308,11 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Binds, listens and starts the workers.
     pub fn start<C: Codec, H: Handler>(cfg: Config, codec: C, handler: H) -> io::Result<Server> {
-        let mut b = Port::builder().concurrency(cfg.concurrency);
+        // A session's packets queued during a worker's handler passes leave in one send at
+        // their end (write coalescing: `session::flush_sends`).
+        let mut b = Port::builder()
+            .concurrency(cfg.concurrency)
+            .before_submit(crate::session::flush_sends);
         if let Some(backend) = cfg.backend {
             b = b.backend(backend).ignore_env();
         }
@@ -344,7 +348,7 @@ impl Server {
         let (codec, handler) = (Arc::new(codec), Arc::new(handler));
         let h3 = handler.clone();
         let pool = Pool::spawn(&port, handle.core.cfg.threads, move |_, c| {
-            dispatch(&h2, &*codec, &*handler, c)
+            crate::session::in_dispatch(|| dispatch(&h2, &*codec, &*handler, c))
         })?;
         h3.on_start(&handle);
         Ok(Server {

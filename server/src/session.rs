@@ -3,6 +3,7 @@
 //! session's state is private to this module; the server (`server.rs`) hands it completions
 //! and runs the handler's callbacks that it asks for.
 
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
@@ -64,6 +65,9 @@ struct SendState {
     /// Bytes queued or in flight.
     queued: usize,
     sending: bool,
+    /// Its send waits in a worker's list for the end of the worker's handler passes
+    /// (`flush_sends`); `sending` is false meanwhile.
+    scheduled: bool,
     /// Graceful close: once the queue drains, half-close and wait for the peer's end.
     flush_then_close: bool,
     /// The reason a graceful close will be reported with.
@@ -124,6 +128,7 @@ impl Session {
                     queue: VecDeque::new(),
                     queued: 0,
                     sending: false,
+                    scheduled: false,
                     flush_then_close: false,
                     flush_reason: None,
                     draining: false,
@@ -163,7 +168,10 @@ impl Session {
 
     /// Queues one encoded packet. Bytes leave in the order `send` was called, whatever
     /// thread calls it; everything queued while a send is in flight goes out in the next
-    /// (gathering) send. A shared [`Bytes`] is sent without a copy, so one packet can go to
+    /// (gathering) send. Called from a handler (on a worker), the send starts when the
+    /// worker's handler passes end (when it goes back to the port to wait, or at most 16
+    /// passes later): everything the session was sent meanwhile, by any handler of that
+    /// worker, leaves in one send. From any other thread it starts at once. A shared [`Bytes`] is sent without a copy, so one packet can go to
     /// many sessions (broadcast).
     ///
     /// Returns false if the session is closing (nothing is queued), or if this packet would
@@ -189,10 +197,37 @@ impl Session {
         st.queued += len;
         core.counters.queued_bytes.fetch_add(len as u64, Relaxed);
         core.counters.packets_out.fetch_add(1, Relaxed);
-        if !st.sending {
-            start_send(&mut st);
-        }
+        self.want_send(&mut st);
         true
+    }
+
+    /// The queue is not empty and no send is in flight: start one now, or, on a worker inside
+    /// the server's dispatch, put the session on the worker's list to send at the end of its
+    /// handler passes (the port's `before_submit` hook runs `flush_sends`).
+    fn want_send(&self, st: &mut SendState) {
+        if st.sending || st.scheduled {
+            return;
+        }
+        if IN_DISPATCH.get() {
+            st.scheduled = true;
+            SCHEDULED.with(|l| l.borrow_mut().push(self.clone()));
+        } else {
+            start_send(&self.inner.core, st);
+        }
+    }
+
+    /// Starts the send `want_send` scheduled (from `flush_sends`).
+    fn send_scheduled(&self) {
+        let mut st = self.inner.st.lock();
+        st.scheduled = false;
+        if st.socket.is_none() || st.sending {
+            return;
+        }
+        if !st.queue.is_empty() {
+            start_send(&self.inner.core, &mut st);
+        } else if st.flush_then_close {
+            half_close(&mut st);
+        }
     }
 
     /// Closes the session: pending operations are cancelled, queued bytes dropped, and the
@@ -223,7 +258,7 @@ impl Session {
         }
         st.flush_then_close = true;
         st.flush_reason = Some(reason);
-        if !st.sending {
+        if !st.sending && !st.scheduled {
             half_close(&mut st);
         }
     }
@@ -380,7 +415,7 @@ impl Session {
                 core.counters.queued_bytes.fetch_sub(n as u64, Relaxed);
                 core.counters.bytes_out.fetch_add(n as u64, Relaxed);
                 if !st.queue.is_empty() {
-                    start_send(&mut st);
+                    self.want_send(&mut st);
                 } else {
                     // A burst can leave a long-lived session with a queue sized for tens of
                     // thousands of packets (32 bytes each, whatever their size): give that
@@ -401,8 +436,45 @@ impl Session {
     }
 }
 
+thread_local! {
+    /// This thread runs the server's dispatch now: sends wait for the end of its passes.
+    static IN_DISPATCH: Cell<bool> = const { Cell::new(false) };
+    /// Sessions whose send waits for the end of this worker's handler passes.
+    static SCHEDULED: RefCell<Vec<Session>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` as the server's dispatch of one completion: sends its handlers make wait for
+/// [`flush_sends`].
+pub(crate) fn in_dispatch<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            IN_DISPATCH.set(self.0);
+        }
+    }
+    let _reset = Reset(IN_DISPATCH.replace(true));
+    f()
+}
+
+/// Starts the sends that this thread's dispatches scheduled: one per session, carrying
+/// everything queued for it. Run by the port (`PortBuilder::before_submit`) on the worker,
+/// still inside its handler pass, just before it submits its operations.
+pub(crate) fn flush_sends() {
+    let mut list = SCHEDULED.with(|l| std::mem::take(&mut *l.borrow_mut()));
+    for s in list.drain(..) {
+        s.send_scheduled();
+    }
+    // Keep the list's memory for the next passes (none of the sends above scheduled more).
+    SCHEDULED.with(|l| {
+        let mut l = l.borrow_mut();
+        if l.is_empty() {
+            *l = list;
+        }
+    });
+}
+
 /// Sends everything queued (up to `MAX_GATHER` buffers) as one operation.
-fn start_send(st: &mut SendState) {
+fn start_send(core: &Core, st: &mut SendState) {
     let Some(socket) = &st.socket else {
         return;
     };
@@ -413,6 +485,7 @@ fn start_send(st: &mut SendState) {
         SendBuf::Vectored(st.queue.drain(..n).collect())
     };
     st.sending = true;
+    core.counters.sends.fetch_add(1, Relaxed);
     socket.send(buf, SEND);
 }
 

@@ -30,6 +30,8 @@ per_backend!(
     on_start_hands_the_handler_its_server_handle,
     broadcast_except_skips_the_sender,
     a_codecs_own_invalid_error_closes_the_session_with_its_reason,
+    packets_sent_in_one_handler_pass_leave_in_one_send,
+    a_graceful_close_in_the_pass_that_sent_still_delivers_everything_first,
 );
 
 const THREADS: usize = 8;
@@ -499,5 +501,61 @@ fn a_codecs_own_invalid_error_closes_the_session_with_its_reason(b: Backend) {
         CloseReason::Protocol(FrameError::Invalid("a zero byte".into()))
     );
     assert!(reason.to_string().contains("a zero byte"), "{reason}");
+    server.shutdown(TIMEOUT);
+}
+
+/// Everything a handler sends one session during a handler pass leaves in one send
+/// operation at the end of the pass (write coalescing), whole and in order.
+fn packets_sent_in_one_handler_pass_leave_in_one_send(b: Backend) {
+    let codec = LengthPrefixed::new(SizeField::U8);
+    let (handler, events) = probe(move |s: &Session, p: &[u8]| {
+        for i in 0..50u8 {
+            s.send(codec.encode(p[1], &[i; 20]));
+        }
+    });
+    let server = Server::start(config(b), codec, handler).unwrap();
+    let handle = server.handle();
+    let mut client = connect(server.local_addr());
+    let _session = events.connected();
+    write(&mut client, &codec.encode(9, b"go"));
+    for i in 0..50u8 {
+        assert_eq!(
+            read_packet(&mut client, SizeField::U8),
+            &codec.encode(9, &[i; 20])[..],
+            "packet {i}"
+        );
+    }
+    let m = handle.metrics();
+    assert_eq!(m.packets_out, 50);
+    assert_eq!(m.sends, 1, "50 packets of one pass took {} sends", m.sends);
+    drop(client);
+    server.shutdown(TIMEOUT);
+}
+
+/// A handler that sends and then closes gracefully in the same pass: the sends, which wait
+/// for the end of the pass, still leave before the write half is shut.
+fn a_graceful_close_in_the_pass_that_sent_still_delivers_everything_first(b: Backend) {
+    let codec = LengthPrefixed::new(SizeField::U8);
+    let (handler, events) = probe(move |s: &Session, _: &[u8]| {
+        for i in 0..20u8 {
+            s.send(codec.encode(1, &[i; 100]));
+        }
+        s.close_after_flush();
+    });
+    let server = Server::start(config(b), codec, handler).unwrap();
+    let mut client = connect(server.local_addr());
+    let _session = events.connected();
+    write(&mut client, &codec.encode(1, b"bye"));
+    for i in 0..20u8 {
+        assert_eq!(
+            read_packet(&mut client, SizeField::U8),
+            &codec.encode(1, &[i; 100])[..],
+            "packet {i}"
+        );
+    }
+    assert_eq!(common::expect_closed(&mut client), common::End::Eof);
+    drop(client);
+    let (_, reason) = events.closed();
+    assert_eq!(reason, CloseReason::Local);
     server.shutdown(TIMEOUT);
 }

@@ -25,6 +25,9 @@ pub(super) struct PortEntry {
     pub(super) dirty: bool,
     /// Handler passes whose operations are waiting to be submitted together.
     pub(super) deferred_passes: u32,
+    /// Handler passes straight from one to the next since `PortBuilder::before_submit`'s
+    /// hook last ran on this thread.
+    pub(super) passes_since_hook: u32,
     /// Counted in `Shared::returning`: a deferring thread inside a handler pass, which
     /// submits what is pending when it leaves it.
     pub(super) returning: bool,
@@ -63,6 +66,7 @@ impl Local {
             defer: false,
             dirty: false,
             deferred_passes: 0,
+            passes_since_hook: 0,
             returning: false,
             passes_since_reap: 0,
             last_reap: Instant::now(),

@@ -57,12 +57,28 @@ impl From<Closed> for io::Error {
 }
 
 /// Builds a [`Port`]: concurrency value, backend, ring size.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PortBuilder {
     concurrency: usize,
     backend: Backend,
     entries: u32,
     env: bool,
+    before_submit: Option<SubmitHook>,
+}
+
+/// See [`PortBuilder::before_submit`].
+pub(crate) type SubmitHook = Arc<dyn Fn() + Send + Sync>;
+
+impl std::fmt::Debug for PortBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortBuilder")
+            .field("concurrency", &self.concurrency)
+            .field("backend", &self.backend)
+            .field("entries", &self.entries)
+            .field("env", &self.env)
+            .field("before_submit", &self.before_submit.is_some())
+            .finish()
+    }
 }
 
 impl Default for PortBuilder {
@@ -72,6 +88,7 @@ impl Default for PortBuilder {
             backend: Backend::Auto,
             entries: 1024,
             env: true,
+            before_submit: None,
         }
     }
 }
@@ -104,6 +121,22 @@ impl PortBuilder {
         self
     }
 
+    /// Runs `hook` on a deferring worker thread (a [`Pool`](crate::Pool) worker, or a thread
+    /// that called [`Port::defer_submissions`]), still inside its handler pass, right before
+    /// that thread submits the operations its handlers started: when its `get` finds nothing
+    /// ready at once (it is about to go to the kernel or park), every 16 handler passes when
+    /// it keeps finding completions ready, in [`Port::submit`] and on entering
+    /// [`Port::blocking`]. Operations `hook` starts are submitted with the others.
+    ///
+    /// A layer above uses it to start as late as possible what it gathered over several
+    /// handler passes: the server layer queues a session's packets during the passes and
+    /// sends everything one session got in one operation here (write coalescing). `hook`
+    /// must not block or call `get`; a panic in it is logged and ignored.
+    pub fn before_submit(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.before_submit = Some(Arc::new(hook));
+        self
+    }
+
     /// Creates the port — `CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, n)`.
     #[doc(alias = "CreateIoCompletionPort")]
     pub fn build(self) -> io::Result<Port> {
@@ -119,7 +152,13 @@ impl PortBuilder {
         };
         let shared_wait = crate::sys::shared_wait_wanted();
         let driver = crate::sys::open(backend, self.entries, shared_wait, concurrency)?;
-        Ok(Port::with_driver(driver, concurrency, shared_wait))
+        let mut port = Port::with_driver(driver, concurrency, shared_wait);
+        if let Some(hook) = self.before_submit {
+            Arc::get_mut(&mut port.shared)
+                .expect("a port just built has one handle")
+                .before_submit = Some(hook);
+        }
+        Ok(port)
     }
 }
 
@@ -145,6 +184,7 @@ impl Port {
                 returning: SyncUsize::new(0),
                 wait_failures: Default::default(),
                 wait_errors: Default::default(),
+                before_submit: None,
                 driver,
                 shared_wait,
             }),
@@ -327,10 +367,11 @@ impl Port {
         let outcome = shared
             .sched
             .get(had_slot, &mut dirty, deadline, max, out, &waiter, shared);
+        let mut flush = false;
         if dirty {
             // Taken at once, with operations still unsubmitted: batch them with the next
             // handler pass's, up to a bound.
-            let flush = LOCAL.with(|l| {
+            flush = LOCAL.with(|l| {
                 let mut l = l.borrow_mut();
                 let e = l.entry(&self.shared);
                 e.deferred_passes += 1;
@@ -342,15 +383,12 @@ impl Port {
                     false
                 }
             });
-            if flush {
-                shared.flush();
-            }
         } else {
             LOCAL.with(|l| l.borrow_mut().entry(&self.shared).deferred_passes = 0);
         }
         match outcome {
             Outcome::Got => {
-                LOCAL.with(|l| {
+                let hook = LOCAL.with(|l| {
                     let mut l = l.borrow_mut();
                     let e = l.entry(&self.shared);
                     e.held = true;
@@ -358,8 +396,41 @@ impl Port {
                         e.returning = true;
                         shared.returning.fetch_add(1, SeqCst);
                     }
+                    // Straight from pass to pass: the hook still runs every
+                    // MAX_DEFERRED_PASSES passes, whether or not operations were deferred.
+                    if had_slot && e.defer && shared.before_submit.is_some() {
+                        e.passes_since_hook += 1;
+                        if e.passes_since_hook >= MAX_DEFERRED_PASSES {
+                            e.passes_since_hook = 0;
+                            return true;
+                        }
+                    } else {
+                        e.passes_since_hook = 0;
+                    }
+                    false
                 });
+                if hook {
+                    shared.run_before_submit();
+                    LOCAL.with(|l| {
+                        let mut l = l.borrow_mut();
+                        let e = l.entry(&self.shared);
+                        flush |= std::mem::take(&mut e.dirty);
+                        if flush {
+                            e.deferred_passes = 0;
+                        }
+                    });
+                }
+                if flush {
+                    shared.flush();
+                }
                 Ok(out.count() - before)
+            }
+            Outcome::Timeout | Outcome::Closed if flush => {
+                shared.flush();
+                match outcome {
+                    Outcome::Closed => Err(Closed),
+                    _ => Ok(0),
+                }
             }
             Outcome::Timeout => Ok(0),
             Outcome::Closed => Err(Closed),
@@ -455,6 +526,7 @@ impl Port {
     /// affected: on io_uring it leaves its submissions to the workers.
     pub fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
         let shared = &*self.shared;
+        self.before_submit_in_pass();
         // Outside the handler pass while `f` runs: what `f` starts is submitted at once (it may
         // wait for it), not deferred to a `get` that comes only after `f`.
         let (held, dirty) = LOCAL.with(|l| match l.borrow_mut().find(shared.id) {
@@ -538,6 +610,7 @@ impl Port {
     /// thread that called [`Port::defer_submissions`], such as a [`Pool`](crate::Pool)
     /// worker, has any waiting).
     pub fn submit(&self) {
+        self.before_submit_in_pass();
         let dirty = LOCAL.with(|l| {
             l.borrow_mut()
                 .find(self.shared.id)
@@ -545,6 +618,25 @@ impl Port {
         });
         if dirty {
             self.shared.flush();
+        }
+    }
+
+    /// Runs the `before_submit` hook if this thread is a deferring one inside a handler pass.
+    fn before_submit_in_pass(&self) {
+        if self.shared.before_submit.is_none() {
+            return;
+        }
+        let in_pass = LOCAL.with(|l| {
+            l.borrow_mut().find(self.shared.id).is_some_and(|e| {
+                let in_pass = e.held && e.defer;
+                if in_pass {
+                    e.passes_since_hook = 0;
+                }
+                in_pass
+            })
+        });
+        if in_pass {
+            self.shared.run_before_submit();
         }
     }
 

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub(super) wait_failures: AtomicU32,
     /// Kernel waits that failed, in all (`PortStats::wait_errors`).
     pub(super) wait_errors: AtomicU64,
+    /// `PortBuilder::before_submit`.
+    pub(super) before_submit: Option<super::SubmitHook>,
 }
 
 /// Failed kernel waits in a row after which the port shuts down (`Shared::wait_failed`).
@@ -89,6 +91,33 @@ impl Poller<Completion> for Shared {
         Shared::flush(self);
     }
 
+    fn end_pass(&self) -> bool {
+        if self.before_submit.is_none() {
+            return false;
+        }
+        // `get_into` took `held` already; the thread holds its slot until `Sched::get`
+        // releases it after this, so what the hook starts is deferred as inside the pass.
+        let deferring = LOCAL.with(|l| match l.borrow_mut().find(self.id) {
+            Some(e) if e.defer => {
+                e.held = true;
+                e.passes_since_hook = 0;
+                true
+            }
+            _ => false,
+        });
+        if !deferring {
+            return false;
+        }
+        self.run_before_submit();
+        LOCAL.with(|l| match l.borrow_mut().find(self.id) {
+            Some(e) => {
+                e.held = false;
+                std::mem::take(&mut e.dirty)
+            }
+            None => false,
+        })
+    }
+
     fn left_pass(&self) -> bool {
         if !self.hand_off {
             return false;
@@ -108,6 +137,16 @@ impl Poller<Completion> for Shared {
 }
 
 impl Shared {
+    /// Runs `PortBuilder::before_submit`'s hook, if any (the caller checked that this thread
+    /// defers and holds a slot).
+    pub(super) fn run_before_submit(&self) {
+        if let Some(hook) = &self.before_submit {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook())).is_err() {
+                tracing::error!("the port's before_submit hook panicked");
+            }
+        }
+    }
+
     /// Turns raw kernel completions into port completions, running whatever they make the
     /// backend do next (continued short sends, the next queued operation of a socket).
     pub(super) fn process(&self, raw: &mut Vec<Raw>, out: &mut Vec<Completion>) {
@@ -182,10 +221,15 @@ impl Shared {
     }
 
     /// Sets the backend's alarm for the earliest timer, unless it is set for that or earlier.
+    /// The alarm goes off at the end of the timer's 1 ms tick, not at its exact deadline:
+    /// a game's tens of thousands of timers a second then cost one alarm (one
+    /// `timerfd_settime`, one wake-up) per tick, not one per deadline; a timer fires up to
+    /// a tick late, never early.
     pub(super) fn set_alarm(&self, t: &mut TimerQueue) {
         let Some(next) = t.wheel.next_deadline() else {
             return;
         };
+        let next = t.wheel.round_up(next);
         if t.alarm.is_some_and(|a| a <= next) {
             return;
         }
