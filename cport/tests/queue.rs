@@ -660,7 +660,10 @@ fn before_submit_runs_in_the_pass_at_least_every_16_passes_and_before_waiting(b:
     }
     let worker = worker.lock().unwrap().expect("the worker ran");
     let runs = runs.lock().unwrap().clone();
-    assert!(runs.iter().all(|r| r.0 == worker), "hook ran off the worker");
+    assert!(
+        runs.iter().all(|r| r.0 == worker),
+        "hook ran off the worker"
+    );
     assert!(
         runs.iter().all(|r| r.1 <= 16),
         "more than 16 passes between two runs of the hook: {runs:?}"
@@ -688,9 +691,7 @@ fn an_operation_started_by_before_submit_is_submitted_before_the_worker_waits(b:
             let n = w2.swap(0, Ordering::SeqCst);
             if n > 0 {
                 let s = s2.lock().unwrap();
-                s.as_ref()
-                    .unwrap()
-                    .send(vec![n as u8; n], 7);
+                s.as_ref().unwrap().send(vec![n as u8; n], 7);
             }
         })
         .build()
@@ -710,9 +711,13 @@ fn an_operation_started_by_before_submit_is_submitted_before_the_worker_waits(b:
     for n in [5u64, 9, 1] {
         port.post(1, 0, n).unwrap();
         let mut got = vec![0u8; n as usize];
-        client.read_exact(&mut got).expect("the hook's send reached the peer");
+        client
+            .read_exact(&mut got)
+            .expect("the hook's send reached the peer");
         assert_eq!(got, vec![n as u8; n as usize]);
-        let done = rx.recv_timeout(cport_testkit::TIMEOUT).expect("its completion");
+        let done = rx
+            .recv_timeout(cport_testkit::TIMEOUT)
+            .expect("its completion");
         assert_eq!(done, Ok(n as usize));
     }
     drop(sock.lock().unwrap().take());
