@@ -554,7 +554,7 @@ mod tests {
         let w = Timers::default();
         let mut rng = StdRng::seed_from_u64(7);
         for _ in 0..10_000 {
-            let d = w.base + Duration::from_micros(rng.gen_range(0..5_000_000));
+            let d = w.base + Duration::from_micros(rng.random_range(0..5_000_000));
             let r = w.round_up(d);
             assert!(r >= d, "{r:?} before {d:?}");
             assert!(r - d < MS, "{:?} late", r - d);

@@ -10,7 +10,9 @@
 //!   reassembled, many packets in one receive are handled in one pass;
 //! * one ordered send queue per session: bytes leave in the order [`Session::send`] was
 //!   called from any thread, one send in flight, everything queued meanwhile gathered into the
-//!   next (vectored) send;
+//!   next (vectored) send; a handler's sends start when its worker's handler passes end, so
+//!   what a session was sent over those passes leaves in one send (write coalescing,
+//!   [`Metrics::sends`]);
 //! * broadcast of one encoded packet shared by all its recipients ([`ServerHandle::broadcast`]);
 //! * limits with clear close reasons ([`CloseReason`]): max sessions, max packet size (the
 //!   codec), max queued send bytes per session (slow consumers), idle timeout, packet rate;
