@@ -7,6 +7,7 @@ mod common;
 use cport_testkit::per_backend;
 
 use std::io::{BufReader, Read};
+use std::net::TcpStream;
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::Duration;
 
@@ -504,6 +505,14 @@ fn a_codecs_own_invalid_error_closes_the_session_with_its_reason(b: Backend) {
     server.shutdown(TIMEOUT);
 }
 
+/// Reads `count` packets of type `ty` whose bodies are `len` copies of 0, 1, 2…, in order.
+fn expect_runs(client: &mut TcpStream, codec: &LengthPrefixed, ty: u8, count: u8, len: usize) {
+    for i in 0..count {
+        let want = codec.encode(ty, &vec![i; len]);
+        assert_eq!(read_packet(client, SizeField::U8), &want[..], "packet {i}");
+    }
+}
+
 /// Everything a handler sends one session during a handler pass leaves in one send
 /// operation at the end of the pass (write coalescing), whole and in order.
 fn packets_sent_in_one_handler_pass_leave_in_one_send(b: Backend) {
@@ -518,13 +527,7 @@ fn packets_sent_in_one_handler_pass_leave_in_one_send(b: Backend) {
     let mut client = connect(server.local_addr());
     let _session = events.connected();
     write(&mut client, &codec.encode(9, b"go"));
-    for i in 0..50u8 {
-        assert_eq!(
-            read_packet(&mut client, SizeField::U8),
-            &codec.encode(9, &[i; 20])[..],
-            "packet {i}"
-        );
-    }
+    expect_runs(&mut client, &codec, 9, 50, 20);
     let m = handle.metrics();
     assert_eq!(m.packets_out, 50);
     assert_eq!(m.sends, 1, "50 packets of one pass took {} sends", m.sends);
@@ -546,13 +549,7 @@ fn a_graceful_close_in_the_pass_that_sent_still_delivers_everything_first(b: Bac
     let mut client = connect(server.local_addr());
     let _session = events.connected();
     write(&mut client, &codec.encode(1, b"bye"));
-    for i in 0..20u8 {
-        assert_eq!(
-            read_packet(&mut client, SizeField::U8),
-            &codec.encode(1, &[i; 100])[..],
-            "packet {i}"
-        );
-    }
+    expect_runs(&mut client, &codec, 1, 20, 100);
     assert_eq!(common::expect_closed(&mut client), common::End::Eof);
     drop(client);
     let (_, reason) = events.closed();
