@@ -386,9 +386,9 @@ impl Port {
         } else {
             LOCAL.with(|l| l.borrow_mut().entry(&self.shared).deferred_passes = 0);
         }
-        match outcome {
+        let result = match outcome {
             Outcome::Got => {
-                let hook = LOCAL.with(|l| {
+                let hook_due = LOCAL.with(|l| {
                     let mut l = l.borrow_mut();
                     let e = l.entry(&self.shared);
                     e.held = true;
@@ -398,19 +398,14 @@ impl Port {
                     }
                     // Straight from pass to pass: the hook still runs every
                     // MAX_DEFERRED_PASSES passes, whether or not operations were deferred.
-                    if had_slot && e.defer && shared.before_submit.is_some() {
-                        e.passes_since_hook += 1;
-                        if e.passes_since_hook >= MAX_DEFERRED_PASSES {
-                            e.passes_since_hook = 0;
-                            return true;
-                        }
-                    } else {
+                    if !had_slot {
                         e.passes_since_hook = 0;
                     }
-                    false
+                    e.passes_since_hook = e.passes_since_hook.saturating_add(1);
+                    e.passes_since_hook >= MAX_DEFERRED_PASSES
                 });
-                if hook {
-                    shared.run_before_submit();
+                if hook_due && shared.before_submit_in_pass() {
+                    // What the hook started goes out now, with what was deferred.
                     LOCAL.with(|l| {
                         let mut l = l.borrow_mut();
                         let e = l.entry(&self.shared);
@@ -420,21 +415,15 @@ impl Port {
                         }
                     });
                 }
-                if flush {
-                    shared.flush();
-                }
                 Ok(out.count() - before)
-            }
-            Outcome::Timeout | Outcome::Closed if flush => {
-                shared.flush();
-                match outcome {
-                    Outcome::Closed => Err(Closed),
-                    _ => Ok(0),
-                }
             }
             Outcome::Timeout => Ok(0),
             Outcome::Closed => Err(Closed),
+        };
+        if flush {
+            shared.flush();
         }
+        result
     }
 
     /// Queues a user completion `{ key, user, result: Ok(bytes), op: Op::Post }` on the port.
@@ -526,7 +515,7 @@ impl Port {
     /// affected: on io_uring it leaves its submissions to the workers.
     pub fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
         let shared = &*self.shared;
-        self.before_submit_in_pass();
+        shared.before_submit_in_pass();
         // Outside the handler pass while `f` runs: what `f` starts is submitted at once (it may
         // wait for it), not deferred to a `get` that comes only after `f`.
         let (held, dirty) = LOCAL.with(|l| match l.borrow_mut().find(shared.id) {
@@ -610,7 +599,7 @@ impl Port {
     /// thread that called [`Port::defer_submissions`], such as a [`Pool`](crate::Pool)
     /// worker, has any waiting).
     pub fn submit(&self) {
-        self.before_submit_in_pass();
+        self.shared.before_submit_in_pass();
         let dirty = LOCAL.with(|l| {
             l.borrow_mut()
                 .find(self.shared.id)
@@ -618,25 +607,6 @@ impl Port {
         });
         if dirty {
             self.shared.flush();
-        }
-    }
-
-    /// Runs the `before_submit` hook if this thread is a deferring one inside a handler pass.
-    fn before_submit_in_pass(&self) {
-        if self.shared.before_submit.is_none() {
-            return;
-        }
-        let in_pass = LOCAL.with(|l| {
-            l.borrow_mut().find(self.shared.id).is_some_and(|e| {
-                let in_pass = e.held && e.defer;
-                if in_pass {
-                    e.passes_since_hook = 0;
-                }
-                in_pass
-            })
-        });
-        if in_pass {
-            self.shared.run_before_submit();
         }
     }
 

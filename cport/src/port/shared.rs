@@ -97,24 +97,17 @@ impl Poller<Completion> for Shared {
         }
         // `get_into` took `held` already; the thread holds its slot until `Sched::get`
         // releases it after this, so what the hook starts is deferred as inside the pass.
-        let deferring = LOCAL.with(|l| match l.borrow_mut().find(self.id) {
-            Some(e) if e.defer => {
+        LOCAL.with(|l| {
+            if let Some(e) = l.borrow_mut().find(self.id) {
                 e.held = true;
-                e.passes_since_hook = 0;
-                true
             }
-            _ => false,
         });
-        if !deferring {
-            return false;
-        }
-        self.run_before_submit();
-        LOCAL.with(|l| match l.borrow_mut().find(self.id) {
-            Some(e) => {
+        self.before_submit_in_pass();
+        LOCAL.with(|l| {
+            l.borrow_mut().find(self.id).is_some_and(|e| {
                 e.held = false;
                 std::mem::take(&mut e.dirty)
-            }
-            None => false,
+            })
         })
     }
 
@@ -137,14 +130,27 @@ impl Poller<Completion> for Shared {
 }
 
 impl Shared {
-    /// Runs `PortBuilder::before_submit`'s hook, if any (the caller checked that this thread
-    /// defers and holds a slot).
-    pub(super) fn run_before_submit(&self) {
-        if let Some(hook) = &self.before_submit {
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook())).is_err() {
-                tracing::error!("the port's before_submit hook panicked");
-            }
+    /// Runs `PortBuilder::before_submit`'s hook if there is one and the calling thread is a
+    /// deferring one inside a handler pass of this port (`held`), and starts its count of
+    /// passes to the next run again. True if the hook ran. What it starts is deferred: the
+    /// caller submits it.
+    pub(super) fn before_submit_in_pass(&self) -> bool {
+        let Some(hook) = &self.before_submit else {
+            return false;
+        };
+        let in_pass = LOCAL.with(|l| {
+            l.borrow_mut().find(self.id).is_some_and(|e| {
+                let in_pass = e.held && e.defer;
+                if in_pass {
+                    e.passes_since_hook = 0;
+                }
+                in_pass
+            })
+        });
+        if in_pass && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook())).is_err() {
+            tracing::error!("the port's before_submit hook panicked");
         }
+        in_pass
     }
 
     /// Turns raw kernel completions into port completions, running whatever they make the
