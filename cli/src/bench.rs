@@ -58,7 +58,7 @@ pub struct EchoArgs {
     pub rounds: usize,
     /// Servers, comma-separated: cport-uring, cport-epoll (`cport echo`, the server layer),
     /// port-uring, port-epoll (the port-only echo example); a cport or port name followed by `@leader` runs it with one poller at a time (`CPORT_WAIT=leader`, for A/B runs of the wait design); a cport name followed by `@PATH` runs the `cport` binary at PATH (a build of another commit, for before/after runs); tokio, compio, raw (the peers:
-    /// `cargo build --release -p cport-bench --bins`).
+    /// `cargo build --release -p cport-bench-peers`).
     #[arg(
         long,
         default_value = "cport-uring,cport-epoll,port-uring,tokio,compio,raw"
@@ -142,12 +142,12 @@ fn contender(full_name: &str, threads: usize, skew_ms: Option<f64>) -> io::Resul
         if p.exists() {
             Ok(p)
         } else {
-            Err(not_built(&p, "cargo build --release -p cport-bench --bins"))
+            Err(not_built(&p, "cargo build --release -p cport-bench-peers"))
         }
     };
     let (program, args) = match name {
         // `cport echo` has no spin: under --skew the same server layer echo with the spin
-        // (bench/src/bin/cport_echo_bench.rs) stands in for it.
+        // (bench-peers/src/bin/cport_echo_bench.rs) stands in for it.
         "cport-uring" | "cport-epoll" if skew_ms.is_some() => {
             (peer("cport_echo_bench")?, with_backend(&name[6..]))
         }

@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, default_value = ".")]
     pub out_dir: PathBuf,
     /// The server's NPCs.
-    #[arg(long, default_value_t = cport_mmo::protocol::MAX_NPC)]
+    #[arg(long, default_value_t = cport_mmo_proto::MAX_NPC)]
     pub npcs: usize,
     /// The server's worker threads (0 = available parallelism).
     #[arg(long, default_value_t = 0)]
@@ -50,7 +50,7 @@ pub struct Args {
     pub backend: Option<cport::Backend>,
     /// The server's MAX_USER, which also caps the clients (the course's 10,000; raise it to
     /// look past 10,000 — the open-files limit still caps both processes).
-    #[arg(long, default_value_t = cport_mmo::protocol::MAX_USER)]
+    #[arg(long, default_value_t = cport_mmo_proto::MAX_USER)]
     pub max_users: usize,
     /// Serve the live view here (a port in use is an error); by default 127.0.0.1:8040, or
     /// any free loopback port when that one is taken.

@@ -32,13 +32,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "u8")]
     pub header: Header,
     /// VIEW_RANGE: a player sees what is within this many cells on both axes.
-    #[arg(long, default_value_t = cport_mmo::protocol::VIEW_RANGE)]
+    #[arg(long, default_value_t = cport_mmo_proto::VIEW_RANGE)]
     pub view_range: u16,
     /// MAX_USER: player slots; logins beyond get SC_LOGIN_FAIL.
-    #[arg(long, default_value_t = cport_mmo::protocol::MAX_USER)]
+    #[arg(long, default_value_t = cport_mmo_proto::MAX_USER)]
     pub max_users: usize,
     /// NPCs (ids from max-users up), placed from --seed.
-    #[arg(long, default_value_t = cport_mmo::protocol::MAX_NPC)]
+    #[arg(long, default_value_t = cport_mmo_proto::MAX_NPC)]
     pub npcs: usize,
     /// Seed of NPC placement, login positions, teleports and NPC moves.
     #[arg(long, default_value_t = 1)]
@@ -57,7 +57,7 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     pub db_threads: usize,
     /// Board width and height (W_WIDTH; the course's is 2000).
-    #[arg(long, default_value_t = cport_mmo::protocol::W_WIDTH)]
+    #[arg(long, default_value_t = cport_mmo_proto::W_WIDTH)]
     pub world_size: u16,
     /// How long a killed NPC stays dead (ms).
     #[arg(long, default_value_t = 30_000)]

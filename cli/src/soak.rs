@@ -24,8 +24,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cport::Backend;
-use cport_mmo::protocol::{self, ClientPacket, Direction, ServerPacket};
-use cport_mmo::splitmix64;
+use cport_mmo_proto::splitmix64;
+use cport_mmo_proto::{self as protocol, ClientPacket, Direction, ServerPacket};
 use cport_server::SizeField;
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

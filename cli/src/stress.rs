@@ -1,4 +1,4 @@
-//! `cport stress`: the course's stress tester (`cport_mmo::stress`) against a game server at
+//! `cport stress`: the course's stress tester (`cport_mmo_client`) against a game server at
 //! `--addr`, or against `cport mmo` started as a child process (`--spawn`); a progress line
 //! once a second, the final report, and optionally a JSON report, a chart and a map (SVG).
 
@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use cport::Backend;
 use cport_bench::proc::ServerProc;
-use cport_mmo::protocol::SizeField;
-use cport_mmo::stress::{Errors, MapSnapshot, Report, Second, Settings};
+use cport_mmo_client::{Errors, MapSnapshot, Report, Second, Settings};
+use cport_mmo_proto::SizeField;
 use plotters::prelude::*;
 
 use crate::mmo::Header;
@@ -64,10 +64,10 @@ pub struct Args {
     #[arg(long)]
     pub backend: Option<Backend>,
     /// --spawn: the server's NPCs.
-    #[arg(long, default_value_t = cport_mmo::protocol::MAX_NPC)]
+    #[arg(long, default_value_t = cport_mmo_proto::MAX_NPC)]
     pub npcs: usize,
     /// The server's MAX_USER (passed with --spawn; ids from here up are NPCs on the map).
-    #[arg(long, default_value_t = cport_mmo::protocol::MAX_USER)]
+    #[arg(long, default_value_t = cport_mmo_proto::MAX_USER)]
     pub max_users: usize,
     /// Write the report (with the per-second series) as JSON here.
     #[arg(long)]
@@ -239,7 +239,7 @@ pub fn run_report(args: Args) -> io::Result<Report> {
                 "client_threads": settings.threads,
                 "client_procs": procs,
                 "npc_ids_from": settings.npc_ids_from,
-                "world_size": cport_mmo::protocol::W_WIDTH,
+                "world_size": cport_mmo_proto::W_WIDTH,
             });
             Some(w.serve(hello)?)
         }
@@ -247,7 +247,7 @@ pub fn run_report(args: Args) -> io::Result<Report> {
     };
     let server_cpu0 = server.as_ref().map(|p| p.cpu_time());
     let progress = Progress::new();
-    let on_second = |s: &Second, e: &Errors, probe: &cport_mmo::stress::Probe| {
+    let on_second = |s: &Second, e: &Errors, probe: &cport_mmo_client::Probe| {
         progress.show(s, e);
         if let Some(l) = &live {
             l.on_second(s, e, probe);
@@ -256,7 +256,7 @@ pub fn run_report(args: Args) -> io::Result<Report> {
     let result = if procs > 1 {
         run_children(&settings, procs, &stop, on_second)
     } else {
-        cport_mmo::stress::run_with_probe(&settings, &stop, on_second)
+        cport_mmo_client::run_with_probe(&settings, &stop, on_second)
     };
     progress.finish();
     let server_cpu = server.as_ref().map(|p| p.cpu_time());
@@ -320,9 +320,9 @@ fn run_children(
     settings: &Settings,
     procs: usize,
     stop: &AtomicBool,
-    on_second: impl FnMut(&Second, &Errors, &cport_mmo::stress::Probe),
+    on_second: impl FnMut(&Second, &Errors, &cport_mmo_client::Probe),
 ) -> io::Result<(Report, MapSnapshot)> {
-    use cport_mmo::stress::multi::{run_multi, shares, ChildSettings, Link};
+    use cport_mmo_client::multi::{run_multi, shares, ChildSettings, Link};
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe()?;
     let mut kids = Vec::new();
@@ -383,7 +383,7 @@ pub struct ChildArgs {
 }
 
 pub fn run_child(args: ChildArgs) -> io::Result<()> {
-    let cs: cport_mmo::stress::multi::ChildSettings = serde_json::from_str(&args.settings)
+    let cs: cport_mmo_client::multi::ChildSettings = serde_json::from_str(&args.settings)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     crate::util::raise_fd_limit();
     // Ctrl-C reaches the whole process group: the parent decides when children stop (it
@@ -392,7 +392,7 @@ pub fn run_child(args: ChildArgs) -> io::Result<()> {
         signal_hook::consts::SIGINT,
         Arc::new(AtomicBool::new(false)),
     );
-    cport_mmo::stress::multi::run_child(
+    cport_mmo_client::multi::run_child(
         &cs,
         io::BufReader::new(io::stdin()),
         io::BufWriter::new(io::stdout().lock()),

@@ -36,7 +36,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use cport_mmo::stress::{Errors, MapSnapshot, Probe, Report, Second};
+use cport_mmo_client::{Errors, MapSnapshot, Probe, Report, Second};
 use tokio::sync::{oneshot, watch};
 
 /// Live pages served at once; one more gets 503 (each costs the web thread a little).
@@ -318,7 +318,7 @@ impl std::fmt::Display for CostSummary {
 
 /// This thread's CPU time (ns).
 fn thread_cpu_ns() -> u64 {
-    cport_mmo::os::thread_cpu_ns()
+    cport_server::os::thread_cpu_ns()
 }
 
 struct Inner {

@@ -12,7 +12,7 @@ fn bench_mmo_runs_every_build_and_reports_each() {
     let tokio = cport.with_file_name("mmo-tokio");
     assert!(
         tokio.exists(),
-        "{} is missing: `cargo test --workspace` builds it (or `cargo build -p cport-bench --bins`)",
+        "{} is missing: `cargo test --workspace` builds it (or `cargo build -p cport-bench-peers`)",
         tokio.display()
     );
     let dir = std::env::temp_dir().join(format!("cport-bench-mmo-test-{}", std::process::id()));

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cport_bench::proc::ServerProc;
-use cport_mmo::protocol::{frame_len, name, ClientPacket, ServerPacket, SizeField};
+use cport_mmo_proto::{frame_len, name, ClientPacket, ServerPacket, SizeField};
 
 const H: SizeField = SizeField::U8;
 

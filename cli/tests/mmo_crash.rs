@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cport_bench::proc::ServerProc;
-use cport_mmo::protocol::{frame_len, name, ClientPacket, Direction, ServerPacket, SizeField};
+use cport_mmo_proto::{frame_len, name, ClientPacket, Direction, ServerPacket, SizeField};
 
 const H: SizeField = SizeField::U8;
 const TIMEOUT: Duration = Duration::from_secs(10);

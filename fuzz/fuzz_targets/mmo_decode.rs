@@ -2,7 +2,7 @@
 //! widths: never a panic, `frame_len` within the buffer, and anything that decodes re-encodes
 //! to exactly the bytes it came from.
 #![no_main]
-use cport_mmo::protocol::{frame_len, ClientPacket, ServerPacket, SizeField};
+use cport_mmo_proto::{frame_len, ClientPacket, ServerPacket, SizeField};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -23,7 +23,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cport_mmo::protocol::{frame_len, name, ClientPacket, Direction, ServerPacket, SizeField};
+use cport_mmo_proto::{frame_len, name, ClientPacket, Direction, ServerPacket, SizeField};
 use cport_mmo::{Config, MmoServer};
 use cport_server::cport::Backend;
 use cport_server::{Codec, LengthPrefixed};
@@ -249,7 +249,7 @@ fn script(h: SizeField, body: &[u8]) -> Vec<u8> {
 /// server may stop reading and close for that instead).
 fn scan(h: SizeField, stream: &[u8]) -> (bool, bool) {
     let codec = LengthPrefixed::new(h)
-        .max_packet(cport_mmo::protocol::header_len(h) + cport_mmo::protocol::CHAT_SIZE);
+        .max_packet(cport_mmo_proto::header_len(h) + cport_mmo_proto::CHAT_SIZE);
     let mut at = 0;
     let mut login_or_logout = false;
     loop {

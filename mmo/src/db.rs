@@ -435,7 +435,7 @@ pub(crate) const LOAD_QUEUE: usize = 4096;
 /// Batches of saves queued at most (beyond: kept pending, retried at the next tick).
 pub(crate) const SAVE_QUEUE: usize = 64;
 
-use crate::os::thread_cpu_ns;
+use cport_server::os::thread_cpu_ns;
 
 impl<I: Send + 'static> DbPool<I> {
     /// The queues (jobs wait there until [`DbPool::spawn`]).

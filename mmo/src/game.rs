@@ -17,8 +17,9 @@ use parking_lot::Mutex;
 use crate::db::{Done, LoadJob, PlayerRow, DB_KEY};
 use crate::net::{Conn, DbResult, Host};
 use crate::persist::Persist;
-use crate::protocol::{ClientPacket, Direction, Name, ServerPacket, NAME_SIZE};
 use crate::world::{pack, unpack, State, World};
+use cport_mmo_proto::splitmix64;
+use cport_mmo_proto::{ClientPacket, Direction, Name, ServerPacket, NAME_SIZE};
 
 /// `Game::player_of` of a session that has not logged in.
 pub(crate) const NO_PLAYER: u32 = u32::MAX;
@@ -177,14 +178,6 @@ impl Rng {
     pub fn next_u64(&self) -> u64 {
         splitmix64(self.0.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed))
     }
-}
-
-/// One round of splitmix64 on `x` (already advanced by the caller).
-pub fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Where NPC `i` starts on a `size`-wide board for this seed (deterministic).
@@ -452,7 +445,7 @@ impl<H: Host> Game<H> {
     fn place(&self, session: &H::Conn, id: u32, row: &PlayerRow) {
         let w = &self.world;
         let pos = pack(row.x, row.y);
-        let name = crate::protocol::name(&row.name);
+        let name = cport_mmo_proto::name(&row.name);
         *self.players[id as usize].stats.lock() = PStats {
             hp: row.hp,
             max_hp: row.max_hp,
@@ -727,7 +720,7 @@ impl<H: Host> Game<H> {
     /// A system message to one player (`SC_CHAT` with the player's own id).
     fn system_chat(&self, session: &H::Conn, id: u32, text: String) {
         let mut mess = text.into_bytes();
-        mess.truncate(crate::protocol::CHAT_SIZE);
+        mess.truncate(cport_mmo_proto::CHAT_SIZE);
         session.send(self.encode(ServerPacket::Chat {
             id: id as i32,
             mess,
@@ -927,7 +920,7 @@ impl<H: Host> Game<H> {
         let pos = w.pos(id);
         w.sector_remove(id, pos);
         // Never added to anyone now: only its REMOVE is sent.
-        let mine = self.mine(id, pos, [0; crate::protocol::NAME_SIZE], None);
+        let mine = self.mine(id, pos, [0; cport_mmo_proto::NAME_SIZE], None);
         for c in cands {
             self.reconcile(srv, id, c, &mine);
         }

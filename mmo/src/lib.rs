@@ -32,10 +32,7 @@
 pub mod db;
 mod game;
 pub mod net;
-pub mod os;
 mod persist;
-pub mod protocol;
-pub mod stress;
 pub mod world;
 
 use std::io;
@@ -44,12 +41,14 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cport_mmo_proto as protocol;
+use cport_mmo_proto::splitmix64;
 use cport_server::cport::Backend;
 use cport_server::{LengthPrefixed, Server, ServerHandle, ShutdownReport, SizeField};
 use parking_lot::Mutex;
 
 pub use db::{DbConfig, PlayerRow};
-pub use game::{login_name, npc_position, rules, splitmix64, Rng};
+pub use game::{login_name, npc_position, rules, Rng};
 pub use net::{Conn, DbResult, Host};
 
 use db::{DbPool, Store};

@@ -2,7 +2,7 @@
 //! post a database result, find a connection by id) and its [`Conn`]s (send a packet, close,
 //! a slot number). The cport build implements them with the server layer
 //! ([`ServerHandle`], [`Session`]); a benchmark peer can implement them with another
-//! runtime (the `mmo-tokio` binary of the `cport-bench` crate does, with tokio) and run the
+//! runtime (the `mmo-tokio` binary of the `cport-bench-peers` package does, with tokio) and run the
 //! very same game through [`Engine`](crate::Engine).
 //!
 //! The game calls them with its view locks held (a send is queued under both view locks, so

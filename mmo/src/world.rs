@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
 
 use parking_lot::Mutex;
 
-use crate::protocol::{self, Name};
+use cport_mmo_proto::{self as protocol, Name};
 
 /// A set of object ids with a cheap hash (ids are small, dense integers).
 pub(crate) type IdSet = std::collections::HashSet<u32, BuildHasherDefault<IdHasher>>;

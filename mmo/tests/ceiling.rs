@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{config, start, wait_until, Client};
-use cport_mmo::protocol::{ClientPacket, ServerPacket, SizeField::U8};
+use cport_mmo_proto::{ClientPacket, ServerPacket, SizeField::U8};
 use cport_server::cport::Backend;
 use cport_testkit::per_backend;
 
@@ -105,7 +105,7 @@ fn max_sessions_caps_the_sessions(backend: Backend) {
     let _c = Client::login(addr, U8, "c");
     let mut d = Client::connect(addr, U8);
     d.send(&ClientPacket::Login {
-        name: cport_mmo::protocol::name("d"),
+        name: cport_mmo_proto::name("d"),
     });
     d.expect_closed();
     drop(a);

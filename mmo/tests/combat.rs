@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{config, Client, TIMEOUT};
-use cport_mmo::protocol::{ClientPacket, ServerPacket, SizeField::U8};
 use cport_mmo::{rules, Config, DbConfig, MmoServer};
+use cport_mmo_proto::{ClientPacket, ServerPacket, SizeField::U8};
 use cport_server::cport::Backend;
 use cport_testkit::per_backend;
 
@@ -195,14 +195,14 @@ fn a_player_who_never_attacks_gets_only_the_five_course_packet_types(backend: Ba
     while Instant::now() < until {
         fighter.send(&ClientPacket::Attack);
         t += 1;
-        walker.move_(cport_mmo::protocol::Direction::ALL[t % 4], t as u32);
+        walker.move_(cport_mmo_proto::Direction::ALL[t % 4], t as u32);
         while let Some(p) = walker.try_recv(Duration::from_millis(5)) {
             kinds.insert(p.kind());
         }
         while fighter.try_recv(Duration::from_millis(1)).is_some() {}
     }
     assert!(srv.stats().npc_kills > 0, "the fighter killed nothing");
-    use cport_mmo::protocol::sc;
+    use cport_mmo_proto::sc;
     let allowed = [
         sc::LOGIN_INFO,
         sc::ADD_OBJECT,
@@ -239,7 +239,7 @@ fn exp_and_level_come_back_at_the_next_login() {
     let srv = common::start(cfg);
     let mut c = Client::connect(srv.local_addr(), U8);
     c.send(&ClientPacket::Login {
-        name: cport_mmo::protocol::name("veteran"),
+        name: cport_mmo_proto::name("veteran"),
     });
     match c.recv() {
         ServerPacket::LoginInfo {

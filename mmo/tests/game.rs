@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{config, start, wait_until, Client, TIMEOUT};
-use cport_mmo::protocol::{ClientPacket, Direction, ServerPacket, SizeField};
 use cport_mmo::{MmoServer, Stats};
+use cport_mmo_proto::{ClientPacket, Direction, ServerPacket, SizeField};
 use cport_server::cport::Backend;
 
 const U8: SizeField = SizeField::U8;
@@ -271,7 +271,7 @@ fn full_server_refuses_login(backend: Backend) {
     let _b = Client::login(addr, U8, "b");
     let mut c = Client::connect(addr, U8);
     c.send(&ClientPacket::Login {
-        name: cport_mmo::protocol::name("c"),
+        name: cport_mmo_proto::name("c"),
     });
     assert_eq!(c.recv(), ServerPacket::LoginFail);
     c.expect_closed();
@@ -292,7 +292,7 @@ fn hostile_input_closes_only_that_session(backend: Backend) {
     let mut good = Client::login(addr, U8, "good");
     let mut t = 0;
     let login = ClientPacket::Login {
-        name: cport_mmo::protocol::name("bad"),
+        name: cport_mmo_proto::name("bad"),
     }
     .encode(U8);
     // (what, log in first?, bytes, closed by the game (rejected) rather than the codec)

@@ -1,7 +1,7 @@
 //! Golden bytes: every packet of `course-protocol.md`, written out by hand, for both header
 //! widths (the `u16` header adds one byte to every total), and the decoder's refusals.
 
-use cport_mmo::protocol::{
+use cport_mmo_proto::{
     name, ClientPacket, DecodeError, Direction, ServerPacket, SizeField, CHAT_SIZE,
 };
 
@@ -282,7 +282,7 @@ fn names_are_nul_padded_and_keep_a_nul() {
     let long = name("abcdefghijklmnopqrstuvwxyz");
     assert_eq!(&long[..19], b"abcdefghijklmnopqrs");
     assert_eq!(long[19], 0);
-    assert_eq!(cport_mmo::protocol::name_str(&long), "abcdefghijklmnopqrs");
+    assert_eq!(cport_mmo_proto::name_str(&long), "abcdefghijklmnopqrs");
 }
 
 #[test]

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{Client, TIMEOUT};
-use cport_mmo::protocol::{ClientPacket, Direction, Name, ServerPacket, SizeField::U8};
 use cport_mmo::{Config, DbConfig, MmoServer, PlayerRow};
+use cport_mmo_proto::{ClientPacket, Direction, Name, ServerPacket, SizeField::U8};
 
 /// Shutdown deadline: clients still connected are closed after this (their rows are saved
 /// either way).
@@ -213,7 +213,7 @@ fn a_player_comes_back_where_it_logged_out(db: TestDb) {
     });
     srv.shutdown(QUICK);
     let srv = game(&db, 1000);
-    let (_c, p) = login_raw(&srv, cport_mmo::protocol::name("alice"));
+    let (_c, p) = login_raw(&srv, cport_mmo_proto::name("alice"));
     let (x, y, stats) = info_of(&p);
     assert_eq!((x, y), end, "alice is not where she logged out");
     assert_eq!(stats, (100, 100, 0, 1));
@@ -268,14 +268,14 @@ fn a_name_already_logged_in_gets_login_fail(db: TestDb) {
     let srv = game(&db, 1000);
     let mut first = Client::login(srv.local_addr(), U8, "carol");
     let end = walk(&mut first, 2);
-    let (second, p) = login_raw(&srv, cport_mmo::protocol::name("carol"));
+    let (second, p) = login_raw(&srv, cport_mmo_proto::name("carol"));
     assert_eq!(p, ServerPacket::LoginFail);
     second.expect_closed();
     first.send(&ClientPacket::Logout);
     first.expect_closed();
     let mut again = None;
     common::wait_until("carol can log in again", || {
-        let (c, p) = login_raw(&srv, cport_mmo::protocol::name("carol"));
+        let (c, p) = login_raw(&srv, cport_mmo_proto::name("carol"));
         match p {
             ServerPacket::LoginInfo { .. } => {
                 again = Some(info_of(&p));
@@ -365,7 +365,7 @@ fn a_failing_database_fails_logins_and_keeps_saves_until_it_is_back(db: TestDb) 
     common::wait_until("dora saved", || stored(&db, "dora").is_some());
     exec(&db, "ALTER TABLE players RENAME TO players_away");
     // A login needs the database: refused, with a reason in the log.
-    let (c, p) = login_raw(&srv, cport_mmo::protocol::name("eve"));
+    let (c, p) = login_raw(&srv, cport_mmo_proto::name("eve"));
     assert_eq!(p, ServerPacket::LoginFail);
     c.expect_closed();
     // The game goes on, and the changes are kept while saves fail.
@@ -380,7 +380,7 @@ fn a_failing_database_fails_logins_and_keeps_saves_until_it_is_back(db: TestDb) 
                 && stored(&db, "dora").is_some_and(|r| (r.x, r.y) == end)
         },
     );
-    let (_c, p) = login_raw(&srv, cport_mmo::protocol::name("eve"));
+    let (_c, p) = login_raw(&srv, cport_mmo_proto::name("eve"));
     info_of(&p);
     srv.shutdown(QUICK);
 }
@@ -664,7 +664,7 @@ fn postgres_stopped_at_runtime_fails_logins_and_keeps_saves_until_it_is_back() {
     walk(&mut a, 1);
     common::wait_until("fay saved", || stored(&db, "fay").is_some());
     pg.stop("fast");
-    let (c, p) = login_raw(&srv, cport_mmo::protocol::name("gus"));
+    let (c, p) = login_raw(&srv, cport_mmo_proto::name("gus"));
     assert_eq!(p, ServerPacket::LoginFail, "a login with PostgreSQL down");
     c.expect_closed();
     walk(&mut a, 3);
@@ -676,7 +676,7 @@ fn postgres_stopped_at_runtime_fails_logins_and_keeps_saves_until_it_is_back() {
     common::wait_until("the pending row is written once PostgreSQL is back", || {
         srv.db_stats().pending_rows == 0 && stored(&db, "fay").is_some_and(|r| (r.x, r.y) == end)
     });
-    let (_c, p) = login_raw(&srv, cport_mmo::protocol::name("gus"));
+    let (_c, p) = login_raw(&srv, cport_mmo_proto::name("gus"));
     info_of(&p);
     srv.shutdown(QUICK);
 }

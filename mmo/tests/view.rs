@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{config, start, wait_until, Client};
-use cport_mmo::protocol::{ClientPacket, Direction, ServerPacket, SizeField};
 use cport_mmo::{MmoServer, Rng};
+use cport_mmo_proto::{ClientPacket, Direction, ServerPacket, SizeField};
 use cport_server::cport::Backend;
 
 const WORLD: u16 = 20;
@@ -107,7 +107,7 @@ impl Sim {
             match p {
                 ServerPacket::AddObject { id: a, name, .. } => {
                     assert_eq!(a as u32, id);
-                    assert_eq!(cport_mmo::protocol::name_str(&name), who);
+                    assert_eq!(cport_mmo_proto::name_str(&name), who);
                 }
                 other => panic!("login of {id}: expected its ADD, got {other:?}"),
             }

@@ -53,6 +53,7 @@
 mod codec;
 mod core;
 mod metrics;
+pub mod os;
 mod server;
 mod session;
 mod table;

@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 pub struct MmoArgs {
     /// Builds, comma-separated: cport-uring, cport-epoll (`cport mmo`; `cport-NAME@PATH` runs
     /// the `cport` binary at PATH, a build of another commit), tokio (`mmo-tokio`:
-    /// `cargo build --release -p cport-bench --bins`).
+    /// `cargo build --release -p cport-bench-peers`).
     #[arg(long, default_value = "cport-uring,cport-epoll,tokio")]
     pub builds: String,
     /// Rounds; each runs every build once (per measure), in turn.
@@ -65,13 +65,13 @@ pub struct MmoArgs {
     #[arg(long, default_value_t = 2)]
     pub client_threads: usize,
     /// The servers' NPCs.
-    #[arg(long, default_value_t = cport_mmo::protocol::MAX_NPC)]
+    #[arg(long, default_value_t = cport_mmo_proto::MAX_NPC)]
     pub npcs: usize,
     /// The servers' MAX_USER.
-    #[arg(long, default_value_t = cport_mmo::protocol::MAX_USER)]
+    #[arg(long, default_value_t = cport_mmo_proto::MAX_USER)]
     pub max_users: usize,
     /// The servers' VIEW_RANGE.
-    #[arg(long, default_value_t = cport_mmo::protocol::VIEW_RANGE)]
+    #[arg(long, default_value_t = cport_mmo_proto::VIEW_RANGE)]
     pub view_range: u16,
     /// Also write the medians and every round's figures as JSON here (an object keyed by
     /// build name).
@@ -128,7 +128,7 @@ fn build(full: &str, a: &MmoArgs) -> io::Result<Build> {
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
                     format!(
-                        "{} not built: run `cargo build --release -p cport-bench --bins` first",
+                        "{} not built: run `cargo build --release -p cport-bench-peers` first",
                         p.display()
                     ),
                 ));

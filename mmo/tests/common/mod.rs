@@ -7,8 +7,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use cport_mmo::protocol::{frame_len, name, ClientPacket, Direction, ServerPacket, SizeField};
 use cport_mmo::{Config, MmoServer};
+use cport_mmo_proto::{frame_len, name, ClientPacket, Direction, ServerPacket, SizeField};
 use cport_server::cport::Backend;
 
 pub use cport_testkit::TIMEOUT;

@@ -2,7 +2,7 @@
 //! `decode` for both header widths; `decode` of arbitrary bytes and `frame_len` on arbitrary
 //! prefixes never panic, and `frame_len` never claims more than the buffer holds.
 
-use cport_mmo::protocol::{
+use cport_mmo_proto::{
     frame_len, header_len, ClientPacket, Direction, Name, ServerPacket, SizeField, CHAT_SIZE,
 };
 use proptest::prelude::*;
@@ -143,7 +143,7 @@ proptest! {
 fn truncated_client_packets_are_refused_at_every_cut() {
     let all = [
         ClientPacket::Login {
-            name: cport_mmo::protocol::name("alice"),
+            name: cport_mmo_proto::name("alice"),
         },
         ClientPacket::Move {
             direction: Direction::Left,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{Client, TIMEOUT};
 use cport_bench::proc::ServerProc;
-use cport_mmo::protocol::{ClientPacket, Direction, ServerPacket, SizeField};
+use cport_mmo_proto::{ClientPacket, Direction, ServerPacket, SizeField};
 
 const MAX_USERS: u32 = 3;
 const NPCS: u32 = 60;
@@ -212,7 +212,7 @@ fn speaks_the_protocol(header: &str, h: SizeField) {
     let c = Client::login(addr, h, "carol");
     let mut d = Client::connect(addr, h);
     d.send(&ClientPacket::Login {
-        name: cport_mmo::protocol::name("dave"),
+        name: cport_mmo_proto::name("dave"),
     });
     match d.recv() {
         ServerPacket::LoginFail => {}
@@ -246,7 +246,7 @@ fn speaks_the_protocol(header: &str, h: SizeField) {
     let g = loop {
         let mut g = Client::connect(addr, h);
         g.send(&ClientPacket::Login {
-            name: cport_mmo::protocol::name("gina"),
+            name: cport_mmo_proto::name("gina"),
         });
         match g.recv() {
             ServerPacket::LoginInfo { id, .. } => {

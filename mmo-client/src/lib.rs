@@ -1,4 +1,4 @@
-//! The course's stress tester, on the port (`cport stress`, `cport demo`).
+//! # cport-mmo-client — the course's stress tester, on the port (`cport stress`, `cport demo`)
 //!
 //! Dummies connect one at a time, each logging in (`CS_LOGIN`, name `dummyN`) and teleporting
 //! (`CS_TELEPORT`), then sending `CS_MOVE` in a random direction about once a second with
@@ -16,6 +16,8 @@
 //! dummy's move schedule is a port timer ([`Port::post_after`]). One controller thread (the
 //! caller's) runs the ramp and the per-second series.
 
+#![warn(missing_docs)]
+
 pub mod multi;
 mod ramp;
 
@@ -32,10 +34,10 @@ use std::time::{Duration, Instant};
 use cport_server::cport::{Aborted, Backend, Completion, Op, Pool, Port, Socket, TimerId};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::protocol::{frame_len, name, ClientPacket, Direction, ServerPacket, SizeField};
-use crate::splitmix64;
+use cport_mmo_proto::splitmix64;
+use cport_mmo_proto::{frame_len, name, ClientPacket, Direction, ServerPacket, SizeField};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -83,7 +85,7 @@ impl Settings {
             move_interval: Duration::from_secs(1),
             threads: 2,
             backend: None,
-            npc_ids_from: crate::protocol::MAX_USER as u32,
+            npc_ids_from: cport_mmo_proto::MAX_USER as u32,
             keep_picture: true,
             live_map: false,
         }
@@ -91,12 +93,12 @@ impl Settings {
 }
 
 /// The settings as the report shows them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SettingsReport {
     /// The game server.
     pub addr: String,
     /// `u8` or `u16`.
-    pub header: &'static str,
+    pub header: String,
     /// Most clients at once (after the open-files limit).
     pub max_clients: usize,
     /// The delay limit.
@@ -116,7 +118,7 @@ pub struct SettingsReport {
 }
 
 /// One second of the run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Second {
     /// Seconds since the start (end of this second).
     pub t: f64,
@@ -150,7 +152,7 @@ pub struct Second {
 }
 
 /// Errors met, by kind (counted, never hidden).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Errors {
     /// Connects refused (`ECONNREFUSED`: nothing listening, or the backlog full).
     pub connect_refused: u64,
@@ -198,8 +200,8 @@ impl std::fmt::Display for Errors {
     }
 }
 
-/// What a run measured.
-#[derive(Debug, Clone, Serialize)]
+/// What a run measured (written by `--json`, read back by `cport bench mmo`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The highest number of clients logged in while the tracked delay was under the limit.
     pub max_clients_under_limit: usize,
@@ -433,7 +435,7 @@ fn add(sh: &Shared, n: u64) -> Result<(), AddError> {
     let s = match socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
     {
         Ok(s) => s,
-        Err(e) if crate::os::out_of_descriptors(&e) => {
+        Err(e) if cport_server::os::out_of_descriptors(&e) => {
             sh.errors.fd_limit.fetch_add(1, Relaxed);
             return Err(give_back(AddError::FdLimit(e)));
         }
@@ -646,10 +648,10 @@ fn on_bytes(sh: &Shared, slot: u32, d: &mut Dummy, buf: &mut Vec<u8>) -> bool {
 
 /// User + system CPU time of this process (all threads).
 pub fn self_cpu_time() -> Duration {
-    crate::os::process_cpu_time()
+    cport_server::os::process_cpu_time()
 }
 
-use crate::os::fd_soft_limit;
+use cport_server::os::fd_soft_limit;
 
 /// Descriptors kept free for everything else of the process (the port, stdio, files).
 const FD_RESERVE: u64 = 64;
@@ -970,7 +972,8 @@ pub fn run_with_probe(
             header: match settings.header {
                 SizeField::U8 => "u8",
                 SizeField::U16 => "u16",
-            },
+            }
+            .to_string(),
             max_clients,
             delay_limit_ms: settings.delay_limit_ms,
             duration_s: settings.duration.as_secs_f64(),
@@ -989,7 +992,7 @@ pub fn run_with_probe(
 fn snapshot(sh: &Shared) -> MapSnapshot {
     let (players, npcs) = snapshot_ids(sh);
     MapSnapshot {
-        world_size: crate::protocol::W_WIDTH,
+        world_size: cport_mmo_proto::W_WIDTH,
         players,
         npcs: npcs.into_iter().map(|(_, p)| p).collect(),
     }
@@ -1052,10 +1055,10 @@ mod tests {
 
     #[test]
     fn the_probe_maps_the_dummies_in_game_during_the_run_and_nothing_after() {
-        let server = crate::start(crate::Config {
+        let server = cport_mmo::start(cport_mmo::Config {
             npcs: 20_000,
             threads: 1,
-            ..crate::Config::default()
+            ..cport_mmo::Config::default()
         })
         .expect("start the game");
         let settings = Settings {

@@ -1,4 +1,6 @@
-//! The course's wire protocol, byte for byte.
+//! # cport-mmo-proto — the course's wire protocol, byte for byte
+//!
+//! Shared by the game server (`cport-mmo`), its load client (`cport-mmo-client`) and the tools.
 //!
 //! Every packet is `[size][type][body]`: `size` counts the whole packet, header included, and
 //! is one unsigned byte ([`SizeField::U8`], the default) or two bytes little-endian
@@ -9,9 +11,21 @@
 //! so each direction has its own enum and decoder: [`ClientPacket`] (what the server
 //! receives) and [`ServerPacket`] (what clients receive).
 
+#![warn(missing_docs)]
+
 use std::fmt;
 
 pub use cport_server::SizeField;
+
+/// One round of splitmix64 on `x` (already advanced by the caller): the mixer the game and its
+/// clients derive their deterministic choices from (NPC placement, dummies' moves and names),
+/// kept here so that the server, the load client and the tools draw the same sequences.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 /// Bytes of a name (`NAME_SIZE`), NUL-padded.
 pub const NAME_SIZE: usize = 20;

@@ -34,7 +34,7 @@ use super::{
     IdMap, MapSnapshot, Probe, ProbeOf, Ramp, Report, Second, Settings, SettingsReport,
     MAX_DELAY_MS,
 };
-use crate::protocol::SizeField;
+use cport_mmo_proto::SizeField;
 
 /// How often a child sends its samples and counters.
 const TICK: Duration = Duration::from_millis(10);
@@ -158,7 +158,7 @@ enum Up {
 }
 
 /// What one client process did (in [`Report::children`]).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ChildSummary {
     /// Its number.
     pub index: usize,
@@ -364,7 +364,7 @@ enum Msg {
 /// Merges the maps of the children (an NPC several see is drawn once).
 fn merge_maps<'a>(maps: impl Iterator<Item = &'a IdMap>) -> MapSnapshot {
     let mut m = MapSnapshot {
-        world_size: crate::protocol::W_WIDTH,
+        world_size: cport_mmo_proto::W_WIDTH,
         ..MapSnapshot::default()
     };
     let mut seen = super::IdSet::default();
@@ -758,7 +758,8 @@ pub fn run_multi(
             header: match settings.header {
                 SizeField::U8 => "u8",
                 SizeField::U16 => "u16",
-            },
+            }
+            .to_string(),
             max_clients: total_cap,
             delay_limit_ms: settings.delay_limit_ms,
             duration_s: settings.duration.as_secs_f64(),
@@ -792,10 +793,10 @@ mod tests {
     /// started is logged in at the end, with dense ids.
     #[test]
     fn two_children_share_the_clients_and_the_report_is_their_sum() {
-        let server = crate::start(crate::Config {
+        let server = cport_mmo::start(cport_mmo::Config {
             npcs: 2_000,
             threads: 1,
-            ..crate::Config::default()
+            ..cport_mmo::Config::default()
         })
         .expect("start the game");
         let settings = Settings {

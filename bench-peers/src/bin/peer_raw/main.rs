@@ -1,8 +1,7 @@
 //! Peer echo server: the simplest io_uring echo loop we could write (Linux only; see
-//! `peer_raw_linux.rs`).
+//! `linux.rs`).
 
 #[cfg(target_os = "linux")]
-#[path = "../peer_raw_linux.rs"]
 mod linux;
 
 #[cfg(target_os = "linux")]

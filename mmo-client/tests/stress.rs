@@ -1,7 +1,8 @@
-//! The stress tester (`cport_mmo::stress`) against the game server in process: a short,
+//! The stress tester (`cport_mmo_client`) against the game server in process: a short,
 //! bounded run completes, holds its clients under the limit and reports sanely; and a run
 //! against nothing counts the refused connects and gives up early.
 
+#[path = "../../mmo/tests/common/mod.rs"]
 mod common;
 
 use cport_testkit::per_backend;
@@ -9,7 +10,7 @@ use cport_testkit::per_backend;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use cport_mmo::stress::{self, Settings};
+use cport_mmo_client::{self as stress, Settings};
 use cport_server::cport::Backend;
 
 fn short_run(backend: Backend) {

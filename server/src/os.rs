@@ -1,4 +1,5 @@
-//! The few OS facts the server and the stress client measure, on Linux and on Windows.
+//! The few OS facts a server and its load clients measure, on Linux and on Windows: thread and
+//! process CPU time, the open-files limit, and whether an error means no descriptor was left.
 
 use std::time::Duration;
 
