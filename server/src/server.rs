@@ -53,6 +53,72 @@ impl From<cport::Closed> for PostError {
 
 /// What the server calls, on the port's worker threads. Several calls may run at once
 /// (for different sessions; the calls for one session's received packets never overlap).
+///
+/// Only [`on_packet`](Handler::on_packet) must be written; the other calls do nothing by
+/// default. A panic in `on_connect` or `on_packet` closes that session only
+/// ([`CloseReason::Local`], logged at error level); the server keeps serving.
+///
+/// A handler for the course's `[size][type][body]` packets: it greets each session, answers
+/// type 1 with type 2 and the body reversed, refuses any other type with a reason, and counts
+/// the sessions that closed.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::net::TcpStream;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// use cport_server::{CloseReason, Config, Handler, LengthPrefixed, Server, Session, SizeField};
+///
+/// struct Reverse {
+///     codec: LengthPrefixed,
+///     closed: Arc<AtomicUsize>,
+/// }
+///
+/// impl Handler for Reverse {
+///     fn on_connect(&self, session: &Session) {
+///         session.send(self.codec.encode(0, b"hi"));
+///     }
+///     fn on_packet(&self, session: &Session, packet: &[u8]) {
+///         let (kind, body) = (packet[1], &packet[self.codec.header_len()..]);
+///         if kind != 1 {
+///             session.close(CloseReason::Rejected(format!("unknown type {kind}")));
+///             return;
+///         }
+///         let reversed: Vec<u8> = body.iter().rev().copied().collect();
+///         session.send(self.codec.encode(2, &reversed));
+///     }
+///     fn on_close(&self, _session: &Session, _reason: &CloseReason) {
+///         self.closed.fetch_add(1, Ordering::SeqCst);
+///     }
+/// }
+///
+/// let codec = LengthPrefixed::new(SizeField::U8);
+/// let closed = Arc::new(AtomicUsize::new(0));
+/// let handler = Reverse { codec, closed: closed.clone() };
+/// let server = Server::start(Config::default(), codec, handler)?;
+///
+/// let mut client = TcpStream::connect(server.local_addr())?;
+/// client.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// let mut greeting = [0u8; 4];
+/// client.read_exact(&mut greeting)?;
+/// assert_eq!(&greeting, &[4, 0, b'h', b'i']);
+///
+/// client.write_all(&codec.encode(1, b"abc"))?;
+/// let mut reply = [0u8; 5];
+/// client.read_exact(&mut reply)?;
+/// assert_eq!(&reply, &[5, 2, b'c', b'b', b'a']);
+///
+/// // Type 9 is refused: the server closes the connection.
+/// client.write_all(&codec.encode(9, b""))?;
+/// assert_eq!(client.read(&mut [0u8; 1])?, 0, "end of stream");
+///
+/// let report = server.shutdown(Duration::from_secs(1));
+/// assert_eq!(closed.load(Ordering::SeqCst), 1);
+/// assert_eq!(report.forced, 0);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub trait Handler: Send + Sync + 'static {
     /// The server listens and its workers run: called once, on the thread that called
     /// [`Server::start`], before `start` returns — the place to set the first timers
@@ -87,6 +153,47 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// A handle to a running server, for handlers and other threads. Cheap to clone.
+///
+/// Handlers get one in the server's own calls ([`Handler::on_start`], `on_timer`, …) and from
+/// any session ([`Session::server`]); other threads from [`Server::handle`]. A ticker that
+/// sends `tick` to every session every 10 ms, on a timer it sets when the server starts:
+///
+/// ```
+/// use std::io::Read;
+/// use std::net::TcpStream;
+/// use std::time::Duration;
+///
+/// use cport_server::{Bytes, Config, Handler, RawStream, Server, ServerHandle, Session};
+///
+/// const TICK: u64 = 1;
+///
+/// struct Ticker;
+///
+/// impl Handler for Ticker {
+///     fn on_start(&self, server: &ServerHandle) {
+///         server.post_after(Duration::from_millis(10), TICK, 0).unwrap();
+///     }
+///     fn on_packet(&self, _: &Session, _: &[u8]) {}
+///     fn on_timer(&self, server: &ServerHandle, key: u64, _value: u64) {
+///         if key == TICK {
+///             server.broadcast_all(&Bytes::from_static(b"tick"), None);
+///             // Refused once the server shuts down: the ticking stops.
+///             let _ = server.post_after(Duration::from_millis(10), TICK, 0);
+///         }
+///     }
+/// }
+///
+/// let server = Server::start(Config::default(), RawStream, Ticker)?;
+/// let mut client = TcpStream::connect(server.local_addr())?;
+/// client.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// let mut got = [0u8; 8];
+/// client.read_exact(&mut got)?;
+/// assert_eq!(&got, b"ticktick");
+/// assert_eq!(server.handle().sessions().len(), 1);
+/// drop(client);
+/// server.shutdown(Duration::from_secs(1));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct ServerHandle {
     core: Arc<Core>,
@@ -292,6 +399,47 @@ impl std::fmt::Display for ShutdownReport {
 /// fault — bad input, slow consumer, idle, too many packets — else at debug), refusals and
 /// accept errors at warn: nothing is printed unless the program installs a subscriber (for
 /// example `tracing_subscriber::fmt().init()`).
+///
+/// An echo server on two workers, served and then shut down gracefully: the session is
+/// half-closed, its client reads to the end of the stream and closes, and the session counts
+/// as flushed.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::net::TcpStream;
+/// use std::time::Duration;
+///
+/// use cport_server::{Config, Handler, RawStream, Server, Session};
+///
+/// struct Echo;
+///
+/// impl Handler for Echo {
+///     fn on_packet(&self, session: &Session, bytes: &[u8]) {
+///         session.send(bytes.to_vec());
+///     }
+/// }
+///
+/// let cfg = Config { threads: 2, ..Config::default() };
+/// let server = Server::start(cfg, RawStream, Echo)?;
+///
+/// let mut client = TcpStream::connect(server.local_addr())?;
+/// client.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// client.write_all(b"ping")?;
+/// let mut back = [0u8; 4];
+/// client.read_exact(&mut back)?;
+/// assert_eq!(&back, b"ping");
+/// assert_eq!(server.handle().metrics().open, 1);
+///
+/// // The client reads until the server half-closes, then closes its side.
+/// let reader = std::thread::spawn(move || {
+///     let mut rest = Vec::new();
+///     client.read_to_end(&mut rest).map(|_| rest)
+/// });
+/// let report = server.shutdown(Duration::from_secs(5));
+/// assert_eq!(reader.join().unwrap()?, b"");
+/// assert_eq!((report.sessions, report.flushed, report.forced), (1, 1, 0));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct Server {
     handle: ServerHandle,
     pool: Option<Pool>,
