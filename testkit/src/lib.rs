@@ -1,9 +1,11 @@
-//! Test support shared by the test suites of `cport`, `cport-server` and `cport-mmo`: every
+//! Test support shared by the test suites of `cport`, `cport-server`, `cport-mmo` and the
+//! `cport` binary: every
 //! networked test runs once per backend, with timeouts that fail a test instead of hanging it;
 //! a test that needs a service (PostgreSQL, Chromium) finds it with [`service`], which skips
 //! it where the service is missing unless `scripts/test` asks for every service.
 //! Empty under `--cfg loom`, where `cport` builds only its scheduler model.
 #![cfg(not(loom))]
+#![warn(missing_docs)]
 
 use std::time::Duration;
 
@@ -47,7 +49,7 @@ pub const REQUIRE_SERVICES: &str = "CPORT_REQUIRE_SERVICES";
 /// passes), so that plain `cargo test` passes on a machine without the service.
 ///
 /// ```
-/// #[test]
+/// // A test (under `#[test]`):
 /// fn a_player_comes_back_where_it_logged_out_on_postgres() {
 ///     let Some(url) = cport_testkit::service("PostgreSQL", "CPORT_TEST_POSTGRES") else {
 ///         return; // skipped (said on stderr)
