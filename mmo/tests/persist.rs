@@ -1,6 +1,7 @@
 //! Players that persist: each promise against SQLite (a file of its own per test) and against
 //! PostgreSQL (a database of its own per test on the server `CPORT_TEST_POSTGRES` names —
-//! `scripts/test` starts one; a test fails, never skips, when it is missing).
+//! `scripts/test` starts one; without it the PostgreSQL tests say they are skipped and pass,
+//! except under `scripts/test`, where they fail: `cport_testkit::service`).
 
 mod common;
 
@@ -60,35 +61,31 @@ fn sqlite_db(test: &str) -> TestDb {
     }
 }
 
-/// The PostgreSQL server of `scripts/test`, or a failure that says how to get one.
-pub fn postgres_url() -> String {
-    let url = std::env::var("CPORT_TEST_POSTGRES").unwrap_or_else(|_| {
-        panic!(
-            "CPORT_TEST_POSTGRES is not set: the PostgreSQL tests need a server. Run them with \
-             scripts/test (it installs and starts a throwaway PostgreSQL and sets it)"
-        )
-    });
+/// The PostgreSQL server of `scripts/test`; `None` (the test is skipped) without one, a
+/// failure when it is set but cannot be reached.
+pub fn postgres_url() -> Option<String> {
+    let url = cport_testkit::service("PostgreSQL", "CPORT_TEST_POSTGRES")?;
     if let Err(e) = ::postgres::Client::connect(&url, ::postgres::NoTls) {
         panic!(
             "CPORT_TEST_POSTGRES={url} cannot be reached ({e}). Run the tests with scripts/test \
              (it starts a throwaway PostgreSQL)"
         );
     }
-    url
+    Some(url)
 }
 
-fn pg_db(test: &str) -> TestDb {
-    let url = postgres_url();
+fn pg_db(test: &str) -> Option<TestDb> {
+    let url = postgres_url()?;
     let name = unique(test).to_lowercase();
     let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
     c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
     // The same server, the new database.
     let base = url.rsplit_once('/').unwrap().0;
-    TestDb {
+    Some(TestDb {
         cfg: DbConfig::Postgres(format!("{base}/{name}")),
         dir: None,
         pg: Some((url, name)),
-    }
+    })
 }
 
 /// A game with `db`, a 50×50 board (view range 7), no NPCs, saves every `save` ms.
@@ -391,7 +388,11 @@ macro_rules! per_db {
             $( #[test] fn $name() { super::$name(super::sqlite_db(stringify!($name))) } )*
         }
         mod postgres {
-            $( #[test] fn $name() { super::$name(super::pg_db(stringify!($name))) } )*
+            $( #[test] fn $name() {
+                if let Some(db) = super::pg_db(stringify!($name)) {
+                    super::$name(db)
+                }
+            } )*
         }
     };
 }
@@ -556,7 +557,8 @@ fn db_config_parses_sqlite_postgres_and_none() {
 }
 
 /// A PostgreSQL cluster of one test's own (so that it can be stopped under a running game
-/// without disturbing the other tests), made with the binaries `CPORT_TEST_PG_BIN` names.
+/// without disturbing the other tests), made with the binaries `CPORT_TEST_PG_BIN` names
+/// (`None`, the test skipped, without them).
 struct OwnCluster {
     bin: PathBuf,
     dir: PathBuf,
@@ -577,13 +579,11 @@ impl OwnCluster {
         c
     }
 
-    fn new() -> OwnCluster {
-        let bin = PathBuf::from(std::env::var("CPORT_TEST_PG_BIN").unwrap_or_else(|_| {
-            panic!(
-                "CPORT_TEST_PG_BIN is not set: this test starts and stops a PostgreSQL of its \
-                 own. Run it with scripts/test (it installs PostgreSQL and sets it)"
-            )
-        }));
+    fn new() -> Option<OwnCluster> {
+        let bin = PathBuf::from(cport_testkit::service(
+            "PostgreSQL binaries",
+            "CPORT_TEST_PG_BIN",
+        )?);
         let dir = std::env::temp_dir().join(format!("cport-pg-{}", unique("own")));
         std::fs::create_dir_all(&dir).unwrap();
         if rustix::process::geteuid().is_root() {
@@ -605,7 +605,7 @@ impl OwnCluster {
             .unwrap();
         assert!(ok.success(), "initdb failed");
         c.start();
-        c
+        Some(c)
     }
 
     fn start(&self) {
@@ -653,7 +653,9 @@ impl Drop for OwnCluster {
 /// and logins work.
 #[test]
 fn postgres_stopped_at_runtime_fails_logins_and_keeps_saves_until_it_is_back() {
-    let pg = OwnCluster::new();
+    let Some(pg) = OwnCluster::new() else {
+        return;
+    };
     let db = TestDb {
         cfg: DbConfig::Postgres(pg.url()),
         dir: None,

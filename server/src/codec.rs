@@ -43,6 +43,32 @@ impl std::error::Error for FrameError {}
 /// Cuts a byte stream into packets. Called on a worker thread with everything received and
 /// not yet consumed; returns the length of the first complete packet, `Ok(None)` when more
 /// bytes are needed, or an error that closes the session.
+///
+/// A codec of lines, each ending with `\n`, at most 4096 bytes (the one of the
+/// `server_chat` example):
+///
+/// ```
+/// use cport_server::{Codec, FrameError};
+///
+/// struct Lines;
+///
+/// impl Codec for Lines {
+///     fn frame(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+///         match buf.iter().position(|&b| b == b'\n') {
+///             Some(end) => Ok(Some(end + 1)),
+///             None if buf.len() > 4096 => Err(FrameError::TooLarge {
+///                 size: buf.len(),
+///                 max: 4096,
+///             }),
+///             None => Ok(None),
+///         }
+///     }
+/// }
+///
+/// assert_eq!(Lines.frame(b"hello\nwor"), Ok(Some(6)));
+/// assert_eq!(Lines.frame(b"wor"), Ok(None));
+/// assert!(Lines.frame(&[b'x'; 5000]).is_err());
+/// ```
 pub trait Codec: Send + Sync + 'static {
     /// Length of the first complete packet at the start of `buf`.
     fn frame(&self, buf: &[u8]) -> Result<Option<usize>, FrameError>;
@@ -103,6 +129,24 @@ impl SizeField {
 
 /// Packets that start with their own total size (header included), then a type byte, as in
 /// the IOCP course protocol: `[size][type][body…]`.
+///
+/// ```
+/// use cport_server::{Codec, FrameError, LengthPrefixed, SizeField};
+///
+/// let codec = LengthPrefixed::new(SizeField::U16).max_packet(1024);
+/// let packet = codec.encode(7, b"body");
+/// assert_eq!(&packet[..], &[7, 0, 7, b'b', b'o', b'd', b'y']);
+/// // One packet and the start of the next: the first is framed, whole.
+/// let mut stream = packet.to_vec();
+/// stream.extend_from_slice(&[9]);
+/// assert_eq!(codec.frame(&stream), Ok(Some(7)));
+/// assert_eq!(codec.frame(&stream[7..]), Ok(None), "more bytes needed");
+/// // A size over the maximum closes the session.
+/// assert_eq!(
+///     codec.frame(&[0x01, 0x10, 1]),
+///     Err(FrameError::TooLarge { size: 0x1001, max: 1024 })
+/// );
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct LengthPrefixed {
     size: SizeField,
@@ -169,6 +213,13 @@ impl Codec for LengthPrefixed {
 }
 
 /// No framing: whatever arrived is one "packet" (a byte-stream echo, a proxy).
+///
+/// ```
+/// use cport_server::{Codec, RawStream};
+///
+/// assert_eq!(RawStream.frame(b"any bytes"), Ok(Some(9)));
+/// assert_eq!(RawStream.frame(b""), Ok(None));
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RawStream;
 

@@ -30,6 +30,40 @@ pub(crate) const RECV: u64 = 0;
 pub(crate) const SEND: u64 = 1;
 
 /// Server settings. `Config::default()` then change what you need.
+///
+/// A server on two workers, for at most 100 sessions, that closes a session once it has
+/// received nothing for 100 ms:
+///
+/// ```
+/// use std::io::Read;
+/// use std::net::TcpStream;
+/// use std::time::Duration;
+///
+/// use cport_server::{Config, Handler, RawStream, Server, Session};
+///
+/// struct Quiet;
+///
+/// impl Handler for Quiet {
+///     fn on_packet(&self, _: &Session, _: &[u8]) {}
+/// }
+///
+/// let cfg = Config {
+///     addr: "127.0.0.1:0".parse().unwrap(),
+///     threads: 2,
+///     max_sessions: 100,
+///     idle_timeout: Some(Duration::from_millis(100)),
+///     ..Config::default()
+/// };
+/// let server = Server::start(cfg, RawStream, Quiet)?;
+/// let handle = server.handle();
+/// let mut client = TcpStream::connect(server.local_addr())?;
+/// client.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// // The client sends nothing: the server closes the session.
+/// assert_eq!(client.read(&mut [0u8; 1])?, 0, "end of stream");
+/// server.shutdown(Duration::from_secs(1));
+/// assert_eq!(handle.metrics().closed_for("idle_timeout"), 1);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Address to listen on (default `127.0.0.1:0`: loopback, a free port).

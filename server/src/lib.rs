@@ -47,11 +47,13 @@
 
 #![warn(missing_docs)]
 
-// Layers, each using only those below it: `server` (handler, handle, accept, dispatch,
-// shutdown) → `session` (a connection's send queue, receive path and close) → `core`
-// (settings, shared state, keys) and `table` (the generational session table).
+// Layers, each using only those below it: `server` (handler, accept, dispatch, shutdown) →
+// `handle` (what handlers and other threads reach the server through) → `session` (a
+// connection's send queue, receive path and close) → `core` (settings, shared state, keys)
+// and `table` (the generational session table).
 mod codec;
 mod core;
+mod handle;
 mod metrics;
 pub mod os;
 mod server;
@@ -60,8 +62,9 @@ mod table;
 
 pub use crate::core::{Config, MAX_USER_KEY};
 pub use codec::{Codec, FrameError, LengthPrefixed, RawStream, SizeField};
+pub use handle::{PostError, ServerHandle};
 pub use metrics::{CloseReason, Metrics, REASONS};
-pub use server::{Handler, PostError, Server, ServerHandle, ShutdownReport};
+pub use server::{Handler, Server, ShutdownReport};
 pub use session::{Session, SessionId};
 
 pub use bytes::Bytes;

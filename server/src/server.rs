@@ -1,7 +1,7 @@
-//! The top of the server layer: the handler trait, the server's handle, the accept loop,
-//! dispatch of completions on the port's worker threads, timers and graceful shutdown. It
-//! builds on `session` (a connection's whole life) and `core` (settings, shared state, keys);
-//! neither of those knows this module.
+//! The top of the server layer: the handler trait, the accept loop, dispatch of completions
+//! on the port's worker threads, timers and graceful shutdown. It builds on `handle` (the
+//! server's handle), `session` (a connection's whole life) and `core` (settings, shared
+//! state, keys); none of those knows this module.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,8 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use cport::{Aborted, Backend, Completion, Op, Pool, Port, TimerId};
+use cport::{Aborted, Completion, Op, Pool, Port};
 use socket2::{Domain, Protocol, Type};
 
 use crate::codec::Codec;
@@ -19,40 +18,79 @@ use crate::core::{
     sweep_interval, Config, Core, ACCEPT_RETRY, LISTENER, MAX_USER_KEY, NOT_SESSION, STATS, SWEEP,
     USER_MESSAGE, USER_POST, USER_TIMER,
 };
-use crate::metrics::{CloseReason, Metrics};
+use crate::handle::ServerHandle;
+use crate::metrics::CloseReason;
 use crate::session::{Session, SessionId};
 use crate::table::Slots;
 
-/// Why the server refused a post or a timer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PostError {
-    /// The server's port was shut down.
-    Closed,
-    /// The key is above [`MAX_USER_KEY`] (the keys above it are the server's own).
-    KeyTooLarge(u64),
-}
-
-impl std::fmt::Display for PostError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PostError::Closed => f.write_str("the server's completion port is shut down"),
-            PostError::KeyTooLarge(k) => {
-                write!(f, "user key {k} is above MAX_USER_KEY ({MAX_USER_KEY})")
-            }
-        }
-    }
-}
-
-impl std::error::Error for PostError {}
-
-impl From<cport::Closed> for PostError {
-    fn from(_: cport::Closed) -> Self {
-        PostError::Closed
-    }
-}
-
 /// What the server calls, on the port's worker threads. Several calls may run at once
 /// (for different sessions; the calls for one session's received packets never overlap).
+///
+/// Only [`on_packet`](Handler::on_packet) must be written; the other calls do nothing by
+/// default. A panic in `on_connect` or `on_packet` closes that session only
+/// ([`CloseReason::Local`], logged at error level); the server keeps serving.
+///
+/// A handler for the course's `[size][type][body]` packets: it greets each session, answers
+/// type 1 with type 2 and the body reversed, refuses any other type with a reason, and counts
+/// the sessions that closed.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::net::TcpStream;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// use cport_server::{CloseReason, Config, Handler, LengthPrefixed, Server, Session, SizeField};
+///
+/// struct Reverse {
+///     codec: LengthPrefixed,
+///     closed: Arc<AtomicUsize>,
+/// }
+///
+/// impl Handler for Reverse {
+///     fn on_connect(&self, session: &Session) {
+///         session.send(self.codec.encode(0, b"hi"));
+///     }
+///     fn on_packet(&self, session: &Session, packet: &[u8]) {
+///         let (kind, body) = (packet[1], &packet[self.codec.header_len()..]);
+///         if kind != 1 {
+///             session.close(CloseReason::Rejected(format!("unknown type {kind}")));
+///             return;
+///         }
+///         let reversed: Vec<u8> = body.iter().rev().copied().collect();
+///         session.send(self.codec.encode(2, &reversed));
+///     }
+///     fn on_close(&self, _session: &Session, _reason: &CloseReason) {
+///         self.closed.fetch_add(1, Ordering::SeqCst);
+///     }
+/// }
+///
+/// let codec = LengthPrefixed::new(SizeField::U8);
+/// let closed = Arc::new(AtomicUsize::new(0));
+/// let handler = Reverse { codec, closed: closed.clone() };
+/// let server = Server::start(Config::default(), codec, handler)?;
+///
+/// let mut client = TcpStream::connect(server.local_addr())?;
+/// client.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// let mut greeting = [0u8; 4];
+/// client.read_exact(&mut greeting)?;
+/// assert_eq!(&greeting, &[4, 0, b'h', b'i']);
+///
+/// client.write_all(&codec.encode(1, b"abc"))?;
+/// let mut reply = [0u8; 5];
+/// client.read_exact(&mut reply)?;
+/// assert_eq!(&reply, &[5, 2, b'c', b'b', b'a']);
+///
+/// // Type 9 is refused: the server closes the connection.
+/// client.write_all(&codec.encode(9, b""))?;
+/// assert_eq!(client.read(&mut [0u8; 1])?, 0, "end of stream");
+///
+/// let report = server.shutdown(Duration::from_secs(1));
+/// assert_eq!(closed.load(Ordering::SeqCst), 1);
+/// assert_eq!(report.forced, 0);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub trait Handler: Send + Sync + 'static {
     /// The server listens and its workers run: called once, on the thread that called
     /// [`Server::start`], before `start` returns — the place to set the first timers
@@ -83,177 +121,6 @@ pub trait Handler: Send + Sync + 'static {
     /// [`Message::downcast`](cport::Message::downcast). The default drops it.
     fn on_message(&self, server: &ServerHandle, key: u64, message: cport::Message) {
         let _ = (server, key, message);
-    }
-}
-
-/// A handle to a running server, for handlers and other threads. Cheap to clone.
-#[derive(Clone)]
-pub struct ServerHandle {
-    core: Arc<Core>,
-    sessions: Arc<Slots<Session>>,
-}
-
-impl Session {
-    /// The server this session belongs to.
-    pub fn server(&self) -> ServerHandle {
-        let (core, sessions) = self.parts();
-        ServerHandle {
-            core: core.clone(),
-            sessions: sessions.clone(),
-        }
-    }
-}
-
-impl std::fmt::Debug for ServerHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerHandle")
-            .field("addr", &self.core.local_addr)
-            .finish()
-    }
-}
-
-impl ServerHandle {
-    /// The address the server listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.core.local_addr
-    }
-
-    /// The port's backend.
-    pub fn backend(&self) -> Backend {
-        self.core.port.backend()
-    }
-
-    /// The completion port under the server.
-    pub fn port(&self) -> &Port {
-        &self.core.port
-    }
-
-    /// The configuration the server runs with.
-    pub fn config(&self) -> &Config {
-        &self.core.cfg
-    }
-
-    /// A snapshot of the counters.
-    pub fn metrics(&self) -> Metrics {
-        self.core.counters.snapshot()
-    }
-
-    /// The open session with this id, if it is still open.
-    pub fn session(&self, id: SessionId) -> Option<Session> {
-        self.sessions.get(id.0)
-    }
-
-    /// Every open session.
-    pub fn sessions(&self) -> Vec<Session> {
-        self.sessions.all()
-    }
-
-    /// Sends one packet to every open session but `except` (typically the sender; `None`:
-    /// all), walking the session table without collecting a list; the bytes are shared, not
-    /// copied per session. Returns how many sessions took it. The walk visits every slot
-    /// (`Config::max_sessions`); for a known subset, [`ServerHandle::broadcast`] is cheaper.
-    pub fn broadcast_all(&self, packet: &Bytes, except: Option<SessionId>) -> usize {
-        let mut sent = 0;
-        // Each session is cloned out of its slot's lock and sent to outside it.
-        self.sessions.for_each(|s| {
-            if Some(s.id()) != except && s.send(packet.clone()) {
-                sent += 1;
-            }
-        });
-        sent
-    }
-
-    /// Sends one packet to every session of `sessions` but `except` (typically the sender),
-    /// without collecting a new list; the bytes are shared, not copied per session. Returns
-    /// how many sessions took it.
-    pub fn broadcast_except<'a>(
-        &self,
-        sessions: impl IntoIterator<Item = &'a Session>,
-        except: SessionId,
-        packet: &Bytes,
-    ) -> usize {
-        self.broadcast(sessions.into_iter().filter(|s| s.id() != except), packet)
-    }
-
-    /// Sends one packet to many sessions; the bytes are shared, not copied per session.
-    /// Returns how many sessions took it.
-    pub fn broadcast<'a>(
-        &self,
-        sessions: impl IntoIterator<Item = &'a Session>,
-        packet: &Bytes,
-    ) -> usize {
-        sessions
-            .into_iter()
-            .filter(|s| s.send(packet.clone()))
-            .count()
-    }
-
-    /// Posts an event to the handler's `on_posted` (`PostQueuedCompletionStatus`).
-    /// `key` must be at most [`MAX_USER_KEY`], else [`PostError::KeyTooLarge`].
-    pub fn post(&self, key: u64, value: u64) -> Result<(), PostError> {
-        if key > MAX_USER_KEY {
-            return Err(PostError::KeyTooLarge(key));
-        }
-        Ok(self.core.port.post(USER_POST, key as usize, value)?)
-    }
-
-    /// Posts a completion that owns `value` (the `EV_DB` pattern: a database or other
-    /// blocking thread hands its result back to the port's workers): the handler's
-    /// `on_message(key, message)` gets it exactly once, on a worker thread, and takes it back
-    /// with [`Message::downcast`](cport::Message::downcast). `key` must be at most
-    /// [`MAX_USER_KEY`], else [`PostError::KeyTooLarge`]; after shutdown the post is refused
-    /// with [`PostError::Closed`]. Either way `value` is dropped; a value posted but not
-    /// delivered before shutdown is dropped with the port's queue.
-    ///
-    /// ```
-    /// use cport_server::{cport::Message, Config, Handler, RawStream, Server, ServerHandle, Session};
-    /// use std::sync::mpsc;
-    ///
-    /// struct Db(mpsc::Sender<(u64, String)>);
-    /// impl Handler for Db {
-    ///     fn on_packet(&self, _: &Session, _: &[u8]) {}
-    ///     fn on_message(&self, _: &ServerHandle, key: u64, m: Message) {
-    ///         if let Ok(row) = m.downcast::<String>() {
-    ///             let _ = self.0.send((key, row));
-    ///         }
-    ///     }
-    /// }
-    /// let (tx, rx) = mpsc::channel();
-    /// let server = Server::start(Config::default(), RawStream, Db(tx))?;
-    /// let handle = server.handle();
-    /// // A blocking thread does the query, then posts its result to the port.
-    /// std::thread::spawn(move || handle.post_message(7, String::from("alice at (3, 4)")))
-    ///     .join()
-    ///     .unwrap()
-    ///     .unwrap();
-    /// assert_eq!(rx.recv().unwrap(), (7, "alice at (3, 4)".to_string()));
-    /// server.shutdown(std::time::Duration::from_secs(1));
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    #[doc(alias = "PostQueuedCompletionStatus")]
-    pub fn post_message<T: std::any::Any + Send>(
-        &self,
-        key: u64,
-        value: T,
-    ) -> Result<(), PostError> {
-        if key > MAX_USER_KEY {
-            return Err(PostError::KeyTooLarge(key));
-        }
-        Ok(self.core.port.post_message(USER_MESSAGE, key, value)?)
-    }
-
-    /// Calls the handler's `on_timer(key, value)` after `delay`, through the port.
-    /// `key` must be at most [`MAX_USER_KEY`], else [`PostError::KeyTooLarge`].
-    pub fn post_after(&self, delay: Duration, key: u64, value: u64) -> Result<TimerId, PostError> {
-        if key > MAX_USER_KEY {
-            return Err(PostError::KeyTooLarge(key));
-        }
-        Ok(self.core.port.post_after(delay, USER_TIMER | key, value)?)
-    }
-
-    /// Cancels a timer; true if it had not fired.
-    pub fn cancel_timer(&self, id: TimerId) -> bool {
-        self.core.port.cancel_timer(id)
     }
 }
 
@@ -292,6 +159,47 @@ impl std::fmt::Display for ShutdownReport {
 /// fault — bad input, slow consumer, idle, too many packets — else at debug), refusals and
 /// accept errors at warn: nothing is printed unless the program installs a subscriber (for
 /// example `tracing_subscriber::fmt().init()`).
+///
+/// An echo server on two workers, served and then shut down gracefully: the session is
+/// half-closed, its client reads to the end of the stream and closes, and the session counts
+/// as flushed.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::net::TcpStream;
+/// use std::time::Duration;
+///
+/// use cport_server::{Config, Handler, RawStream, Server, Session};
+///
+/// struct Echo;
+///
+/// impl Handler for Echo {
+///     fn on_packet(&self, session: &Session, bytes: &[u8]) {
+///         session.send(bytes.to_vec());
+///     }
+/// }
+///
+/// let cfg = Config { threads: 2, ..Config::default() };
+/// let server = Server::start(cfg, RawStream, Echo)?;
+///
+/// let mut client = TcpStream::connect(server.local_addr())?;
+/// client.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// client.write_all(b"ping")?;
+/// let mut back = [0u8; 4];
+/// client.read_exact(&mut back)?;
+/// assert_eq!(&back, b"ping");
+/// assert_eq!(server.handle().metrics().open, 1);
+///
+/// // The client reads until the server half-closes, then closes its side.
+/// let reader = std::thread::spawn(move || {
+///     let mut rest = Vec::new();
+///     client.read_to_end(&mut rest).map(|_| rest)
+/// });
+/// let report = server.shutdown(Duration::from_secs(5));
+/// assert_eq!(reader.join().unwrap()?, b"");
+/// assert_eq!((report.sessions, report.flushed, report.forced), (1, 1, 0));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct Server {
     handle: ServerHandle,
     pool: Option<Pool>,

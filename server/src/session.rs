@@ -93,6 +93,47 @@ struct SessionInner {
 
 /// A handle to a session. Cheap to clone, `Send + Sync`: handlers keep it and send on it from
 /// any thread. Once the session is closed, sends are refused and the handle only identifies.
+///
+/// A handler that hands each new session to the program's own thread, which sends on it and
+/// closes it gracefully:
+///
+/// ```
+/// use std::io::Read;
+/// use std::net::TcpStream;
+/// use std::sync::{mpsc, Mutex};
+/// use std::time::Duration;
+///
+/// use cport_server::{Config, Handler, RawStream, Server, Session};
+///
+/// struct Register(Mutex<mpsc::Sender<Session>>);
+///
+/// impl Handler for Register {
+///     fn on_connect(&self, session: &Session) {
+///         let _ = self.0.lock().unwrap().send(session.clone());
+///     }
+///     fn on_packet(&self, _: &Session, _: &[u8]) {}
+/// }
+///
+/// let (tx, rx) = mpsc::channel();
+/// let server = Server::start(Config::default(), RawStream, Register(Mutex::new(tx)))?;
+/// let mut client = TcpStream::connect(server.local_addr())?;
+/// client.set_read_timeout(Some(Duration::from_secs(10)))?;
+///
+/// let session = rx.recv_timeout(Duration::from_secs(10)).expect("a session");
+/// assert_eq!(session.peer_addr(), Some(client.local_addr()?));
+/// // Bytes leave in the order they were queued, whatever thread queues them.
+/// assert!(session.send("one "));
+/// assert!(session.send(b"two".to_vec()));
+/// // Send what is queued, then half-close: the client reads to the end of the stream.
+/// session.close_after_flush();
+/// assert!(!session.is_open());
+/// let mut got = String::new();
+/// client.read_to_string(&mut got)?;
+/// assert_eq!(got, "one two");
+/// drop(client);
+/// server.shutdown(Duration::from_secs(1));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Session {
     inner: Arc<SessionInner>,

@@ -21,7 +21,7 @@ per_backend!(
     // backlog (seen 2026-12-02: 98 accepted by connection 384, then none for 10 s); with
     // normal closes only, all 20,000 were accepted in 9 s. Whether real Windows completes
     // such an AcceptEx (with an error, or by skipping the dead connection) is not checked
-    // here; the descriptor checks read /proc, which means nothing on Windows (issue 17).
+    // here; the descriptor checks read /proc, which means nothing on Windows.
     #[cfg_attr(
         wine,
         ignore = "Wine 8: AcceptEx stalls after connections reset in the backlog; fd checks read /proc"

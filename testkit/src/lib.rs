@@ -1,7 +1,11 @@
-//! Test support shared by the test suites of `cport`, `cport-server` and `cport-mmo`: every
-//! networked test runs once per backend, with timeouts that fail a test instead of hanging it.
+//! Test support shared by the test suites of `cport`, `cport-server`, `cport-mmo` and the
+//! `cport` binary: every
+//! networked test runs once per backend, with timeouts that fail a test instead of hanging it;
+//! a test that needs a service (PostgreSQL, Chromium) finds it with [`service`], which skips
+//! it where the service is missing unless `scripts/test` asks for every service.
 //! Empty under `--cfg loom`, where `cport` builds only its scheduler model.
 #![cfg(not(loom))]
+#![warn(missing_docs)]
 
 use std::time::Duration;
 
@@ -33,6 +37,59 @@ macro_rules! per_backend {
             $( #[test] $(#[$attr])* fn $name() { super::$name($crate::Backend::Iocp) } )*
         }
     };
+}
+
+/// The variable that turns a missing service into a failure: `scripts/test` (and so CI) sets
+/// it to `1`, so that a test needing a service never passes without running there.
+pub const REQUIRE_SERVICES: &str = "CPORT_REQUIRE_SERVICES";
+
+/// Where a test finds a service or program it needs (PostgreSQL, Chromium, …): the value of
+/// `var` (set by `scripts/test`, through `scripts/deps/*.sh`), or `None` after
+/// [`missing_service`] said the test is skipped. A test that gets `None` returns at once (and
+/// passes), so that plain `cargo test` passes on a machine without the service.
+///
+/// ```
+/// // A test (under `#[test]`):
+/// fn a_player_comes_back_where_it_logged_out_on_postgres() {
+///     let Some(url) = cport_testkit::service("PostgreSQL", "CPORT_TEST_POSTGRES") else {
+///         return; // skipped (said on stderr)
+///     };
+///     // ... connect to `url` and test ...
+/// #   let _ = url;
+/// }
+/// ```
+pub fn service(name: &str, var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ => {
+            missing_service(name, var);
+            None
+        }
+    }
+}
+
+/// A test cannot find `name` (which `var` would name): says `skipped: no NAME (run
+/// scripts/test)` on stderr, or panics when [`REQUIRE_SERVICES`] is set (to anything but
+/// `0`), as `scripts/test` and CI do. For a test that looks in other places too before giving
+/// up (a browser on `PATH`); others call [`service`].
+pub fn missing_service(name: &str, var: &str) {
+    let required = std::env::var(REQUIRE_SERVICES).is_ok_and(|v| !v.is_empty() && v != "0");
+    if required {
+        panic!(
+            "no {name}: {var} is not set, and {REQUIRE_SERVICES} is, so a missing service fails \
+             the test instead of skipping it. Run the tests with scripts/test (it installs and \
+             starts what they need, and sets {var}), or set {var} yourself"
+        );
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    // Straight to the stderr handle, past the test harness's capture of `eprintln!`: the
+    // skip is seen even though the test passes.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: skipped: no {name} (run scripts/test)"
+    );
 }
 
 /// Example programs run as child processes and driven by real clients (the programs a new
