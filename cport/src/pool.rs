@@ -6,7 +6,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::{Completion, Port};
+use crate::op::Completion;
+use crate::port::Port;
 
 /// A pool of worker threads serving one port.
 ///

@@ -6,11 +6,9 @@
 //! * a thread holds a *slot* from the moment its `get` returns a completion until it calls
 //!   `get` again (or enters `blocking`, or exits); at most `concurrency`
 //!   threads hold a slot at any time;
-//! * idle threads wait in the kernel — with a *shared* scheduler every idle thread with a free
-//!   slot at once, in one epoll wait set where the kernel wakes one waiter per event, most
-//!   recently parked first (IOCP's LIFO release); otherwise one at a time, the *poller*
-//!   (leader/follower, as Boost.Asio's scheduler does) — and threads beyond those park on a
-//!   LIFO stack;
+//! * idle threads wait in the kernel — every idle thread with a free slot at once, in one
+//!   wait set where the kernel wakes one waiter per event, most recently parked first (IOCP's
+//!   LIFO release) — and threads beyond those park on a LIFO stack;
 //! * what a waiter reaps goes to the user-space `ready` queue that every thread takes from;
 //! * whenever a slot is free and a completion is ready, some idle thread is woken for it, so a
 //!   completion never waits behind a busy thread while another thread is idle.
@@ -26,24 +24,12 @@ use crate::sync::{fence, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, MutexGuar
 
 use Ordering::{Acquire, Relaxed, SeqCst};
 
-/// Steps of `Sched::spin_for_work` (2^0 + … + 2^6 = 127 `spin_loop`s).
-#[cfg(not(loom))]
-const SPIN_STEPS: u32 = 7;
-/// `yield_now`s after the spin, for a thread whose spin score is at least `SPIN_SCORE_YIELD`.
-#[cfg(not(loom))]
-const SPIN_YIELDS: u32 = 4;
-#[cfg(not(loom))]
-const SPIN_SCORE_YIELD: u32 = 2;
-#[cfg(not(loom))]
-const SPIN_SCORE_MAX: u32 = 4;
-
 /// What waits in the kernel on behalf of the port, always without the scheduler lock.
 ///
-/// One thread at a time calls [`Poller::poll`], unless the scheduler was made *shared*
-/// (`Sched::new(_, true)`): then every idle thread with a free slot polls at once, and the
-/// poller must behave as a kernel wait queue with wake-one semantics — an event (an I/O
-/// readiness, a due timer, a [`Poller::wake`]) makes at least one polling thread return,
-/// not necessarily all of them (epoll's exclusive, LIFO wake-up).
+/// Every idle thread with a free slot polls at once, so the poller must behave as a kernel
+/// wait queue with wake-one semantics: an event (an I/O readiness, a due timer, a
+/// [`Poller::wake`]) makes at least one polling thread return, not necessarily all of them
+/// (epoll's exclusive, LIFO wake-up).
 pub(crate) trait Poller<T> {
     /// Waits for kernel events until `deadline` (forever with `None`) or until
     /// [`Poller::wake`]; appends whatever completed to `out`. May return with nothing.
@@ -103,10 +89,6 @@ pub(crate) struct Waiter {
     cv: Condvar,
     /// Set (under the scheduler lock) by whoever pops this waiter off a stack to wake it.
     notified: AtomicBool,
-    /// How often this thread's recent spins before sleeping found work (0..=SPIN_SCORE_MAX);
-    /// only its own thread touches it. See `Sched::spin_for_work`.
-    #[cfg(not(loom))]
-    spin_score: std::sync::atomic::AtomicU32,
 }
 
 impl Waiter {
@@ -114,8 +96,6 @@ impl Waiter {
         Arc::new(Waiter {
             cv: Condvar::new(),
             notified: AtomicBool::new(false),
-            #[cfg(not(loom))]
-            spin_score: std::sync::atomic::AtomicU32::new(SPIN_SCORE_MAX),
         })
     }
 }
@@ -172,7 +152,7 @@ struct State {
     woken: usize,
     /// Threads back from `blocking` that wait for a slot, oldest first. They go before `idle`.
     resuming: VecDeque<Arc<Waiter>>,
-    /// Threads inside `Poller::poll` (at most one unless the poller is shared).
+    /// Threads inside `Poller::poll`.
     pollers: usize,
     /// `Poller::wake` was called and no poller has come back since: a wake-up is on its way.
     wake_pending: bool,
@@ -202,14 +182,11 @@ pub(crate) struct Sched<T> {
     pollers: AtomicUsize,
     state: Mutex<State>,
     concurrency: usize,
-    /// Every idle thread with a free slot waits in `Poller::poll` at once, and the kernel
-    /// wakes one of them per event ([`Poller::shared`]); else one poller at a time.
-    shared: bool,
 }
 
 impl<T> Sched<T> {
-    /// A scheduler for `concurrency` slots; `shared` as [`Poller::shared`] says.
-    pub(crate) fn new(concurrency: usize, shared: bool) -> Self {
+    /// A scheduler for `concurrency` slots.
+    pub(crate) fn new(concurrency: usize) -> Self {
         assert!(concurrency > 0);
         Sched {
             queue: Queue::new(),
@@ -226,7 +203,6 @@ impl<T> Sched<T> {
                 wake_pending: false,
             }),
             concurrency,
-            shared,
         }
     }
 
@@ -325,15 +301,9 @@ impl<T> Sched<T> {
             if self.try_take(max, out, poller) {
                 return Outcome::Got;
             }
-            // With one poller at a time, spin briefly before going to sleep: a post that is
-            // about to land costs no sleep and wake-up then. Not with unsubmitted work: that
-            // would only delay it. Not when every idle thread waits in the kernel: there the
-            // kernel hands each event to a waiter, and the spin only burnt CPU (at 30,000
-            // echoes/s, 1.11-1.19x tokio's CPU per message with it, 0.94-1.08x without).
-            #[cfg(not(loom))]
-            if !self.shared && !*dirty && self.spin_for_work(me) {
-                continue;
-            }
+            // No spin before sleeping: every idle thread waits in the kernel, which hands
+            // each event to a waiter, and a spin only burnt CPU (at 30,000 echoes/s,
+            // 1.11-1.19x tokio's CPU per message with it, 0.94-1.08x without).
             // Register as a sleeper, then look again: a post that came before the
             // registration is seen here; one that comes after sees the registration.
             let mut st = self.state.lock();
@@ -360,9 +330,6 @@ impl<T> Sched<T> {
             if self.may_poll(&st) {
                 st.pollers += 1;
                 self.pollers.store(st.pollers, SeqCst);
-                if !self.shared {
-                    st.wake_pending = false;
-                }
                 drop(st);
                 *dirty = false;
                 poller.poll(deadline, &mut batch);
@@ -378,12 +345,10 @@ impl<T> Sched<T> {
                 // SeqCst: one side of the hand-off's handshake (`Combiner::hand_off`); this
                 // thread reads `pending` in `left_kernel` below.
                 self.pollers.store(st.pollers, SeqCst);
-                if self.shared {
-                    // Whatever wake-up was on its way has reached a poller (this one or
-                    // another, which comes back here too) or is still queued in the kernel
-                    // for the next one: a later kick may send a new one.
-                    st.wake_pending = false;
-                }
+                // Whatever wake-up was on its way has reached a poller (this one or another,
+                // which comes back here too) or is still queued in the kernel for the next
+                // one: a later kick may send a new one.
+                st.wake_pending = false;
                 self.sleepers.fetch_sub(1, SeqCst);
                 if self.closed.load(SeqCst) && st.pollers > 0 {
                     // The kernel wakes one poller per wake-up: pass shutdown on to the next.
@@ -392,8 +357,7 @@ impl<T> Sched<T> {
                     continue;
                 }
                 // We take one ourselves (next turn, without a context switch); others are
-                // woken for the rest (and, with one poller at a time, one of them becomes
-                // the next poller).
+                // woken for the rest.
                 st.woken += 1;
                 let kick = self.kick_locked(&mut st);
                 st.woken -= 1;
@@ -415,44 +379,6 @@ impl<T> Sched<T> {
             self.sleepers.fetch_sub(1, SeqCst);
             drop(st);
         }
-    }
-
-    /// True if work showed up while spinning a little before going to sleep, so that a post
-    /// about to land costs no sleep and wake-up. Adaptive, per thread: first 127 `spin_loop`s
-    /// (a few microseconds); then, only while this thread's recent spins paid off, a few
-    /// `yield_now`s, which let a producer sharing the core run. The yields are what a
-    /// post→get hand-off needs, and what an idle server must not pay at every idle period
-    /// (both measured: ARCHITECTURE.md, "One poller at a time").
-    #[cfg(not(loom))]
-    fn spin_for_work(&self, me: &Waiter) -> bool {
-        let ready = || !self.queue.is_empty() && self.active.load(Relaxed) < self.concurrency;
-        let score = me.spin_score.load(Relaxed);
-        let found = 'spin: {
-            for step in 0..SPIN_STEPS {
-                if ready() {
-                    break 'spin true;
-                }
-                for _ in 0..1u32 << step {
-                    std::hint::spin_loop();
-                }
-            }
-            if score >= SPIN_SCORE_YIELD {
-                for _ in 0..SPIN_YIELDS {
-                    if ready() {
-                        break 'spin true;
-                    }
-                    std::thread::yield_now();
-                }
-            }
-            ready()
-        };
-        let score = if found {
-            (score + 1).min(SPIN_SCORE_MAX)
-        } else {
-            score.saturating_sub(1)
-        };
-        me.spin_score.store(score, Relaxed);
-        found
     }
 
     /// Parks `me` until it is notified, the deadline passes, or the scheduler closes.
@@ -533,19 +459,9 @@ impl<T> Sched<T> {
         }
         let free = self.concurrency.saturating_sub(self.active.load(SeqCst));
         let ready = self.queue.len();
-        let want = if self.shared {
-            // Idle threads wait in the kernel, which wakes them one per event, most recent
-            // first: parked threads are woken only to fill free slots nobody waits on.
-            free.saturating_sub(st.pollers)
-        } else {
-            // Runnable threads for the ready items, plus one poller if nobody polls.
-            let want = ready.min(free);
-            if st.pollers == 0 && free > want {
-                want + 1
-            } else {
-                want
-            }
-        };
+        // Idle threads wait in the kernel, which wakes them one per event, most recent first:
+        // parked threads are woken only to fill free slots nobody waits on.
+        let want = free.saturating_sub(st.pollers);
         while st.woken < want {
             match st.idle.pop() {
                 Some(w) => {
@@ -569,11 +485,7 @@ impl<T> Sched<T> {
     /// Whether a thread about to sleep may wait in the kernel (else it parks).
     fn may_poll(&self, st: &State) -> bool {
         let free = self.concurrency.saturating_sub(self.active.load(SeqCst));
-        if self.shared {
-            st.pollers < free
-        } else {
-            st.pollers == 0 && free > 0
-        }
+        st.pollers < free
     }
 
     /// The count behind [`Sched::pollers`], for the hand-off's handshake.
@@ -597,16 +509,6 @@ impl<T> Sched<T> {
         // crossbeam-channel's sender/`SyncWaker::notify`. The sleeper's side has the fence.
         if self.sleepers.load(SeqCst) > 0 {
             self.kick_and_wake(poller);
-        }
-    }
-
-    /// Makes the poller come back to re-evaluate its deadline (a new, earlier timer).
-    pub(crate) fn interrupt_poller(&self, poller: &dyn Poller<T>) {
-        let mut st = self.state.lock();
-        if st.pollers > 0 && !st.wake_pending {
-            st.wake_pending = true;
-            drop(st);
-            poller.wake();
         }
     }
 
@@ -691,8 +593,8 @@ mod loom_model {
     /// Any number of threads may wait in `poll` at once, and each event wakes one of them
     /// (`notify_one`), as epoll does; a wake-up is edge-triggered and coalesces with one not
     /// taken yet (a flag, not a count), so a thread woken for it may find it taken and sleep
-    /// again. `Kernel::epoll` takes one event per wait, as `epoll_wait` with maxevents 1;
-    /// `Kernel::new` takes all (one poller at a time).
+    /// again. `Kernel::epoll` takes one event per wait, as `epoll_wait` with maxevents 1 (a
+    /// waiter with company); `Kernel::batching` takes all (a waiter alone takes a batch).
     struct Kernel {
         q: Mutex<(Vec<u32>, bool)>,
         cv: Condvar,
@@ -700,7 +602,7 @@ mod loom_model {
     }
 
     impl Kernel {
-        fn new() -> Arc<Kernel> {
+        fn batching() -> Arc<Kernel> {
             Arc::new(Kernel {
                 q: Mutex::new((Vec::new(), false)),
                 cv: Condvar::new(),
@@ -746,7 +648,7 @@ mod loom_model {
     fn every_item_delivered_once_within_the_concurrency_value() {
         let mut b = loom::model::Builder::new();
         b.preemption_bound = Some(3);
-        b.check(|| run_model(Sched::new(1, false), Kernel::new(), 2, &[&[1]], &[2]));
+        b.check(|| run_model(Sched::new(1), Kernel::batching(), 2, &[&[1]], &[2]));
     }
 
     /// A worker lends its slot with `release_slot` (as `blocking` does); another worker takes the next item
@@ -756,8 +658,8 @@ mod loom_model {
         let mut b = loom::model::Builder::new();
         b.preemption_bound = Some(3);
         b.check(|| {
-            let sched = Arc::new(Sched::<u32>::new(1, false));
-            let kernel = Kernel::new();
+            let sched = Arc::new(Sched::<u32>::new(1));
+            let kernel = Kernel::batching();
             sched.push_all([1, 2], &*kernel);
             let me = Waiter::new();
             let mut out = Vec::new();
@@ -787,8 +689,8 @@ mod loom_model {
         let mut b = loom::model::Builder::new();
         b.preemption_bound = Some(3);
         b.check(|| {
-            let sched = Arc::new(Sched::<u32>::new(2, false));
-            let kernel = Kernel::new();
+            let sched = Arc::new(Sched::<u32>::new(2));
+            let kernel = Kernel::batching();
             let ts: Vec<_> = (0..2)
                 .map(|_| {
                     let (s, k) = (sched.clone(), kernel.clone());
@@ -816,7 +718,7 @@ mod loom_model {
     /// As `shared_model`, posting each step's items only after everything before was taken
     /// (so a later post needs a wake-up of its own).
     fn shared_model_in_steps(c: usize, n: usize, steps: &[&[u32]], completed: &[u32]) {
-        run_model(Sched::new(c, true), Kernel::epoll(), n, steps, completed)
+        run_model(Sched::new(c), Kernel::epoll(), n, steps, completed)
     }
 
     /// Runs `n` workers on `sched` until every item (the kernel's completions, then each

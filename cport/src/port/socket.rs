@@ -1,5 +1,7 @@
-//! [`Socket`]: a socket associated with a port, and the start of its operations.
+//! [`Socket`]: [`Port::associate`], a socket associated with a port, and the start of its
+//! operations.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -8,9 +10,58 @@ use bytes::Bytes;
 use socket2::{SockAddr, SockRef};
 
 use super::local::LOCAL;
+use super::table::{fail, SockEntry};
 use super::{Closed, Port};
-use crate::op::{Completion, OpData, SendBuf};
-use crate::sys::RawSock;
+use crate::op::{OpData, SendBuf};
+use crate::sys::{OwnedSock, RawSock};
+
+impl Port {
+    /// Associates a socket (listener, stream, datagram socket, any pollable fd) with the port
+    /// under a completion key, once. The port owns the descriptor from now on; it is closed
+    /// when the returned [`Socket`] is dropped and its last operation has completed.
+    /// On Linux `associate` puts the descriptor in non-blocking mode (its operations never
+    /// block a thread; a blocking read of your own on it would fail with `WouldBlock`).
+    ///
+    /// On Windows it takes anything that becomes an `OwnedSocket` (an overlapped socket, as
+    /// std and `socket2` make them), associates it with the kernel's port and leaves its mode
+    /// alone: overlapped operations never block whatever the mode.
+    #[doc(alias = "CreateIoCompletionPort")]
+    pub fn associate(&self, fd: impl Into<OwnedSock>, key: u64) -> io::Result<Socket> {
+        let fd: OwnedSock = fd.into();
+        if self.inner.sched.is_closed() {
+            return Err(Closed.into());
+        }
+        let sref = SockRef::from(&fd);
+        #[cfg(unix)]
+        sref.set_nonblocking(true)?;
+        let stream = sref
+            .r#type()
+            .map(|t| t == socket2::Type::STREAM)
+            .unwrap_or(false);
+        let raw = crate::sys::raw_of(&fd);
+        let io = self.inner.driver.new_sock(stream);
+        let token = self.inner.table.lock().socks.insert(SockEntry {
+            fd,
+            io: io.clone(),
+            key,
+            stream,
+            recv_q: VecDeque::new(),
+            send_q: VecDeque::new(),
+            free: Vec::new(),
+            closed: false,
+        });
+        if let Err(e) = self.inner.driver.register(&io, token, raw) {
+            self.inner.table.lock().socks.remove(token);
+            return Err(e);
+        }
+        Ok(Socket {
+            port: self.clone(),
+            token,
+            key,
+            fd: raw,
+        })
+    }
+}
 
 /// A socket associated with a port — the `SOCKET` of IOCP after
 /// `CreateIoCompletionPort(socket, port, key, 0)`.
@@ -85,7 +136,7 @@ impl Socket {
 
     /// Sends several buffers in order as one operation (one gathering `sendmsg`, continued
     /// internally if short) — `WSASend` with several `WSABUF`s; completes once with
-    /// [`Op::Send`]`(`[`SendBuf::Vectored`]`(parts))` and the total byte count. Shared
+    /// [`Op::Send`]`(`[`SendBuf::Vectored`]`(parts))` and the total byte count. PortInner
     /// [`Bytes`] parts let one packet go to many sockets without a copy.
     #[doc(alias = "WSASend")]
     pub fn send_vectored(&self, parts: Vec<Bytes>, user: u64) {
@@ -110,11 +161,11 @@ impl Socket {
     /// buffer. The socket stays open and usable.
     #[doc(alias = "CancelIoEx")]
     pub fn cancel(&self) {
-        let shared = &*self.port.shared;
+        let shared = &*self.port.inner;
         let done = shared
             .table
             .lock()
-            .cancel(&*shared.driver, self.token, false);
+            .cancel(&shared.driver, self.token, false);
         shared.settle(done);
     }
 
@@ -139,7 +190,7 @@ impl Socket {
     pub fn close(self) {}
 
     pub(super) fn start(&self, data: OpData, user: u64) {
-        let shared = &*self.port.shared;
+        let shared = &*self.port.inner;
         let immediate = match data.check() {
             Err(e) => Some(fail(self.key, user, data, e)),
             Ok(()) => {
@@ -152,7 +203,7 @@ impl Socket {
                     // below, as every completion queued at shutdown is.
                     Some(fail(self.key, user, data, Closed.into()))
                 } else {
-                    table.start(&*shared.driver, self.token, data, user)
+                    table.start(&shared.driver, self.token, data, user)
                 }
             }
         };
@@ -218,22 +269,8 @@ impl std::os::windows::io::AsRawSocket for Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        let shared = &*self.port.shared;
-        let done = shared
-            .table
-            .lock()
-            .cancel(&*shared.driver, self.token, true);
+        let shared = &*self.port.inner;
+        let done = shared.table.lock().cancel(&shared.driver, self.token, true);
         shared.settle(done);
-    }
-}
-
-/// A completion for an operation that could not be started (the kernel never saw it).
-pub(super) fn fail(key: u64, user: u64, data: OpData, e: io::Error) -> Completion {
-    let (_, op) = data.finish(-crate::sys::ABORTED, 0);
-    Completion {
-        key,
-        user,
-        result: Err(e),
-        op,
     }
 }

@@ -45,7 +45,8 @@ use windows_sys::Win32::System::IO::{
     OVERLAPPED, OVERLAPPED_ENTRY,
 };
 
-use super::{Backend, Desc, Driver, OpDesc, Raw, RawSock, SockIo};
+use super::driver::{Backend, Desc, Driver, OpDesc, Raw};
+use super::os::{iovec, timeout_ms, CSockAddrStorage, RawSock, SockLen, ABORTED};
 
 /// The completion key of every associated socket (the block says which operation it was).
 const IO_KEY: usize = 1;
@@ -61,17 +62,17 @@ const ACCEPT_ADDR_LEN: u32 = (mem::size_of::<ws::SOCKADDR_STORAGE>() + 16) as u3
 /// Packets taken per `GetQueuedCompletionStatusEx` when a thread waits alone.
 const BATCH: usize = 64;
 
-/// A handle that threads share (the kernel object is thread-safe).
+/// The kernel port's handle, which threads share (the kernel object is thread-safe).
 #[derive(Clone, Copy)]
-struct Shared(HANDLE);
+struct PortHandle(HANDLE);
 
 // SAFETY: a completion port handle may be used from any thread; it is closed only in `Drop`
 // after the alarm thread (the only other holder) has been joined.
-unsafe impl Send for Shared {}
+unsafe impl Send for PortHandle {}
 // SAFETY: as above; every call on it is thread-safe in the kernel.
-unsafe impl Sync for Shared {}
+unsafe impl Sync for PortHandle {}
 
-/// The backend's state for one socket: its handle and the blocks of its operations in flight
+/// The backend's state for one socket (`<Iocp as Driver>::Sock`): its handle and the blocks of its operations in flight
 /// (token → block address), so that `cancel` finds the `OVERLAPPED` to give `CancelIoEx`.
 pub(crate) struct SockState {
     stream: bool,
@@ -91,8 +92,8 @@ enum Extra {
     Accept {
         listener: ws::SOCKET,
         accepted: ws::SOCKET,
-        addr: *mut super::CSockAddrStorage,
-        len: *mut super::SockLen,
+        addr: *mut CSockAddrStorage,
+        len: *mut SockLen,
         out: *mut RawSock,
         buf: [u8; 2 * ACCEPT_ADDR_LEN as usize],
     },
@@ -127,7 +128,7 @@ struct AlarmState {
 }
 
 pub(crate) struct Iocp {
-    port: Shared,
+    port: PortHandle,
     /// Operations pushed and not issued yet (a deferring thread's, until its next `get`).
     queued: Mutex<Vec<(Arc<SockState>, u64, OpDesc)>>,
     /// Results of operations that failed when issued (no packet will come for them), and of
@@ -152,7 +153,7 @@ impl Iocp {
         if port.is_null() {
             return Err(io::Error::last_os_error());
         }
-        let port = Shared(port);
+        let port = PortHandle(port);
         let alarm = Arc::new(Alarm::default());
         let thread = {
             let alarm = alarm.clone();
@@ -206,7 +207,7 @@ impl Iocp {
         let timeout = if !out.is_empty() {
             0
         } else {
-            match super::timeout_ms(deadline) {
+            match timeout_ms(deadline) {
                 -1 => windows_sys::Win32::System::Threading::INFINITE,
                 ms => ms as u32,
             }
@@ -261,7 +262,7 @@ impl Iocp {
 
 /// The alarm thread: posts one [`ALARM_KEY`] packet when the armed instant has come (never
 /// before), and waits for the next `arm`.
-fn alarm_thread(alarm: &Alarm, port: Shared) {
+fn alarm_thread(alarm: &Alarm, port: PortHandle) {
     let mut st = alarm.state.lock();
     loop {
         if st.stop {
@@ -362,7 +363,7 @@ fn finish(block: Box<Block>) -> Raw {
                         &mut remote_len,
                     )
                 };
-                let room = mem::size_of::<super::CSockAddrStorage>();
+                let room = mem::size_of::<CSockAddrStorage>();
                 let n = if remote.is_null() {
                     0
                 } else {
@@ -375,7 +376,7 @@ fn finish(block: Box<Block>) -> Raw {
                     if n > 0 {
                         ptr::copy_nonoverlapping(remote.cast::<u8>(), addr.cast::<u8>(), n);
                     }
-                    *len = n as super::SockLen;
+                    *len = n as SockLen;
                     *out = accepted as RawSock;
                 }
                 res = 0;
@@ -499,15 +500,17 @@ impl Driver for Iocp {
         Backend::Iocp
     }
 
-    fn new_sock(&self, stream: bool) -> SockIo {
-        SockIo::new(SockState {
+    type Sock = Arc<SockState>;
+
+    fn new_sock(&self, stream: bool) -> Arc<SockState> {
+        Arc::new(SockState {
             stream,
             handle: AtomicUsize::new(ws::INVALID_SOCKET),
             pending: Mutex::new(HashMap::new()),
         })
     }
 
-    fn register(&self, io: &SockIo, _sock: u64, fd: RawSock) -> io::Result<()> {
+    fn register(&self, st: &Arc<SockState>, _sock: u64, fd: RawSock) -> io::Result<()> {
         let s = fd as ws::SOCKET;
         // SAFETY: `s` is a live socket handle owned by the port's table; the port is live.
         let r = unsafe { CreateIoCompletionPort(s as HANDLE, self.port.0, IO_KEY, 0) };
@@ -524,59 +527,51 @@ impl Driver for Iocp {
                 io::Error::last_os_error()
             );
         }
-        if let Some(st) = io.get::<SockState>() {
-            st.handle.store(s, Ordering::Relaxed);
-            if !st.stream {
-                // A datagram socket: no WSAECONNRESET on the next receive because an earlier
-                // send drew an ICMP "port unreachable" (Windows' default; Linux reports no
-                // such error on an unconnected UDP socket).
-                let off: u32 = 0;
-                let mut n = 0u32;
-                // SAFETY: the in-buffer is a live local of the size given; no out-buffer,
-                // no overlapped.
-                let r = unsafe {
-                    ws::WSAIoctl(
-                        s,
-                        ws::SIO_UDP_CONNRESET,
-                        (&off as *const u32).cast(),
-                        mem::size_of::<u32>() as u32,
-                        ptr::null_mut(),
-                        0,
-                        &mut n,
-                        ptr::null_mut(),
-                        None,
-                    )
-                };
-                if r != 0 {
-                    tracing::debug!("SIO_UDP_CONNRESET: WSA error {}", wsa_error());
-                }
+        st.handle.store(s, Ordering::Relaxed);
+        if !st.stream {
+            // A datagram socket: no WSAECONNRESET on the next receive because an earlier
+            // send drew an ICMP "port unreachable" (Windows' default; Linux reports no
+            // such error on an unconnected UDP socket).
+            let off: u32 = 0;
+            let mut n = 0u32;
+            // SAFETY: the in-buffer is a live local of the size given; no out-buffer,
+            // no overlapped.
+            let r = unsafe {
+                ws::WSAIoctl(
+                    s,
+                    ws::SIO_UDP_CONNRESET,
+                    (&off as *const u32).cast(),
+                    mem::size_of::<u32>() as u32,
+                    ptr::null_mut(),
+                    0,
+                    &mut n,
+                    ptr::null_mut(),
+                    None,
+                )
+            };
+            if r != 0 {
+                tracing::debug!("SIO_UDP_CONNRESET: WSA error {}", wsa_error());
             }
         }
         Ok(())
     }
 
-    fn deregister(&self, _io: &SockIo, _sock: u64, _fd: RawSock) {
+    fn deregister(&self, _st: &Arc<SockState>, _sock: u64, _fd: RawSock) {
         // Closing the socket (the port's table does, next) ends its association.
     }
 
-    fn push(&self, io: &SockIo, token: u64, op: OpDesc) {
-        let Some(st) = io.get::<SockState>() else {
-            return self.fail_now(token, ws::WSAENOTSOCK);
-        };
-        self.queued.lock().push((st, token, op));
+    fn push(&self, st: &Arc<SockState>, token: u64, op: OpDesc) {
+        self.queued.lock().push((st.clone(), token, op));
     }
 
-    fn cancel(&self, io: &SockIo, token: u64) {
-        let Some(st) = io.get::<SockState>() else {
-            return;
-        };
+    fn cancel(&self, st: &Arc<SockState>, token: u64) {
         // Not issued yet: it never reaches the kernel. (A flush holds this lock while it
         // issues, so an operation is either still here or recorded in `pending`.)
         let mut queued = self.queued.lock();
         if let Some(i) = queued.iter().position(|q| q.1 == token) {
             queued.remove(i);
             drop(queued);
-            return self.fail_now(token, super::ABORTED);
+            return self.fail_now(token, ABORTED);
         }
         let pending = st.pending.lock();
         drop(queued);
@@ -601,16 +596,7 @@ impl Driver for Iocp {
         out.append(&mut self.failed.lock());
     }
 
-    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()> {
-        self.dequeue(deadline, BATCH, false, out).map(|_| ())
-    }
-
-    fn wait_shared(
-        &self,
-        deadline: Option<Instant>,
-        alone: bool,
-        out: &mut Vec<Raw>,
-    ) -> io::Result<bool> {
+    fn wait(&self, deadline: Option<Instant>, alone: bool, out: &mut Vec<Raw>) -> io::Result<bool> {
         self.dequeue(deadline, if alone { BATCH } else { 1 }, false, out)
     }
 
@@ -710,11 +696,11 @@ impl Iocp {
             let ov = &mut b.ov as *mut OVERLAPPED;
             let r = match op.desc {
                 Desc::Recv { ptr, len } => {
-                    b.buf = super::iovec(ptr, len);
+                    b.buf = iovec(ptr, len);
                     ws::WSARecv(s, &b.buf, 1, ptr::null_mut(), &mut b.flags, ov, None)
                 }
                 Desc::Send { ptr, len } => {
-                    b.buf = super::iovec(ptr, len);
+                    b.buf = iovec(ptr, len);
                     ws::WSASend(s, &b.buf, 1, ptr::null_mut(), 0, ov, None)
                 }
                 Desc::SendMsg { msg } => {
