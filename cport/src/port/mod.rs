@@ -56,6 +56,19 @@ impl From<Closed> for io::Error {
 }
 
 /// Builds a [`Port`]: concurrency value, backend, ring size.
+///
+/// ```
+/// use cport::{Backend, Port};
+///
+/// let port = Port::builder()
+///     .concurrency(2) // at most two threads run handlers at once
+///     .backend(Backend::Auto) // CPORT_BACKEND, when set, overrides this
+///     .entries(256)
+///     .build()?;
+/// assert_eq!(port.concurrency(), 2);
+/// println!("running on {}", port.backend());
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct PortBuilder {
     concurrency: usize,
@@ -183,7 +196,36 @@ impl Port {
 }
 
 /// An I/O completion port. Cheap to clone; every clone is the same port, shared by all
-/// threads. See the [crate documentation](crate) for the model.
+/// threads. See the [crate documentation](crate) for the model and a complete worker loop.
+///
+/// ```
+/// use cport::{Op, Port};
+/// use std::time::Duration;
+///
+/// let port = Port::new(0)?; // concurrency: the available parallelism
+/// let worker = {
+///     let port = port.clone();
+///     std::thread::spawn(move || {
+///         let mut got = Vec::new();
+///         // GetQueuedCompletionStatus, until both events came.
+///         while got.len() < 2 {
+///             let c = port.get(None).expect("port open").expect("no timeout");
+///             match c.op {
+///                 Op::Post => got.push(("posted", c.user)),
+///                 Op::Timer(_) => got.push(("timer", c.user)),
+///                 _ => {}
+///             }
+///         }
+///         got
+///     })
+/// };
+/// port.post_after(Duration::from_millis(10), 1, 2)?; // a timer, through the same queue
+/// port.post(1, 0, 40)?; // PostQueuedCompletionStatus
+/// assert_eq!(worker.join().unwrap(), [("posted", 40), ("timer", 2)]);
+/// port.shutdown();
+/// assert!(port.get(Some(Duration::ZERO)).is_err()); // Closed
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Port {
     inner: Arc<PortInner>,

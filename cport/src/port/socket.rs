@@ -12,6 +12,8 @@ use socket2::{SockAddr, SockRef};
 use super::local::LOCAL;
 use super::table::{fail, SockEntry};
 use super::{Closed, Port};
+#[cfg(doc)]
+use crate::op::Op;
 use crate::op::{OpData, SendBuf};
 use crate::sys::{OwnedSock, RawSock};
 
@@ -70,6 +72,25 @@ impl Port {
 /// port (a failure is a completion with an error), unless the port has been shut down, in
 /// which case nothing more is delivered. Dropping the socket closes it: pending operations
 /// complete with an aborted error, and the descriptor is closed once the last has completed.
+///
+/// ```
+/// use cport::{Op, Port};
+/// use std::io::Write;
+/// use std::time::Duration;
+///
+/// let port = Port::new(1)?;
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
+/// let (server, _) = listener.accept()?;
+/// let server = port.associate(server, 5)?; // completion key 5
+/// server.recv(Vec::with_capacity(1024), 0);
+/// client.write_all(b"hello")?;
+/// let c = port.get(Some(Duration::from_secs(10))).unwrap().expect("the receive");
+/// assert_eq!((c.key, c.result?), (5, 5));
+/// let Op::Recv(buf) = c.op else { unreachable!() };
+/// assert_eq!(&buf[..], b"hello");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct Socket {
     pub(super) port: Port,
     pub(super) token: u64,
@@ -136,7 +157,7 @@ impl Socket {
 
     /// Sends several buffers in order as one operation (one gathering `sendmsg`, continued
     /// internally if short) — `WSASend` with several `WSABUF`s; completes once with
-    /// [`Op::Send`]`(`[`SendBuf::Vectored`]`(parts))` and the total byte count. PortInner
+    /// [`Op::Send`]`(`[`SendBuf::Vectored`]`(parts))` and the total byte count. Shared
     /// [`Bytes`] parts let one packet go to many sockets without a copy.
     #[doc(alias = "WSASend")]
     pub fn send_vectored(&self, parts: Vec<Bytes>, user: u64) {
