@@ -34,6 +34,8 @@ pub(crate) use os::{
 };
 
 /// The backend a port runs on, chosen when the port is built.
+// One per port, inside its `Arc`: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum AnyDriver {
     #[cfg(target_os = "linux")]
     Uring(uring::Uring),
@@ -103,7 +105,10 @@ impl AnyDriver {
     pub(crate) fn new_sock(&self, stream: bool) -> SockIo {
         match self {
             #[cfg(target_os = "linux")]
-            AnyDriver::Uring(d) => SockIo::Uring(d.new_sock(stream)),
+            AnyDriver::Uring(d) => {
+                let () = d.new_sock(stream);
+                SockIo::Uring(())
+            }
             #[cfg(target_os = "linux")]
             AnyDriver::Epoll(d) => SockIo::Epoll(d.new_sock(stream)),
             #[cfg(windows)]
