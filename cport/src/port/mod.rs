@@ -4,7 +4,7 @@
 //!   lanes, short-send continuation, cancel;
 //! * [`local`] — per-thread state: slots held, deferred submissions (it knows the port only
 //!   through the [`local::PortOfThread`] trait, for a thread's exit);
-//! * [`inner`] — [`PortInner`](inner::PortInner), the state all handles share, and the glue
+//! * [`inner`] — [`PortInner`], the state all handles share, and the glue
 //!   between the scheduler, the operation table, the timers and the backend (submitting,
 //!   reaping, the hand-off);
 //! * `mod.rs` — the public [`Port`]: building it, `get`, posts and timers, `blocking`,
