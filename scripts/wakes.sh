@@ -5,13 +5,17 @@
 # (60,000 messages), then buckets every wake-up of a server thread by the waker's stack.
 # Needs perf (software tracepoints), python3, and the release build:
 #   cargo build --release --workspace --bins --examples
-#   scripts/wakes.sh cport-epoll cport-epoll@leader cport-uring tokio
+#   scripts/wakes.sh cport-epoll cport-uring tokio
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for server in "$@"; do
   case $server in
+    *@leader)
+      echo "wakes.sh: $server: the one-poller wait design (@leader) was removed; see ARCHITECTURE.md" >&2
+      exit 2
+      ;;
     tokio | compio | raw) pattern="peer_$server" ;;
     port-*) pattern="examples/echo" ;;
     *) pattern="cport echo" ;;

@@ -72,12 +72,6 @@ impl Combiner {
         }
     }
 
-    /// A thread is submitting now (the poller then waits without submitting, rather than
-    /// queue behind it on the ring's mutex; that thread submits what is pending).
-    pub(crate) fn busy(&self) -> bool {
-        self.submitting.load(SeqCst)
-    }
-
     /// Entries were pushed that no submission has begun to take. The read of a worker that
     /// just stopped counting for the hand-off (see [`Combiner::hand_off`]), after a fence.
     pub(crate) fn pending(&self) -> bool {
@@ -115,12 +109,6 @@ impl Combiner {
         } else {
             HandOff::FlushYourself
         }
-    }
-
-    /// The caller is about to submit everything pushed so far itself (the poller's combined
-    /// submit-and-wait).
-    pub(crate) fn take_pending(&self) {
-        self.pending.swap(false, SeqCst);
     }
 }
 

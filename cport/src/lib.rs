@@ -207,7 +207,9 @@ pub use op::{Aborted, Accepted, Completion, Message, Op, SendBuf, TimerId};
 #[cfg(not(loom))]
 pub use pool::Pool;
 #[cfg(not(loom))]
-pub use port::{Closed, Port, PortBuilder, PortStats, Socket};
+pub use port::socket::Socket;
+#[cfg(not(loom))]
+pub use port::{Closed, Port, PortBuilder, PortStats};
 #[cfg(not(loom))]
 pub use sys::Backend;
 

@@ -12,6 +12,28 @@ use crate::sys::{self, Desc, IoVec, MsgHdr, OpDesc, OpKind, OwnedSock, RawSock, 
 
 /// Which operation a completion is for — the part of an extended OVERLAPPED that says what
 /// finished — with what the operation owned, handed back.
+///
+/// ```
+/// use cport::{Op, Port};
+/// use std::time::Duration;
+///
+/// let port = Port::new(1)?;
+/// let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+/// let addr = socket.local_addr()?;
+/// let socket = port.associate(socket, 3)?;
+/// socket.recv_from(Vec::with_capacity(64), 1);
+/// socket.send_to(&b"to myself"[..], addr, 2);
+/// for _ in 0..2 {
+///     let c = port.get(Some(Duration::from_secs(10))).unwrap().expect("a completion");
+///     match c.op {
+///         // The buffer comes back with what arrived, and who sent it.
+///         Op::RecvFrom(buf, from) => assert_eq!((&buf[..], from), (&b"to myself"[..], Some(addr))),
+///         Op::SendTo(buf) => assert_eq!(c.result?, buf.len()),
+///         other => panic!("unexpected {other:?}"),
+///     }
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Op {
@@ -193,6 +215,18 @@ impl From<String> for SendBuf {
 
 /// One dequeued completion — what `GetQueuedCompletionStatus` returns: the completion key of
 /// the socket, the operation with its buffer, its result, and the per-operation user value.
+///
+/// ```
+/// use cport::{Op, Port};
+/// use std::time::Duration;
+///
+/// let port = Port::new(1)?;
+/// port.post(42, 7, 99)?; // PostQueuedCompletionStatus(port, 7, 42, …)
+/// let c = port.get(Some(Duration::from_secs(1))).unwrap().expect("the posted completion");
+/// assert_eq!((c.key, c.user, c.result.unwrap()), (42, 99, 7));
+/// assert!(matches!(c.op, Op::Post));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Completion {
     /// The completion key the socket was associated with (or the posted key).

@@ -6,7 +6,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::{Completion, Port};
+use crate::op::Completion;
+use crate::port::Port;
 
 /// A pool of worker threads serving one port.
 ///
@@ -18,6 +19,29 @@ use crate::{Completion, Port};
 /// Dropping a `Pool` neither stops nor joins its workers: they go on serving the port until
 /// it is shut down. Call [`Pool::shutdown`] (or shut the port down and [`Pool::join`]) to
 /// stop them and wait for them.
+///
+/// ```
+/// use cport::{Op, Pool, Port};
+/// use std::sync::mpsc;
+/// use std::sync::Mutex;
+///
+/// let port = Port::new(2)?;
+/// let (tx, rx) = mpsc::channel();
+/// let tx = Mutex::new(tx);
+/// let pool = Pool::spawn(&port, 2, move |_port, c| {
+///     if let Op::Post = c.op {
+///         tx.lock().unwrap().send(c.user * 2).unwrap();
+///     }
+/// })?;
+/// for n in 1..=3 {
+///     port.post(0, 0, n)?;
+/// }
+/// let mut doubled: Vec<u64> = rx.iter().take(3).collect();
+/// doubled.sort();
+/// assert_eq!(doubled, [2, 4, 6]);
+/// pool.shutdown(); // shuts the port down and joins the workers
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Pool {
     port: Port,

@@ -6,11 +6,9 @@
 //! * a thread holds a *slot* from the moment its `get` returns a completion until it calls
 //!   `get` again (or enters `blocking`, or exits); at most `concurrency`
 //!   threads hold a slot at any time;
-//! * idle threads wait in the kernel — with a *shared* scheduler every idle thread with a free
-//!   slot at once, in one epoll wait set where the kernel wakes one waiter per event, most
-//!   recently parked first (IOCP's LIFO release); otherwise one at a time, the *poller*
-//!   (leader/follower, as Boost.Asio's scheduler does) — and threads beyond those park on a
-//!   LIFO stack;
+//! * idle threads wait in the kernel — every idle thread with a free slot at once, in one
+//!   wait set where the kernel wakes one waiter per event, most recently parked first (IOCP's
+//!   LIFO release) — and threads beyond those park on a LIFO stack;
 //! * what a waiter reaps goes to the user-space `ready` queue that every thread takes from;
 //! * whenever a slot is free and a completion is ready, some idle thread is woken for it, so a
 //!   completion never waits behind a busy thread while another thread is idle.
@@ -26,24 +24,12 @@ use crate::sync::{fence, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, MutexGuar
 
 use Ordering::{Acquire, Relaxed, SeqCst};
 
-/// Steps of `Sched::spin_for_work` (2^0 + … + 2^6 = 127 `spin_loop`s).
-#[cfg(not(loom))]
-const SPIN_STEPS: u32 = 7;
-/// `yield_now`s after the spin, for a thread whose spin score is at least `SPIN_SCORE_YIELD`.
-#[cfg(not(loom))]
-const SPIN_YIELDS: u32 = 4;
-#[cfg(not(loom))]
-const SPIN_SCORE_YIELD: u32 = 2;
-#[cfg(not(loom))]
-const SPIN_SCORE_MAX: u32 = 4;
-
 /// What waits in the kernel on behalf of the port, always without the scheduler lock.
 ///
-/// One thread at a time calls [`Poller::poll`], unless the scheduler was made *shared*
-/// (`Sched::new(_, true)`): then every idle thread with a free slot polls at once, and the
-/// poller must behave as a kernel wait queue with wake-one semantics — an event (an I/O
-/// readiness, a due timer, a [`Poller::wake`]) makes at least one polling thread return,
-/// not necessarily all of them (epoll's exclusive, LIFO wake-up).
+/// Every idle thread with a free slot polls at once, so the poller must behave as a kernel
+/// wait queue with wake-one semantics: an event (an I/O readiness, a due timer, a
+/// [`Poller::wake`]) makes at least one polling thread return, not necessarily all of them
+/// (epoll's exclusive, LIFO wake-up).
 pub(crate) trait Poller<T> {
     /// Waits for kernel events until `deadline` (forever with `None`) or until
     /// [`Poller::wake`]; appends whatever completed to `out`. May return with nothing.
@@ -62,7 +48,7 @@ pub(crate) trait Poller<T> {
     }
     /// The calling thread is in `get` and found no completion ready at once (it left its
     /// handler pass, or had none): it goes on to poll or park. True if there is unsubmitted work it must submit first (then
-    /// it never sleeps on it). See `Shared::issue`'s hand-off.
+    /// it never sleeps on it). See `PortInner::issue`'s hand-off.
     fn left_pass(&self) -> bool {
         false
     }
@@ -103,10 +89,6 @@ pub(crate) struct Waiter {
     cv: Condvar,
     /// Set (under the scheduler lock) by whoever pops this waiter off a stack to wake it.
     notified: AtomicBool,
-    /// How often this thread's recent spins before sleeping found work (0..=SPIN_SCORE_MAX);
-    /// only its own thread touches it. See `Sched::spin_for_work`.
-    #[cfg(not(loom))]
-    spin_score: std::sync::atomic::AtomicU32,
 }
 
 impl Waiter {
@@ -114,8 +96,6 @@ impl Waiter {
         Arc::new(Waiter {
             cv: Condvar::new(),
             notified: AtomicBool::new(false),
-            #[cfg(not(loom))]
-            spin_score: std::sync::atomic::AtomicU32::new(SPIN_SCORE_MAX),
         })
     }
 }
@@ -172,7 +152,7 @@ struct State {
     woken: usize,
     /// Threads back from `blocking` that wait for a slot, oldest first. They go before `idle`.
     resuming: VecDeque<Arc<Waiter>>,
-    /// Threads inside `Poller::poll` (at most one unless the poller is shared).
+    /// Threads inside `Poller::poll`.
     pollers: usize,
     /// `Poller::wake` was called and no poller has come back since: a wake-up is on its way.
     wake_pending: bool,
@@ -202,14 +182,11 @@ pub(crate) struct Sched<T> {
     pollers: AtomicUsize,
     state: Mutex<State>,
     concurrency: usize,
-    /// Every idle thread with a free slot waits in `Poller::poll` at once, and the kernel
-    /// wakes one of them per event ([`Poller::shared`]); else one poller at a time.
-    shared: bool,
 }
 
 impl<T> Sched<T> {
-    /// A scheduler for `concurrency` slots; `shared` as [`Poller::shared`] says.
-    pub(crate) fn new(concurrency: usize, shared: bool) -> Self {
+    /// A scheduler for `concurrency` slots.
+    pub(crate) fn new(concurrency: usize) -> Self {
         assert!(concurrency > 0);
         Sched {
             queue: Queue::new(),
@@ -226,7 +203,6 @@ impl<T> Sched<T> {
                 wake_pending: false,
             }),
             concurrency,
-            shared,
         }
     }
 
@@ -280,9 +256,8 @@ impl<T> Sched<T> {
     /// Takes up to `max` (≥ 1) ready items into `out`, waiting until `deadline`.
     /// `had_slot` says whether the caller held a slot, which calling `get` releases.
     /// `dirty` says the caller started operations that are not submitted yet. If this call
-    /// goes to the kernel it submits them — in the kernel wait itself if this thread becomes
-    /// the poller (one system call for both), else with `Poller::flush` before it sleeps or
-    /// times out — and clears `dirty`. If it takes an item at once it leaves them to the
+    /// goes to the kernel it submits them — in its wait (`Poller::poll` submits first), else
+    /// with `Poller::flush` before it parks or times out — and clears `dirty`. If it takes an item at once it leaves them to the
     /// caller, which may batch them with the next handler pass's.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn get(
@@ -325,15 +300,9 @@ impl<T> Sched<T> {
             if self.try_take(max, out, poller) {
                 return Outcome::Got;
             }
-            // With one poller at a time, spin briefly before going to sleep: a post that is
-            // about to land costs no sleep and wake-up then. Not with unsubmitted work: that
-            // would only delay it. Not when every idle thread waits in the kernel: there the
-            // kernel hands each event to a waiter, and the spin only burnt CPU (at 30,000
-            // echoes/s, 1.11-1.19x tokio's CPU per message with it, 0.94-1.08x without).
-            #[cfg(not(loom))]
-            if !self.shared && !*dirty && self.spin_for_work(me) {
-                continue;
-            }
+            // No spin before sleeping: every idle thread waits in the kernel, which hands
+            // each event to a waiter, and a spin only burnt CPU (at 30,000 echoes/s,
+            // 1.11-1.19x tokio's CPU per message with it, 0.94-1.08x without).
             // Register as a sleeper, then look again: a post that came before the
             // registration is seen here; one that comes after sees the registration.
             let mut st = self.state.lock();
@@ -346,7 +315,7 @@ impl<T> Sched<T> {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.sleepers.fetch_sub(1, SeqCst);
-                // Hand the poller's duty on if we were the one who might have taken it.
+                // Pass on what this thread might have taken (a free slot, ready items).
                 let kick = self.kick_locked(&mut st);
                 drop(st);
                 if kick {
@@ -360,9 +329,6 @@ impl<T> Sched<T> {
             if self.may_poll(&st) {
                 st.pollers += 1;
                 self.pollers.store(st.pollers, SeqCst);
-                if !self.shared {
-                    st.wake_pending = false;
-                }
                 drop(st);
                 *dirty = false;
                 poller.poll(deadline, &mut batch);
@@ -378,12 +344,10 @@ impl<T> Sched<T> {
                 // SeqCst: one side of the hand-off's handshake (`Combiner::hand_off`); this
                 // thread reads `pending` in `left_kernel` below.
                 self.pollers.store(st.pollers, SeqCst);
-                if self.shared {
-                    // Whatever wake-up was on its way has reached a poller (this one or
-                    // another, which comes back here too) or is still queued in the kernel
-                    // for the next one: a later kick may send a new one.
-                    st.wake_pending = false;
-                }
+                // Whatever wake-up was on its way has reached a poller (this one or another,
+                // which comes back here too) or is still queued in the kernel for the next
+                // one: a later kick may send a new one.
+                st.wake_pending = false;
                 self.sleepers.fetch_sub(1, SeqCst);
                 if self.closed.load(SeqCst) && st.pollers > 0 {
                     // The kernel wakes one poller per wake-up: pass shutdown on to the next.
@@ -392,8 +356,7 @@ impl<T> Sched<T> {
                     continue;
                 }
                 // We take one ourselves (next turn, without a context switch); others are
-                // woken for the rest (and, with one poller at a time, one of them becomes
-                // the next poller).
+                // woken for the rest.
                 st.woken += 1;
                 let kick = self.kick_locked(&mut st);
                 st.woken -= 1;
@@ -415,44 +378,6 @@ impl<T> Sched<T> {
             self.sleepers.fetch_sub(1, SeqCst);
             drop(st);
         }
-    }
-
-    /// True if work showed up while spinning a little before going to sleep, so that a post
-    /// about to land costs no sleep and wake-up. Adaptive, per thread: first 127 `spin_loop`s
-    /// (a few microseconds); then, only while this thread's recent spins paid off, a few
-    /// `yield_now`s, which let a producer sharing the core run. The yields are what a
-    /// post→get hand-off needs, and what an idle server must not pay at every idle period
-    /// (both measured: ARCHITECTURE.md, "One poller at a time").
-    #[cfg(not(loom))]
-    fn spin_for_work(&self, me: &Waiter) -> bool {
-        let ready = || !self.queue.is_empty() && self.active.load(Relaxed) < self.concurrency;
-        let score = me.spin_score.load(Relaxed);
-        let found = 'spin: {
-            for step in 0..SPIN_STEPS {
-                if ready() {
-                    break 'spin true;
-                }
-                for _ in 0..1u32 << step {
-                    std::hint::spin_loop();
-                }
-            }
-            if score >= SPIN_SCORE_YIELD {
-                for _ in 0..SPIN_YIELDS {
-                    if ready() {
-                        break 'spin true;
-                    }
-                    std::thread::yield_now();
-                }
-            }
-            ready()
-        };
-        let score = if found {
-            (score + 1).min(SPIN_SCORE_MAX)
-        } else {
-            score.saturating_sub(1)
-        };
-        me.spin_score.store(score, Relaxed);
-        found
     }
 
     /// Parks `me` until it is notified, the deadline passes, or the scheduler closes.
@@ -524,28 +449,18 @@ impl<T> Sched<T> {
         }
     }
 
-    /// With the state lock held (`st`): wakes as many idle threads as there is work and free
-    /// slots for (most recent first), plus one to poll the kernel if nobody does. Returns true
-    /// if the poller must be interrupted because ready items would otherwise wait for it.
+    /// With the state lock held (`st`): wakes parked threads (most recent first) for the free
+    /// slots no thread waits on in the kernel. Returns true if a thread waiting in the kernel
+    /// must be woken because ready items would otherwise wait for it.
     fn kick_locked(&self, st: &mut State) -> bool {
         if self.closed.load(SeqCst) {
             return false;
         }
         let free = self.concurrency.saturating_sub(self.active.load(SeqCst));
         let ready = self.queue.len();
-        let want = if self.shared {
-            // Idle threads wait in the kernel, which wakes them one per event, most recent
-            // first: parked threads are woken only to fill free slots nobody waits on.
-            free.saturating_sub(st.pollers)
-        } else {
-            // Runnable threads for the ready items, plus one poller if nobody polls.
-            let want = ready.min(free);
-            if st.pollers == 0 && free > want {
-                want + 1
-            } else {
-                want
-            }
-        };
+        // Idle threads wait in the kernel, which wakes them one per event, most recent first:
+        // parked threads are woken only to fill free slots nobody waits on.
+        let want = free.saturating_sub(st.pollers);
         while st.woken < want {
             match st.idle.pop() {
                 Some(w) => {
@@ -569,11 +484,7 @@ impl<T> Sched<T> {
     /// Whether a thread about to sleep may wait in the kernel (else it parks).
     fn may_poll(&self, st: &State) -> bool {
         let free = self.concurrency.saturating_sub(self.active.load(SeqCst));
-        if self.shared {
-            st.pollers < free
-        } else {
-            st.pollers == 0 && free > 0
-        }
+        st.pollers < free
     }
 
     /// The count behind [`Sched::pollers`], for the hand-off's handshake.
@@ -597,16 +508,6 @@ impl<T> Sched<T> {
         // crossbeam-channel's sender/`SyncWaker::notify`. The sleeper's side has the fence.
         if self.sleepers.load(SeqCst) > 0 {
             self.kick_and_wake(poller);
-        }
-    }
-
-    /// Makes the poller come back to re-evaluate its deadline (a new, earlier timer).
-    pub(crate) fn interrupt_poller(&self, poller: &dyn Poller<T>) {
-        let mut st = self.state.lock();
-        if st.pollers > 0 && !st.wake_pending {
-            st.wake_pending = true;
-            drop(st);
-            poller.wake();
         }
     }
 
@@ -678,238 +579,6 @@ impl<T> Sched<T> {
     }
 }
 
-/// Model checks of the waiter logic: `RUSTFLAGS="--cfg loom" cargo test -p cport --lib --release loom`.
-/// The kernel is modelled by a queue the "poller" waits on.
+/// Model checks of the waiter logic (`sched/loom_model.rs`).
 #[cfg(all(test, loom))]
-mod loom_model {
-    use super::*;
-    use loom::sync::atomic::AtomicUsize;
-    use loom::thread;
-
-    /// A kernel with a completion queue: `poll` blocks until something completed or `wake`.
-    ///
-    /// Any number of threads may wait in `poll` at once, and each event wakes one of them
-    /// (`notify_one`), as epoll does; a wake-up is edge-triggered and coalesces with one not
-    /// taken yet (a flag, not a count), so a thread woken for it may find it taken and sleep
-    /// again. `Kernel::epoll` takes one event per wait, as `epoll_wait` with maxevents 1;
-    /// `Kernel::new` takes all (one poller at a time).
-    struct Kernel {
-        q: Mutex<(Vec<u32>, bool)>,
-        cv: Condvar,
-        one_per_wait: bool,
-    }
-
-    impl Kernel {
-        fn new() -> Arc<Kernel> {
-            Arc::new(Kernel {
-                q: Mutex::new((Vec::new(), false)),
-                cv: Condvar::new(),
-                one_per_wait: false,
-            })
-        }
-        fn epoll() -> Arc<Kernel> {
-            Arc::new(Kernel {
-                q: Mutex::new((Vec::new(), false)),
-                cv: Condvar::new(),
-                one_per_wait: true,
-            })
-        }
-        fn complete(&self, x: u32) {
-            self.q.lock().0.push(x);
-            self.cv.notify_one();
-        }
-    }
-
-    impl Poller<u32> for Kernel {
-        fn poll(&self, _deadline: Option<Instant>, out: &mut Vec<u32>) {
-            let mut g = self.q.lock();
-            while g.0.is_empty() && !g.1 {
-                g = self.cv.wait(g, None);
-            }
-            g.1 = false;
-            if !self.one_per_wait {
-                out.append(&mut g.0);
-            } else if !g.0.is_empty() {
-                out.push(g.0.remove(0));
-            }
-        }
-        fn wake(&self) {
-            self.q.lock().1 = true;
-            self.cv.notify_one();
-        }
-    }
-
-    /// Two workers, concurrency 1; one posted item and one kernel completion: both are
-    /// delivered exactly once, never two workers in a handler at once, and nobody is left
-    /// blocked (loom reports a deadlock otherwise).
-    #[test]
-    fn every_item_delivered_once_within_the_concurrency_value() {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(3);
-        b.check(|| run_model(Sched::new(1, false), Kernel::new(), 2, &[&[1]], &[2]));
-    }
-
-    /// A worker lends its slot with `release_slot` (as `blocking` does); another worker takes the next item
-    /// meanwhile; the first gets a slot back without exceeding the concurrency value.
-    #[test]
-    fn blocking_lends_the_slot() {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(3);
-        b.check(|| {
-            let sched = Arc::new(Sched::<u32>::new(1, false));
-            let kernel = Kernel::new();
-            sched.push_all([1, 2], &*kernel);
-            let me = Waiter::new();
-            let mut out = Vec::new();
-            assert_eq!(
-                sched.get(false, &mut false, None, 1, &mut out, &me, &*kernel),
-                Outcome::Got
-            );
-            sched.release_slot(&*kernel);
-            let (s2, k2) = (sched.clone(), kernel.clone());
-            let other = thread::spawn(move || {
-                let me = Waiter::new();
-                let mut out = Vec::new();
-                let r = s2.get(false, &mut false, None, 1, &mut out, &me, &*k2);
-                s2.release_slot(&*k2);
-                (r, out)
-            });
-            let (r, got) = other.join().unwrap();
-            assert_eq!((r, got), (Outcome::Got, vec![2]));
-            sched.leave_blocking(&me);
-            assert_eq!(sched.stats().0, 1);
-        });
-    }
-
-    /// Shutdown wakes a parked waiter and the poller.
-    #[test]
-    fn close_wakes_every_waiter() {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(3);
-        b.check(|| {
-            let sched = Arc::new(Sched::<u32>::new(2, false));
-            let kernel = Kernel::new();
-            let ts: Vec<_> = (0..2)
-                .map(|_| {
-                    let (s, k) = (sched.clone(), kernel.clone());
-                    thread::spawn(move || {
-                        let me = Waiter::new();
-                        let mut out = Vec::new();
-                        s.get(false, &mut false, None, 1, &mut out, &me, &*k)
-                    })
-                })
-                .collect();
-            sched.close(&*kernel);
-            for t in ts {
-                assert_eq!(t.join().unwrap(), Outcome::Closed);
-            }
-        });
-    }
-
-    /// Runs `n` workers on a shared scheduler of concurrency `c` until `items` items were
-    /// taken: checks that each is taken once, never more than `c` at once, and that close
-    /// reaches every waiter (loom reports a deadlock if a thread is left asleep).
-    fn shared_model(c: usize, n: usize, posted: &[u32], completed: &[u32]) {
-        shared_model_in_steps(c, n, &[posted], completed)
-    }
-
-    /// As `shared_model`, posting each step's items only after everything before was taken
-    /// (so a later post needs a wake-up of its own).
-    fn shared_model_in_steps(c: usize, n: usize, steps: &[&[u32]], completed: &[u32]) {
-        run_model(Sched::new(c, true), Kernel::epoll(), n, steps, completed)
-    }
-
-    /// Runs `n` workers on `sched` until every item (the kernel's completions, then each
-    /// step's posts once everything before was taken) was taken: checks that each is taken
-    /// once and never more than the concurrency value at once, then closes the scheduler and
-    /// joins every worker (loom reports a deadlock if one is left asleep).
-    fn run_model(
-        sched: Sched<u32>,
-        kernel: Arc<Kernel>,
-        n: usize,
-        steps: &[&[u32]],
-        completed: &[u32],
-    ) {
-        let c = sched.concurrency();
-        let sched = Arc::new(sched);
-        let inside = Arc::new(AtomicUsize::new(0));
-        let got = Arc::new(AtomicUsize::new(0));
-        let workers: Vec<_> = (0..n)
-            .map(|_| {
-                let (sched, kernel, inside, got) =
-                    (sched.clone(), kernel.clone(), inside.clone(), got.clone());
-                thread::spawn(move || {
-                    let me = Waiter::new();
-                    let mut out = Vec::new();
-                    let mut had = false;
-                    loop {
-                        match sched.get(had, &mut false, None, 1, &mut out, &me, &*kernel) {
-                            Outcome::Got => {
-                                had = true;
-                                assert!(inside.fetch_add(1, Ordering::SeqCst) < c);
-                                got.fetch_add(out.len(), Ordering::SeqCst);
-                                out.clear();
-                                inside.fetch_sub(1, Ordering::SeqCst);
-                            }
-                            Outcome::Closed => return,
-                            Outcome::Timeout => unreachable!(),
-                        }
-                    }
-                })
-            })
-            .collect();
-        for &x in completed {
-            kernel.complete(x);
-        }
-        let mut items = completed.len();
-        for posted in steps {
-            sched.push_all(posted.iter().copied(), &*kernel);
-            items += posted.len();
-            while got.load(Ordering::SeqCst) < items {
-                thread::yield_now();
-            }
-        }
-        sched.close(&*kernel);
-        for w in workers {
-            w.join().unwrap();
-        }
-        assert_eq!(got.load(Ordering::SeqCst), items);
-    }
-
-    /// Explores `f` with a preemption bound of 2 (the shared models have more steps than the
-    /// single-poller ones).
-    fn check_shared(f: impl Fn() + Sync + Send + 'static) {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(2);
-        b.check(f);
-    }
-
-    /// Every idle thread waits in the kernel: a posted item (a wake-up through the kernel)
-    /// and a kernel completion are each taken once, and shutdown reaches both waiters
-    /// although the kernel wakes one per wake-up.
-    #[test]
-    fn shared_waiters_take_every_item_once() {
-        check_shared(|| shared_model(2, 2, &[1], &[2]));
-    }
-
-    /// Two posts with both threads in the kernel: one wake-up may be coalesced with the
-    /// other, so the thread that takes the first must pass the second on.
-    #[test]
-    fn shared_waiters_pass_coalesced_wakeups_on() {
-        check_shared(|| shared_model(2, 2, &[1, 2], &[]));
-    }
-
-    /// More threads than the concurrency value: the extra one parks in user space, and the
-    /// value holds while the others take items from the kernel.
-    #[test]
-    fn shared_waiters_keep_the_concurrency_value() {
-        check_shared(|| shared_model(1, 2, &[1], &[2]));
-    }
-
-    /// A post after the first one was taken needs a wake-up of its own: the flag that
-    /// coalesces wake-ups must be cleared by the thread the first one reached.
-    #[test]
-    fn shared_waiters_are_woken_again_for_a_later_post() {
-        check_shared(|| shared_model_in_steps(2, 2, &[&[1], &[2]], &[]));
-    }
-}
+mod loom_model;

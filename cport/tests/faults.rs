@@ -31,8 +31,7 @@ per_backend!(
 );
 
 fn faults(port: &Port) -> &Faults {
-    port.faults()
-        .expect("this backend has fault hooks (CPORT_WAIT=leader has none on io_uring)")
+    port.faults().expect("this backend has fault hooks")
 }
 
 /// Tests for io_uring alone (`uring_only::`: `scripts/sanitize` skips them under valgrind, which

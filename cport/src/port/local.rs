@@ -1,12 +1,23 @@
 //! Per-thread state: the thread's waiter, and for each port the thread used whether it holds
 //! a concurrency slot, defers its submissions, or has operations waiting to be submitted.
+//!
+//! It knows a port only as a [`PortOfThread`] (which `PortInner` implements), so that the
+//! port's state can use this module without this module using it back.
 
 use std::cell::RefCell;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::shared::Shared;
 use crate::sched::Waiter;
+
+/// A port as the per-thread state sees it.
+pub(super) trait PortOfThread: Send + Sync {
+    /// The port's id (unique in the process).
+    fn id(&self) -> usize;
+    /// The thread is exiting with this entry of the port: it submits what it started and
+    /// gives its slot back (as IOCP does).
+    fn thread_exits(&self, e: &mut PortEntry);
+}
 
 pub(super) struct Local {
     pub(super) waiter: std::sync::Arc<Waiter>,
@@ -18,7 +29,7 @@ pub(super) struct Local {
 
 pub(super) struct PortEntry {
     pub(super) id: usize,
-    pub(super) port: Weak<Shared>,
+    pub(super) port: Weak<dyn PortOfThread>,
     pub(super) held: bool,
     /// The thread opted in to deferred submission (`Port::defer_submissions`).
     pub(super) defer: bool,
@@ -28,7 +39,7 @@ pub(super) struct PortEntry {
     /// Handler passes straight from one to the next since `PortBuilder::before_submit`'s
     /// hook last ran on this thread.
     pub(super) passes_since_hook: u32,
-    /// Counted in `Shared::returning`: a deferring thread inside a handler pass, which
+    /// Counted in `PortInner::returning`: a deferring thread inside a handler pass, which
     /// submits what is pending when it leaves it.
     pub(super) returning: bool,
     /// Handler passes since this thread last looked at the clock for `REAP_INTERVAL`.
@@ -45,7 +56,7 @@ pub(super) const SHUTDOWN_REAP: Duration = Duration::from_secs(1);
 pub(super) const MAX_DEFERRED_PASSES: u32 = 16;
 
 /// A thread that keeps finding completions ready takes what the kernel completed meanwhile
-/// (`Shared::reap_now`) at most every `REAP_INTERVAL`, and looks at the clock for it every
+/// (`PortInner::reap_now`) at most every `REAP_INTERVAL`, and looks at the clock for it every
 /// `REAP_CHECK_PASSES` handler passes. So I/O waits at most about that long behind a queue of
 /// posts and timers, and a fast stream of posts pays one look (an `epoll_wait` on epoll) per
 /// interval, not per pass.
@@ -53,15 +64,17 @@ pub(super) const REAP_CHECK_PASSES: u32 = 32;
 pub(super) const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_micros(200);
 
 impl Local {
-    pub(super) fn entry(&mut self, port: &Arc<Shared>) -> &mut PortEntry {
-        if let Some(i) = self.ports.iter().position(|e| e.id == port.id) {
+    pub(super) fn entry<P: PortOfThread + 'static>(&mut self, port: &Arc<P>) -> &mut PortEntry {
+        let id = port.id();
+        if let Some(i) = self.ports.iter().position(|e| e.id == id) {
             return &mut self.ports[i];
         }
         // Forget ports that are gone before remembering a new one.
         self.ports.retain(|e| e.port.strong_count() > 0);
+        let weak: Weak<P> = Arc::downgrade(port);
         self.ports.push(PortEntry {
-            id: port.id,
-            port: Arc::downgrade(port),
+            id,
+            port: weak,
             held: false,
             defer: false,
             dirty: false,
@@ -84,14 +97,8 @@ impl Drop for Local {
     /// back (as IOCP does).
     fn drop(&mut self) {
         for mut e in self.ports.drain(..) {
-            let Some(shared) = e.port.upgrade() else {
-                continue;
-            };
-            if e.dirty | shared.stop_returning(&mut e) {
-                shared.flush();
-            }
-            if e.held {
-                shared.sched.release_slot(&*shared);
+            if let Some(port) = e.port.upgrade() {
+                port.thread_exits(&mut e);
             }
         }
     }

@@ -1,24 +1,24 @@
-//! The completion port.
+//! The completion port. Its files, each using only those listed before it:
 //!
-//! * `mod.rs` — the public [`Port`]: building it, `get`, posts and timers, `blocking`,
-//!   shutdown;
-//! * [`socket`] — the public [`Socket`]: association and the start of each operation;
-//! * [`shared`] — the state all handles share and the glue between the scheduler, the
-//!   operation table, the timers and the backend (submitting, reaping, the hand-off);
 //! * [`table`] — the operation table: every operation from start to completion, per-socket
 //!   lanes, short-send continuation, cancel;
-//! * [`local`] — per-thread state: slots held, deferred submissions.
+//! * [`local`] — per-thread state: slots held, deferred submissions (it knows the port only
+//!   through the [`local::PortOfThread`] trait, for a thread's exit);
+//! * [`inner`] — [`PortInner`], the state all handles share, and the glue
+//!   between the scheduler, the operation table, the timers and the backend (submitting,
+//!   reaping, the hand-off);
+//! * `mod.rs` — the public [`Port`]: building it, `get`, posts and timers, `blocking`,
+//!   shutdown;
+//! * [`socket`] — the public [`Socket`](socket::Socket): [`Port::associate`] and the start
+//!   of each operation.
 
+mod inner;
 mod local;
-mod shared;
-mod socket;
+pub(crate) mod socket;
 mod table;
 #[cfg(all(test, not(loom), unix))]
 mod tests;
 
-pub use socket::Socket;
-
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,17 +26,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use socket2::SockRef;
 
 use crate::op::{Completion, Op, TimerId};
 use crate::sched::{Outcome, Sched, Sink};
 use crate::sync::{AtomicUsize as SyncUsize, Ordering::SeqCst};
-use crate::sys::{Backend, Driver, OwnedSock};
+use crate::sys::{AnyDriver, Backend};
 use crate::timer::Timers;
 
+use inner::{PortInner, SubmitHook, TimerQueue};
 use local::{LOCAL, MAX_DEFERRED_PASSES, REAP_CHECK_PASSES, REAP_INTERVAL, SHUTDOWN_REAP};
-use shared::{Shared, TimerQueue};
-use table::{SockEntry, Table};
+use table::Table;
 
 /// The port was shut down: [`Port::get`] answers this, distinct from a timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +56,19 @@ impl From<Closed> for io::Error {
 }
 
 /// Builds a [`Port`]: concurrency value, backend, ring size.
+///
+/// ```
+/// use cport::{Backend, Port};
+///
+/// let port = Port::builder()
+///     .concurrency(2) // at most two threads run handlers at once
+///     .backend(Backend::Auto) // CPORT_BACKEND, when set, overrides this
+///     .entries(256)
+///     .build()?;
+/// assert_eq!(port.concurrency(), 2);
+/// println!("running on {}", port.backend());
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct PortBuilder {
     concurrency: usize,
@@ -65,9 +77,6 @@ pub struct PortBuilder {
     env: bool,
     before_submit: Option<SubmitHook>,
 }
-
-/// See [`PortBuilder::before_submit`].
-pub(crate) type SubmitHook = Arc<dyn Fn() + Send + Sync>;
 
 impl std::fmt::Debug for PortBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,11 +159,10 @@ impl PortBuilder {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let shared_wait = crate::sys::shared_wait_wanted();
-        let driver = crate::sys::open(backend, self.entries, shared_wait, concurrency)?;
-        let mut port = Port::with_driver(driver, concurrency, shared_wait);
+        let driver = crate::sys::open(backend, self.entries, concurrency)?;
+        let mut port = Port::with_driver(driver, concurrency);
         if let Some(hook) = self.before_submit {
-            Arc::get_mut(&mut port.shared)
+            Arc::get_mut(&mut port.inner)
                 .expect("a port just built has one handle")
                 .before_submit = Some(hook);
         }
@@ -165,38 +173,62 @@ impl PortBuilder {
 impl Port {
     /// A port on `driver` (the backend `PortBuilder::build` opened, or a modelled one in
     /// tests).
-    pub(crate) fn with_driver(
-        driver: Box<dyn Driver>,
-        concurrency: usize,
-        shared_wait: bool,
-    ) -> Port {
+    pub(crate) fn with_driver(driver: AnyDriver, concurrency: usize) -> Port {
         static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
         Port {
-            shared: Arc::new(Shared {
+            inner: Arc::new(PortInner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                sched: Sched::new(concurrency, shared_wait),
+                sched: Sched::new(concurrency),
                 table: Mutex::new(Table::default()),
                 timers: Mutex::new(TimerQueue {
                     wheel: Timers::default(),
                     alarm: None,
                 }),
-                hand_off: shared_wait && driver.follow_up_on_submitter(),
+                hand_off: driver.follow_up_on_submitter(),
                 returning: SyncUsize::new(0),
                 wait_failures: Default::default(),
                 wait_errors: Default::default(),
                 before_submit: None,
                 driver,
-                shared_wait,
             }),
         }
     }
 }
 
 /// An I/O completion port. Cheap to clone; every clone is the same port, shared by all
-/// threads. See the [crate documentation](crate) for the model.
+/// threads. See the [crate documentation](crate) for the model and a complete worker loop.
+///
+/// ```
+/// use cport::{Op, Port};
+/// use std::time::Duration;
+///
+/// let port = Port::new(0)?; // concurrency: the available parallelism
+/// let worker = {
+///     let port = port.clone();
+///     std::thread::spawn(move || {
+///         let mut got = Vec::new();
+///         // GetQueuedCompletionStatus, until both events came.
+///         while got.len() < 2 {
+///             let c = port.get(None).expect("port open").expect("no timeout");
+///             match c.op {
+///                 Op::Post => got.push(("posted", c.user)),
+///                 Op::Timer(_) => got.push(("timer", c.user)),
+///                 _ => {}
+///             }
+///         }
+///         got
+///     })
+/// };
+/// port.post_after(Duration::from_millis(10), 1, 2)?; // a timer, through the same queue
+/// port.post(1, 0, 40)?; // PostQueuedCompletionStatus
+/// assert_eq!(worker.join().unwrap(), [("posted", 40), ("timer", 2)]);
+/// port.shutdown();
+/// assert!(port.get(Some(Duration::ZERO)).is_err()); // Closed
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Port {
-    shared: Arc<Shared>,
+    inner: Arc<PortInner>,
 }
 
 impl fmt::Debug for Port {
@@ -245,58 +277,12 @@ impl Port {
 
     /// The backend in use.
     pub fn backend(&self) -> Backend {
-        self.shared.driver.backend()
+        self.inner.driver.backend()
     }
 
     /// The concurrency value.
     pub fn concurrency(&self) -> usize {
-        self.shared.sched.concurrency()
-    }
-
-    /// Associates a socket (listener, stream, datagram socket, any pollable fd) with the port
-    /// under a completion key, once. The port owns the descriptor from now on; it is closed
-    /// when the returned [`Socket`] is dropped and its last operation has completed.
-    /// On Linux `associate` puts the descriptor in non-blocking mode (its operations never
-    /// block a thread; a blocking read of your own on it would fail with `WouldBlock`).
-    ///
-    /// On Windows it takes anything that becomes an `OwnedSocket` (an overlapped socket, as
-    /// std and `socket2` make them), associates it with the kernel's port and leaves its mode
-    /// alone: overlapped operations never block whatever the mode.
-    #[doc(alias = "CreateIoCompletionPort")]
-    pub fn associate(&self, fd: impl Into<OwnedSock>, key: u64) -> io::Result<Socket> {
-        let fd: OwnedSock = fd.into();
-        if self.shared.sched.is_closed() {
-            return Err(Closed.into());
-        }
-        let sref = SockRef::from(&fd);
-        #[cfg(unix)]
-        sref.set_nonblocking(true)?;
-        let stream = sref
-            .r#type()
-            .map(|t| t == socket2::Type::STREAM)
-            .unwrap_or(false);
-        let raw = crate::sys::raw_of(&fd);
-        let io = self.shared.driver.new_sock(stream);
-        let token = self.shared.table.lock().socks.insert(SockEntry {
-            fd,
-            io: io.clone(),
-            key,
-            stream,
-            recv_q: VecDeque::new(),
-            send_q: VecDeque::new(),
-            free: Vec::new(),
-            closed: false,
-        });
-        if let Err(e) = self.shared.driver.register(&io, token, raw) {
-            self.shared.table.lock().socks.remove(token);
-            return Err(e);
-        }
-        Ok(Socket {
-            port: self.clone(),
-            token,
-            key,
-            fd: raw,
-        })
+        self.inner.sched.concurrency()
     }
 
     /// Dequeues one completion, waiting up to `timeout` (`None` = forever).
@@ -330,13 +316,13 @@ impl Port {
         timeout: Option<Duration>,
     ) -> Result<usize, Closed> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let shared = &*self.shared;
+        let shared = &*self.inner;
         let (had_slot, mut dirty, reap, waiter) = LOCAL.with(|l| {
             let mut l = l.borrow_mut();
-            let e = l.entry(&self.shared);
+            let e = l.entry(&self.inner);
             let mut was = (std::mem::take(&mut e.held), std::mem::take(&mut e.dirty));
             if e.returning && shared.pending() {
-                // Handed over by a thread outside any handler pass (`Shared::issue`): this
+                // Handed over by a thread outside any handler pass (`PortInner::issue`): this
                 // thread submits it as its own deferred work.
                 was.1 = true;
             }
@@ -346,7 +332,7 @@ impl Port {
             // waiting for the queue of posts and timers to run dry.
             // Counted in passes so that the clock is read only every REAP_CHECK_PASSES, and
             // gated by time so that a fast stream of posts pays for one look per interval.
-            let mut reap = None;
+            let mut reap = false;
             if was.0 {
                 e.passes_since_reap += 1;
                 if e.passes_since_reap >= REAP_CHECK_PASSES {
@@ -354,14 +340,14 @@ impl Port {
                     let now = Instant::now();
                     if now.saturating_duration_since(e.last_reap) >= REAP_INTERVAL {
                         e.last_reap = now;
-                        reap = Some(now);
+                        reap = true;
                     }
                 }
             }
             (was.0, was.1, reap, l.waiter.clone())
         });
-        if let Some(now) = reap {
-            shared.reap_now(now);
+        if reap {
+            shared.reap_now();
         }
         let before = out.count();
         let outcome = shared
@@ -373,7 +359,7 @@ impl Port {
             // handler pass's, up to a bound.
             flush = LOCAL.with(|l| {
                 let mut l = l.borrow_mut();
-                let e = l.entry(&self.shared);
+                let e = l.entry(&self.inner);
                 e.deferred_passes += 1;
                 if e.deferred_passes >= MAX_DEFERRED_PASSES {
                     e.deferred_passes = 0;
@@ -384,13 +370,13 @@ impl Port {
                 }
             });
         } else {
-            LOCAL.with(|l| l.borrow_mut().entry(&self.shared).deferred_passes = 0);
+            LOCAL.with(|l| l.borrow_mut().entry(&self.inner).deferred_passes = 0);
         }
         let result = match outcome {
             Outcome::Got => {
                 let hook_due = LOCAL.with(|l| {
                     let mut l = l.borrow_mut();
-                    let e = l.entry(&self.shared);
+                    let e = l.entry(&self.inner);
                     e.held = true;
                     if shared.hand_off && e.defer && !e.returning {
                         e.returning = true;
@@ -408,7 +394,7 @@ impl Port {
                     // What the hook started goes out now, with what was deferred.
                     LOCAL.with(|l| {
                         let mut l = l.borrow_mut();
-                        let e = l.entry(&self.shared);
+                        let e = l.entry(&self.inner);
                         flush |= std::mem::take(&mut e.dirty);
                         if flush {
                             e.deferred_passes = 0;
@@ -429,7 +415,7 @@ impl Port {
     /// Queues a user completion `{ key, user, result: Ok(bytes), op: Op::Post }` on the port.
     #[doc(alias = "PostQueuedCompletionStatus")]
     pub fn post(&self, key: u64, bytes: usize, user: u64) -> Result<(), Closed> {
-        if self.shared.sched.is_closed() {
+        if self.inner.sched.is_closed() {
             return Err(Closed);
         }
         let c = Completion {
@@ -438,7 +424,7 @@ impl Port {
             result: Ok(bytes),
             op: Op::Post,
         };
-        self.shared.sched.push_all([c], &*self.shared);
+        self.inner.sched.push_all([c], &*self.inner);
         Ok(())
     }
 
@@ -457,7 +443,7 @@ impl Port {
         user: u64,
         value: T,
     ) -> Result<(), Closed> {
-        if self.shared.sched.is_closed() {
+        if self.inner.sched.is_closed() {
             return Err(Closed);
         }
         let c = Completion {
@@ -466,7 +452,7 @@ impl Port {
             result: Ok(0),
             op: Op::Message(crate::op::Message::new(value)),
         };
-        self.shared.sched.push_all([c], &*self.shared);
+        self.inner.sched.push_all([c], &*self.inner);
         Ok(())
     }
 
@@ -474,7 +460,7 @@ impl Port {
     /// passed (never before). Timers fire in deadline order; see [`Port::cancel_timer`].
     #[doc(alias = "CreateTimerQueueTimer")]
     pub fn post_after(&self, delay: Duration, key: u64, user: u64) -> Result<TimerId, Closed> {
-        if self.shared.sched.is_closed() {
+        if self.inner.sched.is_closed() {
             return Err(Closed);
         }
         // A delay too large for `Instant` is as good as never (but still cancellable).
@@ -482,16 +468,11 @@ impl Port {
         let deadline = now
             .checked_add(delay)
             .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
-        let shared = &*self.shared;
+        let shared = &*self.inner;
         let mut t = shared.timers.lock();
         let (id, earliest) = t.wheel.add(deadline, key, user);
         if earliest {
-            if shared.shared_wait {
-                shared.set_alarm(&mut t);
-            } else {
-                drop(t);
-                shared.sched.interrupt_poller(shared);
-            }
+            shared.set_alarm(&mut t);
         }
         Ok(id)
     }
@@ -500,7 +481,7 @@ impl Port {
     /// fired (its completion is queued or delivered) or was cancelled before.
     #[doc(alias = "DeleteTimerQueueTimer")]
     pub fn cancel_timer(&self, id: TimerId) -> bool {
-        self.shared.timers.lock().wheel.cancel(id)
+        self.inner.timers.lock().wheel.cancel(id)
     }
 
     /// Runs `f`, which may block, while the calling thread's concurrency slot is lent to
@@ -514,7 +495,7 @@ impl Port {
     /// epoll backend. A thread outside any handler pass (`main`, a database thread) is not
     /// affected: on io_uring it leaves its submissions to the workers.
     pub fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
-        let shared = &*self.shared;
+        let shared = &*self.inner;
         shared.before_submit_in_pass();
         // Outside the handler pass while `f` runs: what `f` starts is submitted at once (it may
         // wait for it), not deferred to a `get` that comes only after `f`.
@@ -533,7 +514,7 @@ impl Port {
             return f();
         }
         shared.sched.release_slot(shared);
-        struct Resume<'a>(&'a Shared);
+        struct Resume<'a>(&'a PortInner);
         impl Drop for Resume<'_> {
             fn drop(&mut self) {
                 let waiter = LOCAL.with(|l| {
@@ -562,20 +543,20 @@ impl Port {
     /// call [`Port::submit`] first. Outside a handler pass, and in [`Port::blocking`],
     /// operations are submitted at once either way.
     pub fn defer_submissions(&self) {
-        LOCAL.with(|l| l.borrow_mut().entry(&self.shared).defer = true);
+        LOCAL.with(|l| l.borrow_mut().entry(&self.inner).defer = true);
     }
 
     /// `Pool::spawn`, before it starts `n` workers: each counts at once as a thread that will
     /// come to `get` and submit what threads outside any handler pass hand over
-    /// (`Shared::issue`), so that `main`, starting operations right after `Pool::spawn`, does
+    /// (`PortInner::issue`), so that `main`, starting operations right after `Pool::spawn`, does
     /// not submit them itself while the workers are still starting. Each worker takes over
     /// its unit with [`Port::enlist_worker`]; `-n` gives back units of workers never started.
     pub(crate) fn expect_workers(&self, n: isize) {
-        if self.shared.hand_off {
+        if self.inner.hand_off {
             if n >= 0 {
-                self.shared.returning.fetch_add(n as usize, SeqCst);
+                self.inner.returning.fetch_add(n as usize, SeqCst);
             } else {
-                self.shared.returning.fetch_sub(n.unsigned_abs(), SeqCst);
+                self.inner.returning.fetch_sub(n.unsigned_abs(), SeqCst);
             }
         }
     }
@@ -583,10 +564,10 @@ impl Port {
     /// A `Pool` worker, about to loop on `get`: it defers its submissions and takes over the
     /// unit of `returning` that [`Port::expect_workers`] counted for it.
     pub(crate) fn enlist_worker(&self) {
-        let shared = &*self.shared;
+        let shared = &*self.inner;
         LOCAL.with(|l| {
             let mut l = l.borrow_mut();
-            let e = l.entry(&self.shared);
+            let e = l.entry(&self.inner);
             e.defer = true;
             if shared.hand_off {
                 debug_assert!(!e.returning, "a thread is one Pool's worker at most once");
@@ -599,14 +580,14 @@ impl Port {
     /// thread that called [`Port::defer_submissions`], such as a [`Pool`](crate::Pool)
     /// worker, has any waiting).
     pub fn submit(&self) {
-        self.shared.before_submit_in_pass();
+        self.inner.before_submit_in_pass();
         let dirty = LOCAL.with(|l| {
             l.borrow_mut()
-                .find(self.shared.id)
+                .find(self.inner.id)
                 .is_some_and(|e| std::mem::take(&mut e.dirty))
         });
         if dirty {
-            self.shared.flush();
+            self.inner.flush();
         }
     }
 
@@ -622,27 +603,27 @@ impl Port {
     /// * an operation started after `shutdown` never reaches the kernel: it is dropped with
     ///   its buffer, and nothing is delivered for it.
     pub fn shutdown(&self) {
-        self.shared.shut_down(SHUTDOWN_REAP);
+        self.inner.shut_down(SHUTDOWN_REAP);
     }
 
     /// True once [`Port::shutdown`] was called.
     pub fn is_shut_down(&self) -> bool {
-        self.shared.sched.is_closed()
+        self.inner.sched.is_closed()
     }
 
     /// Test hook (feature `fault-injection`): the faults to arm on this port's system calls;
-    /// `None` if its backend has no hooks (io_uring with one poller at a time).
+    /// `None` if its backend has no hooks (IOCP).
     #[cfg(feature = "fault-injection")]
     #[doc(hidden)]
     pub fn faults(&self) -> Option<&crate::fault::Faults> {
-        self.shared.driver.faults()
+        self.inner.driver.faults()
     }
 
     /// A snapshot of the port's state.
     pub fn stats(&self) -> PortStats {
-        let (active, waiting, ready) = self.shared.sched.stats();
+        let (active, waiting, ready) = self.inner.sched.stats();
         let (in_flight, sockets) = {
-            let t = self.shared.table.lock();
+            let t = self.inner.table.lock();
             (t.ops.len(), t.socks.len())
         };
         PortStats {
@@ -651,8 +632,8 @@ impl Port {
             ready,
             in_flight,
             sockets,
-            timers: self.shared.timers.lock().wheel.len(),
-            wait_errors: self.shared.wait_errors.load(Ordering::Relaxed),
+            timers: self.inner.timers.lock().wheel.len(),
+            wait_errors: self.inner.wait_errors.load(Ordering::Relaxed),
         }
     }
 }

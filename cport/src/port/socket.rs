@@ -1,5 +1,7 @@
-//! [`Socket`]: a socket associated with a port, and the start of its operations.
+//! [`Socket`]: [`Port::associate`], a socket associated with a port, and the start of its
+//! operations.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -8,9 +10,60 @@ use bytes::Bytes;
 use socket2::{SockAddr, SockRef};
 
 use super::local::LOCAL;
+use super::table::{fail, SockEntry};
 use super::{Closed, Port};
-use crate::op::{Completion, OpData, SendBuf};
-use crate::sys::RawSock;
+#[cfg(doc)]
+use crate::op::Op;
+use crate::op::{OpData, SendBuf};
+use crate::sys::{OwnedSock, RawSock};
+
+impl Port {
+    /// Associates a socket (listener, stream, datagram socket, any pollable fd) with the port
+    /// under a completion key, once. The port owns the descriptor from now on; it is closed
+    /// when the returned [`Socket`] is dropped and its last operation has completed.
+    /// On Linux `associate` puts the descriptor in non-blocking mode (its operations never
+    /// block a thread; a blocking read of your own on it would fail with `WouldBlock`).
+    ///
+    /// On Windows it takes anything that becomes an `OwnedSocket` (an overlapped socket, as
+    /// std and `socket2` make them), associates it with the kernel's port and leaves its mode
+    /// alone: overlapped operations never block whatever the mode.
+    #[doc(alias = "CreateIoCompletionPort")]
+    pub fn associate(&self, fd: impl Into<OwnedSock>, key: u64) -> io::Result<Socket> {
+        let fd: OwnedSock = fd.into();
+        if self.inner.sched.is_closed() {
+            return Err(Closed.into());
+        }
+        let sref = SockRef::from(&fd);
+        #[cfg(unix)]
+        sref.set_nonblocking(true)?;
+        let stream = sref
+            .r#type()
+            .map(|t| t == socket2::Type::STREAM)
+            .unwrap_or(false);
+        let raw = crate::sys::raw_of(&fd);
+        let io = self.inner.driver.new_sock(stream);
+        let token = self.inner.table.lock().socks.insert(SockEntry {
+            fd,
+            io: io.clone(),
+            key,
+            stream,
+            recv_q: VecDeque::new(),
+            send_q: VecDeque::new(),
+            free: Vec::new(),
+            closed: false,
+        });
+        if let Err(e) = self.inner.driver.register(&io, token, raw) {
+            self.inner.table.lock().socks.remove(token);
+            return Err(e);
+        }
+        Ok(Socket {
+            port: self.clone(),
+            token,
+            key,
+            fd: raw,
+        })
+    }
+}
 
 /// A socket associated with a port — the `SOCKET` of IOCP after
 /// `CreateIoCompletionPort(socket, port, key, 0)`.
@@ -19,6 +72,25 @@ use crate::sys::RawSock;
 /// port (a failure is a completion with an error), unless the port has been shut down, in
 /// which case nothing more is delivered. Dropping the socket closes it: pending operations
 /// complete with an aborted error, and the descriptor is closed once the last has completed.
+///
+/// ```
+/// use cport::{Op, Port};
+/// use std::io::Write;
+/// use std::time::Duration;
+///
+/// let port = Port::new(1)?;
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
+/// let (server, _) = listener.accept()?;
+/// let server = port.associate(server, 5)?; // completion key 5
+/// server.recv(Vec::with_capacity(1024), 0);
+/// client.write_all(b"hello")?;
+/// let c = port.get(Some(Duration::from_secs(10))).unwrap().expect("the receive");
+/// assert_eq!((c.key, c.result?), (5, 5));
+/// let Op::Recv(buf) = c.op else { unreachable!() };
+/// assert_eq!(&buf[..], b"hello");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct Socket {
     pub(super) port: Port,
     pub(super) token: u64,
@@ -110,11 +182,11 @@ impl Socket {
     /// buffer. The socket stays open and usable.
     #[doc(alias = "CancelIoEx")]
     pub fn cancel(&self) {
-        let shared = &*self.port.shared;
+        let shared = &*self.port.inner;
         let done = shared
             .table
             .lock()
-            .cancel(&*shared.driver, self.token, false);
+            .cancel(&shared.driver, self.token, false);
         shared.settle(done);
     }
 
@@ -139,7 +211,7 @@ impl Socket {
     pub fn close(self) {}
 
     pub(super) fn start(&self, data: OpData, user: u64) {
-        let shared = &*self.port.shared;
+        let shared = &*self.port.inner;
         let immediate = match data.check() {
             Err(e) => Some(fail(self.key, user, data, e)),
             Ok(()) => {
@@ -152,7 +224,7 @@ impl Socket {
                     // below, as every completion queued at shutdown is.
                     Some(fail(self.key, user, data, Closed.into()))
                 } else {
-                    table.start(&*shared.driver, self.token, data, user)
+                    table.start(&shared.driver, self.token, data, user)
                 }
             }
         };
@@ -218,22 +290,8 @@ impl std::os::windows::io::AsRawSocket for Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        let shared = &*self.port.shared;
-        let done = shared
-            .table
-            .lock()
-            .cancel(&*shared.driver, self.token, true);
+        let shared = &*self.port.inner;
+        let done = shared.table.lock().cancel(&shared.driver, self.token, true);
         shared.settle(done);
-    }
-}
-
-/// A completion for an operation that could not be started (the kernel never saw it).
-pub(super) fn fail(key: u64, user: u64, data: OpData, e: io::Error) -> Completion {
-    let (_, op) = data.finish(-crate::sys::ABORTED, 0);
-    Completion {
-        key,
-        user,
-        result: Err(e),
-        op,
     }
 }

@@ -4,10 +4,9 @@
 use std::collections::VecDeque;
 use std::io;
 
-use super::socket::fail;
 use crate::op::{aborted, Completion, OpData};
 use crate::slab::Slab;
-use crate::sys::{self, Driver, OpKind, OwnedSock, Raw, SockIo};
+use crate::sys::{self, AnyDriver, OpKind, OwnedSock, Raw, SockIo};
 
 pub(super) struct OpEntry {
     pub(super) sock: u64,
@@ -65,7 +64,7 @@ impl Table {
     /// flight in its lane. Returns a completion instead if the socket is closed.
     pub(super) fn start(
         &mut self,
-        d: &dyn Driver,
+        d: &AnyDriver,
         sock: u64,
         data: OpData,
         user: u64,
@@ -110,7 +109,7 @@ impl Table {
     }
 
     /// Hands operation `token` to the backend.
-    pub(super) fn submit(&mut self, d: &dyn Driver, token: u64) {
+    pub(super) fn submit(&mut self, d: &AnyDriver, token: u64) {
         let Some(op) = self.ops.get_mut(token) else {
             return;
         };
@@ -129,7 +128,7 @@ impl Table {
 
     /// Applies one raw completion. Returns the port completion, or `None` if the token is
     /// stale or the operation continues (a short stream send).
-    pub(super) fn finish(&mut self, d: &dyn Driver, raw: Raw) -> Option<Completion> {
+    pub(super) fn finish(&mut self, d: &AnyDriver, raw: Raw) -> Option<Completion> {
         let op = self.ops.get_mut(raw.token)?;
         let stream = self.socks.get(op.sock).is_some_and(|s| s.stream);
         let is_send = matches!(op.data, OpData::Send(..) | OpData::SendTo(..));
@@ -184,7 +183,7 @@ impl Table {
 
     /// Cancels every pending operation of `sock` (and closes it if `close`). Operations not
     /// yet submitted complete here; those in flight are cancelled in the backend.
-    pub(super) fn cancel(&mut self, d: &dyn Driver, sock: u64, close: bool) -> Vec<Completion> {
+    pub(super) fn cancel(&mut self, d: &AnyDriver, sock: u64, close: bool) -> Vec<Completion> {
         let mut done = Vec::new();
         let Some(s) = self.socks.get_mut(sock) else {
             return done;
@@ -217,7 +216,7 @@ impl Table {
     }
 
     /// Removes a closed socket with nothing pending; its descriptor closes here.
-    pub(super) fn reap_socket(&mut self, d: &dyn Driver, sock: u64) {
+    pub(super) fn reap_socket(&mut self, d: &AnyDriver, sock: u64) {
         let Some(s) = self.socks.get(sock) else {
             return;
         };
@@ -238,4 +237,15 @@ pub(super) fn remove_token(q: &mut VecDeque<u64>, token: u64) {
 
 pub(super) fn closed_error() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "socket is closed")
+}
+
+/// A completion for an operation that could not be started (the kernel never saw it).
+pub(super) fn fail(key: u64, user: u64, data: OpData, e: io::Error) -> Completion {
+    let (_, op) = data.finish(-crate::sys::ABORTED, 0);
+    Completion {
+        key,
+        user,
+        result: Err(e),
+        op,
+    }
 }

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use super::Port;
 use crate::op::{Aborted, Op};
 use crate::sys::model::{Call, Kind, Model};
+use crate::sys::AnyDriver;
 use crate::Completion;
 
-fn model_port(shared_wait: bool) -> (Port, Arc<Model>) {
+fn model_port() -> (Port, Arc<Model>) {
     let model = Arc::new(Model::default());
-    let port = Port::with_driver(Box::new(model.clone()), 1, shared_wait);
+    let port = Port::with_driver(AnyDriver::Model(model.clone()), 1);
     (port, model)
 }
 
@@ -45,7 +46,7 @@ fn pushes(calls: &[Call]) -> Vec<(u64, Kind, usize)> {
 
 #[test]
 fn receives_of_one_socket_go_to_the_kernel_one_at_a_time_in_start_order() {
-    let (port, model) = model_port(true);
+    let (port, model) = model_port();
     let (a, _b) = UnixStream::pair().unwrap();
     let sock = port.associate(a, 9).unwrap();
     assert!(matches!(model.take_calls()[..], [Call::Register { .. }]));
@@ -73,7 +74,7 @@ fn receives_of_one_socket_go_to_the_kernel_one_at_a_time_in_start_order() {
 
 #[test]
 fn a_short_stream_send_is_continued_with_the_rest_and_completes_once_whole() {
-    let (port, model) = model_port(true);
+    let (port, model) = model_port();
     let (a, _b) = UnixStream::pair().unwrap();
     let sock = port.associate(a, 1).unwrap();
     model.take_calls();
@@ -108,7 +109,7 @@ fn a_short_stream_send_is_continued_with_the_rest_and_completes_once_whole() {
 
 #[test]
 fn cancel_aborts_queued_operations_at_once_and_the_one_in_flight_through_the_kernel() {
-    let (port, model) = model_port(true);
+    let (port, model) = model_port();
     let (a, _b) = UnixStream::pair().unwrap();
     let sock = port.associate(a, 1).unwrap();
     model.take_calls();
@@ -143,7 +144,7 @@ fn cancel_aborts_queued_operations_at_once_and_the_one_in_flight_through_the_ker
 
 #[test]
 fn a_short_send_cancelled_during_its_continuation_completes_aborted_once() {
-    let (port, model) = model_port(true);
+    let (port, model) = model_port();
     let (a, _b) = UnixStream::pair().unwrap();
     let sock = port.associate(a, 1).unwrap();
     model.take_calls();
@@ -166,7 +167,7 @@ fn a_short_send_cancelled_during_its_continuation_completes_aborted_once() {
 
 #[test]
 fn a_socket_is_deregistered_only_after_its_last_operation_completed() {
-    let (port, model) = model_port(true);
+    let (port, model) = model_port();
     let (a, _b) = UnixStream::pair().unwrap();
     let sock = port.associate(a, 1).unwrap();
     let sock_token = match model.take_calls()[..] {
@@ -195,34 +196,30 @@ fn a_socket_is_deregistered_only_after_its_last_operation_completed() {
 
 #[test]
 fn a_few_failed_kernel_waits_are_retried_and_counted() {
-    for shared_wait in [true, false] {
-        let (port, model) = model_port(shared_wait);
-        let (a, _b) = UnixStream::pair().unwrap();
-        let sock = port.associate(a, 1).unwrap();
-        sock.recv(recv_buf(8), 1);
-        let token = pushes(&model.take_calls())[0].0;
-        model.fail_waits(5, std::io::ErrorKind::Other);
-        model.complete(token, 0);
-        let c = next(&port);
-        assert_eq!((c.user, c.result.unwrap()), (1, 0));
-        assert_eq!(port.stats().wait_errors, 5);
-        assert!(!port.is_shut_down());
-    }
+    let (port, model) = model_port();
+    let (a, _b) = UnixStream::pair().unwrap();
+    let sock = port.associate(a, 1).unwrap();
+    sock.recv(recv_buf(8), 1);
+    let token = pushes(&model.take_calls())[0].0;
+    model.fail_waits(5, std::io::ErrorKind::Other);
+    model.complete(token, 0);
+    let c = next(&port);
+    assert_eq!((c.user, c.result.unwrap()), (1, 0));
+    assert_eq!(port.stats().wait_errors, 5);
+    assert!(!port.is_shut_down());
 }
 
 #[test]
 fn a_persistently_failing_kernel_wait_shuts_the_port_down() {
-    for shared_wait in [true, false] {
-        let (port, model) = model_port(shared_wait);
-        model.fail_waits(10_000, std::io::ErrorKind::Other);
-        let t0 = Instant::now();
-        assert!(
-            port.get(Some(Duration::from_secs(30))).is_err(),
-            "get answers Closed once the port gave up"
-        );
-        assert!(t0.elapsed() < Duration::from_secs(20));
-        assert!(port.is_shut_down());
-        assert!(port.stats().wait_errors >= u64::from(super::shared::WAIT_FAILURE_LIMIT));
-        assert!(port.post(0, 0, 0).is_err());
-    }
+    let (port, model) = model_port();
+    model.fail_waits(10_000, std::io::ErrorKind::Other);
+    let t0 = Instant::now();
+    assert!(
+        port.get(Some(Duration::from_secs(30))).is_err(),
+        "get answers Closed once the port gave up"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    assert!(port.is_shut_down());
+    assert!(port.stats().wait_errors >= u64::from(super::inner::WAIT_FAILURE_LIMIT));
+    assert!(port.post(0, 0, 0).is_err());
 }

@@ -6,11 +6,13 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Backend, Desc, Driver, OpDesc, Raw, SockIo};
+use super::driver::{Backend, Desc, Driver, OpDesc, Raw};
 
 /// What the port handed to the modelled kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,28 +120,26 @@ impl Driver for Model {
         Backend::Epoll
     }
 
-    /// The socket's table token, so that a push can say which socket it is for.
-    fn new_sock(&self, _stream: bool) -> SockIo {
-        SockIo::new(std::sync::atomic::AtomicU64::new(u64::MAX))
+    /// The socket's table token (set by `register`), so that a push can say which socket it
+    /// is for.
+    type Sock = Arc<AtomicU64>;
+
+    fn new_sock(&self, _stream: bool) -> Arc<AtomicU64> {
+        Arc::new(AtomicU64::new(u64::MAX))
     }
 
-    fn register(&self, io: &SockIo, sock: u64, _fd: RawFd) -> io::Result<()> {
-        io.get::<std::sync::atomic::AtomicU64>()
-            .expect("the model's state")
-            .store(sock, std::sync::atomic::Ordering::Relaxed);
+    fn register(&self, io: &Arc<AtomicU64>, sock: u64, _fd: RawFd) -> io::Result<()> {
+        io.store(sock, Relaxed);
         self.state.lock().calls.push(Call::Register { sock });
         Ok(())
     }
 
-    fn deregister(&self, _io: &SockIo, sock: u64, _fd: RawFd) {
+    fn deregister(&self, _io: &Arc<AtomicU64>, sock: u64, _fd: RawFd) {
         self.state.lock().calls.push(Call::Deregister { sock });
     }
 
-    fn push(&self, io: &SockIo, token: u64, op: OpDesc) {
-        let sock = io
-            .get::<std::sync::atomic::AtomicU64>()
-            .expect("the model's state")
-            .load(std::sync::atomic::Ordering::Relaxed);
+    fn push(&self, io: &Arc<AtomicU64>, token: u64, op: OpDesc) {
+        let sock = io.load(Relaxed);
         let (kind, len) = kind_of(&op.desc);
         self.state.lock().calls.push(Call::Push {
             token,
@@ -149,17 +149,13 @@ impl Driver for Model {
         });
     }
 
-    fn cancel(&self, _io: &SockIo, token: u64) {
+    fn cancel(&self, _io: &Arc<AtomicU64>, token: u64) {
         self.state.lock().calls.push(Call::Cancel { token });
     }
 
     fn flush(&self, _out: &mut Vec<Raw>) {}
 
-    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()> {
-        self.wait_until(deadline, out)
-    }
-
-    fn wait_shared(
+    fn wait(
         &self,
         deadline: Option<Instant>,
         _alone: bool,

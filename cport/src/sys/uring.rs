@@ -9,13 +9,11 @@
 //!   SQEs to that one, which looks again before it leaves, and goes back to its handlers.
 //! * Completion: the CQ is read under the `cq` lock — by a waiter after its wait (and before
 //!   it, in case its own submission completed at once), and by a busy worker's look
-//!   (`try_reap`, with `try_lock`). With every idle thread waiting (the default) they wait in
-//!   the wait set on the ring's registered eventfd; with one poller at a time
-//!   (`CPORT_WAIT=leader`) the poller waits in `io_uring_enter` with `IORING_ENTER_EXT_ARG`
-//!   for a timeout, and a NOP with a reserved token interrupts it.
+//!   (`try_reap`, with `try_lock`). Idle threads wait in the wait set, all at once, on the
+//!   ring's registered eventfd.
 //! * Overflow: the ring is set up with a CQ four times the SQ, and `IORING_FEAT_NODROP` is
 //!   required, so a full CQ makes the kernel keep completions on its overflow list instead of
-//!   dropping them; the poller flushes that list (`GETEVENTS`) whenever the ring reports
+//!   dropping them; a reaper flushes that list (`GETEVENTS`) whenever the ring reports
 //!   `IORING_SQ_CQ_OVERFLOW`.
 //! * Features are probed (`IORING_REGISTER_PROBE`), not assumed; ring setup errors (`EPERM`
 //!   from seccomp or `kernel.io_uring_disabled`, `ENOMEM` from the memlock limit, `ENOSYS`)
@@ -28,17 +26,16 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering::SeqCst};
 use std::time::Instant;
 
-use io_uring::types::{Fd, SubmitArgs, Timespec};
+use io_uring::types::Fd;
 use io_uring::{opcode, squeue, IoUring, Probe};
 use parking_lot::Mutex;
 
+use super::driver::{Backend, Desc, Driver, OpDesc, Raw};
+use super::os::timeout_ms;
 use super::wait::{WaitSet, ALARM, BACKEND};
-use super::{Backend, Desc, Driver, OpDesc, Raw, SockIo};
 use crate::combine::Combiner;
 use crate::slab::RESERVED_TOKENS;
 
-/// Token of the NOPs that interrupt the poller.
-const WAKE: u64 = RESERVED_TOKENS;
 /// Token of cancel requests (their own completions carry nothing the port needs).
 const CANCEL: u64 = RESERVED_TOKENS + 1;
 
@@ -51,14 +48,15 @@ pub(crate) struct Uring {
     /// One flusher in the kernel at a time; also knows whether anything was pushed since
     /// the last submission (so a flush with nothing to submit costs no system call).
     combine: Combiner,
-    /// Where every idle thread waits at once (`wait_shared`), with the eventfd the ring
-    /// signals for every batch of completions it posts; `None`: one poller at a time waits
-    /// in `io_uring_enter` (`wait`).
-    shared: Option<(WaitSet, OwnedFd)>,
+    /// Where every idle thread waits at once (`wait`).
+    ws: WaitSet,
+    /// The eventfd the ring signals for every batch of completions it posts, registered in
+    /// `ws` (kept open for the ring's life).
+    _cq_eventfd: OwnedFd,
     /// The errno of a submission the kernel refused (0: none): its SQEs are still in the
-    /// ring (or the backlog). The next `wait_shared` submits them again and, if the kernel
-    /// refuses again, reports it as a kernel failure, which the port counts, logs and retries
-    /// after a pause (`Shared::wait_failed`).
+    /// ring (or the backlog). The next `wait` submits them again and, if the kernel refuses
+    /// again, reports it as a kernel failure, which the port counts, logs and retries after a
+    /// pause (`PortInner::wait_failed`).
     refused: AtomicI32,
 }
 
@@ -84,7 +82,7 @@ fn unsupported(what: &str) -> io::Error {
 }
 
 impl Uring {
-    pub(crate) fn new(entries: u32, shared: bool) -> io::Result<Uring> {
+    pub(crate) fn new(entries: u32) -> io::Result<Uring> {
         let ring = IoUring::builder()
             .setup_cqsize(entries.saturating_mul(4))
             .setup_clamp()
@@ -94,6 +92,9 @@ impl Uring {
         if !params.is_feature_nodrop() {
             return Err(unsupported("IORING_FEAT_NODROP (Linux 5.5)"));
         }
+        // Not used since the port stopped waiting in `io_uring_enter` (one poller at a
+        // time), but still required: the kernels on which `Backend::Auto` picks io_uring
+        // stay the same.
         if !params.is_feature_ext_arg() {
             return Err(unsupported("IORING_FEAT_EXT_ARG (Linux 5.11)"));
         }
@@ -116,29 +117,25 @@ impl Uring {
                 return Err(unsupported(&format!("the {name} operation")));
             }
         }
-        let shared = if shared {
-            let ws = WaitSet::new()?;
-            // SAFETY: eventfd takes no pointers.
-            let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-            if efd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: efd is a new descriptor that nothing else owns.
-            let efd = unsafe { OwnedFd::from_raw_fd(efd) };
-            ring.submitter()
-                .register_eventfd(efd.as_raw_fd())
-                .map_err(|e| setup_error("eventfd registration", e))?;
-            ws.add(efd.as_raw_fd(), BACKEND, libc::EPOLLIN as u32)?;
-            Some((ws, efd))
-        } else {
-            None
-        };
+        let ws = WaitSet::new()?;
+        // SAFETY: eventfd takes no pointers.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: efd is a new descriptor that nothing else owns.
+        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        ring.submitter()
+            .register_eventfd(efd.as_raw_fd())
+            .map_err(|e| setup_error("eventfd registration", e))?;
+        ws.add(efd.as_raw_fd(), BACKEND, libc::EPOLLIN as u32)?;
         Ok(Uring {
             ring,
             sq: Mutex::new(VecDeque::new()),
             cq: Mutex::new(()),
             combine: Combiner::new(),
-            shared,
+            ws,
+            _cq_eventfd: efd,
             refused: AtomicI32::new(0),
         })
     }
@@ -227,10 +224,9 @@ impl Uring {
 
     /// Submits what is in the ring and the backlog. False if the kernel refused (`EAGAIN`:
     /// no memory for requests; `EBUSY`: completions to reap first; or any other error): the
-    /// SQEs stay where they are, `refused` records it and a waiter is woken; its
-    /// `wait_shared` reaps, submits them again, and reports a refusal that persists as a
-    /// kernel failure (counted, logged, retried after a growing pause). With one poller at a
-    /// time, the poller's next enter submits what is in the ring.
+    /// SQEs stay where they are, `refused` records it and a waiter is woken; its `wait`
+    /// reaps, submits them again, and reports a refusal that persists as a kernel failure
+    /// (counted, logged, retried after a growing pause).
     fn submit_all(&self) -> bool {
         loop {
             let more = self.drain_backlog();
@@ -240,13 +236,7 @@ impl Uring {
                 Err(e) => {
                     let errno = e.raw_os_error().unwrap_or(libc::EIO);
                     self.refused.store(errno, SeqCst);
-                    match &self.shared {
-                        Some((ws, _)) => ws.wake(),
-                        None if errno != libc::EBUSY && errno != libc::EAGAIN => {
-                            tracing::error!("io_uring submit failed: {e}");
-                        }
-                        None => {}
-                    }
+                    self.ws.wake();
                     return false;
                 }
             }
@@ -259,11 +249,7 @@ impl Uring {
     /// `io_uring_enter` submitting what is in the ring (or the fault a test armed).
     fn enter_submit(&self) -> io::Result<usize> {
         #[cfg(feature = "fault-injection")]
-        if let Some(e) = self
-            .shared
-            .as_ref()
-            .and_then(|(ws, _)| ws.faults().take(crate::fault::FaultPoint::UringSubmit))
-        {
+        if let Some(e) = self.ws.faults().take(crate::fault::FaultPoint::UringSubmit) {
             return Err(e);
         }
         self.ring.submit()
@@ -307,31 +293,6 @@ impl Uring {
             let _ = self.ring.submit();
         }
     }
-
-    /// `io_uring_enter` that waits for one completion (or the deadline) and submits nothing.
-    fn wait_only(&self, deadline: Option<Instant>) -> io::Result<usize> {
-        let getevents = io_uring::EnterFlags::GETEVENTS;
-        match deadline {
-            // SAFETY: no SQE is submitted and no argument is passed.
-            None => unsafe {
-                self.ring
-                    .submitter()
-                    .enter::<libc::sigset_t>(0, 1, getevents.bits(), None)
-            },
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(0);
-                }
-                let ts = Timespec::from(left);
-                let args = SubmitArgs::new().timespec(&ts);
-                let flags = getevents | io_uring::EnterFlags::EXT_ARG;
-                // SAFETY: with EXT_ARG the argument must be an `io_uring_getevents_arg`, which
-                // `SubmitArgs` is (`repr(transparent)`), and `ts` outlives the call.
-                unsafe { self.ring.submitter().enter(0, 1, flags.bits(), Some(&args)) }
-            }
-        }
-    }
 }
 
 impl Driver for Uring {
@@ -340,69 +301,22 @@ impl Driver for Uring {
     }
 
     /// No per-socket state: io_uring addresses each operation by descriptor.
-    fn new_sock(&self, _stream: bool) -> SockIo {
-        SockIo::none()
-    }
+    type Sock = ();
 
-    fn register(&self, _io: &SockIo, _sock: u64, _fd: RawFd) -> io::Result<()> {
+    fn new_sock(&self, _stream: bool) {}
+
+    fn register(&self, _io: &(), _sock: u64, _fd: RawFd) -> io::Result<()> {
         Ok(())
     }
 
-    fn deregister(&self, _io: &SockIo, _sock: u64, _fd: RawFd) {}
+    fn deregister(&self, _io: &(), _sock: u64, _fd: RawFd) {}
 
-    fn push(&self, _io: &SockIo, token: u64, op: OpDesc) {
+    fn push(&self, _io: &(), token: u64, op: OpDesc) {
         self.push_entry(Self::entry(op).user_data(token));
     }
 
-    fn cancel(&self, _io: &SockIo, token: u64) {
+    fn cancel(&self, _io: &(), token: u64) {
         self.push_entry(opcode::AsyncCancel::new(token).build().user_data(CANCEL));
-    }
-
-    /// Waits for completions until `deadline` or a wake-up (poller only).
-    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()> {
-        let _g = self.cq.lock();
-        if self.reap(out) > 0 {
-            self.submit_pending();
-            return Ok(());
-        }
-        let res = if self.combine.busy() {
-            // A flusher is in the kernel submitting: it submits what is pending too (it
-            // reads `pending` again before it leaves). Only wait, rather than spin behind it
-            // on the ring's mutex.
-            self.wait_only(deadline)
-        } else {
-            // This enter submits everything pushed so far (a refused submission's SQEs too).
-            self.combine.take_pending();
-            self.refused.store(0, SeqCst);
-            self.drain_backlog();
-            match deadline {
-                None => self.ring.submit_and_wait(1),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        self.ring.submit()
-                    } else {
-                        let ts = Timespec::from(left);
-                        let args = SubmitArgs::new().timespec(&ts);
-                        self.ring.submitter().submit_with_args(1, &args)
-                    }
-                }
-            }
-        };
-        self.reap(out);
-        match res {
-            Ok(_) => Ok(()),
-            // Timed out, interrupted, or the kernel asks to reap first (the reap above did).
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(io::Error::new(e.kind(), format!("io_uring wait: {e}"))),
-        }
     }
 
     /// Submits what was pushed; returns what completed at once, or else waits in the wait
@@ -413,16 +327,12 @@ impl Driver for Uring {
     /// A completion whose task work runs in a thread waiting here interrupts that thread's
     /// wait (`EINTR`), and the thread reaps it itself; one posted while every thread is busy
     /// signals the ring's eventfd, so an idle thread that comes to wait finds it at once.
-    fn wait_shared(
+    fn wait(
         &self,
         deadline: Option<Instant>,
         _alone: bool,
         out: &mut Vec<Raw>,
     ) -> io::Result<bool> {
-        let Some((ws, _)) = &self.shared else {
-            self.wait(deadline, out)?;
-            return Ok(false);
-        };
         if self.refused.swap(0, SeqCst) != 0 {
             // The kernel refused a submission: its SQEs are still in the ring; submit again.
             self.combine.pushed();
@@ -459,48 +369,41 @@ impl Driver for Uring {
             return Ok(false);
         }
         let mut events = [MaybeUninit::<libc::epoll_event>::uninit(); 1];
-        let alarm = ws
-            .wait(&mut events, super::timeout_ms(deadline))
+        let alarm = self
+            .ws
+            .wait(&mut events, timeout_ms(deadline))
             .map(|ev| ev.iter().any(|e| e.u64 == ALARM));
         self.reap_locked(out);
         alarm
     }
 
-    /// Reaps what is in the completion queue now, without a system call, if the poller is
-    /// not at it.
+    /// Reaps what is in the completion queue now, without a system call, if no other thread
+    /// is reading it.
     fn try_reap(&self, out: &mut Vec<Raw>) {
         if let Some(_g) = self.cq.try_lock() {
             self.reap(out);
         }
     }
 
-    /// Interrupts the poller's wait (or makes its next wait return at once); with shared
-    /// waiting, wakes one waiting thread.
+    /// Wakes one waiting thread (or makes the next wait return at once).
     fn wake(&self) {
-        if let Some((ws, _)) = &self.shared {
-            ws.wake();
-            return;
-        }
-        self.push_entry(opcode::Nop::new().build().user_data(WAKE));
-        self.submit_pending();
+        self.ws.wake();
     }
 
-    /// Sets the wait set's alarm (shared waiting only).
+    /// Sets the wait set's alarm.
     fn arm(&self, deadline: Instant) {
-        if let Some((ws, _)) = &self.shared {
-            ws.arm(deadline);
-        }
+        self.ws.arm(deadline);
     }
 
-    /// The combiner, for the hand-off of threads outside any handler pass (`Shared::issue`).
+    /// The combiner, for the hand-off of threads outside any handler pass (`PortInner::issue`).
     fn combiner(&self) -> Option<&Combiner> {
         Some(&self.combine)
     }
 
-    /// The wait set's faults (shared waiting only; one poller at a time has no wait set).
+    /// The wait set's faults.
     #[cfg(feature = "fault-injection")]
     fn faults(&self) -> Option<&crate::fault::Faults> {
-        self.shared.as_ref().map(|(ws, _)| ws.faults())
+        Some(self.ws.faults())
     }
 
     /// Submits what was pushed; nothing completes at once here (completions come from the

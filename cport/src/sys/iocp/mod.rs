@@ -25,13 +25,20 @@
 //!   own model; the kernel wakes the most recent waiter). `wake` posts a packet under
 //!   [`WAKE_KEY`]; the alarm is a small thread that sleeps until the armed instant and then
 //!   posts one packet under [`ALARM_KEY`] — it wakes one waiter, never before the instant.
+//!
+//! Files by job: this one is the driver (the kernel port, issuing, dequeuing, the alarm);
+//! `block` is one operation in flight and what its completion still owes; `winsock` holds
+//! the WinSock helpers.
+
+mod block;
+mod winsock;
 
 use std::collections::HashMap;
 use std::io;
 use std::mem;
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -45,7 +52,10 @@ use windows_sys::Win32::System::IO::{
     OVERLAPPED, OVERLAPPED_ENTRY,
 };
 
-use super::{Backend, Desc, Driver, OpDesc, Raw, RawSock, SockIo};
+use super::driver::{Backend, Desc, Driver, OpDesc, Raw};
+use super::os::{iovec, timeout_ms, RawSock, ABORTED};
+use block::{finish, Block, Extra, SockState, ACCEPT_ADDR_LEN};
+use winsock::{accept_socket, bind_if_unbound, connect_ex, within_i32, wsa_error};
 
 /// The completion key of every associated socket (the block says which operation it was).
 const IO_KEY: usize = 1;
@@ -54,64 +64,18 @@ const WAKE_KEY: usize = 2;
 /// The completion key of the alarm's packet.
 const ALARM_KEY: usize = 3;
 
-/// Room for one address in `AcceptEx`'s output buffer (the documented "16 more bytes than
-/// the largest address").
-const ACCEPT_ADDR_LEN: u32 = (mem::size_of::<ws::SOCKADDR_STORAGE>() + 16) as u32;
-
 /// Packets taken per `GetQueuedCompletionStatusEx` when a thread waits alone.
 const BATCH: usize = 64;
 
-/// A handle that threads share (the kernel object is thread-safe).
+/// The kernel port's handle, which threads share (the kernel object is thread-safe).
 #[derive(Clone, Copy)]
-struct Shared(HANDLE);
+struct PortHandle(HANDLE);
 
 // SAFETY: a completion port handle may be used from any thread; it is closed only in `Drop`
 // after the alarm thread (the only other holder) has been joined.
-unsafe impl Send for Shared {}
+unsafe impl Send for PortHandle {}
 // SAFETY: as above; every call on it is thread-safe in the kernel.
-unsafe impl Sync for Shared {}
-
-/// The backend's state for one socket: its handle and the blocks of its operations in flight
-/// (token → block address), so that `cancel` finds the `OVERLAPPED` to give `CancelIoEx`.
-pub(crate) struct SockState {
-    stream: bool,
-    handle: AtomicUsize,
-    pending: Mutex<HashMap<u64, usize>>,
-}
-
-/// What a finished operation still has to do when its packet is dequeued.
-// The accept's address buffer is inline: the whole block is one heap allocation already.
-#[allow(clippy::large_enum_variant)]
-enum Extra {
-    None,
-    /// Update the connect context (so that `getpeername` and `shutdown` work).
-    Connect,
-    /// The socket made for `AcceptEx`: update its accept context, parse the addresses, hand it
-    /// to the operation's slot — or close it if the accept failed.
-    Accept {
-        listener: ws::SOCKET,
-        accepted: ws::SOCKET,
-        addr: *mut super::CSockAddrStorage,
-        len: *mut super::SockLen,
-        out: *mut RawSock,
-        buf: [u8; 2 * ACCEPT_ADDR_LEN as usize],
-    },
-}
-
-/// One operation in flight. `#[repr(C)]` with the `OVERLAPPED` first: the pointer the kernel
-/// hands back in the packet is the block's.
-#[repr(C)]
-struct Block {
-    ov: OVERLAPPED,
-    token: u64,
-    handle: ws::SOCKET,
-    sock: Arc<SockState>,
-    /// `WSARecv`'s in/out flags; must stay put until the completion.
-    flags: u32,
-    /// The one buffer of a plain receive or send.
-    buf: ws::WSABUF,
-    extra: Extra,
-}
+unsafe impl Sync for PortHandle {}
 
 /// The alarm: the instant it is set for, and a thread that posts [`ALARM_KEY`] at it.
 #[derive(Default)]
@@ -127,7 +91,7 @@ struct AlarmState {
 }
 
 pub(crate) struct Iocp {
-    port: Shared,
+    port: PortHandle,
     /// Operations pushed and not issued yet (a deferring thread's, until its next `get`).
     queued: Mutex<Vec<(Arc<SockState>, u64, OpDesc)>>,
     /// Results of operations that failed when issued (no packet will come for them), and of
@@ -152,7 +116,7 @@ impl Iocp {
         if port.is_null() {
             return Err(io::Error::last_os_error());
         }
-        let port = Shared(port);
+        let port = PortHandle(port);
         let alarm = Arc::new(Alarm::default());
         let thread = {
             let alarm = alarm.clone();
@@ -206,7 +170,7 @@ impl Iocp {
         let timeout = if !out.is_empty() {
             0
         } else {
-            match super::timeout_ms(deadline) {
+            match timeout_ms(deadline) {
                 -1 => windows_sys::Win32::System::Threading::INFINITE,
                 ms => ms as u32,
             }
@@ -261,7 +225,7 @@ impl Iocp {
 
 /// The alarm thread: posts one [`ALARM_KEY`] packet when the armed instant has come (never
 /// before), and waits for the next `arm`.
-fn alarm_thread(alarm: &Alarm, port: Shared) {
+fn alarm_thread(alarm: &Alarm, port: PortHandle) {
     let mut st = alarm.state.lock();
     loop {
         if st.stop {
@@ -283,231 +247,22 @@ fn alarm_thread(alarm: &Alarm, port: Shared) {
     }
 }
 
-/// The last WSA error.
-fn wsa_error() -> i32 {
-    // SAFETY: reads the calling thread's last error; no arguments.
-    unsafe { ws::WSAGetLastError() }
-}
-
-/// A finished operation's result; frees the block and runs what the operation still owes
-/// (the accept and connect contexts).
-fn finish(block: Box<Block>) -> Raw {
-    block.sock.pending.lock().remove(&block.token);
-    let mut bytes = 0u32;
-    let mut flags = 0u32;
-    // SAFETY: the block's OVERLAPPED belongs to an operation on `handle` that has completed
-    // (its packet was dequeued), so the call does not wait (fWait = FALSE).
-    let ok =
-        unsafe { ws::WSAGetOverlappedResult(block.handle, &block.ov, &mut bytes, 0, &mut flags) };
-    let mut res = if ok != 0 {
-        bytes.min(i32::MAX as u32) as i32
-    } else {
-        -wsa_error()
-    };
-    match block.extra {
-        Extra::None => {}
-        Extra::Connect => {
-            if res >= 0 {
-                // SAFETY: SO_UPDATE_CONNECT_CONTEXT takes no value.
-                let r = unsafe {
-                    ws::setsockopt(
-                        block.handle,
-                        ws::SOL_SOCKET,
-                        ws::SO_UPDATE_CONNECT_CONTEXT,
-                        ptr::null(),
-                        0,
-                    )
-                };
-                res = if r == 0 { 0 } else { -wsa_error() };
-            }
-        }
-        Extra::Accept {
-            listener,
-            accepted,
-            addr,
-            len,
-            out,
-            ref buf,
-        } => {
-            if res >= 0 {
-                // SAFETY: SO_UPDATE_ACCEPT_CONTEXT reads the listening socket's handle from a
-                // live local of the size given.
-                let r = unsafe {
-                    ws::setsockopt(
-                        accepted,
-                        ws::SOL_SOCKET,
-                        ws::SO_UPDATE_ACCEPT_CONTEXT,
-                        (&listener as *const ws::SOCKET).cast(),
-                        mem::size_of::<ws::SOCKET>() as i32,
-                    )
-                };
-                if r != 0 {
-                    res = -wsa_error();
-                }
-            }
-            if res >= 0 {
-                let (mut local, mut local_len) = (ptr::null_mut(), 0i32);
-                let (mut remote, mut remote_len) = (ptr::null_mut(), 0i32);
-                // SAFETY: `buf` is the output buffer the completed AcceptEx filled, with the
-                // same lengths; the function only sets the four out-pointers into it.
-                unsafe {
-                    ws::GetAcceptExSockaddrs(
-                        buf.as_ptr().cast(),
-                        0,
-                        ACCEPT_ADDR_LEN,
-                        ACCEPT_ADDR_LEN,
-                        &mut local,
-                        &mut local_len,
-                        &mut remote,
-                        &mut remote_len,
-                    )
-                };
-                let room = mem::size_of::<super::CSockAddrStorage>();
-                let n = if remote.is_null() {
-                    0
-                } else {
-                    (remote_len.max(0) as usize).min(room)
-                };
-                // SAFETY: `addr`, `len` and `out` point into the operation's AcceptState,
-                // which the port keeps until it has seen this result; `remote` points to
-                // `remote_len` bytes inside `buf`, and at most `room` of them are copied.
-                unsafe {
-                    if n > 0 {
-                        ptr::copy_nonoverlapping(remote.cast::<u8>(), addr.cast::<u8>(), n);
-                    }
-                    *len = n as super::SockLen;
-                    *out = accepted as RawSock;
-                }
-                res = 0;
-            } else {
-                // SAFETY: the socket was made for this accept and nothing else holds it.
-                unsafe { ws::closesocket(accepted) };
-            }
-        }
-    }
-    Raw {
-        token: block.token,
-        res,
-    }
-}
-
-/// How many of the `n` buffers at `bufs` fit `i32::MAX` bytes together (at least one), so
-/// that a gathering send's byte count fits `Raw.res`; the port sends the rest afterwards.
-///
-/// # Safety
-/// `bufs` points to `n` initialised `WSABUF`s.
-unsafe fn within_i32(bufs: *const ws::WSABUF, n: u32) -> u32 {
-    if n == 0 {
-        return 0;
-    }
-    // SAFETY: the caller's promise.
-    let bufs = unsafe { std::slice::from_raw_parts(bufs, n as usize) };
-    let mut total = 0u64;
-    for (i, b) in bufs.iter().enumerate() {
-        total += u64::from(b.len);
-        if total > i32::MAX as u64 {
-            return (i as u32).max(1);
-        }
-    }
-    n
-}
-
-/// `ConnectEx`, looked up once per process (it is an extension function of the provider).
-fn connect_ex(s: ws::SOCKET) -> Result<ws::LPFN_CONNECTEX, i32> {
-    static CONNECT_EX: OnceLock<ws::LPFN_CONNECTEX> = OnceLock::new();
-    if let Some(&f) = CONNECT_EX.get() {
-        return Ok(f);
-    }
-    let guid = ws::WSAID_CONNECTEX;
-    let mut f: ws::LPFN_CONNECTEX = None;
-    let mut n = 0u32;
-    // SAFETY: the in- and out-buffers are live locals of the sizes given; no overlapped.
-    let r = unsafe {
-        ws::WSAIoctl(
-            s,
-            ws::SIO_GET_EXTENSION_FUNCTION_POINTER,
-            (&guid as *const windows_sys::core::GUID).cast(),
-            mem::size_of::<windows_sys::core::GUID>() as u32,
-            (&mut f as *mut ws::LPFN_CONNECTEX).cast(),
-            mem::size_of::<ws::LPFN_CONNECTEX>() as u32,
-            &mut n,
-            ptr::null_mut(),
-            None,
-        )
-    };
-    if r != 0 {
-        return Err(wsa_error());
-    }
-    match f {
-        Some(_) => {
-            let _ = CONNECT_EX.set(f);
-            Ok(f)
-        }
-        None => Err(ws::WSAEOPNOTSUPP),
-    }
-}
-
-/// Binds an unbound socket to the wildcard address of `family` (ConnectEx needs a bound
-/// socket; `connect` binds implicitly, ConnectEx does not).
-fn bind_if_unbound(s: ws::SOCKET, family: u16) -> Result<(), i32> {
-    // SAFETY: an all-zero SOCKADDR_STORAGE is a valid value.
-    let mut name: ws::SOCKADDR_STORAGE = unsafe { mem::zeroed() };
-    let mut len = mem::size_of::<ws::SOCKADDR_STORAGE>() as i32;
-    // SAFETY: `name` has room for `len` bytes.
-    let r =
-        unsafe { ws::getsockname(s, (&mut name as *mut ws::SOCKADDR_STORAGE).cast(), &mut len) };
-    if r == 0 {
-        return Ok(());
-    }
-    let err = wsa_error();
-    if err != ws::WSAEINVAL {
-        return Err(err);
-    }
-    let any = match family {
-        ws::AF_INET6 => socket2::SockAddr::from(std::net::SocketAddr::from((
-            std::net::Ipv6Addr::UNSPECIFIED,
-            0,
-        ))),
-        _ => socket2::SockAddr::from(std::net::SocketAddr::from((
-            std::net::Ipv4Addr::UNSPECIFIED,
-            0,
-        ))),
-    };
-    // SAFETY: `any` holds a valid address of `any.len()` bytes.
-    if unsafe { ws::bind(s, any.as_ptr().cast(), any.len()) } != 0 {
-        return Err(wsa_error());
-    }
-    Ok(())
-}
-
-/// A socket to accept into: the listener's family, a stream socket, overlapped and not
-/// inheritable (what socket2 makes on Windows).
-fn accept_socket(listener: ws::SOCKET) -> Result<ws::SOCKET, i32> {
-    // SAFETY: the listener is open for the duration of this call (the port's table owns it).
-    let l = unsafe { std::os::windows::io::BorrowedSocket::borrow_raw(listener as RawSock) };
-    let sref = socket2::SockRef::from(&l);
-    let local = sref
-        .local_addr()
-        .map_err(|e| e.raw_os_error().unwrap_or(ws::WSAEINVAL))?;
-    let s = socket2::Socket::new(local.domain(), socket2::Type::STREAM, None)
-        .map_err(|e| e.raw_os_error().unwrap_or(ws::WSAEINVAL))?;
-    Ok(std::os::windows::io::IntoRawSocket::into_raw_socket(s) as ws::SOCKET)
-}
-
 impl Driver for Iocp {
     fn backend(&self) -> Backend {
         Backend::Iocp
     }
 
-    fn new_sock(&self, stream: bool) -> SockIo {
-        SockIo::new(SockState {
+    type Sock = Arc<SockState>;
+
+    fn new_sock(&self, stream: bool) -> Arc<SockState> {
+        Arc::new(SockState {
             stream,
             handle: AtomicUsize::new(ws::INVALID_SOCKET),
             pending: Mutex::new(HashMap::new()),
         })
     }
 
-    fn register(&self, io: &SockIo, _sock: u64, fd: RawSock) -> io::Result<()> {
+    fn register(&self, st: &Arc<SockState>, _sock: u64, fd: RawSock) -> io::Result<()> {
         let s = fd as ws::SOCKET;
         // SAFETY: `s` is a live socket handle owned by the port's table; the port is live.
         let r = unsafe { CreateIoCompletionPort(s as HANDLE, self.port.0, IO_KEY, 0) };
@@ -524,59 +279,51 @@ impl Driver for Iocp {
                 io::Error::last_os_error()
             );
         }
-        if let Some(st) = io.get::<SockState>() {
-            st.handle.store(s, Ordering::Relaxed);
-            if !st.stream {
-                // A datagram socket: no WSAECONNRESET on the next receive because an earlier
-                // send drew an ICMP "port unreachable" (Windows' default; Linux reports no
-                // such error on an unconnected UDP socket).
-                let off: u32 = 0;
-                let mut n = 0u32;
-                // SAFETY: the in-buffer is a live local of the size given; no out-buffer,
-                // no overlapped.
-                let r = unsafe {
-                    ws::WSAIoctl(
-                        s,
-                        ws::SIO_UDP_CONNRESET,
-                        (&off as *const u32).cast(),
-                        mem::size_of::<u32>() as u32,
-                        ptr::null_mut(),
-                        0,
-                        &mut n,
-                        ptr::null_mut(),
-                        None,
-                    )
-                };
-                if r != 0 {
-                    tracing::debug!("SIO_UDP_CONNRESET: WSA error {}", wsa_error());
-                }
+        st.handle.store(s, Ordering::Relaxed);
+        if !st.stream {
+            // A datagram socket: no WSAECONNRESET on the next receive because an earlier
+            // send drew an ICMP "port unreachable" (Windows' default; Linux reports no
+            // such error on an unconnected UDP socket).
+            let off: u32 = 0;
+            let mut n = 0u32;
+            // SAFETY: the in-buffer is a live local of the size given; no out-buffer,
+            // no overlapped.
+            let r = unsafe {
+                ws::WSAIoctl(
+                    s,
+                    ws::SIO_UDP_CONNRESET,
+                    (&off as *const u32).cast(),
+                    mem::size_of::<u32>() as u32,
+                    ptr::null_mut(),
+                    0,
+                    &mut n,
+                    ptr::null_mut(),
+                    None,
+                )
+            };
+            if r != 0 {
+                tracing::debug!("SIO_UDP_CONNRESET: WSA error {}", wsa_error());
             }
         }
         Ok(())
     }
 
-    fn deregister(&self, _io: &SockIo, _sock: u64, _fd: RawSock) {
+    fn deregister(&self, _st: &Arc<SockState>, _sock: u64, _fd: RawSock) {
         // Closing the socket (the port's table does, next) ends its association.
     }
 
-    fn push(&self, io: &SockIo, token: u64, op: OpDesc) {
-        let Some(st) = io.get::<SockState>() else {
-            return self.fail_now(token, ws::WSAENOTSOCK);
-        };
-        self.queued.lock().push((st, token, op));
+    fn push(&self, st: &Arc<SockState>, token: u64, op: OpDesc) {
+        self.queued.lock().push((st.clone(), token, op));
     }
 
-    fn cancel(&self, io: &SockIo, token: u64) {
-        let Some(st) = io.get::<SockState>() else {
-            return;
-        };
+    fn cancel(&self, st: &Arc<SockState>, token: u64) {
         // Not issued yet: it never reaches the kernel. (A flush holds this lock while it
         // issues, so an operation is either still here or recorded in `pending`.)
         let mut queued = self.queued.lock();
         if let Some(i) = queued.iter().position(|q| q.1 == token) {
             queued.remove(i);
             drop(queued);
-            return self.fail_now(token, super::ABORTED);
+            return self.fail_now(token, ABORTED);
         }
         let pending = st.pending.lock();
         drop(queued);
@@ -601,16 +348,7 @@ impl Driver for Iocp {
         out.append(&mut self.failed.lock());
     }
 
-    fn wait(&self, deadline: Option<Instant>, out: &mut Vec<Raw>) -> io::Result<()> {
-        self.dequeue(deadline, BATCH, false, out).map(|_| ())
-    }
-
-    fn wait_shared(
-        &self,
-        deadline: Option<Instant>,
-        alone: bool,
-        out: &mut Vec<Raw>,
-    ) -> io::Result<bool> {
+    fn wait(&self, deadline: Option<Instant>, alone: bool, out: &mut Vec<Raw>) -> io::Result<bool> {
         self.dequeue(deadline, if alone { BATCH } else { 1 }, false, out)
     }
 
@@ -710,11 +448,11 @@ impl Iocp {
             let ov = &mut b.ov as *mut OVERLAPPED;
             let r = match op.desc {
                 Desc::Recv { ptr, len } => {
-                    b.buf = super::iovec(ptr, len);
+                    b.buf = iovec(ptr, len);
                     ws::WSARecv(s, &b.buf, 1, ptr::null_mut(), &mut b.flags, ov, None)
                 }
                 Desc::Send { ptr, len } => {
-                    b.buf = super::iovec(ptr, len);
+                    b.buf = iovec(ptr, len);
                     ws::WSASend(s, &b.buf, 1, ptr::null_mut(), 0, ov, None)
                 }
                 Desc::SendMsg { msg } => {

@@ -1,32 +1,34 @@
-//! The state every handle of a port shares: the scheduler, the operation table, the timers
-//! and the backend, and the glue between them (the scheduler's `Poller`).
+//! The state every handle of a port shares ([`PortInner`]): the scheduler, the operation
+//! table, the timers and the backend, and the glue between them (the scheduler's `Poller`).
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::local::{PortEntry, LOCAL, SHUTDOWN_REAP};
+use super::local::{PortEntry, PortOfThread, LOCAL, SHUTDOWN_REAP};
 use super::table::Table;
 use crate::combine::{Combiner, HandOff};
 use crate::op::Completion;
 use crate::sched::{Poller, Sched};
 use crate::sync::{AtomicUsize as SyncUsize, Ordering::SeqCst};
-use crate::sys::{Driver, Raw};
+use crate::sys::{AnyDriver, Raw};
 use crate::timer::Timers;
 
-pub(crate) struct Shared {
+/// See `PortBuilder::before_submit`.
+pub(super) type SubmitHook = Arc<dyn Fn() + Send + Sync>;
+
+/// What every handle of one port shares (a [`Port`](crate::Port) is an `Arc` of it).
+pub(crate) struct PortInner {
     pub(super) id: usize,
     pub(super) sched: Sched<Completion>,
     pub(super) table: Mutex<Table>,
     pub(super) timers: Mutex<TimerQueue>,
-    pub(super) driver: Box<dyn Driver>,
-    /// Every idle thread waits in the kernel at once (epoll); timers then go off through the
-    /// backend's alarm instead of bounding one poller's wait. See `Sched`.
-    pub(super) shared_wait: bool,
+    pub(super) driver: AnyDriver,
     /// Threads outside any handler pass leave their submissions to the workers when one will
-    /// submit them (`Shared::issue`): io_uring with shared waiting.
+    /// submit them (`PortInner::issue`): io_uring.
     pub(super) hand_off: bool,
     /// Deferring workers (`Port::defer_submissions`) inside a handler pass that they will
     /// leave through `get`, where they submit what is pending (`PortEntry::returning`).
@@ -36,51 +38,33 @@ pub(crate) struct Shared {
     /// Kernel waits that failed, in all (`PortStats::wait_errors`).
     pub(super) wait_errors: AtomicU64,
     /// `PortBuilder::before_submit`.
-    pub(super) before_submit: Option<super::SubmitHook>,
+    pub(super) before_submit: Option<SubmitHook>,
 }
 
-/// Failed kernel waits in a row after which the port shuts down (`Shared::wait_failed`).
+/// Failed kernel waits in a row after which the port shuts down (`PortInner::wait_failed`).
 pub(super) const WAIT_FAILURE_LIMIT: u32 = 50;
 
-/// The port's timers and, when every idle thread waits in the kernel, when the backend's
-/// alarm is set to go off.
+/// The port's timers, and when the backend's alarm is set to go off.
 pub(super) struct TimerQueue {
     pub(super) wheel: Timers,
     /// The alarm is set for this instant (it may have gone off since); `None`: not set.
     pub(super) alarm: Option<Instant>,
 }
 
-impl Poller<Completion> for Shared {
+impl Poller<Completion> for PortInner {
     fn poll(&self, deadline: Option<Instant>, out: &mut Vec<Completion>) {
-        if self.shared_wait {
-            let mut raw = Vec::new();
-            let alone = self.sched.pollers() <= 1;
-            match self.driver.wait_shared(deadline, alone, &mut raw) {
-                Ok(alarm) => {
-                    self.wait_succeeded();
-                    if alarm {
-                        self.fire_timers(Instant::now(), out);
-                    }
-                }
-                Err(e) => self.wait_failed(e),
-            }
-            self.process(&mut raw, out);
-            return;
-        }
-        let next_timer = self.timers.lock().wheel.next_deadline();
-        let until = match (deadline, next_timer) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         let mut raw = Vec::new();
-        match self.driver.wait(until, &mut raw) {
-            Ok(()) => self.wait_succeeded(),
+        let alone = self.sched.pollers() <= 1;
+        match self.driver.wait(deadline, alone, &mut raw) {
+            Ok(alarm) => {
+                self.wait_succeeded();
+                if alarm {
+                    self.fire_timers(Instant::now(), out);
+                }
+            }
             Err(e) => self.wait_failed(e),
         }
         self.process(&mut raw, out);
-        if next_timer.is_some() {
-            self.fire_timers(Instant::now(), out);
-        }
     }
 
     fn wake(&self) {
@@ -88,7 +72,7 @@ impl Poller<Completion> for Shared {
     }
 
     fn flush(&self) {
-        Shared::flush(self);
+        PortInner::flush(self);
     }
 
     fn end_pass(&self) -> bool {
@@ -129,7 +113,7 @@ impl Poller<Completion> for Shared {
     }
 }
 
-impl Shared {
+impl PortInner {
     /// Runs `PortBuilder::before_submit`'s hook if there is one and the calling thread is a
     /// deferring one inside a handler pass of this port (`held`), and starts its count of
     /// passes to the next run again. True if the hook ran. What it starts is deferred: the
@@ -160,7 +144,7 @@ impl Shared {
             {
                 let mut t = self.table.lock();
                 for r in raw.drain(..) {
-                    if let Some(c) = t.finish(&*self.driver, r) {
+                    if let Some(c) = t.finish(&self.driver, r) {
                         out.push(c);
                     }
                 }
@@ -183,14 +167,12 @@ impl Shared {
         }
     }
 
-    /// Queues what the kernel completed and the timers due at `now` (the caller's clock
-    /// reading), without waiting; nothing if a thread waits in the kernel (shared waiting:
-    /// the kernel wakes it for both). With one poller at a time on io_uring, the CQ is read
-    /// only if the poller is not at it.
-    pub(super) fn reap_now(&self, now: Instant) {
+    /// Queues what the kernel completed and the timers due, without waiting; nothing if a
+    /// thread waits in the kernel (the kernel wakes it for both).
+    pub(super) fn reap_now(&self) {
         let mut raw = Vec::new();
         let mut out = Vec::new();
-        if self.shared_wait && self.sched.pollers() > 0 {
+        if self.sched.pollers() > 0 {
             // An idle thread waits in the kernel: the kernel wakes it for I/O and timers.
             return;
         }
@@ -198,32 +180,24 @@ impl Shared {
         if !raw.is_empty() {
             self.process(&mut raw, &mut out);
         }
-        // With shared waiting that look may have taken the alarm's event, which went off
-        // after the caller read its clock: read it again, so that `fire_timers` sees the
-        // alarm gone off and sets it for the next timer (else it would stay expired, and a
-        // pending timer would wait for the next look or a new timer).
-        let now = if self.shared_wait {
-            Instant::now()
-        } else {
-            now
-        };
-        self.fire_timers(now, &mut out);
+        // That look may have taken the alarm's event, which went off after the caller read
+        // its clock: read it again, so that `fire_timers` sees the alarm gone off and sets it
+        // for the next timer (else it would stay expired, and a pending timer would wait for
+        // the next look or a new timer).
+        self.fire_timers(Instant::now(), &mut out);
         if !out.is_empty() && !self.sched.is_closed() {
             self.sched.push_all(out, self);
         }
     }
 
-    /// Queues the timers due at `now` into `out`; with shared waiting, sets the alarm for
-    /// the next one.
+    /// Queues the timers due at `now` into `out`, and sets the alarm for the next one.
     pub(super) fn fire_timers(&self, now: Instant, out: &mut Vec<Completion>) {
         let mut t = self.timers.lock();
         t.wheel.fire(now, out);
-        if self.shared_wait {
-            if t.alarm.is_some_and(|a| a <= now) {
-                t.alarm = None;
-            }
-            self.set_alarm(&mut t);
+        if t.alarm.is_some_and(|a| a <= now) {
+            t.alarm = None;
         }
+        self.set_alarm(&mut t);
     }
 
     /// Sets the backend's alarm for the earliest timer, unless it is set for that or earlier.
@@ -268,7 +242,7 @@ impl Shared {
         self.issue_from(in_pass);
     }
 
-    /// [`Shared::issue`] for a caller that already knows whether it is in a handler pass.
+    /// [`PortInner::issue`] for a caller that already knows whether it is in a handler pass.
     pub(super) fn issue_from(&self, in_pass: bool) {
         if self.hand_off && !in_pass {
             match Combiner::hand_off(self.sched.poller_count(), &self.returning) {
@@ -351,17 +325,15 @@ impl Shared {
         let mut out = Vec::new();
         while self.table.lock().ops.len() > 0 && Instant::now() < give_up {
             let until = Instant::now() + Duration::from_millis(10);
-            if self.driver.wait(Some(until), &mut raw).is_err() {
+            if self.driver.wait(Some(until), true, &mut raw).is_err() {
                 // Logged by the waiters; do not spin on it until `give_up`.
                 std::thread::sleep(Duration::from_millis(10));
             }
             self.process(&mut raw, &mut out);
             out.clear();
-            if self.shared_wait {
-                // That wait may have taken the wake-up that shutdown sent to the threads
-                // waiting in the kernel: send another, so every one of them sees `Closed`.
-                self.driver.wake();
-            }
+            // That wait may have taken the wake-up that shutdown sent to the threads waiting
+            // in the kernel: send another, so every one of them sees `Closed`.
+            self.driver.wake();
         }
     }
 
@@ -371,7 +343,7 @@ impl Shared {
             let socks = t.socks.tokens();
             socks
                 .into_iter()
-                .flat_map(|s| t.cancel(&*self.driver, s, false))
+                .flat_map(|s| t.cancel(&self.driver, s, false))
                 .collect()
         };
         drop(done);
@@ -379,7 +351,7 @@ impl Shared {
     }
 }
 
-impl Drop for Shared {
+impl Drop for PortInner {
     fn drop(&mut self) {
         // Reap every operation the kernel still has: only then may its buffers be freed.
         self.shut_down(Duration::from_secs(5));
@@ -390,6 +362,21 @@ impl Drop for Shared {
                 t.ops.len()
             );
             std::mem::forget(t.ops.drain());
+        }
+    }
+}
+
+impl PortOfThread for PortInner {
+    fn id(&self) -> usize {
+        self.id
+    }
+
+    fn thread_exits(&self, e: &mut PortEntry) {
+        if e.dirty | self.stop_returning(e) {
+            self.flush();
+        }
+        if e.held {
+            self.sched.release_slot(self);
         }
     }
 }
