@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use cport::{Backend, Completion, Op, Port};
+use cport_bench::stats::{median, range};
 
 #[derive(Parser, Debug)]
 #[command(about = "post→get hand-off throughput of cport against crossbeam and std mpsc")]
@@ -331,27 +332,10 @@ struct Row {
 }
 
 impl Row {
+    /// The median over rounds; `None` before any round ran.
     fn median(&self) -> Option<f64> {
-        median(&self.rates)
+        (!self.rates.is_empty()).then(|| median(&self.rates))
     }
-}
-
-fn median(v: &[f64]) -> Option<f64> {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = s.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(s[n / 2]),
-        _ => Some((s[n / 2 - 1] + s[n / 2]) / 2.0),
-    }
-}
-
-fn min_max(v: &[f64]) -> (f64, f64) {
-    v.iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-            (lo.min(x), hi.max(x))
-        })
 }
 
 fn crossbeam_median(rows: &[Row], consumers: usize) -> Option<f64> {
@@ -442,7 +426,7 @@ fn main() {
             let stalled = format!("{}/{}", r.stalls, args.rounds);
             match r.median() {
                 Some(m) => {
-                    let (lo, hi) = min_max(&r.rates);
+                    let (lo, hi) = range(&r.rates);
                     let ratio = base.map_or("-".to_string(), |b| format!("{:.2}×", m / b));
                     println!(
                         "{:<22} {:>9} {:>10.2} {:>17} {:>12} {:>8}",
@@ -523,7 +507,7 @@ fn to_json(args: &Args, cpus: usize, rows: &[Row]) -> String {
         let (lo, hi) = if r.rates.is_empty() {
             (None, None)
         } else {
-            let (lo, hi) = min_max(&r.rates);
+            let (lo, hi) = range(&r.rates);
             (Some(lo), Some(hi))
         };
         let rates: Vec<String> = r.rates.iter().map(|x| format!("{x:.0}")).collect();

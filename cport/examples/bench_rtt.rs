@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use cport::{Backend, Op, Port};
+use cport_bench::stats::median;
 use hdrhistogram::Histogram;
 
 #[derive(Parser, Debug)]
@@ -164,17 +165,6 @@ fn run_once(kind: Kind, secs: f64, size: usize) -> Sample {
     let sample = client.join().expect("client");
     server.join().expect("server");
     sample
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
 }
 
 struct Row {

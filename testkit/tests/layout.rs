@@ -18,7 +18,10 @@ const MAX_LINES: usize = 700;
 const REASON: &str = "Why one file:";
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The member folders listed in the root Cargo.toml's `members = [...]`.
@@ -208,7 +211,11 @@ fn expand_into(t: &str, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
         prefix.truncate(prefix.len() - n);
     } else if !t.is_empty() {
         let t = t.split(" as ").next().unwrap_or(t);
-        let t = t.split("as").next().filter(|_| t.contains("::as")).unwrap_or(t);
+        let t = t
+            .split("as")
+            .next()
+            .filter(|_| t.contains("::as"))
+            .unwrap_or(t);
         let mut p = prefix.clone();
         p.extend(t.split("::").filter(|s| !s.is_empty()).map(String::from));
         if p.last().is_some_and(|l| l == "self") {
@@ -484,7 +491,10 @@ fn units() -> Units {
         rs_files(&src, &mut files);
         for f in files {
             let (unit, m) = unit_and_module(&src, &f);
-            units.entry((member.clone(), unit)).or_default().push((m, f));
+            units
+                .entry((member.clone(), unit))
+                .or_default()
+                .push((m, f));
         }
     }
     units
@@ -519,10 +529,13 @@ fn no_source_file_over_700_lines_without_a_reason_at_its_top() {
         for (_, f) in files {
             let text = fs::read_to_string(f).unwrap();
             let lines = text.lines().count();
-            let reason = text
-                .lines()
-                .take(20)
-                .any(|l| l.trim_start().trim_start_matches('/').trim_start_matches('!').trim_start().starts_with(REASON));
+            let reason = text.lines().take(20).any(|l| {
+                l.trim_start()
+                    .trim_start_matches('/')
+                    .trim_start_matches('!')
+                    .trim_start()
+                    .starts_with(REASON)
+            });
             if lines > MAX_LINES && !reason {
                 long.push(format!("{} ({lines} lines)", rel(f)));
             }
@@ -546,7 +559,10 @@ fn the_checker_sees_a_circle_and_follows_a_reexport() {
         "src/port/mod.rs",
         "mod a;\nmod b;\npub use a::A;\npub struct Port;\n#[cfg(test)]\nmod tests { use super::b::B; }\n",
     );
-    write("src/port/a.rs", "use super::b::{B, other::{X}};\npub struct A;\n");
+    write(
+        "src/port/a.rs",
+        "use super::b::{B, other::{X}};\npub struct A;\n",
+    );
     write(
         "src/port/b.rs",
         "// use crate::port::a::A;\npub struct B(crate::port::A);\n",
@@ -564,7 +580,10 @@ fn the_checker_sees_a_circle_and_follows_a_reexport() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, BTreeSet::from(["a.rs".to_string(), "b.rs".to_string()]));
+    assert_eq!(
+        names,
+        BTreeSet::from(["a.rs".to_string(), "b.rs".to_string()])
+    );
     // Without b's use of A (through the re-export in port/mod.rs) there is no circle.
     write("src/port/b.rs", "pub struct B;\n");
     assert!(circles(&files).is_empty());
