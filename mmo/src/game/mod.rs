@@ -195,6 +195,9 @@ pub(crate) struct Game<H: Host> {
     /// Login latency (µs, from `CS_LOGIN` to `SC_LOGIN_INFO` queued).
     pub login_us: Mutex<hdrhistogram::Histogram<u64>>,
 }
+
+/// What every concern uses (encoding a packet, closing a session for what it sent), and the
+/// dispatch of a player's packet to the concern that handles it.
 impl<H: Host> Game<H> {
     fn encode(&self, p: ServerPacket) -> Bytes {
         p.encode(self.header).into()
