@@ -61,6 +61,9 @@ pub trait Conn: Clone + Send + Sync + 'static {
     fn server(&self) -> Self::Host;
 }
 
+/// The completion key of a DB result (the game's only message).
+pub(crate) const DB_KEY: u64 = 1;
+
 /// What a database thread posts back to the game (opaque: hand it to
 /// [`Engine::on_db`](crate::Engine::on_db)).
 #[derive(Debug)]
@@ -76,7 +79,7 @@ impl Host for ServerHandle {
     }
 
     fn post_db(&self, result: DbResult<SessionId>) -> bool {
-        self.post_message(crate::db::DB_KEY, result).is_ok()
+        self.post_message(DB_KEY, result).is_ok()
     }
 
     fn conn(&self, id: SessionId) -> Option<Session> {

@@ -24,7 +24,7 @@
 //!
 //! # Why view lists stay right without a world lock
 //!
-//! Every change to "A sees B" happens in `Game::reconcile` (`game.rs`) with both view
+//! Every change to "A sees B" happens in `Game::reconcile` (`game/view.rs`) with both view
 //! locks held, reading both current positions there, changing both sets together (the
 //! relation is symmetric), and sending the ADD/REMOVE/MOVE packets *before releasing the
 //! locks*. So the packets a client receives about an object are in the order its view set

@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::db::{DbConfig, DbPool, PlayerRow, SaveJob, Store};
-
-/// Rows per batch (one transaction) at most.
-pub(crate) const MAX_BATCH: usize = 1000;
+use super::config::{DbConfig, PlayerRow};
+use super::pool::{DbPool, SaveJob, MAX_BATCH};
+use super::store::Store;
 
 struct Entry {
     row: PlayerRow,
