@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod args;
 pub mod db;
 mod game;
 pub mod net;
