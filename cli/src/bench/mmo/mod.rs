@@ -14,6 +14,10 @@
 //!   client's clock), the delay percentiles of its seconds, the highest tracked delay.
 //!
 //! The table shows medians over the rounds and ratios against tokio.
+//!
+//! By job: `args` (the options and the builds), `runs` (one run of one build: the two
+//! processes, the server's samples, the stress client's typed report), `table` (the tables
+//! and `--json`). This file runs them in order.
 
 mod args;
 mod runs;
