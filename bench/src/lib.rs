@@ -1,8 +1,10 @@
-//! Benchmark machinery shared by `cport bench`: an echo load client built on the port itself
-//! (closed loop, open loop at a fixed rate, skewed handler cost), helpers to run each server
-//! under test as its own process and read its CPU time, and the peer echo servers it is
-//! compared with (the binaries `peer_tokio`, `peer_compio`, `peer_raw` and
-//! `cport_echo_bench`: dependencies of this crate only, never of `cport` or `cport-server`).
+//! Benchmark machinery shared by `cport bench`, `cport soak` and the tests: an echo load
+//! client built on the port itself (closed loop, open loop at a fixed rate, skewed handler
+//! cost), the one spawner of server processes and reader of their startup line ([`proc`]:
+//! start, wait for `listening on ADDR`, measure CPU time and context switches, stop with
+//! SIGTERM), medians and ranges ([`stats`]), the JSON results, and what the peer echo servers
+//! share ([`peer`]; the peers themselves are the binaries of `cport-bench-peers`, built only
+//! when a benchmark needs them).
 
 #![warn(missing_docs)]
 

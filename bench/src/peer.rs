@@ -1,5 +1,5 @@
 //! What the peer echo servers (`peer_tokio`, `peer_compio`, `peer_raw`, `cport_echo_bench`,
-//! the binaries of this crate) share: their command line, `SO_REUSEPORT` listeners on one
+//! the binaries of `cport-bench-peers`) share: their command line, `SO_REUSEPORT` listeners on one
 //! port, the startup line, the skew spin, and waiting for SIGINT/SIGTERM.
 //!
 //! **Skew marker.** Under `cport bench echo --skew P:MS` the load client sends messages whose

@@ -1,10 +1,12 @@
 //! Servers under test run as their own processes: started, read for their startup line,
 //! measured (CPU time from `/proc/PID/stat`, context switches from `/proc/PID/task/*/status`),
-//! and stopped with SIGTERM.
+//! and stopped with SIGTERM. [`ServerProc`] is the one spawner of the workspace (the
+//! benchmarks, `cport soak`, the tests) and [`parse_listening`] the one reader of the startup line.
 
-use std::io::{self, BufRead, BufReader};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -99,7 +101,49 @@ fn parse_ctx_switches(status: &str) -> u64 {
         .sum()
 }
 
-/// A server process under test.
+/// How [`ServerProc::start`] waits for a server and where its standard output goes.
+#[derive(Debug, Clone)]
+pub struct Startup {
+    /// How long the server may take to print its startup line.
+    pub within: Duration,
+    /// Where the lines after the startup line go: this file (created), or, when `None`, kept
+    /// in memory (read them with [`ServerProc::stdout_lines`]).
+    pub rest_to: Option<PathBuf>,
+}
+
+impl Default for Startup {
+    fn default() -> Startup {
+        Startup {
+            within: Duration::from_secs(20),
+            rest_to: None,
+        }
+    }
+}
+
+/// How a server ended under [`ServerProc::terminate`].
+#[derive(Debug, Clone, Copy)]
+pub enum Ending {
+    /// It had already exited by itself before it was asked to (a crash, during a run).
+    Exited(ExitStatus),
+    /// SIGTERM ended it within the grace period, after this long.
+    Stopped(ExitStatus, Duration),
+    /// It was still running after the grace period: killed (SIGKILL).
+    Killed(ExitStatus),
+}
+
+impl Ending {
+    /// The exit status, however it ended.
+    pub fn status(&self) -> ExitStatus {
+        match *self {
+            Ending::Exited(s) | Ending::Stopped(s, _) | Ending::Killed(s) => s,
+        }
+    }
+}
+
+/// A server process under test: the one way the workspace starts a server as a child
+/// process and waits for it to be ready (its `listening on ADDR (…)` line on stdout). Killed
+/// and reaped when dropped; [`ServerProc::stop`] and [`ServerProc::terminate`] end it with
+/// SIGTERM first.
 #[derive(Debug)]
 pub struct ServerProc {
     child: Child,
@@ -107,31 +151,52 @@ pub struct ServerProc {
     pub addr: SocketAddr,
     /// Its startup line (`listening on ADDR (…)`).
     pub startup: String,
-    /// Keeps the pipe open so the server never gets SIGPIPE for printing.
-    _stdout: Option<mpsc::Receiver<String>>,
+    /// The lines of its stdout after the startup line (when not written to a file); keeps the
+    /// pipe read so the server never blocks or gets SIGPIPE for printing.
+    stdout: mpsc::Receiver<String>,
 }
 
 impl ServerProc {
-    /// Starts `program args…` and waits (up to 20 s) for a line `listening on ADDR …`.
+    /// Starts `program args…` with `env` added, its stderr inherited, and waits (up to 20 s)
+    /// for a line `listening on ADDR …`.
     pub fn spawn(
         program: &Path,
         args: &[String],
         env: &[(String, String)],
     ) -> io::Result<ServerProc> {
         let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args(args).stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
+        ServerProc::start(cmd, Startup::default())
+    }
+
+    /// Starts `cmd` (its program, arguments, environment, stderr and anything else as the
+    /// caller set them; stdin is null and stdout is read here) and waits for its startup line
+    /// as `startup` says. Lines before the startup line are skipped. The process is killed
+    /// if the line does not come in time.
+    pub fn start(mut cmd: Command, startup: Startup) -> io::Result<ServerProc> {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
         let mut child = cmd
             .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", program.display())))?;
+            .map_err(|e| io::Error::new(e.kind(), format!("{program}: {e}")))?;
         let stdout = child.stdout.take().expect("piped stdout");
-        let lines = forward_lines(stdout);
-        let give_up = Instant::now() + Duration::from_secs(20);
+        let rest_to = match &startup.rest_to {
+            Some(path) => match File::create(path) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+                }
+            },
+            None => None,
+        };
+        let lines = read_stdout(stdout, rest_to);
+        let give_up = Instant::now() + startup.within;
+        let mut before = Vec::new();
         loop {
             let left = give_up.saturating_duration_since(Instant::now());
             match lines.recv_timeout(left) {
@@ -141,16 +206,30 @@ impl ServerProc {
                             child,
                             addr,
                             startup: line,
-                            _stdout: Some(lines),
+                            stdout: lines,
                         });
                     }
+                    before.push(line);
                 }
-                Err(_) => {
+                Err(e) => {
                     let _ = child.kill();
-                    let _ = child.wait();
+                    let status = child.wait();
+                    let why = match e {
+                        mpsc::RecvTimeoutError::Timeout => {
+                            format!("within {:?}", startup.within)
+                        }
+                        mpsc::RecvTimeoutError::Disconnected => match status {
+                            Ok(status) => format!("before it exited ({status})"),
+                            Err(_) => "before it closed its stdout".to_string(),
+                        },
+                    };
+                    let printed = if before.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; it printed {before:?}")
+                    };
                     return Err(io::Error::other(format!(
-                        "{} printed no 'listening on ADDR' line",
-                        program.display()
+                        "{program} printed no 'listening on ADDR' line {why}{printed}"
                     )));
                 }
             }
@@ -160,6 +239,16 @@ impl ServerProc {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The text of the startup line after the address: `backend: uring, threads: 2, …`.
+    pub fn banner(&self) -> &str {
+        self.startup
+            .strip_prefix("listening on ")
+            .and_then(|r| r.split_once(' '))
+            .map_or("", |(_, rest)| {
+                rest.trim().trim_start_matches('(').trim_end_matches(')')
+            })
     }
 
     /// CPU time used so far.
@@ -173,8 +262,46 @@ impl ServerProc {
         ctx_switches(self.pid()).unwrap_or_default()
     }
 
+    /// Its exit status if it has exited (it is reaped then), without waiting.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// The lines it printed on stdout after its startup line (when [`Startup::rest_to`] was
+    /// `None`), as they come.
+    pub fn stdout_lines(&self) -> &mpsc::Receiver<String> {
+        &self.stdout
+    }
+
+    /// Its stderr, line by line, read on a thread. Panics unless the command was started with
+    /// `stderr(Stdio::piped())`, or when called twice.
+    pub fn stderr_lines(&mut self) -> mpsc::Receiver<String> {
+        let stderr = self.child.stderr.take().expect("stderr piped, taken once");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited within 10 s.
     pub fn stop(mut self) -> io::Result<ExitStatus> {
+        self.terminate(Duration::from_secs(10))
+            .map(|ending| ending.status())
+    }
+
+    /// Ends it: nothing to do if it has already exited; else SIGTERM, and SIGKILL if it has
+    /// not exited within `grace`. Says which.
+    pub fn terminate(&mut self, grace: Duration) -> io::Result<Ending> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(Ending::Exited(status));
+        }
+        let asked = Instant::now();
         // The child is not reaped yet, so its pid still names it.
         #[cfg(unix)]
         if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
@@ -183,14 +310,13 @@ impl ServerProc {
         // No SIGTERM on Windows: the wait below ends in a kill.
         #[cfg(windows)]
         let _ = self.child.kill();
-        let give_up = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
+                return Ok(Ending::Stopped(status, asked.elapsed()));
             }
-            if Instant::now() >= give_up {
+            if asked.elapsed() >= grace {
                 self.child.kill()?;
-                return self.child.wait();
+                return self.child.wait().map(Ending::Killed);
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -206,19 +332,32 @@ impl Drop for ServerProc {
     }
 }
 
-/// Lines of the child's stdout, read on a thread (so a pipe that fills never blocks it).
-fn forward_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
+/// Reads the child's stdout on a thread (so a pipe that fills never blocks it): every line up
+/// to and including the startup line goes to the returned channel; the lines after it go to
+/// `rest_to` when given, else to the channel too.
+fn read_stdout(stdout: ChildStdout, mut rest_to: Option<File>) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        let mut started = false;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
-            let _ = tx.send(line);
+            match &mut rest_to {
+                Some(file) if started => {
+                    let _ = writeln!(file, "{line}");
+                }
+                _ => {
+                    started = started || parse_listening(&line).is_some();
+                    // The receiver may be gone (a server dropped): keep draining the pipe.
+                    let _ = tx.send(line);
+                }
+            }
         }
     });
     rx
 }
 
-/// `listening on 127.0.0.1:7000 (backend: …)` → the address.
+/// `listening on 127.0.0.1:7000 (backend: …)` → the address: the one reader of the startup
+/// line every server of the workspace prints.
 pub fn parse_listening(line: &str) -> Option<SocketAddr> {
     line.strip_prefix("listening on ")?
         .split_whitespace()
@@ -238,6 +377,45 @@ mod tests {
             Some("127.0.0.1:4000".parse().unwrap())
         );
         assert_eq!(parse_listening("hello"), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn starts_a_server_reads_its_banner_and_keeps_the_rest_of_its_output() {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "echo warming up; echo 'listening on 127.0.0.1:9 (backend: none, threads: 1)'; \
+             echo later; exec sleep 30",
+        ]);
+        let mut p = ServerProc::start(cmd, Startup::default()).unwrap();
+        assert_eq!(p.addr, "127.0.0.1:9".parse().unwrap());
+        assert_eq!(p.banner(), "backend: none, threads: 1");
+        let later = p.stdout_lines().recv_timeout(Duration::from_secs(10));
+        assert_eq!(later.as_deref(), Ok("later"));
+        assert!(matches!(
+            p.terminate(Duration::from_secs(10)).unwrap(),
+            Ending::Stopped(..)
+        ));
+        assert!(matches!(
+            p.terminate(Duration::from_secs(10)).unwrap(),
+            Ending::Exited(..)
+        ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_server_that_exits_without_a_startup_line_is_an_error_at_once() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo oops; exit 3"]);
+        let t = Instant::now();
+        let e = ServerProc::start(cmd, Startup::default()).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let e = e.to_string();
+        assert!(
+            e.contains("no 'listening on ADDR' line") && e.contains("oops"),
+            "{e}"
+        );
     }
 
     #[test]

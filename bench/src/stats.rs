@@ -1,4 +1,5 @@
-//! Medians and ranges over benchmark rounds.
+//! Medians and ranges over benchmark rounds: the one median of the workspace (`cport soak`
+//! and `cport bench` take theirs from here).
 
 /// Median of the values (mean of the two middle ones for an even count); 0 when empty.
 pub fn median(values: &[f64]) -> f64 {

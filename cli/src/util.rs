@@ -165,3 +165,11 @@ pub fn heap_kv() -> String {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     String::new()
 }
+
+/// A program a benchmark needs is not built: says which command builds it.
+pub fn not_built(path: &std::path::Path, how: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} not built: run `{how}` first", path.display()),
+    )
+}

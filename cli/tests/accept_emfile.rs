@@ -5,15 +5,13 @@
 //! log why it cannot accept, not spin on the error (its CPU time over two seconds stays
 //! small), and accept the waiting clients once descriptors are free again.
 
-mod common;
-
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{lines_of, Proc};
+use cport_bench::proc::{ServerProc, Startup};
 
 /// The server's open-files limit.
 const LIMIT: u64 = 64;
@@ -35,8 +33,6 @@ fn echo_keeps_serving_and_accepts_again_after_emfile(backend: &str) {
     cmd.args(["echo", "--addr", "127.0.0.1:0", "--threads", "1"])
         .args(["--backend", backend])
         .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: runs in the forked child before exec; one prlimit64 system call on values
     // made before the fork: no allocation, no locks, async-signal-safe.
@@ -50,18 +46,10 @@ fn echo_keeps_serving_and_accepts_again_after_emfile(backend: &str) {
                 .map_err(io::Error::from)
         });
     }
-    let mut child = Proc(cmd.spawn().expect("spawn cport echo"));
-    let pid = child.0.id();
-    let log = lines_of(&mut child.0);
-    let mut out = BufReader::new(child.0.stdout.take().unwrap());
-    let mut startup = String::new();
-    out.read_line(&mut startup).expect("startup line");
-    let addr: SocketAddr = startup
-        .strip_prefix("listening on ")
-        .and_then(|s| s.split(' ').next())
-        .unwrap_or_else(|| panic!("unexpected startup line {startup:?}"))
-        .parse()
-        .unwrap();
+    let mut server = ServerProc::start(cmd, Startup::default()).expect("start cport echo");
+    let pid = server.pid();
+    let log = server.stderr_lines();
+    let addr = server.addr;
     let base_fds = fds_of(pid);
     println!("{backend}: server pid {pid} on {addr}, {base_fds} descriptors open at start");
 
@@ -167,7 +155,7 @@ fn echo_keeps_serving_and_accepts_again_after_emfile(backend: &str) {
     let mut late = TcpStream::connect(addr).unwrap();
     echo_now(&mut late, 999);
     assert!(
-        child.0.try_wait().unwrap().is_none(),
+        server.try_wait().unwrap().is_none(),
         "the server is still running"
     );
 }

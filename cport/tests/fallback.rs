@@ -481,12 +481,8 @@ fn echo_example_under_seccomp() {
             && startup.contains("(backend: epoll, threads: 1, concurrency: "),
         "unexpected startup line: {startup}"
     );
-    let addr: SocketAddr = startup["listening on ".len()..]
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap_or_else(|e| panic!("address in {startup:?}: {e}"));
+    let addr: SocketAddr = cport_testkit::parse_listening(&startup)
+        .unwrap_or_else(|| panic!("no address in {startup:?}"));
     assert_ne!(addr.port(), 0, "the real bound port is printed");
 
     // Echo round trips: small, and 1 MiB written while reading back.

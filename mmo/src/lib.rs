@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod args;
 mod config;
 pub mod db;
 mod engine;

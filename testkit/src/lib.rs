@@ -9,6 +9,10 @@
 
 use std::time::Duration;
 
+/// The reader of the startup line every server of the workspace prints (`listening on ADDR
+/// (…)` → ADDR), for the tests that start a server themselves.
+pub use cport_bench::proc::parse_listening;
+
 /// The backend type the tests of [`per_backend!`] take (re-exported so that the macro names
 /// it from any crate).
 pub use cport::Backend;
@@ -98,8 +102,10 @@ pub mod examples {
     use std::io::{BufRead, BufReader, Write};
     use std::net::{SocketAddr, TcpStream};
     use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
+    use std::process::{Command, Stdio};
     use std::time::Duration;
+
+    use cport_bench::proc::{ServerProc, Startup};
 
     use super::TIMEOUT;
 
@@ -117,34 +123,18 @@ pub mod examples {
         path
     }
 
-    /// Kills the child when the test ends, however it ends.
-    pub struct Running(Child);
-
-    impl Drop for Running {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    /// Starts `program args` with `backend` and waits for its `listening on ADDR` line.
-    pub fn start(program: PathBuf, args: &[&str], backend: &str) -> (Running, SocketAddr) {
-        let mut child = Command::new(program)
-            .args(args)
+    /// Starts `program args` with `backend` and waits for its `listening on ADDR` line (the
+    /// workspace's one spawner, `cport_bench::proc::ServerProc`: killed and reaped when the
+    /// test ends, however it ends).
+    pub fn start(program: PathBuf, args: &[&str], backend: &str) -> (ServerProc, SocketAddr) {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .env("CPORT_BACKEND", backend)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let addr = line
-            .strip_prefix("listening on ")
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no startup line: {line:?}"));
-        (Running(child), addr)
+            .stderr(Stdio::inherit());
+        let server = ServerProc::start(cmd, Startup::default())
+            .unwrap_or_else(|e| panic!("no startup line: {e}"));
+        let addr = server.addr;
+        (server, addr)
     }
 
     /// Three clients: each line one sends reaches the two others, whole and in order, and never

@@ -15,7 +15,8 @@
 //! - Timers (NPC moves, respawns, regeneration, the save tick) are `tokio::time::sleep`s in
 //!   spawned tasks; DB results come back as spawned tasks too.
 //!
-//! Same flags as `cport mmo` where they apply, and the same startup line
+//! The game's flags are `cport mmo`'s (declared once: `cport_mmo::args::GameArgs`; not its
+//! `--backend` and `--stats-file`), and the same startup line
 //! (`listening on ADDR (backend: tokio, ...)`). SIGINT/SIGTERM: every connection is closed,
 //! then every unsaved player row is written, then it exits.
 
@@ -28,68 +29,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use cport_mmo::{Config, DbConfig, DbResult, Engine};
-use cport_server::{Codec, LengthPrefixed, SizeField};
+use cport_mmo::args::GameArgs;
+use cport_mmo::{Config, DbResult, Engine};
+use cport_server::{Codec, LengthPrefixed};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-/// Width of the packets' size field.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Header {
-    U8,
-    U16,
-}
-
 /// The course's game server on tokio (the peer of `cport mmo`).
 #[derive(Parser, Debug)]
 #[command(name = "mmo-tokio")]
 struct Args {
-    /// Address to listen on (port 0 picks a free port; the startup line shows it).
-    #[arg(long, default_value = "0.0.0.0:4000")]
-    addr: SocketAddr,
-    /// Runtime worker threads (0 = available parallelism).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// Width of the size field of every packet.
-    #[arg(long, value_enum, default_value = "u8")]
-    header: Header,
-    /// VIEW_RANGE: a player sees what is within this many cells on both axes.
-    #[arg(long, default_value_t = cport_mmo_proto::VIEW_RANGE)]
-    view_range: u16,
-    /// MAX_USER: player slots; logins beyond get SC_LOGIN_FAIL.
-    #[arg(long, default_value_t = cport_mmo_proto::MAX_USER)]
-    max_users: usize,
-    /// NPCs (ids from max-users up), placed from --seed.
-    #[arg(long, default_value_t = cport_mmo_proto::MAX_NPC)]
-    npcs: usize,
-    /// Seed of NPC placement, login positions, teleports and NPC moves.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Most bytes queued for sending per connection before it is closed as a slow consumer.
-    #[arg(long, default_value_t = 1 << 20)]
-    max_send_queue: usize,
-    /// Where players are kept: sqlite:PATH, postgres://USER@HOST:PORT/DB, or none
-    /// [default: $CPORT_MMO_DB, else sqlite:mmo.db].
-    #[arg(long)]
-    db: Option<String>,
-    /// A changed player is written at most this long after the change (at once on logout).
-    #[arg(long, default_value_t = 1000)]
-    save_interval_ms: u64,
-    /// DB threads that load players at login.
-    #[arg(long, default_value_t = 2)]
-    db_threads: usize,
-    /// Board width and height (W_WIDTH; the course's is 2000).
-    #[arg(long, default_value_t = cport_mmo_proto::W_WIDTH)]
-    world_size: u16,
-    /// How long a killed NPC stays dead (ms).
-    #[arg(long, default_value_t = 30_000)]
-    npc_respawn_ms: u64,
-    /// How often a hurt player regains hit points (ms).
-    #[arg(long, default_value_t = 5_000)]
-    regen_ms: u64,
+    /// The game's flags, declared once with `cport mmo`'s (`cport_mmo::args`).
+    #[command(flatten)]
+    game: GameArgs,
 }
 
 /// The game (one per process: the timers and the DB results find it here).
@@ -381,44 +336,17 @@ fn main() -> io::Result<()> {
         .with_writer(io::stderr)
         .try_init();
     cport_bench::peer::raise_nofile();
+    let args = args.game;
     let threads = if args.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         args.threads
     };
-    let db: DbConfig = match &args.db {
-        Some(s) => s.clone(),
-        None => std::env::var("CPORT_MMO_DB").unwrap_or_else(|_| "sqlite:mmo.db".into()),
-    }
-    .parse()
-    .map_err(|e: String| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    if args.save_interval_ms == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "--save-interval-ms must be at least 1",
-        ));
-    }
-    let header = match args.header {
-        Header::U8 => SizeField::U8,
-        Header::U16 => SizeField::U16,
-    };
     let cfg = Config {
-        addr: args.addr,
         threads,
-        header,
-        view_range: args.view_range,
-        max_users: args.max_users,
-        npcs: args.npcs,
-        seed: args.seed,
-        max_send_queue: args.max_send_queue,
-        db: db.clone(),
-        db_threads: args.db_threads,
-        save_interval: Duration::from_millis(args.save_interval_ms),
-        world_size: args.world_size,
-        npc_respawn: Duration::from_millis(args.npc_respawn_ms),
-        regen_interval: Duration::from_millis(args.regen_ms.max(1)),
-        ..Config::default()
+        ..args.config()?
     };
+    let db = cfg.db.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -474,10 +402,7 @@ fn main() -> io::Result<()> {
         args.npcs,
         args.max_users,
         args.view_range,
-        match args.header {
-            Header::U8 => "u8",
-            Header::U16 => "u16",
-        },
+        args.header.name(),
         args.save_interval_ms
     );
     io::stdout().flush()?;

@@ -1,0 +1,158 @@
+//! The options of `cport bench mmo` and the builds it runs.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Options of `cport bench mmo`.
+#[derive(clap::Args, Debug)]
+pub struct MmoArgs {
+    /// Builds, comma-separated: cport-uring, cport-epoll (`cport mmo`; `cport-NAME@PATH` runs
+    /// the `cport` binary at PATH, a build of another commit), tokio (`mmo-tokio`:
+    /// `cargo build --release -p cport-bench-peers`).
+    #[arg(long, default_value = "cport-uring,cport-epoll,tokio")]
+    pub builds: String,
+    /// Rounds; each runs every build once (per measure), in turn.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Length of each ramp run.
+    #[arg(long, default_value_t = 60)]
+    pub duration_s: u64,
+    /// Time between added clients (the same for the ramp and the fixed load's climb).
+    #[arg(long, default_value_t = 5)]
+    pub ramp_interval_ms: u64,
+    /// The delay limit of the ramp.
+    #[arg(long, default_value_t = 100)]
+    pub delay_limit_ms: u64,
+    /// Most clients of the ramp (capped at --max-users).
+    #[arg(long, default_value_t = 20_000)]
+    pub max_clients: usize,
+    /// Fixed load: clients to climb to and hold (no fixed-load runs without it).
+    #[arg(long)]
+    pub fixed_clients: Option<usize>,
+    /// Fixed load: seconds held at --fixed-clients (the measured window).
+    #[arg(long, default_value_t = 60)]
+    pub hold_s: u64,
+    /// Only the fixed load (no ramp runs).
+    #[arg(long, requires = "fixed_clients")]
+    pub no_ramp: bool,
+    /// Server worker threads (every build).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Stress client worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub client_threads: usize,
+    /// The servers' NPCs.
+    #[arg(long, default_value_t = cport_mmo_proto::MAX_NPC)]
+    pub npcs: usize,
+    /// The servers' MAX_USER.
+    #[arg(long, default_value_t = cport_mmo_proto::MAX_USER)]
+    pub max_users: usize,
+    /// The servers' VIEW_RANGE.
+    #[arg(long, default_value_t = cport_mmo_proto::VIEW_RANGE)]
+    pub view_range: u16,
+    /// Also write the medians and every round's figures as JSON here (an object keyed by
+    /// build name).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// A build of the game server: how to start it.
+pub(crate) struct Build {
+    pub(crate) name: String,
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<String>,
+}
+
+/// The build `full` (`cport-uring`, `cport-epoll`, `cport-NAME@PATH`, `tokio`) with the game
+/// flags of `a`.
+pub(crate) fn build(full: &str, a: &MmoArgs) -> io::Result<Build> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let mut game = vec![
+        "--addr".to_string(),
+        "127.0.0.1:0".into(),
+        "--threads".into(),
+        a.threads.to_string(),
+        "--npcs".into(),
+        a.npcs.to_string(),
+        "--max-users".into(),
+        a.max_users.to_string(),
+        "--view-range".into(),
+        a.view_range.to_string(),
+        "--header".into(),
+        "u8".into(),
+        "--db".into(),
+        "none".into(),
+    ];
+    let (name, path) = match full.split_once('@') {
+        Some((n, p)) => (n, Some(PathBuf::from(p))),
+        None => (full, None),
+    };
+    let (program, args) = match name {
+        "cport-uring" | "cport-epoll" => {
+            let program = path.unwrap_or(exe);
+            if !program.exists() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{full}: no binary at {}", program.display()),
+                ));
+            }
+            let mut args = vec!["mmo".to_string()];
+            args.append(&mut game);
+            args.extend(["--backend".to_string(), name[6..].to_string()]);
+            (program, args)
+        }
+        "tokio" if path.is_none() => {
+            let p = dir.join("mmo-tokio");
+            if !p.exists() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "{} not built: run `cargo build --release -p cport-bench-peers` first",
+                        p.display()
+                    ),
+                ));
+            }
+            (p, game)
+        }
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown build {other:?} (known: cport-uring, cport-epoll, tokio)"),
+            ))
+        }
+    };
+    Ok(Build {
+        name: full.to_string(),
+        program,
+        args,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_builds_are_refused() {
+        let a = MmoArgs {
+            builds: "x".into(),
+            rounds: 1,
+            duration_s: 1,
+            ramp_interval_ms: 5,
+            delay_limit_ms: 100,
+            max_clients: 1,
+            fixed_clients: None,
+            hold_s: 1,
+            no_ramp: false,
+            threads: 1,
+            client_threads: 1,
+            npcs: 0,
+            max_users: 1,
+            view_range: 7,
+            json: None,
+        };
+        assert!(build("nginx", &a).is_err());
+        assert!(build("cport-uring@/no/such/binary", &a).is_err());
+    }
+}
