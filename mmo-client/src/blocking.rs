@@ -14,9 +14,10 @@ use crate::view::View;
 
 pub use cport_testkit::TIMEOUT;
 
-/// A course client over a blocking socket. Its [`View`] (`id`, `pos`, `picture`, reached
-/// through the client) is what the server told it: every object it was sent an ADD for and
-/// no REMOVE since, where the last ADD/MOVE put it.
+/// A course client over a blocking socket. Its [`View`] is what the server told it: every
+/// object it was sent an ADD for and no REMOVE since, where the last ADD/MOVE put it. The
+/// view's fields read as the client's own (`c.id`, `c.pos`, `c.picture`: the client derefs to
+/// its view), as the tests have always written them.
 pub struct Client {
     /// The socket.
     pub s: TcpStream,

@@ -17,14 +17,14 @@
 //! and the per-second series (`group`), over the dummies of this process or over several
 //! client processes ([`multi`]): the same loop either way.
 //!
-//! The modules, each one job (imports go one way: `group` and `dummies` use `report`, `map`,
-//! `ramp`, `settings`; `local` and `multi` use `group` and `dummies`; nothing uses this root):
+//! The modules, each one job; a module uses only those above it in this list, and none uses
+//! this root, which only declares and re-exports:
 //!
 //! * `settings`, `report`: what a run is told and what it measured ([`Report`], serde);
-//! * `ramp`: the course's delay tracker and ramp; `group`: the ramp loop over a group of
-//!   clients;
+//! * `ramp`: the course's delay tracker and ramp;
 //! * `view`: one client's picture of the board ([`View`]); `map`: the board of all dummies
 //!   ([`MapSnapshot`], [`Probe`]);
+//! * `group`: the ramp loop over a group of clients, and the report it writes;
 //! * `dummies`: the sockets, their completions and pictures; `local`: them as the ramp's
 //!   group; [`multi`]: several client processes under one ramp;
 //! * [`blocking`]: a blocking course client for tests, with the same [`View`].
