@@ -78,8 +78,9 @@ pub(crate) trait MapSource: Send + Sync {
 /// dummy in turn for as long as it takes to copy its position and the NPCs it sees, as the
 /// end-of-run map does; nothing is kept or computed for it between samples.
 ///
-/// With several client processes ([`multi`](crate::multi)) the map is the one the children last sent
-/// (once a second when [`Settings::live_map`](crate::Settings::live_map) is set; none otherwise).
+/// With several client processes ([`multi`](crate::multi)) the map is the one the children
+/// last sent (once a second when [`Settings::live_map`](crate::Settings::live_map) is set;
+/// none otherwise).
 #[derive(Clone)]
 pub struct Probe(Weak<dyn MapSource>);
 
