@@ -4,8 +4,7 @@
 //! its startup line; it exits 0 on SIGTERM. Run against the real binary with the blocking
 //! course client of `mmo/tests`.
 
-#[path = "../../mmo/tests/common/mod.rs"]
-mod common;
+use cport_mmo_client::blocking as common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -92,7 +92,7 @@ impl Bound {
     pub fn serve(self, hello: serde_json::Value) -> io::Result<Live> {
         let url = self.url();
         let (seq, _) = watch::channel(0u64);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ViewState {
             hello: hello.to_string(),
             inner: Mutex::new(Inner::new()),
             seq,
@@ -147,7 +147,7 @@ impl Bound {
 
 /// The view being served during a run.
 pub struct Live {
-    shared: Arc<Shared>,
+    shared: Arc<ViewState>,
     url: String,
     sampler: Option<(SyncSender<Probe>, JoinHandle<()>)>,
     server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
@@ -231,7 +231,9 @@ impl Drop for Live {
     }
 }
 
-struct Shared {
+/// What the live view serves, shared by the thread that drives the ramp (the figures), the
+/// sampler (the maps) and the HTTP streams (which read it when they are ready to send).
+struct ViewState {
     /// The run's settings (JSON), sent first on every stream.
     hello: String,
     inner: Mutex<Inner>,
@@ -355,7 +357,7 @@ impl Inner {
     }
 }
 
-impl Shared {
+impl ViewState {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic elsewhere while holding it leaves plain data behind: keep serving it.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -427,7 +429,7 @@ pub fn encode_map(seq: u64, map: &MapSnapshot) -> Bytes {
 }
 
 /// The map sampler: one sample per probe received, until the channel closes.
-fn sample_maps(sh: &Shared, rx: Receiver<Probe>) {
+fn sample_maps(sh: &ViewState, rx: Receiver<Probe>) {
     for probe in rx {
         let (t0, cpu0) = (Instant::now(), thread_cpu_ns());
         let Some(map) = probe.map() else {
@@ -456,7 +458,7 @@ fn sample_maps(sh: &Shared, rx: Receiver<Probe>) {
     }
 }
 
-fn router(sh: Arc<Shared>) -> Router {
+fn router(sh: Arc<ViewState>) -> Router {
     Router::new()
         .route(
             "/",
@@ -483,7 +485,7 @@ fn page(body: &'static str, kind: &'static str) -> Response {
 
 const NO_STORE: (header::HeaderName, &str) = (header::CACHE_CONTROL, "no-store");
 
-async fn map_bin(State(sh): State<Arc<Shared>>) -> Response {
+async fn map_bin(State(sh): State<Arc<ViewState>>) -> Response {
     let (map, last) = {
         let i = sh.lock();
         (i.map.clone(), i.final_map)
@@ -499,12 +501,12 @@ async fn map_bin(State(sh): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn state(State(sh): State<Arc<Shared>>) -> Response {
+async fn state(State(sh): State<Arc<ViewState>>) -> Response {
     let (body, _, _) = sh.state_json(0);
     ([(header::CONTENT_TYPE, "application/json"), NO_STORE], body).into_response()
 }
 
-async fn report(State(sh): State<Arc<Shared>>) -> Response {
+async fn report(State(sh): State<Arc<ViewState>>) -> Response {
     match sh.lock().report.clone() {
         Some(r) => ([(header::CONTENT_TYPE, "application/json"), NO_STORE], r).into_response(),
         None => (StatusCode::NOT_FOUND, "the run is not over yet\n").into_response(),
@@ -512,10 +514,10 @@ async fn report(State(sh): State<Arc<Shared>>) -> Response {
 }
 
 /// Counts a live stream while it exists.
-struct StreamGuard(Arc<Shared>);
+struct StreamGuard(Arc<ViewState>);
 
 impl StreamGuard {
-    fn new(sh: &Arc<Shared>) -> Option<StreamGuard> {
+    fn new(sh: &Arc<ViewState>) -> Option<StreamGuard> {
         sh.streams
             .fetch_update(Relaxed, Relaxed, |n| (n < MAX_STREAMS).then_some(n + 1))
             .ok()?;
@@ -546,7 +548,7 @@ enum Step {
     Over,
 }
 
-async fn events(State(sh): State<Arc<Shared>>) -> Response {
+async fn events(State(sh): State<Arc<ViewState>>) -> Response {
     let Some(guard) = StreamGuard::new(&sh) else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -636,7 +638,7 @@ mod tests {
     #[test]
     fn state_sends_each_second_once_and_the_report_last() {
         let (seq, _) = watch::channel(0);
-        let sh = Shared {
+        let sh = ViewState {
             hello: "{}".into(),
             inner: Mutex::new(Inner {
                 series: vec![json(&Second::default()); 3],

@@ -2,7 +2,6 @@
 //! bounded run completes, holds its clients under the limit and reports sanely; and a run
 //! against nothing counts the refused connects and gives up early.
 
-#[path = "../../mmo/tests/common/mod.rs"]
 mod common;
 
 use cport_testkit::per_backend;
