@@ -12,7 +12,8 @@ use cport_mmo_proto::{frame_len, name, ClientPacket, Direction, ServerPacket, Si
 
 use crate::view::View;
 
-pub use cport_testkit::TIMEOUT;
+/// How long the client waits for a packet (or to write one) before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A course client over a blocking socket. Its [`View`] is what the server told it: every
 /// object it was sent an ADD for and no REMOVE since, where the last ADD/MOVE put it. The

@@ -2,8 +2,7 @@
 //! bounded run completes, holds its clients under the limit and reports sanely; and a run
 //! against nothing counts the refused connects and gives up early.
 
-mod common;
-
+use cport_testkit::game::{config, start};
 use cport_testkit::per_backend;
 
 use std::sync::atomic::AtomicBool;
@@ -13,9 +12,9 @@ use cport_mmo_client::{self as stress, Settings};
 use cport_server::cport::Backend;
 
 fn short_run(backend: Backend) {
-    let server = common::start(cport_mmo::Config {
+    let server = start(cport_mmo::Config {
         npcs: 2000,
-        ..common::config(backend)
+        ..config(backend)
     });
     let max_clients = 200;
     let settings = Settings {

@@ -9,6 +9,9 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "game")]
+pub mod game;
+
 /// The reader of the startup line every server of the workspace prints (`listening on ADDR
 /// (…)` → ADDR), for the tests that start a server themselves.
 pub use cport_bench::proc::parse_listening;
