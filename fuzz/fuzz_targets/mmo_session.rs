@@ -17,14 +17,14 @@
 //! byte 1 = how many chunk-size bytes follow (1..=256 bytes each, cycled); then the body.
 #![no_main]
 
-use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cport_mmo_proto::{frame_len, name, ClientPacket, Direction, ServerPacket, SizeField};
 use cport_mmo::{Config, MmoServer};
+use cport_mmo_client::View;
+use cport_mmo_proto::{frame_len, name, ClientPacket, Direction, ServerPacket, SizeField};
 use cport_server::cport::Backend;
 use cport_server::{Codec, LengthPrefixed};
 use libfuzzer_sys::fuzz_target;
@@ -37,13 +37,11 @@ const PATIENCE: Duration = Duration::from_secs(5);
 const PEER_CLOSED: usize = 0;
 const PROTOCOL: usize = 3;
 
-/// What a background client was told: its id and position, and the objects in its view.
+/// What a background client was told: its id and position, and the objects in its view
+/// (the load client's `View`), and the first packet that contradicted it.
 #[derive(Default)]
 struct Picture {
-    /// `None` until its `SC_LOGIN_INFO`.
-    id: Option<u32>,
-    pos: (u16, u16),
-    seen: BTreeMap<u32, (u16, u16)>,
+    view: View,
     /// A packet that contradicts the picture, a bad packet or a closed connection.
     error: Option<String>,
 }
@@ -100,7 +98,7 @@ impl Env {
             let (r, p) = (s.try_clone().unwrap(), pic.clone());
             std::thread::spawn(move || read_background(r, h, p));
             let until = Instant::now() + PATIENCE;
-            while pic.lock().unwrap().id.is_none() && pic.lock().unwrap().error.is_none() {
+            while !pic.lock().unwrap().view.logged_in() && pic.lock().unwrap().error.is_none() {
                 assert!(
                     Instant::now() < until,
                     "background client {i}: no SC_LOGIN_INFO"
@@ -156,41 +154,10 @@ fn read_background(mut s: TcpStream, h: SizeField, pic: Arc<Mutex<Picture>>) {
 }
 
 fn apply(p: &mut Picture, packet: ServerPacket) -> Option<String> {
-    match packet {
-        ServerPacket::LoginInfo { id, x, y, .. } if p.id.is_none() => {
-            p.id = Some(id as u32);
-            p.pos = (x as u16, y as u16);
-        }
-        ServerPacket::AddObject { id, x, y, .. } => {
-            let id = id as u32;
-            if Some(id) == p.id {
-                return Some("ADD of itself".into());
-            }
-            if p.seen.insert(id, (x as u16, y as u16)).is_some() {
-                return Some(format!("ADD of {id}, already in view"));
-            }
-        }
-        ServerPacket::MoveObject { id, x, y, .. } => {
-            let id = id as u32;
-            if Some(id) == p.id {
-                p.pos = (x as u16, y as u16);
-            } else if let Some(at) = p.seen.get_mut(&id) {
-                *at = (x as u16, y as u16);
-            } else {
-                return Some(format!("MOVE of {id}, not in view"));
-            }
-        }
-        ServerPacket::RemoveObject { id } => {
-            if p.seen.remove(&(id as u32)).is_none() {
-                return Some(format!("REMOVE of {id}, not in view"));
-            }
-        }
-        ServerPacket::LoginInfo { .. } | ServerPacket::LoginOk | ServerPacket::LoginFail => {
-            return Some(format!("login packet after login: {packet:?}"))
-        }
-        ServerPacket::Chat { .. } | ServerPacket::StatChange { .. } => {}
+    if matches!(packet, ServerPacket::LoginOk | ServerPacket::LoginFail) && p.view.logged_in() {
+        return Some(format!("login packet after login: {packet:?}"));
     }
-    None
+    p.view.apply(&packet).err().map(|m| m.to_string())
 }
 
 /// The script mode: packets built from the body (well-formed ones mostly, so the handler's
@@ -427,18 +394,22 @@ fuzz_target!(|data: &[u8]| {
         for pic in &env.bg {
             let p = pic.lock().unwrap();
             if let Some(e) = &p.error {
-                panic!("background client {:?}: {e}", p.id);
+                panic!(
+                    "background client {:?}: {e}",
+                    p.view.logged_in().then_some(p.view.id)
+                );
             }
-            let id = p.id.expect("logged in");
-            if env.srv.position(id) != Some(p.pos) {
-                return Err(format!("client {id} thinks it is at {:?}", p.pos));
+            assert!(p.view.logged_in(), "logged in");
+            let id = p.view.id;
+            if env.srv.position(id) != Some(p.view.pos) {
+                return Err(format!("client {id} thinks it is at {:?}", p.view.pos));
             }
             let view = env.srv.view_set(id).unwrap_or_default();
-            let seen: Vec<u32> = p.seen.keys().copied().collect();
+            let seen: Vec<u32> = p.view.picture.keys().copied().collect();
             if view != seen {
                 return Err(format!("client {id} sees {seen:?}, view set {view:?}"));
             }
-            for (&o, &at) in &p.seen {
+            for (&o, &at) in &p.view.picture {
                 if env.srv.position(o) != Some(at) {
                     return Err(format!("client {id} sees {o} at {at:?}"));
                 }
