@@ -94,17 +94,7 @@ pub fn run(args: Args) -> io::Result<()> {
     let stats = server.stats();
     let report = server.shutdown_with_db(Duration::from_secs(5));
     println!("{}", report.0);
-    println!(
-        "game: {} logins, {} login fails, {} rejected, {} player moves, {} NPC moves, {} attacks, {} NPC kills, {} level-ups",
-        stats.logins,
-        stats.login_fails,
-        stats.rejected,
-        stats.moves,
-        stats.npc_moves,
-        stats.attacks,
-        stats.npc_kills,
-        stats.level_ups
-    );
+    println!("game: {stats}");
     // Also on stderr: `cport stress --spawn` shows the server's stderr, not its stdout.
     println!("db ({db}): {}", report.1);
     eprintln!("mmo db ({db}): {}", report.1);

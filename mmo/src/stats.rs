@@ -71,6 +71,25 @@ pub struct DbStats {
     pub final_rows: usize,
 }
 
+/// The totals a server prints at shutdown: "N logins, N login fails, N rejected, N player
+/// moves, N NPC moves, N attacks, N NPC kills, N level-ups".
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} logins, {} login fails, {} rejected, {} player moves, {} NPC moves, {} attacks, {} NPC kills, {} level-ups",
+            self.logins,
+            self.login_fails,
+            self.rejected,
+            self.moves,
+            self.npc_moves,
+            self.attacks,
+            self.npc_kills,
+            self.level_ups
+        )
+    }
+}
+
 impl std::fmt::Display for DbStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mean = if self.batches > 0 {

@@ -425,17 +425,7 @@ fn main() -> io::Result<()> {
     println!(
         "shutdown: {open} connections still open after 5 s; {rows} player rows written at shutdown"
     );
-    println!(
-        "game: {} logins, {} login fails, {} rejected, {} player moves, {} NPC moves, {} attacks, {} NPC kills, {} level-ups",
-        stats.logins,
-        stats.login_fails,
-        stats.rejected,
-        stats.moves,
-        stats.npc_moves,
-        stats.attacks,
-        stats.npc_kills,
-        stats.level_ups
-    );
+    println!("game: {stats}");
     eprintln!("mmo db ({db}): {}", engine().db_stats());
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cport_mmo_proto::splitmix64;
 use hdrhistogram::Histogram;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
 use super::options::STALL;
@@ -76,6 +76,23 @@ impl Rand {
 
 pub(crate) async fn connect(addr: SocketAddr, t: &ClientCounts) -> Option<TcpStream> {
     match timeout(STALL, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => Some(s),
+        _ => {
+            add(&t.connect_errors, 1);
+            None
+        }
+    }
+}
+
+/// Connects with a 4 KiB receive buffer (a client that will not read: the server's queue
+/// for it fills sooner), counting a failed connect as [`connect`] does.
+pub(crate) async fn connect_small_recv_buffer(
+    addr: SocketAddr,
+    t: &ClientCounts,
+) -> Option<TcpStream> {
+    let sock = TcpSocket::new_v4().ok()?;
+    let _ = sock.set_recv_buffer_size(4096);
+    match timeout(STALL, sock.connect(addr)).await {
         Ok(Ok(s)) => Some(s),
         _ => {
             add(&t.connect_errors, 1);

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use cport_mmo_proto::splitmix64;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
 use tokio::sync::Notify;
 use tokio::time::{sleep, sleep_until, timeout};
 
-use super::counts::{add, connect, reset, ClientCounts, Rand};
+use super::counts::{add, connect, connect_small_recv_buffer, reset, ClientCounts, Rand};
 use super::options::{SLOW_CLOSE, STALL, WINDOW};
 /// The byte stream a verified echo connection sends: any chunking of it gives the same bytes,
 /// so the reader regenerates what the writer sent from the seed alone.
@@ -193,13 +192,7 @@ pub(crate) async fn churn_echo(addr: SocketAddr, r: &mut Rand, t: &ClientCounts)
 /// Writes to the echo server without ever reading, with a small receive buffer: the server
 /// must close it as a slow consumer.
 pub(crate) async fn never_reader(addr: SocketAddr, t: &ClientCounts) {
-    let sock = match TcpSocket::new_v4() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let _ = sock.set_recv_buffer_size(4096);
-    let Ok(Ok(mut s)) = timeout(STALL, sock.connect(addr)).await else {
-        add(&t.connect_errors, 1);
+    let Some(mut s) = connect_small_recv_buffer(addr, t).await else {
         return;
     };
     add(&t.never_readers, 1);

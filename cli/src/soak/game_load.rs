@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use cport_mmo_proto::splitmix64;
 use cport_mmo_proto::{self as protocol, ClientPacket, Direction, ServerPacket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio::time::timeout;
+use tokio::net::TcpStream;
 
-use super::counts::{add, connect, reset, ClientCounts, Rand};
+use super::counts::{add, connect, connect_small_recv_buffer, reset, ClientCounts, Rand};
 use super::echo_load::Pattern;
 use super::options::{H, HOSTILE_CLOSE, MAX_USERS, SLOW_CLOSE, STALL};
 /// Reads whole server packets; `None` on a packet that does not decode.
@@ -131,13 +130,7 @@ pub(crate) async fn churn_mmo(addr: SocketAddr, name: &str, r: &mut Rand, t: &Cl
 /// (its send queue passes the cap).
 pub(crate) async fn flooder(addr: SocketAddr, t: &ClientCounts) {
     let kind = 7;
-    let sock = match TcpSocket::new_v4() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let _ = sock.set_recv_buffer_size(4096);
-    let Ok(Ok(mut s)) = timeout(STALL, sock.connect(addr)).await else {
-        add(&t.connect_errors, 1);
+    let Some(mut s) = connect_small_recv_buffer(addr, t).await else {
         return;
     };
     add(&t.hostile[kind], 1);

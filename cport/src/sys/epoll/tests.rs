@@ -47,6 +47,28 @@ fn recv_op(fd: &OwnedFd, buf: &mut [u8]) -> OpDesc {
     }
 }
 
+/// A non-blocking client socket registered as socket 2, with a connect to `addr` pushed as
+/// operation 20; the address is returned with it (the pushed operation points into it).
+fn start_connect(
+    ep: &Epoll,
+    addr: std::net::SocketAddr,
+) -> (OwnedFd, Arc<SockState>, Box<socket2::SockAddr>) {
+    let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    client.set_nonblocking(true).unwrap();
+    let client = OwnedFd::from(client);
+    let io = add(ep, 2, client.as_raw_fd());
+    let target = Box::new(socket2::SockAddr::from(addr));
+    let connect = OpDesc {
+        fd: client.as_raw_fd(),
+        desc: Desc::Connect {
+            addr: target.as_ptr().cast(),
+            len: target.len(),
+        },
+    };
+    ep.push(&io, 20, connect);
+    (client, io, target)
+}
+
 #[test]
 fn recv_waits_for_data() {
     let ep = Epoll::new().unwrap();
@@ -151,19 +173,7 @@ fn accept_and_connect() {
     ep.flush(&mut out);
     assert!(out.is_empty(), "no connection yet: {out:?}");
 
-    let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    client.set_nonblocking(true).unwrap();
-    let client = OwnedFd::from(client);
-    let io2 = add(&ep, 2, client.as_raw_fd());
-    let target = socket2::SockAddr::from(addr);
-    let connect = OpDesc {
-        fd: client.as_raw_fd(),
-        desc: Desc::Connect {
-            addr: target.as_ptr().cast(),
-            len: target.len(),
-        },
-    };
-    ep.push(&io2, 20, connect);
+    let (client, io2, _target) = start_connect(&ep, addr);
     ep.flush(&mut out);
     assert_eq!(wait_for(&ep, 20, &mut out), 0);
     let fd = wait_for(&ep, 10, &mut out);
@@ -183,19 +193,7 @@ fn connect_refused() {
         .local_addr()
         .unwrap();
     // The listener is closed: nothing listens on `addr` any more.
-    let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    client.set_nonblocking(true).unwrap();
-    let client = OwnedFd::from(client);
-    let io2 = add(&ep, 2, client.as_raw_fd());
-    let target = socket2::SockAddr::from(addr);
-    let connect = OpDesc {
-        fd: client.as_raw_fd(),
-        desc: Desc::Connect {
-            addr: target.as_ptr().cast(),
-            len: target.len(),
-        },
-    };
-    ep.push(&io2, 20, connect);
+    let (client, io2, _target) = start_connect(&ep, addr);
     let mut out = Vec::new();
     ep.flush(&mut out);
     assert_eq!(wait_for(&ep, 20, &mut out), -libc::ECONNREFUSED);
