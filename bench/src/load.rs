@@ -101,7 +101,7 @@ struct ConnState {
     alive: bool,
 }
 
-struct Shared {
+struct LoadState {
     conns: Vec<Conn>,
     payload: Bytes,
     slow_payload: Bytes,
@@ -168,7 +168,7 @@ pub fn run(load: &Load) -> io::Result<Report> {
     }
     let new_hist = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let start = Instant::now();
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(LoadState {
         payload,
         slow_payload: slow_payload.into(),
         slow_ppm: (load.slow_pct.clamp(0.0, 100.0) * 10_000.0).round() as u64,
@@ -241,7 +241,7 @@ pub fn run(load: &Load) -> io::Result<Report> {
     })
 }
 
-fn on_completion(sh: &Shared, c: cport::Completion) {
+fn on_completion(sh: &LoadState, c: cport::Completion) {
     let Some(conn) = sh.conns.get(c.key as usize) else {
         return;
     };
@@ -318,7 +318,7 @@ fn on_completion(sh: &Shared, c: cport::Completion) {
 }
 
 /// Starts one message on `conn`, timed from `t` (now, or its scheduled time).
-fn send_one(sh: &Shared, conn: &Conn, st: &mut ConnState, t: Instant) {
+fn send_one(sh: &LoadState, conn: &Conn, st: &mut ConnState, t: Instant) {
     st.seq += 1;
     let slow = sh.slow_ppm > 0 && mix(conn.sock.key(), st.seq) % 1_000_000 < sh.slow_ppm;
     st.sent.push_back((t, slow));
@@ -328,7 +328,7 @@ fn send_one(sh: &Shared, conn: &Conn, st: &mut ConnState, t: Instant) {
 }
 
 /// The byte expected at `off` bytes past the start of the oldest outstanding message.
-fn expected(sh: &Shared, st: &ConnState, off: usize) -> u8 {
+fn expected(sh: &LoadState, st: &ConnState, off: usize) -> u8 {
     let (m, o) = (off / sh.size, off % sh.size);
     if o == 0 && st.sent.get(m).is_some_and(|&(_, slow)| slow) {
         crate::peer::SLOW_MARKER
@@ -347,7 +347,7 @@ fn mix(a: u64, b: u64) -> u64 {
 
 /// Open loop: sends message j to connection j mod N at `start + j/rate` until the window
 /// ends; returns the longest lag behind the schedule.
-fn open_loop_sends(sh: &Shared, port: &Port, rate: f64, start: Instant) -> Duration {
+fn open_loop_sends(sh: &LoadState, port: &Port, rate: f64, start: Instant) -> Duration {
     let n = sh.conns.len().max(1);
     let mut j: u64 = 0;
     let mut max_lag = Duration::ZERO;

@@ -39,7 +39,7 @@ pub(crate) enum Added {
 }
 
 /// The figures of the second just ended.
-pub(crate) struct Tally {
+pub(crate) struct SecondFigures {
     /// The delays sampled during it (taken: the next second starts empty).
     pub hist: Histogram<u64>,
     /// Server packets received so far.
@@ -97,7 +97,7 @@ pub(crate) trait Group {
     /// Closes the oldest client.
     fn shed(&mut self);
     /// The second just ended.
-    fn second(&mut self) -> Tally;
+    fn second(&mut self) -> SecondFigures;
     /// A probe for a live view.
     fn probe(&self) -> Probe;
     /// Stops every client and says what they did; a reason to add to the report's
@@ -167,7 +167,7 @@ pub(crate) fn drive(
             Action::Wait => {}
         }
         if now >= next_second {
-            let Tally {
+            let SecondFigures {
                 hist: h,
                 packets_in: pin,
                 packets_out: pout,

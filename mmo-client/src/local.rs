@@ -1,7 +1,7 @@
 //! The dummies of this process as the ramp's [`Group`] (`cport stress`, `cport demo`).
 
 use crate::dummies::{AddError, Clients};
-use crate::group::{Added, Finish, Group, Tally};
+use crate::group::{Added, Finish, Group, SecondFigures};
 use crate::map::Probe;
 
 /// The dummies on this process's port, with the counts the report wants of them.
@@ -72,9 +72,9 @@ impl Group for InProcess {
         }
     }
 
-    fn second(&mut self) -> Tally {
+    fn second(&mut self) -> SecondFigures {
         let (packets_in, packets_out) = self.clients.packets();
-        Tally {
+        SecondFigures {
             hist: self.clients.delays(true),
             packets_in,
             packets_out,

@@ -11,7 +11,9 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
 use super::wire::{Counts, Link, Up};
-use crate::group::{self, new_hist, self_cpu_time, Added, Finish, Group, Tally, MAX_DELAY_MS};
+use crate::group::{
+    self, new_hist, self_cpu_time, Added, Finish, Group, SecondFigures, MAX_DELAY_MS,
+};
 use crate::map::{merge_maps, IdMap, MapSnapshot, MapSource, Probe};
 use crate::ramp::DelayTracker;
 use crate::report::{ChildSummary, Errors, Report, Second};
@@ -220,14 +222,14 @@ impl Group for Children {
         }
     }
 
-    fn second(&mut self) -> Tally {
+    fn second(&mut self) -> SecondFigures {
         let hist = std::mem::replace(&mut self.hist, new_hist());
         if self.ask_maps {
             for k in self.kids.iter_mut() {
                 k.command(b'm');
             }
         }
-        Tally {
+        SecondFigures {
             hist,
             packets_in: self.sum(|c| c.packets_in),
             packets_out: self.sum(|c| c.packets_out),
