@@ -109,6 +109,10 @@ pub struct Startup {
     /// Where the lines after the startup line go: this file (created), or, when `None`, kept
     /// in memory (read them with [`ServerProc::stdout_lines`]).
     pub rest_to: Option<PathBuf>,
+    /// The startup line must be the first line of its standard output (the workspace's own
+    /// servers print it first; a test or soak run holds them to it). When `false`, lines
+    /// before it are skipped (a peer server may print something first).
+    pub first_line: bool,
 }
 
 impl Default for Startup {
@@ -116,6 +120,17 @@ impl Default for Startup {
         Startup {
             within: Duration::from_secs(20),
             rest_to: None,
+            first_line: false,
+        }
+    }
+}
+
+impl Startup {
+    /// The default, with the startup line required to come first.
+    pub fn first_line() -> Startup {
+        Startup {
+            first_line: true,
+            ..Startup::default()
         }
     }
 }
@@ -209,6 +224,13 @@ impl ServerProc {
                             stdout: lines,
                         });
                     }
+                    if startup.first_line {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(io::Error::other(format!(
+                            "{program}: the first line it printed is {line:?}, not 'listening on ADDR (…)'"
+                        )));
+                    }
                     before.push(line);
                 }
                 Err(e) => {
@@ -276,17 +298,7 @@ impl ServerProc {
     /// Its stderr, line by line, read on a thread. Panics unless the command was started with
     /// `stderr(Stdio::piped())`, or when called twice.
     pub fn stderr_lines(&mut self) -> mpsc::Receiver<String> {
-        let stderr = self.child.stderr.take().expect("stderr piped, taken once");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        rx
+        stderr_lines(&mut self.child)
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within 10 s.
@@ -298,28 +310,52 @@ impl ServerProc {
     /// Ends it: nothing to do if it has already exited; else SIGTERM, and SIGKILL if it has
     /// not exited within `grace`. Says which.
     pub fn terminate(&mut self, grace: Duration) -> io::Result<Ending> {
-        if let Some(status) = self.child.try_wait()? {
-            return Ok(Ending::Exited(status));
-        }
-        let asked = Instant::now();
-        // The child is not reaped yet, so its pid still names it.
-        #[cfg(unix)]
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        // No SIGTERM on Windows: the wait below ends in a kill.
-        #[cfg(windows)]
-        let _ = self.child.kill();
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(Ending::Stopped(status, asked.elapsed()));
+        terminate(&mut self.child, grace)
+    }
+}
+
+/// `child`'s stderr, line by line, read on a thread. Panics unless it was started with
+/// `stderr(Stdio::piped())`, or when called twice.
+pub fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("stderr piped, taken once");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
             }
-            if asked.elapsed() >= grace {
-                self.child.kill()?;
-                return self.child.wait().map(Ending::Killed);
-            }
-            std::thread::sleep(Duration::from_millis(5));
         }
+    });
+    rx
+}
+
+/// Ends `child`: nothing to do if it has already exited; else SIGTERM (so that it can stop
+/// what it started, as `cport stress --spawn` stops its server), and SIGKILL if it has not
+/// exited within `grace`. Says which. [`ServerProc`] ends its server with it; a test that
+/// starts another kind of process (one that prints no startup line) can too.
+pub fn terminate(child: &mut Child, grace: Duration) -> io::Result<Ending> {
+    if let Some(status) = child.try_wait()? {
+        return Ok(Ending::Exited(status));
+    }
+    let asked = Instant::now();
+    // The child is not reaped yet, so its pid still names it.
+    #[cfg(unix)]
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    // No SIGTERM on Windows: the wait below ends in a kill.
+    #[cfg(windows)]
+    let _ = child.kill();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Ending::Stopped(status, asked.elapsed()));
+        }
+        if asked.elapsed() >= grace {
+            child.kill()?;
+            return child.wait().map(Ending::Killed);
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -46,7 +46,7 @@ fn echo_keeps_serving_and_accepts_again_after_emfile(backend: &str) {
                 .map_err(io::Error::from)
         });
     }
-    let mut server = ServerProc::start(cmd, Startup::default()).expect("start cport echo");
+    let mut server = ServerProc::start(cmd, Startup::first_line()).expect("start cport echo");
     let pid = server.pid();
     let log = server.stderr_lines();
     let addr = server.addr;

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{lines_of, Proc};
+use common::Proc;
+use cport_bench::proc::stderr_lines;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -144,7 +145,7 @@ fn demo_prints_the_view_first_and_takes_a_free_port_when_its_own_is_taken() {
             .spawn()
             .unwrap(),
     );
-    let rx = lines_of(&mut demo.0);
+    let rx = stderr_lines(&mut demo.0);
     let mut lines = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -192,7 +193,7 @@ fn pages_that_never_read_vanish_or_are_too_many_do_not_slow_the_run() {
             .unwrap(),
     );
     let t0 = Instant::now();
-    let rx = lines_of(&mut stress.0);
+    let rx = stderr_lines(&mut stress.0);
     let mut lines = Vec::new();
     let addr = loop {
         let l = rx

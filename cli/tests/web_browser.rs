@@ -10,7 +10,8 @@
 
 mod common;
 
-use common::{lines_of, Proc};
+use common::Proc;
+use cport_bench::proc::stderr_lines;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -204,7 +205,7 @@ fn the_live_view_draws_dots_and_a_growing_chart_in_chromium_then_the_report() {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", browser.display())),
     );
-    let chrome_err = lines_of(&mut chrome.0);
+    let chrome_err = stderr_lines(&mut chrome.0);
     let mut chrome_lines = Vec::new();
     let ws_url = wait_line(
         &chrome_err,
@@ -234,7 +235,7 @@ fn the_live_view_draws_dots_and_a_growing_chart_in_chromium_then_the_report() {
             .expect("start cport stress"),
     );
     let t0 = Instant::now();
-    let stress_err = lines_of(&mut stress.0);
+    let stress_err = stderr_lines(&mut stress.0);
     let mut stress_lines = Vec::new();
     let url = wait_line(
         &stress_err,

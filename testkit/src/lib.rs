@@ -134,7 +134,7 @@ pub mod examples {
         cmd.args(args)
             .env("CPORT_BACKEND", backend)
             .stderr(Stdio::inherit());
-        let server = ServerProc::start(cmd, Startup::default())
+        let server = ServerProc::start(cmd, Startup::first_line())
             .unwrap_or_else(|e| panic!("no startup line: {e}"));
         let addr = server.addr;
         (server, addr)

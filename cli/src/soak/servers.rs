@@ -44,6 +44,7 @@ impl Srv {
         let startup = Startup {
             within: Duration::from_secs(60),
             rest_to: Some(dir.join(format!("{name}.stdout"))),
+            first_line: true,
         };
         let process = ServerProc::start(cmd, startup).map_err(|e| {
             io::Error::other(format!(
