@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod args;
+pub mod cluster;
 mod config;
 pub mod db;
 mod engine;
