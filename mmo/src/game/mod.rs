@@ -112,6 +112,9 @@ pub(crate) struct Login<C> {
     /// Cluster: on a `Revoke`, keep a ghost of the player (the zone that does own it
     /// publishes it here) rather than take it off the board.
     pub ghost_if_revoked: bool,
+    /// Cluster: the highest epoch this zone has offered the player to another zone at (a
+    /// retried hand-off offers a higher one, so two attempts never share an epoch).
+    pub offered: u32,
 }
 
 pub(crate) struct Player<C> {
@@ -139,6 +142,7 @@ impl<C> Player<C> {
                 confirmed: false,
                 handoff: zone::Handoff::None,
                 ghost_if_revoked: false,
+                offered: 0,
             }),
             stats: Mutex::new(PStats::new()),
             dirty: AtomicBool::new(false),

@@ -59,6 +59,11 @@ pub(crate) enum Handoff {
         since: Instant,
         view: Vec<(u32, u16, u16)>,
     },
+    /// This zone holds the player (it arrived, or the hand-off out timed out) and waits for
+    /// the gateway's `Confirm` before it tells the client anything: `view` is the client's
+    /// picture, brought up to date then. (A `Revoke` instead: the client never heard from
+    /// this claim.)
+    Unconfirmed { view: Vec<(u32, u16, u16)> },
 }
 
 /// A zone's settings.
@@ -433,12 +438,7 @@ impl<H: Host> Game<H> {
                 self.on_held(srv, player, epoch)
             }
             (Source::Gateway(_), Msg::Confirm { player, epoch }) if player < players => {
-                let mut l = self.players[player as usize].login.lock();
-                if l.epoch == epoch && epoch != 0 {
-                    l.confirmed = true;
-                } else {
-                    bump(&z.counters.stale);
-                }
+                self.on_confirm(srv, player, epoch)
             }
             (Source::Gateway(_), Msg::Revoke { player, epoch }) if player < players => {
                 self.on_revoke(srv, player, epoch)
@@ -509,7 +509,7 @@ impl<H: Host> Game<H> {
             ) if attacker < players => self.attack_result(attacker, npc, damage, left),
             (Source::Zone(o), Msg::Transfer(t)) if t.player < players => {
                 if z.transfer_delay.is_zero() || t.login {
-                    self.arrive(srv, o, t);
+                    self.arrive(srv, o, *t);
                 } else {
                     z.delayed.lock().push((o, t));
                     let _ = srv.post_after(z.transfer_delay, DELAYED_TRANSFER, 0);
@@ -700,7 +700,8 @@ impl<H: Host> Game<H> {
             view
         };
         let s = *pl.stats.lock();
-        let new_epoch = epoch.wrapping_add(1).max(1);
+        let new_epoch = epoch.max(l.offered) + 1;
+        l.offered = new_epoch;
         let t = Transfer {
             player,
             epoch: new_epoch,
@@ -781,7 +782,6 @@ impl<H: Host> Game<H> {
     /// brought up to date) and the gateway releases the held packets back here.
     pub(super) fn handoff_timeout(&self, srv: &H, player: u32, epoch: u32) {
         let Some(z) = &self.zone else { return };
-        let w = &self.world;
         let mut l = self.players[player as usize].login.lock();
         let Handoff::Sent { epoch: e, .. } = l.handoff else {
             return;
@@ -804,9 +804,9 @@ impl<H: Host> Game<H> {
         );
         l.phase = Phase::InGame;
         l.ghost_if_revoked = true;
-        let pos = w.pos(player);
-        let name = w.objs[player as usize].view.lock().name;
-        self.promote(srv, &session, player, pos, name, &view);
+        l.confirmed = false;
+        // The client hears from this zone again once the gateway confirms the claim.
+        l.handoff = Handoff::Unconfirmed { view };
         if let Some((gateway, s)) = session.route() {
             srv.to_gateway(
                 gateway,
@@ -824,25 +824,33 @@ impl<H: Host> Game<H> {
         let Some(z) = &self.zone else { return };
         let due = std::mem::take(&mut *z.delayed.lock());
         for (from, t) in due {
-            self.arrive(srv, from, t);
+            self.arrive(srv, from, *t);
         }
     }
 
     /// A player's state arrived (a login placed here, or a hand-off): this zone owns it at
     /// `t.epoch`, tells the gateway (`Owned`) and the old owner (`TransferAck`).
-    fn arrive(&self, srv: &H, from: u16, t: Box<Transfer>) {
+    fn arrive(&self, srv: &H, from: u16, t: Transfer) {
         let z = self.zone.as_ref().expect("a zone");
-        let w = &self.world;
         let id = t.player;
         let Some(session) = srv.remote(t.gateway, t.session, id) else {
             return;
         };
         let pl = &self.players[id as usize];
         let mut l = pl.login.lock();
-        if l.epoch != 0 {
+        let replaces = l.epoch != 0
+            && t.epoch > l.epoch
+            && !l.confirmed
+            && matches!(l.handoff, Handoff::Unconfirmed { .. });
+        if l.epoch != 0 && !replaces {
             // This zone owns the player already (a duplicate, or a stale claim): no change.
             bump(&z.counters.stale);
             return;
+        }
+        if replaces {
+            // A retried hand-off supersedes this zone's earlier claim, which the gateway
+            // refuses (its `Revoke` is stale by then): one claim, the newer.
+            self.counters.players.fetch_sub(1, Relaxed);
         }
         let row = self.sanitize(PlayerRow {
             name: t.name.clone(),
@@ -881,11 +889,15 @@ impl<H: Host> Game<H> {
                 exp: row.exp,
                 level: row.level,
             };
-            if w.objs[id as usize].view.lock().state == State::InGame {
+            let name = cport_mmo_proto::name(&row.name);
+            let was_ghost = self.make_real(id, pos, name);
+            if was_ghost {
                 z.counters.ghosts.fetch_sub(1, Relaxed);
             }
-            let name = cport_mmo_proto::name(&row.name);
-            self.promote(srv, &session, id, pos, name, &t.view);
+            // The client hears from this zone once the gateway confirms the claim.
+            l.handoff = Handoff::Unconfirmed {
+                view: t.view.clone(),
+            };
             self.counters.players.fetch_add(1, Relaxed);
             bump(&z.counters.handoffs_in);
         }
@@ -908,6 +920,51 @@ impl<H: Host> Game<H> {
         }
         if row.hp < row.max_hp {
             self.start_regen(srv, id, l.gen);
+        }
+    }
+
+    /// Puts player `id` on this zone's board at `pos` (from its ghost if it has one: `true`),
+    /// still without a session: nothing goes to its client until the claim is confirmed.
+    fn make_real(&self, id: u32, pos: u32, name: Name) -> bool {
+        let w = &self.world;
+        let (was_in, from) = {
+            let mut v = w.objs[id as usize].view.lock();
+            let was_in = v.state == State::InGame;
+            v.state = State::InGame;
+            v.session = None;
+            v.name = name;
+            let from = w.pos(id);
+            w.set_pos(id, pos);
+            (was_in, from)
+        };
+        if was_in {
+            w.sector_move(id, from, pos);
+        } else {
+            w.sector_insert(id, pos);
+        }
+        was_in
+    }
+
+    /// `Confirm`: the gateway routes the player here at `epoch`. A claim that waited for it
+    /// (an arrival, a hand-off that timed out) now brings the client's picture up to date.
+    fn on_confirm(&self, srv: &H, player: u32, epoch: u32) {
+        let z = self.zone.as_ref().expect("a zone");
+        let w = &self.world;
+        let mut l = self.players[player as usize].login.lock();
+        if l.epoch != epoch || epoch == 0 {
+            bump(&z.counters.stale);
+            return;
+        }
+        l.confirmed = true;
+        if let Handoff::Unconfirmed { view } = std::mem::take(&mut l.handoff) {
+            if let Some(session) = l.session.clone() {
+                let pos = w.pos(player);
+                let name = w.objs[player as usize].view.lock().name;
+                self.promote(srv, &session, player, pos, name, &view);
+                // A hand-off that timed out: the player is still outside; try again.
+                let t = self.last_move_time[player as usize].load(Relaxed);
+                self.zone_moved(&session, player, pos, t, true, &mut l);
+            }
         }
     }
 
@@ -1097,7 +1154,7 @@ impl<H: Host> Game<H> {
         let Some((gateway, session)) = conn.route() else {
             return;
         };
-        let t = Box::new(Transfer {
+        let t = Transfer {
             player,
             epoch: 1,
             gateway,
@@ -1113,12 +1170,12 @@ impl<H: Host> Game<H> {
             last_move_time: 0,
             ghosts: 0,
             view: Vec::new(),
-        });
+        };
         let owner = z.layout.zone_of(row.x, row.y) as u16;
         if owner == z.me {
             self.arrive(srv, z.me, t);
         } else {
-            srv.to_zone(owner, &Msg::Transfer(t));
+            srv.to_zone(owner, &Msg::Transfer(Box::new(t)));
         }
     }
 
