@@ -664,7 +664,6 @@ fn a_name_is_on_once_in_the_cluster_and_free_again_after_a_disconnect_mid_handof
         "a second login of p1 is refused"
     );
     // Walk p1 until a hand-off is in progress, then the client goes.
-    let mut t = 10_000;
     let player = cl.clients[&first].player;
     let toward = if cl.clients[&first].me.unwrap().0 < 20 {
         1
@@ -675,8 +674,7 @@ fn a_name_is_on_once_in_the_cluster_and_free_again_after_a_disconnect_mid_handof
         .iter()
         .find(|d| d.delta() == (toward, 0))
         .unwrap();
-    for _ in 0..200 {
-        t += 1;
+    for t in 10_001..10_200 {
         cl.send(
             first,
             ClientPacket::Move {
