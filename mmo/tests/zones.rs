@@ -539,6 +539,8 @@ fn walk_with(seed: u64, rounds: u32, hold: bool, mut each: impl FnMut(&mut Clust
             let r = rng.next_u64();
             if r % 23 == 0 {
                 cl.send(s, ClientPacket::Teleport);
+            } else if r % 5 == 0 {
+                cl.send(s, ClientPacket::Attack);
             } else {
                 t += 1;
                 let direction = Direction::ALL[(r >> 8) as usize % 4];
@@ -563,9 +565,9 @@ fn walk_with(seed: u64, rounds: u32, hold: bool, mut each: impl FnMut(&mut Clust
             }
             cl.pump();
         }
-        // NPC moves (and whatever else is due), then a stale hand-off timeout does nothing.
+        // NPC moves, respawns and regeneration, then a stale hand-off timeout does nothing.
         if round % 4 == 0 {
-            cl.fire(|k| k < 1 << 40);
+            cl.fire(|k| k < 1 << 42);
         }
         cl.fire(|k| k & !0xFFFF_FFFF == HANDOFF_TIMEOUT);
         cl.check();
@@ -577,7 +579,7 @@ fn walk_with(seed: u64, rounds: u32, hold: bool, mut each: impl FnMut(&mut Clust
 #[test]
 fn walking_and_teleporting_across_borders_is_invisible_to_clients() {
     for seed in 1..=3 {
-        let cl = walk(seed, 150, false);
+        let cl = walk(seed, 200, false);
         assert!(cl.handoffs_seen > 50, "only {} hand-offs", cl.handoffs_seen);
         let out: u64 = cl
             .zones
