@@ -649,3 +649,21 @@ fn a_bus_subscribes_once() {
     let e = b.subscribe(|_| {}).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
 }
+
+#[test]
+fn a_panicking_deliver_is_counted_and_the_subscription_goes_on() {
+    let Some(server) = nats_server() else { return };
+    let me = Source::Zone(0);
+    let b = bus(&server, "panicky", me);
+    let (tx, rx) = mpsc::channel();
+    b.subscribe(move |payload: Bytes| {
+        assert_ne!(&payload[..], b"boom", "deliver fails on purpose");
+        let _ = tx.send(payload);
+    })
+    .unwrap();
+    b.publish(me, Bytes::from_static(b"boom"));
+    b.publish(me, Bytes::from_static(b"after"));
+    assert_eq!(receive(&rx, 1, TIMEOUT), [Bytes::from_static(b"after")]);
+    let c = b.counters();
+    assert_eq!((c.msgs_in, c.errors), (2, 1));
+}

@@ -81,7 +81,8 @@ pub struct BusCounters {
     /// Their payload bytes.
     pub bytes_in: u64,
     /// Publishes the client refused (a batch over the server's maximum payload, a closed
-    /// connection), and entries an [`Outbox`] could not batch.
+    /// connection), entries an [`Outbox`] could not batch, and panics of the
+    /// [`Bus::subscribe`] callback.
     pub errors: u64,
 }
 
@@ -287,7 +288,13 @@ impl Bus {
                 stats
                     .bytes_in
                     .fetch_add(m.payload.len() as u64, Ordering::Relaxed);
-                deliver(m.payload);
+                // A panicking callback (a bug of the glue's, said by the panic hook) must not
+                // end the subscription: every later message would be lost without a word.
+                let delivered =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deliver(m.payload)));
+                if delivered.is_err() {
+                    stats.error(format_args!("the deliver callback panicked; going on"));
+                }
             }
         });
         let result = match ready_rx.recv_timeout(SUBSCRIBE_TIMEOUT) {
