@@ -6,8 +6,10 @@
 //! * sessions with generational ids ([`SessionId`]): a completion or a send for a session
 //!   that closed never reaches the session that reused its slot;
 //! * framing through a [`Codec`]: [`LengthPrefixed`] (the course protocol's `[size][type]`
-//!   header, `u8` or `u16` little-endian) and [`RawStream`]; packets split across receives are
-//!   reassembled, many packets in one receive are handled in one pass;
+//!   header, `u8` or `u16` little-endian), [`Delimited`] (text lines or any delimiter byte,
+//!   the length limit enforced on complete and partial lines) and [`RawStream`]; packets
+//!   split across receives are reassembled, many packets in one receive are handled in one
+//!   pass;
 //! * one ordered send queue per session: bytes leave in the order [`Session::send`] was
 //!   called from any thread, one send in flight, everything queued meanwhile gathered into the
 //!   next (vectored) send; a handler's sends start when its worker's handler passes end, so
@@ -61,7 +63,7 @@ mod session;
 mod table;
 
 pub use crate::core::{Config, MAX_USER_KEY};
-pub use codec::{Codec, FrameError, LengthPrefixed, RawStream, SizeField};
+pub use codec::{Codec, Delimited, FrameError, LengthPrefixed, RawStream, SizeField};
 pub use handle::{PostError, ServerHandle};
 pub use metrics::{CloseReason, Metrics, REASONS};
 pub use server::{Handler, Server, ShutdownReport};

@@ -372,7 +372,7 @@ impl Session {
                             break;
                         }
                     }
-                    let packet = &buf[pos..pos + len];
+                    let packet = codec.packet(&buf[pos..pos + len]);
                     if catch_unwind(AssertUnwindSafe(|| on_packet(self, packet))).is_err() {
                         self.handler_panicked("on_packet");
                         break;
