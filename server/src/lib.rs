@@ -30,7 +30,7 @@
 //! struct Echo;
 //! impl Handler for Echo {
 //!     fn on_packet(&self, session: &Session, packet: &[u8]) {
-//!         session.send(packet.to_vec());
+//!         let _ = session.send(packet.to_vec());
 //!     }
 //! }
 //!

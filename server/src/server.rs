@@ -50,7 +50,7 @@ use crate::table::Slots;
 ///
 /// impl Handler for Reverse {
 ///     fn on_connect(&self, session: &Session) {
-///         session.send(self.codec.encode(0, b"hi"));
+///         let _ = session.send(self.codec.encode(0, b"hi"));
 ///     }
 ///     fn on_packet(&self, session: &Session, packet: &[u8]) {
 ///         let (kind, body) = (packet[1], &packet[self.codec.header_len()..]);
@@ -59,7 +59,7 @@ use crate::table::Slots;
 ///             return;
 ///         }
 ///         let reversed: Vec<u8> = body.iter().rev().copied().collect();
-///         session.send(self.codec.encode(2, &reversed));
+///         let _ = session.send(self.codec.encode(2, &reversed));
 ///     }
 ///     fn on_close(&self, _session: &Session, _reason: &CloseReason) {
 ///         self.closed.fetch_add(1, Ordering::SeqCst);
@@ -153,7 +153,36 @@ impl std::fmt::Display for ShutdownReport {
 ///
 /// Dropping a `Server` stops it at once: it stops accepting, closes every session without
 /// waiting for queued bytes to leave, and joins its workers. [`Server::shutdown`] is the
-/// graceful way (flush, half-close, wait for peers until a deadline).
+/// graceful way (flush, half-close, wait for peers until a deadline). So keep the `Server`
+/// for as long as it is to serve (`#[must_use]`): a `Server::start(…)?;` whose result is not
+/// kept stops the server on the same line, and clients get "connection refused".
+///
+/// ```
+/// # #![deny(unused_must_use)]
+/// # use cport_server::{Config, Handler, RawStream, Server, Session};
+/// # struct Echo;
+/// # impl Handler for Echo {
+/// #     fn on_packet(&self, s: &Session, p: &[u8]) { let _ = s.send(p.to_vec()); }
+/// # }
+/// let server = Server::start(Config::default(), RawStream, Echo)?;
+/// // ... serve, then:
+/// server.shutdown(std::time::Duration::from_secs(1));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// The same with the server dropped at once does not compile where `unused_must_use` is
+/// denied (it is a warning by default):
+///
+/// ```compile_fail
+/// # #![deny(unused_must_use)]
+/// # use cport_server::{Config, Handler, RawStream, Server, Session};
+/// # struct Echo;
+/// # impl Handler for Echo {
+/// #     fn on_packet(&self, s: &Session, p: &[u8]) { let _ = s.send(p.to_vec()); }
+/// # }
+/// Server::start(Config::default(), RawStream, Echo)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 ///
 /// Every close is logged with its reason via `tracing` (at info level when the peer was at
 /// fault — bad input, slow consumer, idle, too many packets — else at debug), refusals and
@@ -175,7 +204,7 @@ impl std::fmt::Display for ShutdownReport {
 ///
 /// impl Handler for Echo {
 ///     fn on_packet(&self, session: &Session, bytes: &[u8]) {
-///         session.send(bytes.to_vec());
+///         let _ = session.send(bytes.to_vec());
 ///     }
 /// }
 ///
@@ -200,6 +229,8 @@ impl std::fmt::Display for ShutdownReport {
 /// assert_eq!((report.sessions, report.flushed, report.forced), (1, 1, 0));
 /// # Ok::<(), std::io::Error>(())
 /// ```
+#[must_use = "dropping the Server stops it at once: keep it while it serves, and end it with \
+              `shutdown`"]
 pub struct Server {
     handle: ServerHandle,
     pool: Option<Pool>,

@@ -212,11 +212,45 @@ impl Session {
     /// (gathering) send. Called from a handler (on a worker), the send starts when the
     /// worker's handler passes end (when it goes back to the port to wait, or at most 16
     /// passes later): everything the session was sent meanwhile, by any handler of that
-    /// worker, leaves in one send. From any other thread it starts at once. A shared [`Bytes`] is sent without a copy, so one packet can go to
-    /// many sessions (broadcast).
+    /// worker, leaves in one send. From any other thread it starts at once. A shared
+    /// [`Bytes`] is sent without a copy, so one packet can go to many sessions (broadcast).
     ///
-    /// Returns false if the session is closing (nothing is queued), or if this packet would
-    /// take the session's queue over its cap: the session is then closed as a slow consumer.
+    /// Returns false if the packet was not queued and will never be sent: the session is
+    /// closing, or this packet would take the session's queue over its cap (the session is
+    /// then closed as a slow consumer). The result must be looked at (`#[must_use]`): a
+    /// program that keeps its own record of what a peer was sent (a game's view list, a
+    /// chat's history) is wrong after a `false` it did not see. Where nothing is to be done
+    /// (an echo, a broadcast to whoever is still there), say so with `let _ =`:
+    ///
+    /// ```
+    /// # #![deny(unused_must_use)]
+    /// use cport_server::Session;
+    ///
+    /// fn greet(session: &Session, seen: &mut Vec<String>) {
+    ///     if session.send("hello\n") {
+    ///         seen.push("hello".into());
+    ///     }
+    /// }
+    ///
+    /// fn echo(session: &Session, packet: &[u8]) {
+    ///     // The session is closing: nothing to do.
+    ///     let _ = session.send(packet.to_vec());
+    /// }
+    /// ```
+    ///
+    /// The same with the result dropped does not compile where `unused_must_use` is denied
+    /// (it is a warning by default):
+    ///
+    /// ```compile_fail
+    /// #![deny(unused_must_use)]
+    /// use cport_server::Session;
+    ///
+    /// fn echo(session: &Session, packet: &[u8]) {
+    ///     session.send(packet.to_vec());
+    /// }
+    /// ```
+    #[must_use = "false means the packet was not queued and will never be sent (the session is \
+                  closing, or was closed as a slow consumer); `let _ =` if nothing is to be done"]
     pub fn send(&self, packet: impl Into<Bytes>) -> bool {
         let packet = packet.into();
         let len = packet.len();
