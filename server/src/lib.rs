@@ -15,6 +15,9 @@
 //!   next (vectored) send; a handler's sends start when its worker's handler passes end, so
 //!   what a session was sent over those passes leaves in one send (write coalescing,
 //!   [`Metrics::sends`]);
+//! * per-session state of the program's own type ([`Session::set_state`],
+//!   [`Session::with_state`]), each behind its session's own lock, dropped after the
+//!   session's `on_close`;
 //! * broadcast of one encoded packet shared by all its recipients ([`ServerHandle::broadcast`]);
 //! * limits with clear close reasons ([`CloseReason`]): max sessions, max packet size (the
 //!   codec), max queued send bytes per session (slow consumers), idle timeout, packet rate;

@@ -30,6 +30,11 @@ use crate::table::Slots;
 /// default. A panic in `on_connect` or `on_packet` closes that session only
 /// ([`CloseReason::Local`], logged at error level); the server keeps serving.
 ///
+/// The handler is one value shared by every session. What belongs to one session (a
+/// player, a name, a parser's state) goes on the session itself:
+/// [`Session::set_state`] in `on_connect`, [`Session::with_state`] in `on_packet`; each
+/// session's value has its own lock and is dropped after `on_close`.
+///
 /// A handler for the course's `[size][type][body]` packets: it greets each session, answers
 /// type 1 with type 2 and the body reversed, refuses any other type with a reason, and counts
 /// the sessions that closed.
@@ -486,13 +491,14 @@ fn on_accept<H: Handler>(srv: &ServerHandle, handler: &H, c: Completion) {
 /// `on_close` has returned (or panicked), so a new session's `on_connect` never precedes it;
 /// the session counts as open until then (so `open == 0` means the table is empty).
 fn closed<H: Handler>(srv: &ServerHandle, handler: &H, s: &Session, reason: CloseReason) {
-    struct Release<'a>(&'a ServerHandle, SessionId, &'a CloseReason);
+    struct Release<'a>(&'a ServerHandle, &'a Session, &'a CloseReason);
     impl Drop for Release<'_> {
         fn drop(&mut self) {
-            self.0.sessions.release(self.1 .0);
+            self.1.drop_state();
+            self.0.sessions.release(self.1.id().0);
             self.0.core.counters.closed(self.2);
         }
     }
-    let _release = Release(srv, s.id(), &reason);
+    let _release = Release(srv, s, &reason);
     handler.on_close(s, &reason);
 }
