@@ -21,8 +21,9 @@
 //! * broadcast of one encoded packet shared by all its recipients ([`ServerHandle::broadcast`]);
 //! * limits with clear close reasons ([`CloseReason`]): max sessions, max packet size (the
 //!   codec), max queued send bytes per session (slow consumers), idle timeout, packet rate;
-//! * posted events, timers and posted completions that own a value
-//!   ([`ServerHandle::post`], [`ServerHandle::post_after`], [`ServerHandle::post_message`] →
+//! * posted events, timers (once, [`ServerHandle::post_after`], or repeating,
+//!   [`ServerHandle::post_every`]) and posted completions that own a value
+//!   ([`ServerHandle::post`], [`ServerHandle::post_message`] →
 //!   [`Handler::on_message`]: a database thread's result handed back to the workers, the
 //!   course's `EV_DB`);
 //! * graceful shutdown ([`Server::shutdown`]) and [`Metrics`].
@@ -67,7 +68,7 @@ mod table;
 
 pub use crate::core::{Config, MAX_USER_KEY};
 pub use codec::{Codec, Delimited, FrameError, LengthPrefixed, RawStream, SizeField};
-pub use handle::{PostError, ServerHandle};
+pub use handle::{PostError, RepeatId, ServerHandle};
 pub use metrics::{CloseReason, Metrics, REASONS};
 pub use server::{Handler, Server, ShutdownReport};
 pub use session::{Session, SessionId};

@@ -15,8 +15,8 @@ use socket2::{Domain, Protocol, Type};
 
 use crate::codec::Codec;
 use crate::core::{
-    sweep_interval, Config, Core, ACCEPT_RETRY, LISTENER, MAX_USER_KEY, NOT_SESSION, STATS, SWEEP,
-    USER_MESSAGE, USER_POST, USER_TIMER,
+    sweep_interval, Config, Core, ACCEPT_RETRY, LISTENER, MAX_USER_KEY, NOT_SESSION, REPEAT, STATS,
+    SWEEP, USER_MESSAGE, USER_POST, USER_TIMER,
 };
 use crate::handle::ServerHandle;
 use crate::metrics::CloseReason;
@@ -118,7 +118,8 @@ pub trait Handler: Send + Sync + 'static {
     fn on_posted(&self, server: &ServerHandle, key: u64, value: u64) {
         let _ = (server, key, value);
     }
-    /// A timer from [`ServerHandle::post_after`] fired.
+    /// A timer from [`ServerHandle::post_after`] fired, or a tick of one from
+    /// [`ServerHandle::post_every`].
     fn on_timer(&self, server: &ServerHandle, key: u64, value: u64) {
         let _ = (server, key, value);
     }
@@ -416,6 +417,11 @@ fn dispatch<C: Codec, H: Handler>(srv: &ServerHandle, codec: &C, handler: &H, c:
             handler.on_posted(srv, key, c.user);
         }
         k if k & USER_TIMER == USER_TIMER => handler.on_timer(srv, k & MAX_USER_KEY, c.user),
+        REPEAT => {
+            if let Some((key, value)) = core.repeat_tick(c.user) {
+                handler.on_timer(srv, key, value);
+            }
+        }
         _ => {}
     }
 }
