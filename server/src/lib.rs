@@ -54,9 +54,10 @@
 #![warn(missing_docs)]
 
 // Layers, each using only those below it: `server` (handler, accept, dispatch, shutdown) →
-// `handle` (what handlers and other threads reach the server through) → `session` (a
-// connection's send queue, receive path and close) → `core` (settings, shared state, keys)
-// and `table` (the generational session table).
+// `handle` (what handlers and other threads reach the server through) and `state` (the
+// program's per-session values) → `session` (a connection's send queue, receive path and
+// close) → `core` (settings, shared state, keys) and `table` (the generational session
+// table).
 mod codec;
 mod core;
 mod handle;
@@ -64,6 +65,7 @@ mod metrics;
 pub mod os;
 mod server;
 mod session;
+mod state;
 mod table;
 
 pub use crate::core::{Config, MAX_USER_KEY};

@@ -96,11 +96,11 @@ struct SessionInner {
 }
 
 /// The per-session value and whether the session has finished closing (after which a value
-/// set is dropped at once rather than kept by a stray handle).
+/// set is dropped at once rather than kept by a stray handle). Its methods are in `state`.
 #[derive(Default)]
-struct StateSlot {
-    value: Option<Box<dyn Any + Send>>,
-    closed: bool,
+pub(crate) struct StateSlot {
+    pub(crate) value: Option<Box<dyn Any + Send>>,
+    pub(crate) closed: bool,
 }
 
 /// A handle to a session. Cheap to clone, `Send + Sync`: handlers keep it and send on it from
@@ -204,6 +204,11 @@ impl Session {
         self.inner.peer
     }
 
+    /// The program's per-session value (for the methods in `state.rs`).
+    pub(crate) fn state_slot(&self) -> &Mutex<StateSlot> {
+        &self.inner.state
+    }
+
     /// The server's shared state and session table (for `Session::server`, in `server.rs`).
     pub(crate) fn parts(&self) -> (&Arc<Core>, &Arc<Slots<Session>>) {
         (&self.inner.core, &self.inner.table)
@@ -218,113 +223,6 @@ impl Session {
     /// Bytes queued for this session and not yet sent.
     pub fn queued_bytes(&self) -> usize {
         self.inner.st.lock().queued
-    }
-
-    /// Stores the program's value for this session (a player, a nickname, a parser's
-    /// state), replacing the one before (of any type, dropped). Typically set in
-    /// [`Handler::on_connect`](crate::Handler::on_connect) and used in `on_packet` with
-    /// [`Session::with_state`]. The value is dropped when the session has finished closing,
-    /// right after [`Handler::on_close`](crate::Handler::on_close) returns (which still
-    /// sees it), however many handles to the session the program keeps; set after that, it
-    /// is dropped at once.
-    ///
-    /// Each session's value sits behind that session's own lock: handlers of different
-    /// sessions never wait for each other, and the program needs no
-    /// `Mutex<HashMap<SessionId, _>>` of its own.
-    ///
-    /// A server that remembers each client's name:
-    ///
-    /// ```
-    /// use std::io::{BufRead, BufReader, Write};
-    /// use std::net::TcpStream;
-    ///
-    /// use cport_server::{Config, Delimited, Handler, Server, Session};
-    ///
-    /// /// What the server knows of one client.
-    /// struct Client {
-    ///     name: Option<String>,
-    /// }
-    ///
-    /// struct Names;
-    ///
-    /// impl Handler for Names {
-    ///     fn on_connect(&self, session: &Session) {
-    ///         session.set_state(Client { name: None });
-    ///     }
-    ///     fn on_packet(&self, session: &Session, line: &[u8]) {
-    ///         let line = String::from_utf8_lossy(line);
-    ///         let reply = session
-    ///             .with_state(|c: &mut Client| match line.strip_prefix("NAME ") {
-    ///                 Some(name) => {
-    ///                     c.name = Some(name.to_string());
-    ///                     "OK\n".to_string()
-    ///                 }
-    ///                 None => format!("you are {:?}\n", c.name.as_deref().unwrap_or("?")),
-    ///             })
-    ///             .expect("set in on_connect");
-    ///         let _ = session.send(reply);
-    ///     }
-    /// }
-    ///
-    /// let server = Server::start(Config::default(), Delimited::lines(256), Names)?;
-    /// let mut a = TcpStream::connect(server.local_addr())?;
-    /// let mut b = TcpStream::connect(server.local_addr())?;
-    /// let (mut ra, mut rb) = (BufReader::new(a.try_clone()?), BufReader::new(b.try_clone()?));
-    /// let mut line = String::new();
-    /// a.write_all(b"NAME alice\n")?;
-    /// ra.read_line(&mut line)?;
-    /// b.write_all(b"WHO\n")?;
-    /// rb.read_line(&mut line)?;
-    /// a.write_all(b"WHO\n")?;
-    /// ra.read_line(&mut line)?;
-    /// assert_eq!(line, "OK\nyou are \"?\"\nyou are \"alice\"\n");
-    /// # drop((a, b));
-    /// # server.shutdown(std::time::Duration::from_secs(1));
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn set_state<T: Send + 'static>(&self, value: T) {
-        let mut slot = self.inner.state.lock();
-        let old = if slot.closed {
-            None
-        } else {
-            slot.value.replace(Box::new(value))
-        };
-        // The old value (or the refused new one, dropped on return) runs its `Drop` outside
-        // the lock.
-        drop(slot);
-        drop(old);
-    }
-
-    /// Runs `f` on this session's value if it is a `T` (see [`Session::set_state`]), and
-    /// returns what `f` returns; `None` if no value of that type is set. `f` runs under the
-    /// session's own lock: it must not call `with_state`, `set_state` or `take_state` on the
-    /// same session (that would wait for ever); sending, closing and other sessions' state
-    /// are fine.
-    pub fn with_state<T: Send + 'static, R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
-        let mut slot = self.inner.state.lock();
-        let value = slot.value.as_mut()?.downcast_mut::<T>()?;
-        Some(f(value))
-    }
-
-    /// Takes this session's value out if it is a `T`; `None` (and the value stays) if not.
-    pub fn take_state<T: Send + 'static>(&self) -> Option<T> {
-        let mut slot = self.inner.state.lock();
-        if !slot.value.as_ref()?.is::<T>() {
-            return None;
-        }
-        let value = slot.value.take()?.downcast::<T>().ok()?;
-        Some(*value)
-    }
-
-    /// The session finished closing and the handler's `on_close` returned: drop its value
-    /// (outside the lock), and any set from now on.
-    pub(crate) fn drop_state(&self) {
-        let value = {
-            let mut slot = self.inner.state.lock();
-            slot.closed = true;
-            slot.value.take()
-        };
-        drop(value);
     }
 
     /// Queues one encoded packet. Bytes leave in the order `send` was called, whatever
@@ -426,7 +324,9 @@ impl Session {
     }
 
     /// Closes the session: pending operations are cancelled, queued bytes dropped, and the
-    /// handler's `on_close` runs once with `reason` (the first reason given wins).
+    /// handler's `on_close` runs once with `reason` (the first reason given wins). To send a
+    /// last message first (an error line, a goodbye), use
+    /// [`close_after_flush_for`](Session::close_after_flush_for) instead.
     pub fn close(&self, reason: CloseReason) {
         let socket = {
             let mut st = self.inner.st.lock();
@@ -441,12 +341,55 @@ impl Session {
 
     /// Graceful close: stop taking new packets to send, send what is queued, half-close,
     /// and close when the peer has closed too (or when `close` is called, e.g. at a
-    /// deadline). Reported with [`CloseReason::Local`].
+    /// deadline). Reported with [`CloseReason::Local`]; see
+    /// [`close_after_flush_for`](Session::close_after_flush_for) for the details and a
+    /// reason of your own.
     pub fn close_after_flush(&self) {
         self.close_after_flush_for(CloseReason::Local);
     }
 
-    pub(crate) fn close_after_flush_for(&self, reason: CloseReason) {
+    /// Sends what is queued, then closes, and reports `reason` to
+    /// [`Handler::on_close`](crate::Handler::on_close): the way to send a last line before a
+    /// protocol close. [`send`](Session::send) the line, then call this; sends after it are
+    /// refused. Once the queue has drained the session half-closes (the peer reads the last
+    /// bytes, then the end of the stream) and closes when the peer closes its side, with
+    /// `reason` (a reset by the peer is reported as [`CloseReason::Reset`]). What the peer
+    /// sends meanwhile is discarded. A peer that never closes holds the session until
+    /// [`close`](Session::close), the idle timeout ([`Config::idle_timeout`](crate::Config))
+    /// or shutdown.
+    ///
+    /// An error line, then the close, for a command the server does not know:
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::net::TcpStream;
+    ///
+    /// use cport_server::{CloseReason, Config, Delimited, Handler, Server, Session};
+    ///
+    /// struct Strict;
+    ///
+    /// impl Handler for Strict {
+    ///     fn on_packet(&self, session: &Session, line: &[u8]) {
+    ///         if line != b"PING" {
+    ///             let _ = session.send("ERR unknown command\n");
+    ///             session.close_after_flush_for(CloseReason::Rejected("unknown command".into()));
+    ///             return;
+    ///         }
+    ///         let _ = session.send("PONG\n");
+    ///     }
+    /// }
+    ///
+    /// let server = Server::start(Config::default(), Delimited::lines(64), Strict)?;
+    /// let mut client = TcpStream::connect(server.local_addr())?;
+    /// client.write_all(b"PING\nJUMP\n")?;
+    /// let mut got = String::new();
+    /// client.read_to_string(&mut got)?; // up to the end of the stream
+    /// assert_eq!(got, "PONG\nERR unknown command\n");
+    /// # drop(client);
+    /// # server.shutdown(std::time::Duration::from_secs(1));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn close_after_flush_for(&self, reason: CloseReason) {
         let mut st = self.inner.st.lock();
         if st.socket.is_none() || st.flush_then_close {
             return;
