@@ -70,7 +70,9 @@ pub(crate) const SEND: u64 = 1;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Address to listen on (default `127.0.0.1:0`: loopback, a free port).
+    /// Address to listen on (default `127.0.0.1:0`: loopback, a free port). One per
+    /// server: for several, start a server per address (the crate docs, "Several
+    /// listeners").
     pub addr: SocketAddr,
     /// Worker threads (default `0` = available parallelism).
     pub threads: usize,
