@@ -17,6 +17,9 @@ per_backend!(
     state_is_dropped_after_on_close_even_with_handles_kept,
 );
 
+/// Closes as the handler saw them: the session and its count in `on_close`.
+type Closes = mpsc::Receiver<(SessionId, Option<u8>)>;
+
 /// A session's count of packets; counts its drops.
 struct Count {
     n: u8,
@@ -64,13 +67,7 @@ impl Handler for Counter {
     }
 }
 
-fn start(
-    backend: Backend,
-) -> (
-    Server,
-    Arc<AtomicUsize>,
-    mpsc::Receiver<(SessionId, Option<u8>)>,
-) {
+fn start(backend: Backend) -> (Server, Arc<AtomicUsize>, Closes) {
     let codec = LengthPrefixed::new(SizeField::U8);
     let drops = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = mpsc::channel();
