@@ -2,11 +2,10 @@
 //! counters, the listener, the clock), and the completion keys and per-operation values it
 //! uses. It knows nothing of sessions; `session` builds on it and `server` on both.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
-
-use std::collections::HashMap;
 
 use cport::{Backend, Port, Socket, TimerId};
 use parking_lot::Mutex;

@@ -495,7 +495,9 @@ fn on_accept<H: Handler>(srv: &ServerHandle, handler: &H, c: Completion) {
 /// The session finished closing (`Session::received`): the handler hears of it, then the
 /// slot is freed. The slot (a game's player index) goes to a new session only once
 /// `on_close` has returned (or panicked), so a new session's `on_connect` never precedes it;
-/// the session counts as open until then (so `open == 0` means the table is empty).
+/// the session counts as open until then (so `open == 0` means the table is empty). The
+/// session's state (`Session::set_state`) is dropped then too, whoever still holds the
+/// session.
 fn closed<H: Handler>(srv: &ServerHandle, handler: &H, s: &Session, reason: CloseReason) {
     struct Release<'a>(&'a ServerHandle, &'a Session, &'a CloseReason);
     impl Drop for Release<'_> {
