@@ -62,9 +62,16 @@ struct Inner {
     /// Ends the bus thread when the last `Bus` is dropped.
     _stop: tokio::sync::oneshot::Sender<()>,
     client: async_nats::Client,
-    out: mpsc::UnboundedSender<(String, Bytes)>,
+    out: mpsc::UnboundedSender<Out>,
     seqs: Mutex<HashMap<Source, u64>>,
     counts: Arc<Counts>,
+}
+
+/// What the publishing task is asked to do, in order.
+enum Out {
+    Publish(String, Bytes),
+    /// Answer once everything before has been handed to the server.
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 /// A connection to core NATS.
@@ -102,19 +109,24 @@ impl Bus {
         let client = wait(&handle, timeout, async move { opts.connect(url).await })?
             .map_err(|e| io::Error::other(format!("NATS connect to {}: {e}", cfg.url)))?;
         let rt = handle;
-        let (out, mut rx) = mpsc::unbounded_channel::<(String, Bytes)>();
+        let (out, mut rx) = mpsc::unbounded_channel::<Out>();
         let counts = Arc::new(Counts::default());
         let (c2, k2) = (client.clone(), counts.clone());
         rt.spawn(async move {
-            while let Some((subject, batch)) = rx.recv().await {
-                let n = batch.len() as u64;
-                match c2.publish(subject, batch).await {
-                    Ok(()) => {
-                        k2.msgs_out.fetch_add(1, Relaxed);
-                        k2.bytes_out.fetch_add(n, Relaxed);
+            while let Some(job) = rx.recv().await {
+                match job {
+                    Out::Publish(subject, batch) => {
+                        let n = batch.len() as u64;
+                        if c2.publish(subject, batch).await.is_ok() {
+                            k2.msgs_out.fetch_add(1, Relaxed);
+                            k2.bytes_out.fetch_add(n, Relaxed);
+                        } else {
+                            k2.errors.fetch_add(1, Relaxed);
+                        }
                     }
-                    Err(_) => {
-                        k2.errors.fetch_add(1, Relaxed);
+                    Out::Flush(done) => {
+                        let _ = c2.flush().await;
+                        let _ = done.send(());
                     }
                 }
             }
@@ -159,9 +171,23 @@ impl Bus {
 
     /// Publishes a batch to `to`'s inbox, in order with this thread's other publishes.
     pub fn publish(&self, to: Source, batch: Bytes) {
-        if self.0.out.send((self.subject(to), batch)).is_err() {
+        if self
+            .0
+            .out
+            .send(Out::Publish(self.subject(to), batch))
+            .is_err()
+        {
             self.0.counts.errors.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Waits (at most `timeout`) until everything published so far was handed to the server.
+    pub fn flush(&self, timeout: Duration) -> io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let gone = || io::Error::other("the bus is closed");
+        self.0.out.send(Out::Flush(tx)).map_err(|_| gone())?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the bus did not flush in time"))
     }
 
     /// The counters now.

@@ -16,6 +16,8 @@
 
 mod bus_stand_in;
 mod effects;
+#[cfg(test)]
+mod glue_tests;
 mod ids;
 mod routes;
 #[cfg(test)]
@@ -275,13 +277,9 @@ impl Shared {
             }
         };
         if self.inbox.push(source, payload) {
-            match self.server.get() {
-                Some(s) => {
-                    if let Err(e) = s.post_message(KEY_DRAIN, zone) {
-                        tracing::debug!("drain not posted: {e}");
-                    }
-                }
-                None => unreachable!("the bus is subscribed after the server started"),
+            // The bus is subscribed after the server started: the cell is set.
+            if let Some(Err(e)) = self.server.get().map(|s| s.post_message(KEY_DRAIN, zone)) {
+                tracing::debug!("drain not posted (shutting down): {e}");
             }
         }
     }
@@ -468,11 +466,19 @@ impl Gateway {
     }
 
     /// Graceful shutdown: every client flushed and closed (each close tells its zone
-    /// `Disconnect`), until `deadline`; then what the zones were told is flushed to the bus.
+    /// `Disconnect`), until `deadline`; then what the zones were told is handed to the bus
+    /// server (waiting at least 100 ms for that, even past the deadline).
     pub fn shutdown(mut self, deadline: Duration) -> ShutdownReport {
+        let t0 = Instant::now();
         let report = self.server.take().expect("running").shutdown(deadline);
         for i in 0..usize::from(self.shared.zones) {
             self.shared.outbox.flush(i);
+        }
+        let left = deadline
+            .saturating_sub(t0.elapsed())
+            .max(Duration::from_millis(100));
+        if let Err(e) = self.shared.bus.flush(left) {
+            tracing::warn!("the last batches to the zones may be lost: {e}");
         }
         report
     }

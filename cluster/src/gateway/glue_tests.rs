@@ -1,0 +1,324 @@
+//! The gateway as a whole: a real `nats-server` on a free loopback port, the gateway's
+//! server with a course client on TCP, and two fake zones on the bus that answer by hand.
+//! Skipped (or failed, under `CPORT_REQUIRE_SERVICES`) where `nats-server` is not on `PATH`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cport_mmo::cluster::wire::{read_header, BatchWriter, Msg, Source};
+use cport_mmo::cluster::Layout;
+use cport_mmo_proto::{ClientPacket, Direction, ServerPacket, SizeField};
+
+use super::bus::{Bus, BusConfig};
+use super::{start, GatewayConfig};
+
+const H: SizeField = SizeField::U8;
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A `nats-server` child, killed on drop.
+struct Nats {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nats() -> Option<Nats> {
+    for _ in 0..5 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()?
+            .port();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(_) => {
+                cport_testkit::missing_service("nats-server", "PATH");
+                return None;
+            }
+        };
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = child.try_wait() {
+                break; // lost the port to someone else: try another
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Nats {
+                    child,
+                    url: format!("nats://127.0.0.1:{port}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("nats-server did not start on a free port in 5 tries");
+}
+
+/// A zone played by the test: what the gateway sends it arrives on a channel.
+struct FakeZone {
+    bus: Bus,
+    rx: mpsc::Receiver<Msg>,
+}
+
+impl FakeZone {
+    fn new(url: &str, cluster: &str, n: u16) -> FakeZone {
+        let bus = Bus::connect(
+            BusConfig {
+                url: url.into(),
+                cluster: cluster.into(),
+                me: Source::Zone(n),
+                incarnation: 1,
+            },
+            WAIT,
+        )
+        .expect("zone connects");
+        let (tx, rx) = mpsc::channel();
+        bus.subscribe(move |payload| {
+            let (h, mut r) = read_header(payload).expect("the gateway sends batches");
+            assert_eq!(h.source, Source::Gateway(0));
+            while let Some(m) = r.next() {
+                let _ = tx.send(m.expect("the gateway's entries parse"));
+            }
+        })
+        .expect("zone subscribes");
+        FakeZone { bus, rx }
+    }
+
+    fn send(&self, msgs: &[Msg]) {
+        let to = Source::Gateway(0);
+        let mut w = BatchWriter::new(self.bus.header(to));
+        for m in msgs {
+            w.push(m);
+        }
+        self.bus.publish(to, w.finish());
+    }
+
+    fn recv(&self) -> Msg {
+        self.rx
+            .recv_timeout(WAIT)
+            .expect("a message from the gateway")
+    }
+}
+
+fn mv(t: u32) -> Vec<u8> {
+    ClientPacket::Move {
+        direction: Direction::Down,
+        move_time: t,
+    }
+    .encode(H)
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let until = Instant::now() + WAIT;
+    while !ok() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_client_logs_in_is_routed_handed_off_and_disconnected_through_nats() {
+    let Some(nats) = nats() else { return };
+    let cluster = format!("gwtest{}", std::process::id());
+    let zones = [
+        FakeZone::new(&nats.url, &cluster, 0),
+        FakeZone::new(&nats.url, &cluster, 1),
+    ];
+    let gw = start(GatewayConfig {
+        threads: 2,
+        zones: 2,
+        max_users: 100,
+        nats: nats.url.clone(),
+        cluster: cluster.clone(),
+        ..Default::default()
+    })
+    .expect("gateway starts");
+
+    let mut client = TcpStream::connect(gw.local_addr()).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let name = "alice";
+    let home = &zones[Layout::new(2000, 2).unwrap().home_of(name)];
+    let login = ClientPacket::Login {
+        name: cport_mmo_proto::name(name),
+    };
+    client.write_all(&login.encode(H)).unwrap();
+    client.write_all(&mv(1)).unwrap();
+    client.write_all(&mv(2)).unwrap();
+    let Msg::Login {
+        session,
+        player,
+        name: got,
+    } = home.recv()
+    else {
+        panic!("Login first")
+    };
+    assert_eq!(got, name);
+
+    // Zone 0 places the player: the client gets what the zone sent, byte for byte, and zone
+    // 0 gets Confirm and the held packets in order.
+    let info = ServerPacket::LoginInfo {
+        id: player as i32,
+        hp: 100,
+        max_hp: 100,
+        exp: 0,
+        level: 1,
+        x: 3,
+        y: 4,
+    }
+    .encode(H);
+    zones[0].send(&[
+        Msg::Send {
+            session,
+            bytes: Bytes::from(info.clone()),
+        },
+        Msg::Owned {
+            session,
+            player,
+            epoch: 1,
+        },
+    ]);
+    let mut back = vec![0; info.len()];
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(back, info);
+    assert_eq!(zones[0].recv(), Msg::Confirm { player, epoch: 1 });
+    for t in 1..=2 {
+        let want = Msg::Packet {
+            player,
+            epoch: 1,
+            packet: Bytes::from(mv(t)),
+        };
+        assert_eq!(zones[0].recv(), want);
+    }
+
+    // Zone 0 hands the player to zone 1.
+    zones[0].send(&[Msg::HandoffBegin {
+        session,
+        player,
+        epoch: 1,
+        to: 1,
+    }]);
+    assert_eq!(zones[0].recv(), Msg::Held { player, epoch: 1 });
+    client.write_all(&mv(3)).unwrap();
+    wait_for("the packet held", || gw.stats().routes.held == 1);
+    zones[1].send(&[Msg::Owned {
+        session,
+        player,
+        epoch: 2,
+    }]);
+    assert_eq!(zones[1].recv(), Msg::Confirm { player, epoch: 2 });
+    let want = Msg::Packet {
+        player,
+        epoch: 2,
+        packet: Bytes::from(mv(3)),
+    };
+    assert_eq!(zones[1].recv(), want);
+
+    // Junk on the gateway's subject is counted, not fatal.
+    zones[0]
+        .bus
+        .publish(Source::Gateway(0), Bytes::from_static(b"junk"));
+    let mut foreign = BatchWriter::new(zones[0].bus.header(Source::Gateway(0)));
+    foreign.push(&Msg::SnapshotRequest);
+    let mut v = foreign.finish().to_vec();
+    v[4] = 1; // the sender claims to be a gateway
+    zones[0].bus.publish(Source::Gateway(0), Bytes::from(v));
+    wait_for("junk counted", || {
+        let s = gw.stats();
+        s.malformed_batches == 1 && s.foreign_batches == 1
+    });
+
+    // The client leaves: its owner now, zone 1, is told.
+    drop(client);
+    assert_eq!(zones[1].recv(), Msg::Disconnect { player, epoch: 2 });
+    let s = gw.stats();
+    assert_eq!(
+        (
+            s.routes.logins,
+            s.routes.handoffs_completed,
+            s.routes.routed
+        ),
+        (1, 1, 3)
+    );
+    assert_eq!(s.routes.sessions, 0);
+    assert!(s.bus.msgs_in >= 4 && s.bus.msgs_out >= 4, "{:?}", s.bus);
+    assert!(zones[0].rx.try_recv().is_err(), "nothing else for zone 0");
+
+    // A second client is in the game when the gateway shuts down: its zone is told before
+    // shutdown returns.
+    let mut bob = TcpStream::connect(gw.local_addr()).unwrap();
+    bob.set_read_timeout(Some(WAIT)).unwrap();
+    let login = ClientPacket::Login {
+        name: cport_mmo_proto::name("bob"),
+    };
+    bob.write_all(&login.encode(H)).unwrap();
+    let home = &zones[Layout::new(2000, 2).unwrap().home_of("bob")];
+    let Msg::Login {
+        session, player, ..
+    } = home.recv()
+    else {
+        panic!("Login first")
+    };
+    zones[0].send(&[Msg::Owned {
+        session,
+        player,
+        epoch: 1,
+    }]);
+    assert_eq!(zones[0].recv(), Msg::Confirm { player, epoch: 1 });
+    // The client reads until the server half-closes, then closes its side.
+    let reader = std::thread::spawn(move || bob.read_to_end(&mut Vec::new()));
+    let report = gw.shutdown(Duration::from_secs(5));
+    assert_eq!((report.sessions, report.forced), (1, 0));
+    reader.join().unwrap().unwrap();
+    assert_eq!(zones[0].recv(), Msg::Disconnect { player, epoch: 1 });
+}
+
+#[test]
+fn a_login_no_zone_answers_is_refused_when_its_timer_fires() {
+    let Some(nats) = nats() else { return };
+    let cluster = format!("gwtimer{}", std::process::id());
+    let zone = FakeZone::new(&nats.url, &cluster, 0);
+    let gw = start(GatewayConfig {
+        threads: 2,
+        nats: nats.url.clone(),
+        cluster,
+        login_timeout: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .expect("gateway starts");
+    let mut client = TcpStream::connect(gw.local_addr()).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let t0 = Instant::now();
+    let login = ClientPacket::Login {
+        name: cport_mmo_proto::name("nobody"),
+    };
+    client.write_all(&login.encode(H)).unwrap();
+    assert!(matches!(zone.recv(), Msg::Login { .. }));
+    let mut back = Vec::new();
+    client.read_to_end(&mut back).unwrap();
+    assert_eq!(
+        back,
+        ServerPacket::LoginFail.encode(H),
+        "SC_LOGIN_FAIL, then the end"
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(200));
+    let s = gw.stats();
+    assert_eq!((s.routes.login_timeouts, s.routes.login_fails), (1, 1));
+    drop(client);
+    wait_for("the session closed", || gw.stats().routes.sessions == 0);
+    assert_eq!(gw.shutdown(Duration::from_secs(1)).sessions, 0);
+}
