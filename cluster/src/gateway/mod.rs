@@ -166,13 +166,20 @@ impl Junk {
 struct Shared {
     routes: Mutex<Routes<Session>>,
     outbox: bus::Outbox,
-    inbox: bus::Inbox<Bytes>,
     bus: bus::Bus,
-    /// The server, once a handler call has seen it (the outbox's schedule posts to it).
-    server: Arc<OnceLock<ServerHandle>>,
-    zones: u16,
+    intake: Arc<Intake>,
     /// Each zone's last (incarnation, seq), to count lost batches.
     seqs: Mutex<Vec<Option<(u32, u64)>>>,
+}
+
+/// What the bus's subscription needs: it lives on the bus's runtime, so it holds no `Bus`
+/// (a clone there would keep the bus from ever being dropped).
+struct Intake {
+    inbox: bus::Inbox<Bytes>,
+    /// The server, once a handler call has seen it (the outbox's schedule and the intake post
+    /// to it).
+    server: Arc<OnceLock<ServerHandle>>,
+    zones: u16,
     junk: Junk,
 }
 
@@ -212,7 +219,7 @@ impl Effects<Session> for Fx<'_> {
 
 impl Shared {
     fn fx<'a>(&'a self, server: &'a ServerHandle) -> Fx<'a> {
-        let _ = self.server.set(server.clone());
+        let _ = self.intake.server.set(server.clone());
         Fx {
             outbox: &self.outbox,
             server,
@@ -225,8 +232,8 @@ impl Shared {
             Ok(x) => x,
             Err(e) => {
                 // Checked on the bus thread already; kept for safety.
-                self.junk.batches.fetch_add(1, Relaxed);
-                return self.junk.log(format_args!("{e}"));
+                self.intake.junk.batches.fetch_add(1, Relaxed);
+                return self.intake.junk.log(format_args!("{e}"));
             }
         };
         {
@@ -234,7 +241,7 @@ impl Shared {
             let last = &mut seqs[usize::from(zone)];
             if let Some((inc, seq)) = *last {
                 if inc == h.incarnation && h.seq > seq + 1 {
-                    self.junk.lost.fetch_add(h.seq - seq - 1, Relaxed);
+                    self.intake.junk.lost.fetch_add(h.seq - seq - 1, Relaxed);
                 }
             }
             *last = Some((h.incarnation, h.seq));
@@ -246,17 +253,22 @@ impl Shared {
             match m {
                 Ok(m) => routes.on_bus(zone, m, now, &mut fx),
                 Err(e) => {
-                    self.junk.entries.fetch_add(1, Relaxed);
-                    self.junk.log(format_args!("zone {zone}: {e}"));
+                    self.intake.junk.entries.fetch_add(1, Relaxed);
+                    self.intake.junk.log(format_args!("zone {zone}: {e}"));
                 }
             }
         }
         drop(routes);
         if r.unknown > 0 {
-            self.junk.unknown.fetch_add(r.unknown as u64, Relaxed);
+            self.intake
+                .junk
+                .unknown
+                .fetch_add(r.unknown as u64, Relaxed);
         }
     }
+}
 
+impl Intake {
     /// A bus message, on the bus thread: checked, queued for its zone, and a drain posted
     /// when the zone's queue was idle.
     fn deliver(&self, payload: Bytes) {
@@ -289,11 +301,11 @@ struct GatewayHandler(Arc<Shared>);
 
 impl Handler for GatewayHandler {
     fn on_start(&self, server: &ServerHandle) {
-        let _ = self.0.server.set(server.clone());
+        let _ = self.0.intake.server.set(server.clone());
     }
 
     fn on_connect(&self, session: &Session) {
-        let _ = self.0.server.set(session.server());
+        let _ = self.0.intake.server.set(session.server());
         self.0
             .routes
             .lock()
@@ -336,7 +348,7 @@ impl Handler for GatewayHandler {
             return;
         }
         if let Ok(zone) = message.downcast::<u16>() {
-            self.0.inbox.drain(Source::Zone(zone), |batch| {
+            self.0.intake.inbox.drain(Source::Zone(zone), |batch| {
                 self.0.on_batch(server, zone, batch)
             });
         }
@@ -401,12 +413,14 @@ pub fn start(cfg: GatewayConfig) -> io::Result<Gateway> {
     let shared = Arc::new(Shared {
         routes: Mutex::new(Routes::new(settings, ids)),
         outbox,
-        inbox: bus::Inbox::new(),
         bus: bus.clone(),
-        server: server_cell,
-        zones: cfg.zones as u16,
+        intake: Arc::new(Intake {
+            inbox: bus::Inbox::new(),
+            server: server_cell,
+            zones: cfg.zones as u16,
+            junk: Junk::default(),
+        }),
         seqs: Mutex::new(vec![None; cfg.zones]),
-        junk: Junk::default(),
     });
     let scfg = cport_server::Config {
         addr: cfg.addr,
@@ -422,9 +436,9 @@ pub fn start(cfg: GatewayConfig) -> io::Result<Gateway> {
     let codec = LengthPrefixed::new(cfg.header)
         .max_packet(cport_mmo_proto::header_len(cfg.header) + cport_mmo_proto::CHAT_SIZE);
     let server = Server::start(scfg, codec, GatewayHandler(shared.clone()))?;
-    let _ = shared.server.set(server.handle());
-    let s2 = shared.clone();
-    bus.subscribe(move |payload| s2.deliver(payload))?;
+    let _ = shared.intake.server.set(server.handle());
+    let intake = shared.intake.clone();
+    bus.subscribe(move |payload| intake.deliver(payload))?;
     tracing::info!(
         "gateway {} of {}: {} zones, player ids {:?}, bus {} ({})",
         cfg.me,
@@ -456,11 +470,11 @@ impl Gateway {
         let s = &self.shared;
         GatewayStats {
             routes: s.routes.lock().counters(),
-            malformed_batches: s.junk.batches.load(Relaxed),
-            malformed_entries: s.junk.entries.load(Relaxed),
-            unknown_entries: s.junk.unknown.load(Relaxed),
-            foreign_batches: s.junk.foreign.load(Relaxed),
-            lost_batches: s.junk.lost.load(Relaxed),
+            malformed_batches: s.intake.junk.batches.load(Relaxed),
+            malformed_entries: s.intake.junk.entries.load(Relaxed),
+            unknown_entries: s.intake.junk.unknown.load(Relaxed),
+            foreign_batches: s.intake.junk.foreign.load(Relaxed),
+            lost_batches: s.intake.junk.lost.load(Relaxed),
             bus: s.bus.counters(),
         }
     }
@@ -471,7 +485,7 @@ impl Gateway {
     pub fn shutdown(mut self, deadline: Duration) -> ShutdownReport {
         let t0 = Instant::now();
         let report = self.server.take().expect("running").shutdown(deadline);
-        for i in 0..usize::from(self.shared.zones) {
+        for i in 0..usize::from(self.shared.intake.zones) {
             self.shared.outbox.flush(i);
         }
         let left = deadline
