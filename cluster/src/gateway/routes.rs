@@ -169,7 +169,9 @@ impl<S: Clone> Routes<S> {
     /// A client connected.
     pub fn on_connect(&mut self, session: u64, conn: S) {
         self.counters.sessions += 1;
-        self.sessions.insert(
+        // Session ids are not reused (the server layer's generations), but were one to be,
+        // the counters stay true.
+        let old = self.sessions.insert(
             session,
             Sess {
                 conn: Some(conn),
@@ -182,6 +184,42 @@ impl<S: Clone> Routes<S> {
                 serial: 0,
             },
         );
+        if let Some(old) = old {
+            self.counters.held -= old.held.len() as u64;
+            if old.conn.is_some() {
+                self.counters.sessions -= 1;
+            }
+        }
+    }
+
+    /// Checks the state's invariants (tests): the counters match the sessions, and each
+    /// phase has what it needs.
+    #[cfg(test)]
+    pub fn check(&self) -> Result<(), String> {
+        let open = self.sessions.values().filter(|s| s.conn.is_some()).count() as u64;
+        let held: u64 = self.sessions.values().map(|s| s.held.len() as u64).sum();
+        if (open, held) != (self.counters.sessions, self.counters.held) {
+            return Err(format!(
+                "{open} open and {held} held, counted {} and {}",
+                self.counters.sessions, self.counters.held
+            ));
+        }
+        for (id, s) in &self.sessions {
+            let holding = matches!(s.phase, Phase::Login | Phase::Handoff { .. });
+            if s.phase != Phase::New && s.player.is_none() {
+                return Err(format!("session {id} in {:?} without a player", s.phase));
+            }
+            if !holding && !s.held.is_empty() {
+                return Err(format!("session {id} holds packets in {:?}", s.phase));
+            }
+            if s.held.len() > MAX_HELD {
+                return Err(format!("session {id} holds {}", s.held.len()));
+            }
+            if s.conn.is_none() && !matches!(s.phase, Phase::Handoff { .. }) {
+                return Err(format!("a closed session {id} kept in {:?}", s.phase));
+            }
+        }
+        Ok(())
     }
 
     /// One framed packet of a client.
