@@ -335,8 +335,9 @@ impl<S: Clone> Routes<S> {
         };
         self.ids.free(player, now);
         match s.phase {
-            Phase::New => unreachable!("a player id is taken at login"),
-            Phase::Login => self.bury(session, player, false, now),
+            // No zone was told of the player yet: a late `Owned` is answered `Disconnect`.
+            // (`New` has no player: listed for completeness.)
+            Phase::New | Phase::Login => self.bury(session, player, false, now),
             Phase::Released => self.bury(session, player, true, now),
             Phase::Routed => {
                 self.disconnect(fx, s.route, player, s.epoch);
