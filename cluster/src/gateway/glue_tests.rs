@@ -322,3 +322,116 @@ fn a_login_no_zone_answers_is_refused_when_its_timer_fires() {
     wait_for("the session closed", || gw.stats().routes.sessions == 0);
     assert_eq!(gw.shutdown(Duration::from_secs(1)).sessions, 0);
 }
+
+#[test]
+fn many_clients_packets_reach_the_zone_and_come_back_in_order() {
+    const CLIENTS: usize = 40;
+    const MOVES: u32 = 25;
+    let Some(nats) = nats() else { return };
+    let cluster = format!("gwload{}", std::process::id());
+    let zone = FakeZone::new(&nats.url, &cluster, 0);
+    let gw = start(GatewayConfig {
+        threads: 2,
+        max_users: 1000,
+        nats: nats.url.clone(),
+        cluster,
+        ..Default::default()
+    })
+    .expect("gateway starts");
+    // Every client logs in and sends all its moves at once: most are held until the zone's
+    // `Owned`, the rest routed after it; either way they must arrive in order.
+    let mut clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|i| {
+            let mut c = TcpStream::connect(gw.local_addr()).unwrap();
+            c.set_read_timeout(Some(WAIT)).unwrap();
+            let mut out = ClientPacket::Login {
+                name: cport_mmo_proto::name(&format!("load{i}")),
+            }
+            .encode(H);
+            for t in 0..MOVES {
+                out.extend_from_slice(&mv(t));
+            }
+            c.write_all(&out).unwrap();
+            c
+        })
+        .collect();
+    // The zone: takes each login, then echoes each move back to its client as the mover's
+    // own SC_MOVE_OBJECT, checking that each player's moves come in order after `Confirm`.
+    let mut session_of = std::collections::HashMap::new();
+    let mut next = std::collections::HashMap::new();
+    let mut done = 0;
+    let until = Instant::now() + WAIT;
+    while done < CLIENTS {
+        assert!(
+            Instant::now() < until,
+            "{done} of {CLIENTS} clients finished"
+        );
+        match zone.recv() {
+            Msg::Login {
+                session, player, ..
+            } => {
+                session_of.insert(player, session);
+                zone.send(&[Msg::Owned {
+                    session,
+                    player,
+                    epoch: 1,
+                }]);
+            }
+            Msg::Confirm { player, epoch: 1 } => {
+                assert!(next.insert(player, 0u32).is_none(), "one Confirm");
+            }
+            Msg::Packet {
+                player,
+                epoch: 1,
+                packet,
+            } => {
+                let want = next.get_mut(&player).expect("Confirm before packets");
+                let Ok(ClientPacket::Move { move_time, .. }) = ClientPacket::decode(&packet, H)
+                else {
+                    panic!("a move")
+                };
+                assert_eq!(move_time, *want, "player {player}'s moves in order");
+                *want += 1;
+                let echo = ServerPacket::MoveObject {
+                    id: player as i32,
+                    x: 0,
+                    y: 0,
+                    move_time,
+                }
+                .encode(H);
+                zone.send(&[Msg::Send {
+                    session: session_of[&player],
+                    bytes: Bytes::from(echo),
+                }]);
+                if *want == MOVES {
+                    done += 1;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for c in &mut clients {
+        for t in 0..MOVES {
+            let mut p = [0u8; 14];
+            c.read_exact(&mut p).unwrap();
+            let Ok(ServerPacket::MoveObject { move_time, .. }) = ServerPacket::decode(&p, H) else {
+                panic!("SC_MOVE_OBJECT")
+            };
+            assert_eq!(move_time, t, "the echoes come back in order");
+        }
+    }
+    let s = gw.stats();
+    assert_eq!(s.routes.routed, CLIENTS as u64 * u64::from(MOVES));
+    assert_eq!((s.routes.logins, s.routes.held), (CLIENTS as u64, 0));
+    // Batching: far fewer bus messages than the entries they carried (at worst one for the
+    // logins and one per `Owned` answered: `Confirm` and the held packets go together).
+    let entries = CLIENTS as u64 * (u64::from(MOVES) + 2);
+    assert!(
+        s.bus.msgs_out * 10 < entries,
+        "{entries} entries in {:?}",
+        s.bus
+    );
+    drop(clients);
+    wait_for("every session closed", || gw.stats().routes.sessions == 0);
+    gw.shutdown(Duration::from_secs(1));
+}
