@@ -13,7 +13,8 @@
 //! - `HandoffBegin` from the route zone at the current epoch holds the session and is
 //!   answered `Held` (after every packet already sent to that zone: same outbox, same order).
 //!   `HandoffCancel` releases the held packets back to it (`Confirm` first); a cancel that
-//!   comes after the hand-off completed is answered `Revoke`.
+//!   comes after the hand-off completed (or after the client left and the zone that took it
+//!   was told `Disconnect`) is answered `Revoke`.
 //! - A hand-off that is not resolved within the timeout closes the client and tells the
 //!   route zone `Disconnect`.
 //! - A client that closes: `Disconnect` to its owner; mid-hand-off, to whichever zone the
@@ -618,8 +619,11 @@ impl<S: Clone> Routes<S> {
         fx: &mut impl Effects<S>,
     ) {
         let Some(s) = self.sessions.get_mut(&session) else {
+            // The client is gone and its hand-off resolved elsewhere (the zone that took it
+            // was told `Disconnect`), or long ago: the sender, which still thinks it keeps
+            // the player, must drop it without writing.
             self.counters.unknown_session += 1;
-            return;
+            return self.revoke(fx, zone, player, epoch);
         };
         if s.player != Some(player) {
             self.counters.stale += 1;

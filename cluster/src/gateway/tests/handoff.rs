@@ -277,6 +277,23 @@ fn a_close_mid_hand_off_disconnects_the_zone_it_resolves_to() {
             }
         )]
     );
+    // The old zone, which timed out waiting for the new one's ack, cancels: it is refused.
+    let cancel = Msg::HandoffCancel {
+        session: 5,
+        player: p,
+        epoch: 1,
+    };
+    r.on_bus(0, cancel, now, &mut fx);
+    assert_eq!(
+        fx.take_zone(),
+        vec![(
+            0,
+            Msg::Revoke {
+                player: p,
+                epoch: 1
+            }
+        )]
+    );
 
     // Resolved by `HandoffCancel`: the old zone.
     let (mut r, mut fx) = (routes(), Rec::default());
