@@ -114,14 +114,18 @@ struct Sess<S> {
     epoch: u32,
     held: Vec<Bytes>,
     serial: u32,
+    /// The zone and epoch told `Disconnect` (phase `Released`).
+    told: Option<(u16, u32)>,
 }
 
-/// A session that is gone: whether a zone has been told to remove its player, so that a late
-/// `Owned` is answered `Revoke` (a zone was told) or `Disconnect` (none was).
+/// A session that is gone, remembered for a quarantine's time: which zone, if any, was told
+/// to remove its player. A late `Owned` is answered `Revoke` if one was (`Disconnect` if
+/// none); a late `HandoffCancel` is answered `Disconnect` again if it comes from that zone at
+/// that epoch (it may have ignored the first while its hand-off was under way), else `Revoke`.
 #[derive(Debug, Clone, Copy)]
 struct Gone {
     player: u32,
-    released: bool,
+    told: Option<(u16, u32)>,
 }
 
 /// The gateway's routing state, generic over the client handle `S` (the server layer's
@@ -183,6 +187,7 @@ impl<S: Clone> Routes<S> {
                 epoch: 0,
                 held: Vec::new(),
                 serial: 0,
+                told: None,
             },
         );
         if let Some(old) = old {
@@ -338,11 +343,11 @@ impl<S: Clone> Routes<S> {
         match s.phase {
             // No zone was told of the player yet: a late `Owned` is answered `Disconnect`.
             // (`New` has no player: listed for completeness.)
-            Phase::New | Phase::Login => self.bury(session, player, false, now),
-            Phase::Released => self.bury(session, player, true, now),
+            Phase::New | Phase::Login => self.bury(session, player, None, now),
+            Phase::Released => self.bury(session, player, s.told, now),
             Phase::Routed => {
                 self.disconnect(fx, s.route, player, s.epoch);
-                self.bury(session, player, true, now);
+                self.bury(session, player, Some((s.route, s.epoch)), now);
             }
             Phase::Handoff { .. } => {
                 // Whoever the hand-off resolves to is told (see `owned`, `cancel`, the timer).
@@ -438,8 +443,7 @@ impl<S: Clone> Routes<S> {
                     let why = format!("hand-off to zone {to} timed out");
                     fx.close(&conn, Closing::Abort(why));
                 }
-                self.release(t.session, now);
-                self.disconnect(fx, route, player, epoch);
+                self.release(t.session, route, epoch, now, fx);
             }
             _ => {}
         }
@@ -460,25 +464,35 @@ impl<S: Clone> Routes<S> {
         fx.zone(zone, Msg::Revoke { player, epoch });
     }
 
-    /// No zone owns the session's player any more (one is being told `Disconnect`): drops
-    /// what was held, and forgets a client that already closed.
-    fn release(&mut self, session: u64, now: Instant) {
+    /// The client is gone or going: `zone` is told `Disconnect` at `epoch` (it saves and
+    /// removes the player) and no zone owns the player for this session any more. Drops what
+    /// was held, and forgets a client that already closed.
+    fn release(
+        &mut self,
+        session: u64,
+        zone: u16,
+        epoch: u32,
+        now: Instant,
+        fx: &mut impl Effects<S>,
+    ) {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
+        let player = s.player.expect("a released session has a player");
         self.counters.held -= s.held.len() as u64;
         s.held.clear();
         s.phase = Phase::Released;
+        s.told = Some((zone, epoch));
         if s.conn.is_none() {
-            let player = s.player.expect("a zombie has a player");
             self.sessions.remove(&session);
-            self.bury(session, player, true, now);
+            self.bury(session, player, Some((zone, epoch)), now);
         }
+        self.disconnect(fx, zone, player, epoch);
     }
 
-    /// Remembers a closed session for a quarantine's time, for late `Owned`s.
-    fn bury(&mut self, session: u64, player: u32, released: bool, now: Instant) {
-        self.gone.insert(session, Gone { player, released });
+    /// Remembers a closed session for a quarantine's time, for late `Owned`s and cancels.
+    fn bury(&mut self, session: u64, player: u32, told: Option<(u16, u32)>, now: Instant) {
+        self.gone.insert(session, Gone { player, told });
         self.gone_order.push_back((now, session));
     }
 
@@ -505,16 +519,12 @@ impl<S: Clone> Routes<S> {
         let Some(s) = self.sessions.get_mut(&session) else {
             // The client has gone: tell the zone to remove the player, unless some zone was
             // already told (then this claim is simply refused).
-            match self.gone.get(&session) {
-                Some(g) if g.player == player && g.released => self.revoke(fx, zone, player, epoch),
+            match self.gone.get_mut(&session) {
+                Some(g) if g.player == player && g.told.is_some() => {
+                    self.revoke(fx, zone, player, epoch)
+                }
                 Some(g) if g.player == player => {
-                    self.gone.insert(
-                        session,
-                        Gone {
-                            player,
-                            released: true,
-                        },
-                    );
+                    g.told = Some((zone, epoch));
                     self.disconnect(fx, zone, player, epoch);
                 }
                 _ => {
@@ -533,8 +543,7 @@ impl<S: Clone> Routes<S> {
         let login = s.phase == Phase::Login;
         if s.conn.is_none() || s.closing {
             // The client closed (or is closing) while held: the new owner removes it.
-            self.release(session, now);
-            return self.disconnect(fx, zone, player, epoch);
+            return self.release(session, zone, epoch, now, fx);
         }
         self.counters.held -= s.held.len() as u64;
         s.route = zone;
@@ -618,12 +627,27 @@ impl<S: Clone> Routes<S> {
         now: Instant,
         fx: &mut impl Effects<S>,
     ) {
+        // The sender believes it keeps the player at `epoch`. If the client is gone (or
+        // going) and a zone was told to remove the player: the sender, if it is that zone at
+        // that epoch, is told again (it may have ignored the first while handing off); any
+        // other must drop the player without writing.
+        let told = match self.sessions.get(&session) {
+            Some(s) if s.phase == Phase::Released && s.player == Some(player) => Some(s.told),
+            Some(_) => None,
+            None => {
+                self.counters.unknown_session += 1;
+                Some(self.gone.get(&session).and_then(|g| g.told))
+            }
+        };
+        if let Some(told) = told {
+            return if told == Some((zone, epoch)) {
+                self.disconnect(fx, zone, player, epoch)
+            } else {
+                self.revoke(fx, zone, player, epoch)
+            };
+        }
         let Some(s) = self.sessions.get_mut(&session) else {
-            // The client is gone and its hand-off resolved elsewhere (the zone that took it
-            // was told `Disconnect`), or long ago: the sender, which still thinks it keeps
-            // the player, must drop it without writing.
-            self.counters.unknown_session += 1;
-            return self.revoke(fx, zone, player, epoch);
+            return;
         };
         if s.player != Some(player) {
             self.counters.stale += 1;
@@ -640,8 +664,7 @@ impl<S: Clone> Routes<S> {
         }
         self.counters.handoffs_cancelled += 1;
         if s.conn.is_none() || s.closing {
-            self.release(session, now);
-            return self.disconnect(fx, zone, player, epoch);
+            return self.release(session, zone, epoch, now, fx);
         }
         self.counters.held -= s.held.len() as u64;
         s.phase = Phase::Routed;

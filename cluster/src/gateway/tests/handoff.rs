@@ -402,4 +402,34 @@ fn a_hand_off_that_times_out_closes_the_client_and_disconnects_the_route_zone() 
     );
     r.on_close(5, now, &mut fx);
     assert!(fx.zone.is_empty(), "no second Disconnect");
+    // The old zone had sent its state to zone 0 (so it ignored the Disconnect), then gave
+    // up waiting and cancels: it keeps the player again, so it is told again.
+    let cancel = |zone| Msg::HandoffCancel {
+        session: 5,
+        player: p,
+        epoch: if zone == 1 { 1 } else { 2 },
+    };
+    r.on_bus(1, cancel(1), now, &mut fx);
+    assert_eq!(
+        fx.take_zone(),
+        vec![(
+            1,
+            Msg::Disconnect {
+                player: p,
+                epoch: 1
+            }
+        )]
+    );
+    // Any other zone's cancel is refused.
+    r.on_bus(0, cancel(0), now, &mut fx);
+    assert_eq!(
+        fx.take_zone(),
+        vec![(
+            0,
+            Msg::Revoke {
+                player: p,
+                epoch: 2
+            }
+        )]
+    );
 }

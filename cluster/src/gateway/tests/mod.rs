@@ -13,6 +13,7 @@ use cport_mmo_proto::{ClientPacket, Direction, SizeField};
 
 mod handoff;
 mod login;
+mod ownership;
 mod random;
 
 use super::{Closing, Effects, Ids, Routes, Settings, Timer, TimerKind};
