@@ -31,6 +31,9 @@ use cport_mmo_proto::{ClientPacket, ServerPacket, SizeField};
 use super::effects::{Closing, Effects, Timer, TimerKind};
 use super::ids::{Ids, QUARANTINE};
 
+#[cfg(test)]
+mod check;
+
 /// Most packets held for a session while a login or a hand-off is under way; one more
 /// closes the session (the single server's limit while a login loads).
 pub const MAX_HELD: usize = 64;
@@ -196,36 +199,6 @@ impl<S: Clone> Routes<S> {
                 self.counters.sessions -= 1;
             }
         }
-    }
-
-    /// Checks the state's invariants (tests): the counters match the sessions, and each
-    /// phase has what it needs.
-    #[cfg(test)]
-    pub fn check(&self) -> Result<(), String> {
-        let open = self.sessions.values().filter(|s| s.conn.is_some()).count() as u64;
-        let held: u64 = self.sessions.values().map(|s| s.held.len() as u64).sum();
-        if (open, held) != (self.counters.sessions, self.counters.held) {
-            return Err(format!(
-                "{open} open and {held} held, counted {} and {}",
-                self.counters.sessions, self.counters.held
-            ));
-        }
-        for (id, s) in &self.sessions {
-            let holding = matches!(s.phase, Phase::Login | Phase::Handoff { .. });
-            if s.phase != Phase::New && s.player.is_none() {
-                return Err(format!("session {id} in {:?} without a player", s.phase));
-            }
-            if !holding && !s.held.is_empty() {
-                return Err(format!("session {id} holds packets in {:?}", s.phase));
-            }
-            if s.held.len() > MAX_HELD {
-                return Err(format!("session {id} holds {}", s.held.len()));
-            }
-            if s.conn.is_none() && !matches!(s.phase, Phase::Handoff { .. }) {
-                return Err(format!("a closed session {id} kept in {:?}", s.phase));
-            }
-        }
-        Ok(())
     }
 
     /// One framed packet of a client.
