@@ -16,9 +16,10 @@
 //!   comes after the hand-off completed (or after the client left and the zone that took it
 //!   was told `Disconnect`) is answered `Revoke`.
 //! - A hand-off that is not resolved within the timeout closes the client and tells the
-//!   route zone `Disconnect`.
+//!   route zone `Disconnect`; if that zone cancels afterwards (it had sent the player's state
+//!   on and ignored the `Disconnect`, then gave up waiting), it is told again.
 //! - A client that closes: `Disconnect` to its owner; mid-hand-off, to whichever zone the
-//!   hand-off resolves to.
+//!   hand-off resolves to. One zone, at one epoch, is told; any other claim is `Revoke`d.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
