@@ -435,3 +435,42 @@ fn many_clients_packets_reach_the_zone_and_come_back_in_order() {
     wait_for("every session closed", || gw.stats().routes.sessions == 0);
     gw.shutdown(Duration::from_secs(1));
 }
+
+#[test]
+fn a_gateway_dropped_without_shutdown_still_tells_the_zones() {
+    let Some(nats) = nats() else { return };
+    let cluster = format!("gwdrop{}", std::process::id());
+    let zone = FakeZone::new(&nats.url, &cluster, 0);
+    let gw = start(GatewayConfig {
+        threads: 2,
+        nats: nats.url.clone(),
+        cluster,
+        ..Default::default()
+    })
+    .expect("gateway starts");
+    let mut client = TcpStream::connect(gw.local_addr()).unwrap();
+    let login = ClientPacket::Login {
+        name: cport_mmo_proto::name("dropped"),
+    };
+    client.write_all(&login.encode(H)).unwrap();
+    let Msg::Login {
+        session, player, ..
+    } = zone.recv()
+    else {
+        panic!("Login first")
+    };
+    zone.send(&[Msg::Owned {
+        session,
+        player,
+        epoch: 1,
+    }]);
+    assert_eq!(zone.recv(), Msg::Confirm { player, epoch: 1 });
+    drop(gw);
+    assert_eq!(zone.recv(), Msg::Disconnect { player, epoch: 1 });
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(
+        client.read(&mut [0u8; 1]).unwrap_or(0),
+        0,
+        "the client was closed"
+    );
+}

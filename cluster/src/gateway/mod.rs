@@ -485,15 +485,34 @@ impl Gateway {
     pub fn shutdown(mut self, deadline: Duration) -> ShutdownReport {
         let t0 = Instant::now();
         let report = self.server.take().expect("running").shutdown(deadline);
-        for i in 0..usize::from(self.shared.intake.zones) {
-            self.shared.outbox.flush(i);
+        let left = deadline.saturating_sub(t0.elapsed());
+        self.shared
+            .flush_to_zones(left.max(Duration::from_millis(100)));
+        report
+    }
+}
+
+impl Drop for Gateway {
+    /// Stops at once (see [`Server`]'s drop: every client closed without a flush), then hands
+    /// what the zones were told (each close's `Disconnect`) to the bus, waiting at most
+    /// 100 ms.
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            drop(server);
+            self.shared.flush_to_zones(Duration::from_millis(100));
         }
-        let left = deadline
-            .saturating_sub(t0.elapsed())
-            .max(Duration::from_millis(100));
-        if let Err(e) = self.shared.bus.flush(left) {
+    }
+}
+
+impl Shared {
+    /// Publishes every zone's open batch and waits until the bus has handed them to the
+    /// server (the workers have stopped: nobody else flushes now).
+    fn flush_to_zones(&self, timeout: Duration) {
+        for i in 0..usize::from(self.intake.zones) {
+            self.outbox.flush(i);
+        }
+        if let Err(e) = self.bus.flush(timeout) {
             tracing::warn!("the last batches to the zones may be lost: {e}");
         }
-        report
     }
 }
