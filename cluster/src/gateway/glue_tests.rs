@@ -1,10 +1,10 @@
-//! The gateway as a whole: a real `nats-server` on a free loopback port, the gateway's
-//! server with a course client on TCP, and two fake zones on the bus that answer by hand.
-//! Skipped (or failed, under `CPORT_REQUIRE_SERVICES`) where `nats-server` is not on `PATH`.
+//! The gateway as a whole: a real `nats-server` on a free loopback port
+//! ([`cport_testkit::nats`]: skipped, or failed under `scripts/test`, where there is none),
+//! the gateway's server with course clients on TCP, and fake zones on the bus that answer by
+//! hand.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -13,61 +13,12 @@ use cport_mmo::cluster::wire::{read_header, BatchWriter, Msg, Source};
 use cport_mmo::cluster::Layout;
 use cport_mmo_proto::{ClientPacket, Direction, ServerPacket, SizeField};
 
-use super::bus::{Bus, BusConfig};
 use super::{start, GatewayConfig};
+use crate::bus::{Bus, BusConfig};
+use cport_testkit::nats::nats_server;
 
 const H: SizeField = SizeField::U8;
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A `nats-server` child, killed on drop.
-struct Nats {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nats() -> Option<Nats> {
-    for _ in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .ok()?
-            .port();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let mut child = match child {
-            Ok(c) => c,
-            Err(_) => {
-                cport_testkit::missing_service("nats-server", "PATH");
-                return None;
-            }
-        };
-        let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = child.try_wait() {
-                break; // lost the port to someone else: try another
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Nats {
-                    child,
-                    url: format!("nats://127.0.0.1:{port}"),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    panic!("nats-server did not start on a free port in 5 tries");
-}
 
 /// A zone played by the test: what the gateway sends it arrives on a channel.
 struct FakeZone {
@@ -133,7 +84,7 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn a_client_logs_in_is_routed_handed_off_and_disconnected_through_nats() {
-    let Some(nats) = nats() else { return };
+    let Some(nats) = nats_server() else { return };
     let cluster = format!("gwtest{}", std::process::id());
     let zones = [
         FakeZone::new(&nats.url, &cluster, 0),
@@ -289,7 +240,7 @@ fn a_client_logs_in_is_routed_handed_off_and_disconnected_through_nats() {
 
 #[test]
 fn a_login_no_zone_answers_is_refused_when_its_timer_fires() {
-    let Some(nats) = nats() else { return };
+    let Some(nats) = nats_server() else { return };
     let cluster = format!("gwtimer{}", std::process::id());
     let zone = FakeZone::new(&nats.url, &cluster, 0);
     let gw = start(GatewayConfig {
@@ -325,9 +276,11 @@ fn a_login_no_zone_answers_is_refused_when_its_timer_fires() {
 
 #[test]
 fn many_clients_packets_reach_the_zone_and_come_back_in_order() {
+    // (How many entries share a NATS message depends on timing: the bus's own tests hold
+    // the outbox's batching to account; this one holds the gateway to order and completeness.)
     const CLIENTS: usize = 40;
     const MOVES: u32 = 25;
-    let Some(nats) = nats() else { return };
+    let Some(nats) = nats_server() else { return };
     let cluster = format!("gwload{}", std::process::id());
     let zone = FakeZone::new(&nats.url, &cluster, 0);
     let gw = start(GatewayConfig {
@@ -423,14 +376,6 @@ fn many_clients_packets_reach_the_zone_and_come_back_in_order() {
     let s = gw.stats();
     assert_eq!(s.routes.routed, CLIENTS as u64 * u64::from(MOVES));
     assert_eq!((s.routes.logins, s.routes.held), (CLIENTS as u64, 0));
-    // Batching: far fewer bus messages than the entries they carried (at worst one for the
-    // logins and one per `Owned` answered: `Confirm` and the held packets go together).
-    let entries = CLIENTS as u64 * (u64::from(MOVES) + 2);
-    assert!(
-        s.bus.msgs_out * 10 < entries,
-        "{entries} entries in {:?}",
-        s.bus
-    );
     drop(clients);
     wait_for("every session closed", || gw.stats().routes.sessions == 0);
     gw.shutdown(Duration::from_secs(1));
@@ -438,7 +383,7 @@ fn many_clients_packets_reach_the_zone_and_come_back_in_order() {
 
 #[test]
 fn a_gateway_dropped_without_shutdown_still_tells_the_zones() {
-    let Some(nats) = nats() else { return };
+    let Some(nats) = nats_server() else { return };
     let cluster = format!("gwdrop{}", std::process::id());
     let zone = FakeZone::new(&nats.url, &cluster, 0);
     let gw = start(GatewayConfig {

@@ -14,7 +14,6 @@
 //! then `Held` for a hand-off) reach the zone in the order they were made. The lock is held
 //! for a few map look-ups and queue pushes, never for I/O.
 
-mod bus_stand_in;
 mod effects;
 #[cfg(test)]
 mod glue_tests;
@@ -39,10 +38,9 @@ use cport_server::{
 };
 use parking_lot::Mutex;
 
-// Until the bus branch is merged: the stand-in has the bus's names and signatures.
-use bus_stand_in as bus;
+use crate::bus;
 
-pub use bus::BusCounters;
+pub use crate::bus::BusCounters;
 pub use effects::{Closing, Effects, Timer, TimerKind};
 pub use ids::{Ids, QUARANTINE};
 pub use routes::{Counters, Routes, Settings, MAX_HELD};
