@@ -258,7 +258,9 @@ fn a_login_no_zone_answers_is_refused_when_its_timer_fires() {
         name: cport_mmo_proto::name("nobody"),
     };
     client.write_all(&login.encode(H)).unwrap();
-    assert!(matches!(zone.recv(), Msg::Login { .. }));
+    let Msg::Login { player, .. } = zone.recv() else {
+        panic!("Login first")
+    };
     let mut back = Vec::new();
     client.read_to_end(&mut back).unwrap();
     assert_eq!(
@@ -270,6 +272,8 @@ fn a_login_no_zone_answers_is_refused_when_its_timer_fires() {
     let s = gw.stats();
     assert_eq!((s.routes.login_timeouts, s.routes.login_fails), (1, 1));
     drop(client);
+    // The home zone is told the login was given up (it frees the name).
+    assert_eq!(zone.recv(), Msg::Disconnect { player, epoch: 0 });
     wait_for("the session closed", || gw.stats().routes.sessions == 0);
     assert_eq!(gw.shutdown(Duration::from_secs(1)).sessions, 0);
 }

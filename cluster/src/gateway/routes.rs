@@ -20,6 +20,8 @@
 //!   on and ignored the `Disconnect`, then gave up waiting), it is told again.
 //! - A client that closes: `Disconnect` to its owner; mid-hand-off, to whichever zone the
 //!   hand-off resolves to. One zone, at one epoch, is told; any other claim is `Revoke`d.
+//!   Before any zone took it (a login given up): `Disconnect` at epoch 0 to the name's home
+//!   zone, which frees the name.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -250,6 +252,8 @@ impl<S: Clone> Routes<S> {
                 s.epoch = 0;
                 s.serial = *serial;
                 let home = set.layout.home_of(&name) as u16;
+                // Not a route yet: the zone to tell should the login be given up.
+                s.route = home;
                 fx.zone(
                     home,
                     Msg::Login {
@@ -315,9 +319,13 @@ impl<S: Clone> Routes<S> {
         };
         self.ids.free(player, now);
         match s.phase {
-            // No zone was told of the player yet: a late `Owned` is answered `Disconnect`.
-            // (`New` has no player: listed for completeness.)
-            Phase::New | Phase::Login => self.bury(session, player, None, now),
+            // No zone took the player yet: the home zone frees the name (`Disconnect` at epoch
+            // 0), and a late `Owned` is answered `Disconnect`. (`New` has no player: listed
+            // for completeness.)
+            Phase::New | Phase::Login => {
+                self.disconnect(fx, s.route, player, 0);
+                self.bury(session, player, None, now);
+            }
             Phase::Released => self.bury(session, player, s.told, now),
             Phase::Routed => {
                 self.disconnect(fx, s.route, player, s.epoch);

@@ -141,8 +141,19 @@ fn a_login_no_zone_answers_fails_and_a_late_owned_is_told_disconnect() {
     r.on_connect(2, 2);
     r.on_packet(2, &login("slower"), now, &mut fx);
     let p2 = r.player_of(2).unwrap();
-    r.on_close(2, now, &mut fx);
     fx.take_zone();
+    r.on_close(2, now, &mut fx);
+    // The home zone frees the name of a login given up.
+    assert_eq!(
+        fx.take_zone(),
+        vec![(
+            home("slower"),
+            Msg::Disconnect {
+                player: p2,
+                epoch: 0
+            }
+        )]
+    );
     r.on_bus(
         3,
         Msg::Owned {

@@ -65,6 +65,8 @@ struct Zones {
     login: bool,
     /// Messages of the gateway read so far.
     read: usize,
+    /// The login was given up (`Disconnect` at epoch 0 to the home zone).
+    abandoned: bool,
     /// Each (zone, epoch) told `Disconnect`.
     disconnects: Vec<(u16, u32)>,
     last_move: Option<u32>,
@@ -93,6 +95,13 @@ impl Zones {
                     if self.handing[zi].is_some_and(|(e, _)| e == epoch) {
                         self.handing[zi] = None; // the cancel was taken
                     }
+                }
+                Msg::Disconnect { epoch: 0, .. } => {
+                    // A login given up: the name's home zone frees the name.
+                    if z != home("owner") || self.abandoned {
+                        self.violations.push(format!("Disconnect 0 to {z}"));
+                    }
+                    self.abandoned = true;
                 }
                 Msg::Revoke { epoch, .. } | Msg::Disconnect { epoch, .. } => {
                     if let Msg::Disconnect { .. } = m {
