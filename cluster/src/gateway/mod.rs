@@ -217,7 +217,6 @@ impl Effects<Session> for Fx<'_> {
 
 impl Shared {
     fn fx<'a>(&'a self, server: &'a ServerHandle) -> Fx<'a> {
-        let _ = self.intake.server.set(server.clone());
         Fx {
             outbox: &self.outbox,
             server,
@@ -299,11 +298,12 @@ struct GatewayHandler(Arc<Shared>);
 
 impl Handler for GatewayHandler {
     fn on_start(&self, server: &ServerHandle) {
-        let _ = self.0.intake.server.set(server.clone());
+        self.0.intake.server.get_or_init(|| server.clone());
     }
 
     fn on_connect(&self, session: &Session) {
-        let _ = self.0.intake.server.set(session.server());
+        // Before any zone entry or flush can be needed (both follow a client's packet).
+        self.0.intake.server.get_or_init(|| session.server());
         self.0
             .routes
             .lock()
@@ -311,8 +311,8 @@ impl Handler for GatewayHandler {
     }
 
     fn on_packet(&self, session: &Session, packet: &[u8]) {
-        let server = session.server();
-        let mut fx = self.0.fx(&server);
+        let server = self.0.intake.server.get_or_init(|| session.server());
+        let mut fx = self.0.fx(server);
         self.0
             .routes
             .lock()
@@ -320,8 +320,8 @@ impl Handler for GatewayHandler {
     }
 
     fn on_close(&self, session: &Session, _reason: &CloseReason) {
-        let server = session.server();
-        let mut fx = self.0.fx(&server);
+        let server = self.0.intake.server.get_or_init(|| session.server());
+        let mut fx = self.0.fx(server);
         self.0
             .routes
             .lock()
@@ -434,7 +434,7 @@ pub fn start(cfg: GatewayConfig) -> io::Result<Gateway> {
     let codec = LengthPrefixed::new(cfg.header)
         .max_packet(cport_mmo_proto::header_len(cfg.header) + cport_mmo_proto::CHAT_SIZE);
     let server = Server::start(scfg, codec, GatewayHandler(shared.clone()))?;
-    let _ = shared.intake.server.set(server.handle());
+    shared.intake.server.get_or_init(|| server.handle());
     let intake = shared.intake.clone();
     bus.subscribe(move |payload| intake.deliver(payload))?;
     tracing::info!(
