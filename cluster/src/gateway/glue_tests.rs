@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cport_mmo::cluster::wire::{read_header, BatchWriter, Msg, Source};
+use cport_mmo::cluster::wire::{read_header, BatchWriter, Header, Msg, Source};
 use cport_mmo::cluster::Layout;
 use cport_mmo_proto::{ClientPacket, Direction, ServerPacket, SizeField};
 
@@ -192,6 +192,16 @@ fn a_client_logs_in_is_routed_handed_off_and_disconnected_through_nats() {
         let s = gw.stats();
         s.malformed_batches == 1 && s.foreign_batches == 1
     });
+
+    // A gap in zone 1's sequence (it sent one batch, seq 0, so far) counts as lost batches.
+    let mut w = BatchWriter::new(Header {
+        source: Source::Zone(1),
+        incarnation: 1,
+        seq: 5,
+    });
+    w.push(&Msg::SnapshotRequest);
+    zones[1].bus.publish(Source::Gateway(0), w.finish());
+    wait_for("the gap counted", || gw.stats().lost_batches == 4);
 
     // The client leaves: its owner now, zone 1, is told.
     drop(client);

@@ -237,8 +237,10 @@ impl Shared {
             let mut seqs = self.seqs.lock();
             let last = &mut seqs[usize::from(zone)];
             if let Some((inc, seq)) = *last {
-                if inc == h.incarnation && h.seq > seq + 1 {
-                    self.intake.junk.lost.fetch_add(h.seq - seq - 1, Relaxed);
+                // (Saturating: the numbers come from the wire.)
+                let gap = h.seq.saturating_sub(seq.saturating_add(1));
+                if inc == h.incarnation && gap > 0 {
+                    self.intake.junk.lost.fetch_add(gap, Relaxed);
                 }
             }
             *last = Some((h.incarnation, h.seq));
