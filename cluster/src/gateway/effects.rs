@@ -81,6 +81,6 @@ pub trait Effects<S> {
     fn send(&mut self, conn: &S, bytes: Bytes);
     /// Close a client.
     fn close(&mut self, conn: &S, how: Closing);
-    /// Call [`Routes::on_timer`] with `timer` after `after`.
+    /// Call [`Routes::on_timer`](super::Routes::on_timer) with `timer` after `after`.
     fn timer(&mut self, after: Duration, timer: Timer);
 }
