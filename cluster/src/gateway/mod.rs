@@ -194,7 +194,9 @@ impl Effects<Session> for Fx<'_> {
     }
 
     fn send(&mut self, conn: &Session, bytes: Bytes) {
-        conn.send(bytes);
+        // `false`: the session is closing (or was closed as a slow consumer); its close
+        // tells the owner, which is all there is to do.
+        let _ = conn.send(bytes);
     }
 
     fn close(&mut self, conn: &Session, how: Closing) {
