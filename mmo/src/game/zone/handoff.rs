@@ -201,19 +201,13 @@ impl<H: Host> Game<H> {
         };
         let pl = &self.players[id as usize];
         let mut l = pl.login.lock();
-        let replaces = l.epoch != 0
-            && t.epoch > l.epoch
-            && !l.confirmed
-            && matches!(l.handoff, Handoff::Unconfirmed { .. });
-        if l.epoch != 0 && !replaces {
-            // This zone owns the player already (a duplicate, or a stale claim): no change.
+        if l.epoch != 0 {
+            // This zone holds a claim on the player already: a duplicate, or a retried
+            // hand-off while an earlier, late claim of ours waits for the gateway — which may
+            // still accept that one (it cannot tell attempts apart), so it must stand alone:
+            // the retry times out at the old owner, and the gateway settles which claim wins.
             bump(&z.counters.stale);
             return;
-        }
-        if replaces {
-            // A retried hand-off supersedes this zone's earlier claim, which the gateway
-            // refuses (its `Revoke` is stale by then): one claim, the newer.
-            self.counters.players.fetch_sub(1, Relaxed);
         }
         let row = self.sanitize(PlayerRow {
             name: t.name.clone(),
