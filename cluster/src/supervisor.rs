@@ -1,0 +1,745 @@
+//! One machine's cluster as child processes: `nats-server` (unless a URL is given), N zone
+//! processes and G gateway processes of the `cport` binary, each its own OS process whose
+//! command line says `zone` or `gateway`, so that one can be killed alone (a test, or an
+//! operator, kills zone 2 with `kill(Role::Zone, 2)` or `kill -9 PID`).
+//!
+//! [`Supervisor::start`] starts them in dependency order (NATS, the zones, then the
+//! gateways: a gateway that accepts a login must find the name's home zone on the bus) and
+//! waits for each one's readiness line; [`Supervisor::stop`] ends them in the reverse order
+//! (gateways first, so that their clients' players are saved by zones still running, then
+//! the zones, then NATS), each with SIGTERM and, after a grace period, SIGKILL.
+//!
+//! Every child's stderr is forwarded to this process's stderr with a `[zone 2]` prefix, and
+//! its last lines are kept: a child that does not become ready in time, or exits, is reported
+//! with what it said.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The kinds of process a cluster is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The `nats-server` the supervisor started (there is one, number 0).
+    Nats,
+    /// A `cport zone` process.
+    Zone,
+    /// A `cport gateway` process.
+    Gateway,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Nats => "nats",
+            Role::Zone => "zone",
+            Role::Gateway => "gateway",
+        })
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The `cport` binary whose `zone` and `gateway` subcommands are run (the CLI passes
+    /// `std::env::current_exe()`).
+    pub program: PathBuf,
+    /// A NATS server already running; `None` starts `nats-server` from `PATH` on a free
+    /// loopback port.
+    pub nats: Option<String>,
+    /// The cluster's name: the first token of every subject, so that clusters can share a
+    /// NATS server.
+    pub cluster: String,
+    /// How many zones.
+    pub zones: usize,
+    /// Each gateway's listening address (one gateway per address).
+    pub gateways: Vec<SocketAddr>,
+    /// Arguments given to every zone after `--zone N --zones Z --nats URL --cluster NAME`
+    /// (the game's options).
+    pub zone_args: Vec<OsString>,
+    /// Arguments given to every gateway after `--gateway N --gateways G --zones Z --nats URL
+    /// --cluster NAME --addr A` (the game's options that apply to a gateway).
+    pub gateway_args: Vec<OsString>,
+    /// How long each process may take to say it is ready.
+    pub ready_within: Duration,
+    /// How long [`Supervisor::stop`] lets each process end after SIGTERM before SIGKILL.
+    pub grace: Duration,
+    /// Forward the children's stderr lines to this process's stderr (else only keep the last
+    /// ones for error messages).
+    pub echo_stderr: bool,
+}
+
+impl Plan {
+    /// A plan with `zones` zones and one gateway per address, the defaults for the rest: NATS
+    /// started here, 20 s to be ready, 10 s to stop, stderr forwarded.
+    pub fn new(program: PathBuf, cluster: &str, zones: usize, gateways: Vec<SocketAddr>) -> Plan {
+        Plan {
+            program,
+            nats: None,
+            cluster: cluster.to_string(),
+            zones,
+            gateways,
+            zone_args: Vec::new(),
+            gateway_args: Vec::new(),
+            ready_within: Duration::from_secs(20),
+            grace: Duration::from_secs(10),
+            echo_stderr: true,
+        }
+    }
+}
+
+/// The gateways' addresses for `count` gateways when the first listens on `first`: the next
+/// ports after it (port 0 stays 0: each gateway picks a free port).
+pub fn gateway_addrs(first: SocketAddr, count: usize) -> io::Result<Vec<SocketAddr>> {
+    (0..count)
+        .map(|g| {
+            let mut a = first;
+            if first.port() != 0 {
+                let port = usize::from(first.port()) + g;
+                let port = u16::try_from(port).map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "{count} gateways from port {} run past port 65535",
+                            first.port()
+                        ),
+                    )
+                })?;
+                a.set_port(port);
+            }
+            Ok(a)
+        })
+        .collect()
+}
+
+/// How many of a child's last stderr lines are kept for its error messages.
+const TAIL_LINES: usize = 30;
+
+/// One child process and what it said.
+#[derive(Debug)]
+struct Proc {
+    role: Role,
+    n: usize,
+    child: Child,
+    tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Proc {
+    fn tail(&self) -> String {
+        let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        if t.is_empty() {
+            "(it printed nothing on stderr)".into()
+        } else {
+            let lines: Vec<&str> = t.iter().map(String::as_str).collect();
+            format!("its last stderr lines:\n  {}", lines.join("\n  "))
+        }
+    }
+}
+
+/// A running cluster: its processes, started by [`Supervisor::start`]. Dropping it kills
+/// whatever is still running (SIGKILL); [`Supervisor::stop`] ends it in order.
+#[derive(Debug)]
+pub struct Supervisor {
+    nats_url: String,
+    gateways: Vec<SocketAddr>,
+    nats: Option<Proc>,
+    zones: Vec<Proc>,
+    gws: Vec<Proc>,
+}
+
+/// How each process of a cluster ended under [`Supervisor::stop`].
+#[derive(Debug)]
+pub struct StopReport {
+    /// `(role, number, status, whether it needed SIGKILL)`, in the order they were stopped.
+    pub ended: Vec<(Role, usize, ExitStatus, bool)>,
+}
+
+impl StopReport {
+    /// Whether every process ended by itself with success (SIGTERM honoured, exit code 0);
+    /// a process killed before `stop` (by [`Supervisor::kill`]) does not count against it.
+    pub fn clean(&self) -> bool {
+        self.ended
+            .iter()
+            .all(|(_, _, s, killed)| s.success() && !killed)
+    }
+}
+
+impl std::fmt::Display for StopReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .ended
+            .iter()
+            .map(|(r, n, s, killed)| {
+                format!("{r} {n}: {s}{}", if *killed { " (killed)" } else { "" })
+            })
+            .collect();
+        f.write_str(&parts.join(", "))
+    }
+}
+
+impl Supervisor {
+    /// Starts NATS (unless the plan names one), the zones, then the gateways, and waits for
+    /// each to be ready. On an error, what was started is killed and the error says which
+    /// process failed and what it printed on stderr.
+    pub fn start(plan: Plan) -> io::Result<Supervisor> {
+        if plan.zones == 0 || plan.gateways.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a cluster needs at least one zone and one gateway",
+            ));
+        }
+        let mut sup = Supervisor {
+            nats_url: String::new(),
+            gateways: Vec::new(),
+            nats: None,
+            zones: Vec::new(),
+            gws: Vec::new(),
+        };
+        // On an early return `sup` is dropped, which kills what was started.
+        sup.nats_url = match &plan.nats {
+            Some(url) => url.clone(),
+            None => {
+                let (p, url) = start_nats(&plan)?;
+                sup.nats = Some(p);
+                url
+            }
+        };
+        let zones = plan.zones.to_string();
+        // The zones start together and are waited for together: each one's start-up (NPC
+        // placement, the database) takes a while, and they do not depend on each other.
+        let mut waiting = Vec::new();
+        for z in 0..plan.zones {
+            let mut cmd = Command::new(&plan.program);
+            cmd.arg("zone")
+                .args(["--zone", &z.to_string(), "--zones", &zones])
+                .args(["--nats", &sup.nats_url, "--cluster", &plan.cluster])
+                .args(&plan.zone_args);
+            let (p, lines) = spawn(cmd, Role::Zone, z, plan.echo_stderr)?;
+            sup.zones.push(p);
+            waiting.push(lines);
+        }
+        let want = |z: usize| format!("zone {z} of {} ready", plan.zones);
+        for (z, lines) in waiting.iter().enumerate() {
+            let w = want(z);
+            wait_ready(&mut sup.zones[z], lines, plan.ready_within, |l| {
+                (l.trim() == w).then_some(())
+            })?;
+        }
+        let gateways = plan.gateways.len().to_string();
+        for (g, addr) in plan.gateways.iter().enumerate() {
+            let mut cmd = Command::new(&plan.program);
+            cmd.arg("gateway")
+                .args(["--gateway", &g.to_string(), "--gateways", &gateways])
+                .args(["--zones", &zones])
+                .args(["--nats", &sup.nats_url, "--cluster", &plan.cluster])
+                .args(["--addr", &addr.to_string()])
+                .args(&plan.gateway_args);
+            let (p, lines) = spawn(cmd, Role::Gateway, g, plan.echo_stderr)?;
+            sup.gws.push(p);
+            let at = wait_ready(&mut sup.gws[g], &lines, plan.ready_within, parse_listening)?;
+            sup.gateways.push(at);
+        }
+        Ok(sup)
+    }
+
+    /// The NATS server's URL (the one started here, or the plan's).
+    pub fn nats_url(&self) -> &str {
+        &self.nats_url
+    }
+
+    /// Where each gateway listens, in gateway order (the addresses they printed).
+    pub fn gateways(&self) -> Vec<SocketAddr> {
+        self.gateways.clone()
+    }
+
+    /// The process id of `role` number `n`, if there is one.
+    pub fn pid(&self, role: Role, n: usize) -> Option<u32> {
+        self.find(role, n).map(|p| p.child.id())
+    }
+
+    fn find(&self, role: Role, n: usize) -> Option<&Proc> {
+        match role {
+            Role::Nats => self.nats.as_ref().filter(|_| n == 0),
+            Role::Zone => self.zones.get(n),
+            Role::Gateway => self.gws.get(n),
+        }
+    }
+
+    fn find_mut(&mut self, role: Role, n: usize) -> Option<&mut Proc> {
+        match role {
+            Role::Nats => self.nats.as_mut().filter(|_| n == 0),
+            Role::Zone => self.zones.get_mut(n),
+            Role::Gateway => self.gws.get_mut(n),
+        }
+    }
+
+    /// Kills `role` number `n` at once (SIGKILL, as `kill -9` does: no shutdown, nothing
+    /// saved) and reaps it. An error if there is no such process.
+    pub fn kill(&mut self, role: Role, n: usize) -> io::Result<ExitStatus> {
+        let p = self.find_mut(role, n).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no {role} {n} in this cluster"),
+            )
+        })?;
+        if let Some(s) = p.child.try_wait()? {
+            return Ok(s);
+        }
+        p.child.kill()?;
+        p.child.wait()
+    }
+
+    /// The processes that have exited (by themselves or killed), with their status and their
+    /// last stderr lines, without waiting.
+    pub fn exited(&mut self) -> Vec<(Role, usize, ExitStatus, String)> {
+        let mut out = Vec::new();
+        let all = self
+            .nats
+            .iter_mut()
+            .chain(&mut self.zones)
+            .chain(&mut self.gws);
+        for p in all {
+            if let Ok(Some(s)) = p.child.try_wait() {
+                out.push((p.role, p.n, s, p.tail()));
+            }
+        }
+        out
+    }
+
+    /// Ends the cluster: the gateways (their clients' players are saved by the zones), then
+    /// the zones (they save what they own), then NATS; each with SIGTERM, and SIGKILL after
+    /// the grace period. Says how each ended.
+    pub fn stop(mut self, grace: Duration) -> io::Result<StopReport> {
+        let mut ended = Vec::new();
+        let gws = std::mem::take(&mut self.gws);
+        let zones = std::mem::take(&mut self.zones);
+        // The gateways together, then the zones together: each group's shutdowns overlap.
+        for group in [gws, zones, self.nats.take().into_iter().collect()] {
+            let mut group = group;
+            for p in &mut group {
+                if p.child.try_wait()?.is_none() {
+                    sigterm(&p.child);
+                }
+            }
+            let asked = Instant::now();
+            for p in &mut group {
+                let (status, killed) = loop {
+                    if let Some(s) = p.child.try_wait()? {
+                        break (s, false);
+                    }
+                    if asked.elapsed() >= grace {
+                        let _ = p.child.kill();
+                        break (p.child.wait()?, true);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                };
+                ended.push((p.role, p.n, status, killed));
+            }
+        }
+        Ok(StopReport { ended })
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let all = self
+            .gws
+            .iter_mut()
+            .chain(&mut self.zones)
+            .chain(&mut self.nats);
+        for p in all {
+            if let Ok(None) = p.child.try_wait() {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+    }
+}
+
+/// Asks a child to end (SIGTERM on Unix; a kill elsewhere, which has no SIGTERM).
+fn sigterm(child: &Child) {
+    #[cfg(unix)]
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = child;
+    }
+}
+
+/// `listening on 127.0.0.1:7000 (…)` → the address (the startup line every server of the
+/// workspace prints, the gateway's too).
+pub fn parse_listening(line: &str) -> Option<SocketAddr> {
+    line.strip_prefix("listening on ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Starts `cmd` with stdout read into a channel of lines and stderr kept (and forwarded).
+fn spawn(
+    mut cmd: Command,
+    role: Role,
+    n: usize,
+    echo: bool,
+) -> io::Result<(Proc, mpsc::Receiver<String>)> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("{role} {n}: {program}: {e}")))?;
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let kept = tail.clone();
+    let prefix = format!("[{role} {n}] ");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if echo {
+                let _ = writeln!(io::stderr(), "{prefix}{line}");
+            }
+            let mut t = kept.lock().unwrap_or_else(|e| e.into_inner());
+            if t.len() == TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    });
+    let lines = read_lines(child.stdout.take().expect("piped stdout"), role, n, echo);
+    Ok((
+        Proc {
+            role,
+            n,
+            child,
+            tail,
+        },
+        lines,
+    ))
+}
+
+/// The child's stdout as a channel of lines, read on a thread for the child's whole life (so
+/// that it never blocks on a full pipe); each line is also forwarded to stderr.
+fn read_lines(out: ChildStdout, role: Role, n: usize, echo: bool) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if echo {
+                let _ = writeln!(io::stderr(), "[{role} {n}] {line}");
+            }
+            // The receiver is gone once the process is ready: keep draining.
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Waits until a line of `lines` satisfies `ready`; an error (with the child's stderr) if it
+/// exits first or takes longer than `within`.
+fn wait_ready<T>(
+    p: &mut Proc,
+    lines: &mpsc::Receiver<String>,
+    within: Duration,
+    mut ready: impl FnMut(&str) -> Option<T>,
+) -> io::Result<T> {
+    let give_up = Instant::now() + within;
+    loop {
+        let left = give_up.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left.min(Duration::from_millis(100))) {
+            Ok(line) => {
+                if let Some(t) = ready(&line) {
+                    return Ok(t);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {
+                if let Some(s) = p.child.try_wait()? {
+                    // Let the stderr reader catch up with the last lines.
+                    std::thread::sleep(Duration::from_millis(50));
+                    return Err(io::Error::other(format!(
+                        "{} {} exited ({s}) before it was ready; {}",
+                        p.role,
+                        p.n,
+                        p.tail()
+                    )));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{} {} was not ready within {within:?}; {}",
+                        p.role,
+                        p.n,
+                        p.tail()
+                    ),
+                ));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = p.child.wait()?;
+                std::thread::sleep(Duration::from_millis(50));
+                return Err(io::Error::other(format!(
+                    "{} {} exited ({status}) before it was ready; {}",
+                    p.role,
+                    p.n,
+                    p.tail()
+                )));
+            }
+        }
+    }
+}
+
+/// Starts `nats-server` from `PATH` on a free loopback port (`-p -1`: the server picks it and
+/// logs it) and waits for it to be ready; returns it and its URL.
+fn start_nats(plan: &Plan) -> io::Result<(Proc, String)> {
+    let mut cmd = Command::new("nats-server");
+    cmd.args(["-a", "127.0.0.1", "-p", "-1"]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            io::Error::new(
+                e.kind(),
+                "nats-server is not installed (not on PATH): install it (Debian: apt-get install \
+                 nats-server; scripts/deps/nats.sh), or give --nats URL of a running one",
+            )
+        } else {
+            io::Error::new(e.kind(), format!("nats-server: {e}"))
+        }
+    })?;
+    // nats-server logs on stderr: read its port from "Listening for client connections on
+    // HOST:PORT", and wait for "Server is ready".
+    let (tx, rx) = mpsc::channel();
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let kept = tail.clone();
+    let stderr = child.stderr.take().expect("piped stderr");
+    let echo = plan.echo_stderr;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if echo {
+                let _ = writeln!(io::stderr(), "[nats 0] {line}");
+            }
+            {
+                let mut t = kept.lock().unwrap_or_else(|e| e.into_inner());
+                if t.len() == TAIL_LINES {
+                    t.pop_front();
+                }
+                t.push_back(line.clone());
+            }
+            let _ = tx.send(line);
+        }
+    });
+    let mut p = Proc {
+        role: Role::Nats,
+        n: 0,
+        child,
+        tail,
+    };
+    let mut port = None;
+    let url = wait_ready(&mut p, &rx, plan.ready_within, |line| {
+        if let Some((_, rest)) = line.split_once("Listening for client connections on ") {
+            let addr = rest.split_whitespace().next()?;
+            port = addr.rsplit_once(':').map(|(_, p)| p.to_string());
+            return None;
+        }
+        if line.contains("Server is ready") {
+            return port.clone();
+        }
+        None
+    })
+    .map(|port| format!("nats://127.0.0.1:{port}"));
+    url.map(|u| (p, u))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateways_take_the_next_ports() {
+        let a: SocketAddr = "0.0.0.0:4000".parse().unwrap();
+        let got = gateway_addrs(a, 3).unwrap();
+        let ports: Vec<u16> = got.iter().map(|a| a.port()).collect();
+        assert_eq!(ports, [4000, 4001, 4002]);
+        let zero = gateway_addrs("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        assert!(zero.iter().all(|a| a.port() == 0));
+        assert!(gateway_addrs("127.0.0.1:65535".parse().unwrap(), 2).is_err());
+    }
+
+    #[test]
+    fn reads_the_startup_line() {
+        assert_eq!(
+            parse_listening("listening on 127.0.0.1:4001 (gateway 1 of 2)"),
+            Some("127.0.0.1:4001".parse().unwrap())
+        );
+        assert_eq!(parse_listening("zone 0 of 4 ready"), None);
+    }
+
+    /// A stand-in for the `cport` binary: a shell script that answers `zone` and `gateway`
+    /// with their readiness lines (`zone 1 broken` exits instead), records SIGTERM in a file,
+    /// and otherwise sleeps.
+    #[cfg(unix)]
+    fn fake_cport(dir: &std::path::Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("fake-cport");
+        let log = dir.join("terms");
+        let script = format!(
+            r#"#!/bin/sh
+role=$1; n=$3
+trap 'echo "$role $n" >> {log}; exit 0' TERM
+case "$role" in
+  zone)
+    if [ "$n" = "$BROKEN_ZONE" ]; then echo "zone $n: no database" >&2; exit 3; fi
+    echo "zone $n of $5 ready" ;;
+  gateway)
+    for a in "$@"; do [ "$prev" = "--addr" ] && addr=$a; prev=$a; done
+    echo "listening on $addr (gateway $n)" ;;
+esac
+while :; do sleep 0.05; done
+"#,
+            log = log.display()
+        );
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[cfg(unix)]
+    fn plan(dir: &std::path::Path) -> Option<Plan> {
+        if Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            cport_testkit::missing_service("nats-server", "PATH");
+            return None;
+        }
+        let gws = vec![
+            "127.0.0.1:5101".parse().unwrap(),
+            "127.0.0.1:5102".parse().unwrap(),
+        ];
+        let mut p = Plan::new(fake_cport(dir), "t", 3, gws);
+        p.echo_stderr = false;
+        p.ready_within = Duration::from_secs(10);
+        Some(p)
+    }
+
+    #[cfg(unix)]
+    fn tempdir(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("cport-supervisor-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// NATS is started and reachable, every process gets its readiness line read, one can
+    /// be killed alone, and stop ends the gateways before the zones.
+    #[cfg(unix)]
+    #[test]
+    fn starts_kills_one_and_stops_in_order() {
+        let dir = tempdir("order");
+        let Some(plan) = plan(&dir) else { return };
+        let mut sup = Supervisor::start(plan).unwrap();
+        let url = sup.nats_url().to_string();
+        let port: u16 = url.rsplit_once(':').unwrap().1.parse().unwrap();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut info = String::new();
+        BufReader::new(&mut s).read_line(&mut info).unwrap();
+        assert!(info.starts_with("INFO "), "{info}");
+        assert_eq!(
+            sup.gateways(),
+            vec![
+                "127.0.0.1:5101".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:5102".parse().unwrap()
+            ]
+        );
+        assert!(sup.exited().is_empty());
+        let zone1 = sup.pid(Role::Zone, 1).unwrap();
+        let st = sup.kill(Role::Zone, 1).unwrap();
+        assert!(!st.success());
+        assert_eq!(sup.exited().len(), 1);
+        assert!(sup.kill(Role::Zone, 7).is_err());
+        assert!(sup.pid(Role::Zone, 0).is_some_and(|p| p != zone1));
+        let report = sup.stop(Duration::from_secs(5)).unwrap();
+        let order: Vec<(Role, usize)> = report.ended.iter().map(|e| (e.0, e.1)).collect();
+        assert_eq!(
+            order,
+            [
+                (Role::Gateway, 0),
+                (Role::Gateway, 1),
+                (Role::Zone, 0),
+                (Role::Zone, 1),
+                (Role::Zone, 2),
+                (Role::Nats, 0)
+            ]
+        );
+        // SIGTERM reached the gateways and zones still running, gateways first.
+        let terms = std::fs::read_to_string(dir.join("terms")).unwrap();
+        let terms: Vec<&str> = terms.lines().collect();
+        assert_eq!(terms.len(), 4, "{terms:?}");
+        assert!(
+            terms[..2].iter().all(|l| l.starts_with("gateway")),
+            "{terms:?}"
+        );
+        assert!(
+            terms[2..].iter().all(|l| l.starts_with("zone")),
+            "{terms:?}"
+        );
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A zone that exits before it is ready fails the start, with what it said, and takes
+    /// nothing with it (NATS and the other zones are killed).
+    #[cfg(unix)]
+    #[test]
+    fn a_zone_that_dies_at_start_is_reported_with_its_stderr() {
+        let dir = tempdir("broken");
+        let Some(mut plan) = plan(&dir) else { return };
+        plan.program = dir.join("wrapper");
+        std::fs::write(
+            &plan.program,
+            format!(
+                "#!/bin/sh\nBROKEN_ZONE=1 exec {} \"$@\"\n",
+                dir.join("fake-cport").display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&plan.program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = Supervisor::start(plan).unwrap_err().to_string();
+        assert!(e.contains("zone 1 exited"), "{e}");
+        assert!(e.contains("zone 1: no database"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_missing_program_is_an_error_not_a_hang() {
+        let mut p = Plan::new(
+            "/nonexistent/cport".into(),
+            "t",
+            1,
+            vec!["127.0.0.1:0".parse().unwrap()],
+        );
+        p.nats = Some("nats://127.0.0.1:1".into());
+        let e = Supervisor::start(p).unwrap_err().to_string();
+        assert!(
+            e.contains("zone 0") && e.contains("/nonexistent/cport"),
+            "{e}"
+        );
+    }
+}
