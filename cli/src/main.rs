@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod cluster;
 mod demo;
 mod echo;
 mod mmo;
@@ -36,6 +37,10 @@ enum Cmd {
     Stress(stress::Args),
     /// The stress tester against the game server for a minute: report, chart and map.
     Demo(demo::Args),
+    /// One machine's cluster: nats-server, the zones and the gateways as processes; prints
+    /// where to connect.
+    Cluster(cluster::Args),
+    // `zone` and `gateway` join here once cport_cluster has them (cli/src/cluster/{zone,gateway}.rs).
     /// One client process of a multi-process `cport stress` (started by it).
     #[command(hide = true)]
     StressChild(stress::ChildArgs),
@@ -57,6 +62,8 @@ fn main() -> ExitCode {
         Cmd::Stress(args) => stress::run(args),
         Cmd::StressChild(args) => stress::run_child(args),
         Cmd::Demo(args) => demo::run(args),
+        Cmd::Cluster(args) => cluster::run(args),
+        // `zone` and `gateway` join here once cport_cluster has them (cli/src/cluster/{zone,gateway}.rs).
         #[cfg(target_os = "linux")]
         Cmd::Soak(args) => soak::run(args),
         Cmd::Bench(cmd) => bench::run(cmd),

@@ -59,8 +59,8 @@ pub struct Plan {
     pub zones: usize,
     /// Each gateway's listening address (one gateway per address).
     pub gateways: Vec<SocketAddr>,
-    /// Arguments given to every zone after `--zone N --zones Z --nats URL --cluster NAME`
-    /// (the game's options).
+    /// Arguments given to every zone after `--zone N --zones Z --gateways G --nats URL
+    /// --cluster NAME` (the game's options).
     pub zone_args: Vec<OsString>,
     /// Arguments given to every gateway after `--gateway N --gateways G --zones Z --nats URL
     /// --cluster NAME --addr A` (the game's options that apply to a gateway).
@@ -72,6 +72,8 @@ pub struct Plan {
     /// Forward the children's stderr lines to this process's stderr (else only keep the last
     /// ones for error messages).
     pub echo_stderr: bool,
+    /// Environment variables added for the zones and gateways (e.g. `RUST_LOG`).
+    pub env: Vec<(OsString, OsString)>,
 }
 
 impl Plan {
@@ -89,6 +91,7 @@ impl Plan {
             ready_within: Duration::from_secs(20),
             grace: Duration::from_secs(10),
             echo_stderr: true,
+            env: Vec::new(),
         }
     }
 }
@@ -210,6 +213,7 @@ impl Supervisor {
             }
         };
         let zones = plan.zones.to_string();
+        let gateways = plan.gateways.len().to_string();
         // The zones start together and are waited for together: each one's start-up (NPC
         // placement, the database) takes a while, and they do not depend on each other.
         let mut waiting = Vec::new();
@@ -217,8 +221,10 @@ impl Supervisor {
             let mut cmd = Command::new(&plan.program);
             cmd.arg("zone")
                 .args(["--zone", &z.to_string(), "--zones", &zones])
+                .args(["--gateways", &gateways])
                 .args(["--nats", &sup.nats_url, "--cluster", &plan.cluster])
-                .args(&plan.zone_args);
+                .args(&plan.zone_args)
+                .envs(plan.env.iter().map(|(k, v)| (k, v)));
             let (p, lines) = spawn(cmd, Role::Zone, z, plan.echo_stderr)?;
             sup.zones.push(p);
             waiting.push(lines);
@@ -230,7 +236,6 @@ impl Supervisor {
                 (l.trim() == w).then_some(())
             })?;
         }
-        let gateways = plan.gateways.len().to_string();
         for (g, addr) in plan.gateways.iter().enumerate() {
             let mut cmd = Command::new(&plan.program);
             cmd.arg("gateway")
@@ -238,7 +243,8 @@ impl Supervisor {
                 .args(["--zones", &zones])
                 .args(["--nats", &sup.nats_url, "--cluster", &plan.cluster])
                 .args(["--addr", &addr.to_string()])
-                .args(&plan.gateway_args);
+                .args(&plan.gateway_args)
+                .envs(plan.env.iter().map(|(k, v)| (k, v)));
             let (p, lines) = spawn(cmd, Role::Gateway, g, plan.echo_stderr)?;
             sup.gws.push(p);
             let at = wait_ready(&mut sup.gws[g], &lines, plan.ready_within, parse_listening)?;
@@ -373,6 +379,19 @@ fn sigterm(child: &Child) {
     }
 }
 
+/// Puts the child in a process group of its own: Ctrl-C in a terminal signals the whole
+/// foreground group, and the children must hear it from the supervisor instead, in order
+/// (gateways first), not all at once.
+fn own_group(cmd: &mut Command) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    #[cfg(not(unix))]
+    let _ = cmd;
+}
+
 /// `listening on 127.0.0.1:7000 (…)` → the address (the startup line every server of the
 /// workspace prints, the gateway's too).
 pub fn parse_listening(line: &str) -> Option<SocketAddr> {
@@ -394,6 +413,7 @@ fn spawn(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    own_group(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("{role} {n}: {program}: {e}")))?;
@@ -507,6 +527,7 @@ fn start_nats(plan: &Plan) -> io::Result<(Proc, String)> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    own_group(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             io::Error::new(
