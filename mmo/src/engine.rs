@@ -11,9 +11,11 @@ use cport_mmo_proto::splitmix64;
 use cport_server::LengthPrefixed;
 use parking_lot::Mutex;
 
+use crate::cluster::wire::{Msg, Source};
 use crate::config::{Config, MAX_IDS};
 use crate::db::{DbConfig, DbPool, Persist, PlayerRow, Store};
 use crate::game::npc::npc_position;
+use crate::game::zone::{ZoneSetup, ZoneState, ZoneStats};
 use crate::game::{self, Counters, Game, NpcLife, Player, Rng};
 use crate::net::{DbResult, Host};
 use crate::rules;
@@ -46,6 +48,29 @@ impl<H: Host> Engine<H> {
     /// Places the NPCs and opens the database (a file that is locked, read-only or corrupt,
     /// or a server that cannot be reached, is an error here). Nothing runs yet.
     pub fn new(cfg: &Config) -> io::Result<Engine<H>> {
+        Self::build(cfg, None)
+    }
+
+    /// The game as zone `zone.me` of a cluster (the `cport zone` process): it owns the
+    /// players and NPCs of its rectangle, holds ghosts of its neighbours', and takes the
+    /// bus's messages through [`Engine::on_cluster`]. `cfg.max_users` is the cluster's.
+    pub fn new_zone(cfg: &Config, zone: ZoneSetup) -> io::Result<Engine<H>> {
+        if zone.layout.size != cfg.world_size || usize::from(zone.me) >= zone.layout.zones() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "zone {} of a {}-zone layout of a {}-cell board, for a {}-cell game",
+                    zone.me,
+                    zone.layout.zones(),
+                    zone.layout.size,
+                    cfg.world_size
+                ),
+            ));
+        }
+        Self::build(cfg, Some(zone))
+    }
+
+    fn build(cfg: &Config, zone: Option<ZoneSetup>) -> io::Result<Engine<H>> {
         let size = cfg.world_size.clamp(1, i16::MAX as u16);
         // Ids go on the wire as the protocol's `int`: players `0..max_users`, NPCs after them.
         // Checked before anything is allocated for them.
@@ -117,7 +142,18 @@ impl<H: Host> Engine<H> {
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2)
                     .expect("valid histogram bounds"),
             ),
+            zone: zone
+                .as_ref()
+                .map(|z| ZoneState::new(z, cfg.max_users + cfg.npcs)),
         });
+        // A zone's board holds only its own NPCs; the others' appear as ghosts.
+        let first_npc = cfg.max_users as u32;
+        for npc in first_npc..first_npc + cfg.npcs as u32 {
+            if game.npc_elsewhere(npc).is_some() {
+                game.world.objs[npc as usize].view.lock().state = State::Left;
+                game.world.sector_remove(npc, game.world.pos(npc));
+            }
+        }
         Ok(Engine {
             game,
             stores: Mutex::new(stores),
@@ -186,6 +222,23 @@ impl<H: Host> Engine<H> {
     /// A result posted with [`Host::post_db`].
     pub fn on_db(&self, host: &H, result: DbResult<H::ConnId>) {
         self.game.on_db(host, result);
+    }
+
+    /// Cluster: this zone is serving (its inbox subscribed): the other zones get its ghosts
+    /// and are asked for theirs.
+    pub fn zone_started(&self, host: &H) {
+        self.game.zone_started(host);
+    }
+
+    /// Cluster: one entry of a batch from the bus, from `from` (a zone's host calls this for
+    /// each entry, each source's batches in the order they were sent).
+    pub fn on_cluster(&self, host: &H, from: Source, msg: Msg) {
+        self.game.on_cluster(host, from, msg);
+    }
+
+    /// Cluster: what this zone did so far (`None` for a single server).
+    pub fn zone_stats(&self) -> Option<ZoneStats> {
+        self.game.zone.as_ref().map(|z| z.stats())
     }
 
     /// The game's counters now.

@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cport_server::{CloseReason, ServerHandle, Session, SessionId};
 
+use crate::cluster::wire::Msg;
 use crate::db::Done;
 
 /// The server a game runs on: timers and posted results come back to the game through it
@@ -37,6 +38,25 @@ pub trait Host: Clone + Send + Sync + 'static {
 
     /// The connection with this id, if it is still open.
     fn conn(&self, id: Self::ConnId) -> Option<Self::Conn>;
+
+    /// Cluster only (a zone's host; a single server keeps the default, which does nothing):
+    /// queues `msg` for zone `zone`'s inbox. Never blocks (batched, sent when a worker gets to
+    /// it).
+    fn to_zone(&self, zone: u16, msg: &Msg) {
+        let _ = (zone, msg);
+    }
+
+    /// Cluster only: queues `msg` for gateway `gateway`'s inbox.
+    fn to_gateway(&self, gateway: u16, msg: &Msg) {
+        let _ = (gateway, msg);
+    }
+
+    /// Cluster only: the connection of session `session` on gateway `gateway`, whose player
+    /// is `player` (`None` for a single server).
+    fn remote(&self, gateway: u16, session: u64, player: u32) -> Option<Self::Conn> {
+        let _ = (gateway, session, player);
+        None
+    }
 }
 
 /// One client's connection.
@@ -59,6 +79,11 @@ pub trait Conn: Clone + Send + Sync + 'static {
     fn peer_addr(&self) -> Option<SocketAddr>;
     /// Its server.
     fn server(&self) -> Self::Host;
+    /// Cluster only: the gateway and the session there this connection is (`None` for a
+    /// connection of this process).
+    fn route(&self) -> Option<(u16, u64)> {
+        None
+    }
 }
 
 /// The completion key of a DB result (the game's only message).

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 #[cfg(feature = "game")]
 pub mod game;
+pub mod nats;
 
 /// The reader of the startup line every server of the workspace prints (`listening on ADDR
 /// (…)` → ADDR), for the tests that start a server themselves.

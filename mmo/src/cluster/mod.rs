@@ -5,4 +5,5 @@
 pub mod layout;
 pub mod wire;
 
+pub use crate::game::zone::{ZoneSetup, ZoneStats};
 pub use layout::{Layout, Rect, MAX_ZONES};

@@ -1,6 +1,7 @@
 //! Chat: a player's `CS_CHAT` to itself and every player that sees it, and the system
 //! messages of combat.
 
+use bytes::Bytes;
 use cport_mmo_proto::ServerPacket;
 
 use super::Game;
@@ -8,12 +9,22 @@ use crate::net::{Conn, Host};
 
 impl<H: Host> Game<H> {
     pub(super) fn chat(&self, session: &H::Conn, id: u32, mess: Vec<u8>) {
-        let w = &self.world;
+        // In a cluster, the zones that hold a ghost of the speaker tell their own players.
+        let to_ghosts = self.zone.as_ref().map(|_| Bytes::copy_from_slice(&mess));
         let pkt = self.encode(ServerPacket::Chat {
             id: id as i32,
             mess,
         });
         session.send(pkt.clone());
+        self.chat_to_viewers(id, &pkt);
+        if let Some(mess) = to_ghosts {
+            self.ghost_chat_out(&session.server(), id, mess);
+        }
+    }
+
+    /// `pkt` (an `SC_CHAT` of `id`) to every player whose client sees `id`.
+    pub(super) fn chat_to_viewers(&self, id: u32, pkt: &Bytes) {
+        let w = &self.world;
         let viewers: Vec<u32> = w.objs[id as usize]
             .view
             .lock()

@@ -5,13 +5,16 @@ use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
 use cport_mmo_proto::{Direction, ServerPacket};
 
-use super::{Game, PStats, REGEN};
+use super::{Game, Login, PStats, REGEN};
+use crate::cluster::wire::Msg;
 use crate::net::{Conn, Host};
 use crate::rules;
 
 impl<H: Host> Game<H> {
-    /// `CS_ATTACK`: one hit on every live NPC on the four cells next to the player.
-    pub(super) fn attack(&self, session: &H::Conn, id: u32, gen: u64) {
+    /// `CS_ATTACK`: one hit on every live NPC on the four cells next to the player (its login
+    /// lock held). In a cluster, an NPC another zone owns is hit there ([`Msg::Attack`]); its
+    /// result comes back as `attack_result`.
+    pub(super) fn attack(&self, session: &H::Conn, id: u32, l: &mut Login<H::Conn>) {
         let w = &self.world;
         let srv = session.server();
         self.counters.attacks.fetch_add(1, Relaxed);
@@ -28,52 +31,91 @@ impl<H: Host> Game<H> {
         let pl = &self.players[id as usize];
         let before = *pl.stats.lock();
         for npc in targets {
-            let i = (npc - w.max_users) as usize;
-            let mut life = self.npc_life[i].lock();
-            if !life.alive {
+            let level = pl.stats.lock().level;
+            if let Some(owner) = self.npc_elsewhere(npc) {
+                srv.to_zone(
+                    owner,
+                    &Msg::Attack {
+                        attacker: id,
+                        level,
+                        npc,
+                    },
+                );
                 continue;
             }
-            let level = pl.stats.lock().level;
-            let dmg = rules::damage(level);
-            life.hp -= dmg;
-            if life.hp <= 0 {
-                life.alive = false;
-                self.kill_npc(&srv, npc);
-                drop(life);
-                let mut s = pl.stats.lock();
-                s.exp += rules::NPC_EXP;
-                while s.exp >= rules::exp_to_next(s.level) {
-                    s.exp -= rules::exp_to_next(s.level);
-                    s.level += 1;
-                    s.max_hp = rules::max_hp(s.level);
-                    s.hp = s.max_hp;
-                    self.counters.level_ups.fetch_add(1, Relaxed);
-                }
-                let s = *s;
-                self.system_chat(
-                    session,
-                    id,
-                    format!(
-                        "You killed NPC {npc} (+{} exp, level {}, exp {})",
-                        rules::NPC_EXP,
-                        s.level,
-                        s.exp
-                    ),
-                );
-            } else {
-                let left = life.hp;
-                drop(life);
-                pl.stats.lock().hp -= rules::NPC_HIT;
-                self.system_chat(
-                    session,
-                    id,
-                    format!(
-                        "You hit NPC {npc} for {dmg} ({left} hp left); it hits back for {}",
-                        rules::NPC_HIT
-                    ),
-                );
-            }
+            let Some((dmg, left)) = self.hit_npc(&srv, npc, level) else {
+                continue;
+            };
+            self.credit_hit(session, id, npc, dmg, left);
         }
+        self.after_hits(session, id, before, l);
+    }
+
+    /// One hit of a player of `level` on an NPC this game owns: `(damage, hp left)`, or
+    /// `None` if it is dead already. At 0 hit points it dies (off the board until respawn).
+    pub(super) fn hit_npc(&self, srv: &H, npc: u32, level: i32) -> Option<(i32, i32)> {
+        let i = (npc - self.world.max_users) as usize;
+        let mut life = self.npc_life[i].lock();
+        if !life.alive {
+            return None;
+        }
+        let dmg = rules::damage(level);
+        life.hp -= dmg;
+        if life.hp <= 0 {
+            life.alive = false;
+            self.kill_npc(srv, npc);
+        }
+        Some((dmg, life.hp))
+    }
+
+    /// The attacker's side of one hit: experience and levels for a kill, the NPC's hit back
+    /// otherwise, and the system message.
+    pub(super) fn credit_hit(&self, session: &H::Conn, id: u32, npc: u32, dmg: i32, left: i32) {
+        let pl = &self.players[id as usize];
+        if left <= 0 {
+            let mut s = pl.stats.lock();
+            s.exp += rules::NPC_EXP;
+            while s.exp >= rules::exp_to_next(s.level) {
+                s.exp -= rules::exp_to_next(s.level);
+                s.level += 1;
+                s.max_hp = rules::max_hp(s.level);
+                s.hp = s.max_hp;
+                self.counters.level_ups.fetch_add(1, Relaxed);
+            }
+            let s = *s;
+            self.system_chat(
+                session,
+                id,
+                format!(
+                    "You killed NPC {npc} (+{} exp, level {}, exp {})",
+                    rules::NPC_EXP,
+                    s.level,
+                    s.exp
+                ),
+            );
+        } else {
+            pl.stats.lock().hp -= rules::NPC_HIT;
+            self.system_chat(
+                session,
+                id,
+                format!(
+                    "You hit NPC {npc} for {dmg} ({left} hp left); it hits back for {}",
+                    rules::NPC_HIT
+                ),
+            );
+        }
+    }
+
+    /// After the hits of one attack (or one remote hit's result): death and respawn
+    /// elsewhere, `SC_STAT_CHANGE` if the stats changed since `before`, regeneration.
+    pub(super) fn after_hits(
+        &self,
+        session: &H::Conn,
+        id: u32,
+        before: PStats,
+        l: &mut Login<H::Conn>,
+    ) {
+        let pl = &self.players[id as usize];
         let mut s = pl.stats.lock();
         let died = s.hp <= 0;
         if died {
@@ -93,9 +135,10 @@ impl<H: Host> Game<H> {
             let to = self.random_cell();
             let t = self.last_move_time[id as usize].load(Relaxed);
             self.relocate(session, id, to, t);
+            self.zone_moved(session, id, to, t, true, l);
         }
         if now.hp < now.max_hp {
-            self.start_regen(&srv, id, gen);
+            self.start_regen(&session.server(), id, l.gen);
         }
     }
 

@@ -214,6 +214,14 @@ impl<H: Host> Game<H> {
         if l.gen != job.gen || l.phase != Phase::Loading || l.placed {
             return; // stale: that login ended
         }
+        if self.zone.is_some() {
+            // A cluster's home zone loaded it: the zone that owns its cell places it.
+            l.phase = Phase::Idle;
+            l.session = None;
+            let name = std::mem::take(&mut l.name);
+            drop(l);
+            return self.home_loaded(srv, &session, id, name, row);
+        }
         self.finish_login(&session, id, &mut l, row);
     }
 
@@ -236,14 +244,20 @@ impl<H: Host> Game<H> {
     /// the board.
     pub(super) fn depart(&self, srv: &H, id: u32, l: &mut Login<H::Conn>) {
         if l.placed {
+            let row = self.row(id, l);
             if let Some(p) = &self.persist {
-                p.put(self.row(id, l));
+                p.put(row.clone());
                 p.flush(Some(&l.name));
             }
             self.players[id as usize].dirty.store(false, Relaxed);
             l.placed = false;
+            self.leave(srv, id);
+            // A cluster: the name's home zone frees the name and keeps this row for a
+            // login that comes before the write commits.
+            self.departed(srv, &l.name, row);
+        } else {
+            self.leave(srv, id);
         }
-        self.leave(srv, id);
     }
 
     /// The save tick: rows of the players changed since the last tick are written behind,
@@ -253,8 +267,11 @@ impl<H: Host> Game<H> {
         for (id, pl) in self.players.iter().enumerate() {
             if pl.dirty.swap(false, Relaxed) {
                 let l = pl.login.lock();
-                if l.placed {
+                // In a cluster, only the owner the gateway confirmed writes the row.
+                if l.placed && (self.zone.is_none() || l.confirmed) {
                     p.put(self.row(id as u32, &l));
+                } else if l.placed {
+                    pl.dirty.store(true, Relaxed); // written once the gateway confirms
                 }
             }
         }

@@ -17,6 +17,7 @@ pub(crate) mod login;
 mod movement;
 pub(crate) mod npc;
 mod view;
+pub(crate) mod zone;
 
 use std::collections::HashSet;
 use std::sync::atomic::{
@@ -42,6 +43,10 @@ pub(crate) const NO_PLAYER: u32 = u32::MAX;
 const RESPAWN: u64 = 1 << 40;
 const REGEN: u64 = 1 << 41;
 const SAVE_TICK: u64 = 1 << 42;
+/// Cluster: a hand-off's answer is overdue (value: the epoch it would have given).
+const HANDOFF_TIMEOUT: u64 = 1 << 43;
+/// Cluster, test hook: a transfer held back on purpose is due.
+const DELAYED_TRANSFER: u64 = 1 << 44;
 
 /// Packets a session may send between `CS_LOGIN` and its `SC_LOGIN_INFO` (the load from the
 /// database); beyond, the session is closed.
@@ -79,6 +84,9 @@ pub(crate) enum Phase {
     InGame,
     /// Logged out or refused: what the session still sends is ignored.
     Left,
+    /// Cluster: being handed to another zone (its state sent, the answer awaited); the
+    /// gateway holds its packets meanwhile.
+    Moving,
 }
 
 /// A player slot's login, guarded by its own lock: taken first (before view, sector, stats
@@ -95,6 +103,18 @@ pub(crate) struct Login<C> {
     /// On the board (its row is saved when it leaves).
     pub placed: bool,
     pub asked: Instant,
+    /// Cluster: the ownership epoch this zone holds the player at (0: not owned here).
+    pub epoch: u32,
+    /// Cluster: the gateway routes the player here at `epoch` (only then is its row written).
+    pub confirmed: bool,
+    /// Cluster: where a hand-off of this player to another zone is.
+    pub handoff: zone::Handoff,
+    /// Cluster: on a `Revoke`, keep a ghost of the player (the zone that does own it
+    /// publishes it here) rather than take it off the board.
+    pub ghost_if_revoked: bool,
+    /// Cluster: the highest epoch this zone has offered the player to another zone at (a
+    /// retried hand-off offers a higher one, so two attempts never share an epoch).
+    pub offered: u32,
 }
 
 pub(crate) struct Player<C> {
@@ -118,6 +138,11 @@ impl<C> Player<C> {
                 pending: Vec::new(),
                 placed: false,
                 asked: Instant::now(),
+                epoch: 0,
+                confirmed: false,
+                handoff: zone::Handoff::None,
+                ghost_if_revoked: false,
+                offered: 0,
             }),
             stats: Mutex::new(PStats::new()),
             dirty: AtomicBool::new(false),
@@ -194,6 +219,8 @@ pub(crate) struct Game<H: Host> {
     pub persist: Option<Persist<H::ConnId>>,
     /// Login latency (µs, from `CS_LOGIN` to `SC_LOGIN_INFO` queued).
     pub login_us: Mutex<hdrhistogram::Histogram<u64>>,
+    /// `Some` when this game is one zone of a cluster.
+    pub zone: Option<zone::ZoneState>,
 }
 
 /// What every concern uses (encoding a packet, closing a session for what it sent), and the
@@ -222,14 +249,16 @@ impl<H: Host> Game<H> {
                 self.last_move_time[id as usize].store(move_time, Relaxed);
                 let to = self.world.step(self.world.pos(id), direction.delta());
                 self.relocate(session, id, to, move_time);
+                self.zone_moved(session, id, to, move_time, false, l);
             }
             ClientPacket::Teleport => {
                 let to = self.random_cell();
                 let t = self.last_move_time[id as usize].load(Relaxed);
                 self.relocate(session, id, to, t);
+                self.zone_moved(session, id, to, t, true, l);
             }
             ClientPacket::Chat { mess } => self.chat(session, id, mess),
-            ClientPacket::Attack => self.attack(session, id, l.gen),
+            ClientPacket::Attack => self.attack(session, id, l),
             ClientPacket::Logout => {
                 // The id is freed when the session has closed (packets until then are ignored).
                 l.phase = Phase::Left;
@@ -277,7 +306,7 @@ impl<H: Host> Game<H> {
                     format!("more than {MAX_PENDING} packets while logging in"),
                 );
             }
-            Phase::Idle | Phase::Left => {
+            Phase::Idle | Phase::Left | Phase::Moving => {
                 tracing::debug!(session = %session.id(), "packet after logout ignored");
             }
         }
@@ -314,6 +343,8 @@ impl<H: Host> Game<H> {
             RESPAWN if w.is_npc(id) && (id as usize) < w.objs.len() => g.respawn(server, id),
             REGEN if !w.is_npc(id) => g.regen_tick(server, id, value),
             SAVE_TICK => g.save_tick(server),
+            HANDOFF_TIMEOUT if !w.is_npc(id) => g.handoff_timeout(server, id, value as u32),
+            DELAYED_TRANSFER => g.delayed_transfers(server),
             _ => {}
         }
     }

@@ -23,6 +23,9 @@ pub fn npc_position(seed: u64, i: usize, size: u16) -> (u16, u16) {
 impl<H: Host> Game<H> {
     /// An NPC came into some player's view: if it slept, schedule its first move.
     pub(super) fn wake(&self, srv: &H, npc: u32) {
+        if self.npc_elsewhere(npc).is_some() {
+            return; // a ghost: its own zone wakes it (it holds a ghost of the player too)
+        }
         let i = (npc - self.world.max_users) as usize;
         if self.world.awake[i]
             .compare_exchange(false, true, SeqCst, SeqCst)
@@ -68,12 +71,18 @@ impl<H: Host> Game<H> {
         }
         let dir = Direction::ALL[(self.rng.next_u64() % 4) as usize];
         let from = w.pos(npc);
-        let to = w.step(from, dir.delta());
+        let mut to = w.step(from, dir.delta());
+        if !self.in_my_zone(to) {
+            // NPCs stay in the zone they belong to: its border stops them as the board's
+            // edge does (ARCHITECTURE.md, "Cluster").
+            to = from;
+        }
         w.set_pos(npc, to);
         w.sector_move(npc, from, to);
         let name = w.objs[npc as usize].view.lock().name;
         let mine = self.mine(npc, to, name, Some(self.move_packet(npc, to, 0)));
         self.reconcile_all(srv, npc, to, &mine);
+        self.publish_band(srv, npc, to, 0, Some(name));
         self.counters.npc_moves.fetch_add(1, Relaxed);
         self.schedule(srv, npc);
         drop(life);
@@ -95,6 +104,7 @@ impl<H: Host> Game<H> {
         for c in cands {
             self.reconcile(srv, npc, c, &mine);
         }
+        self.leave_band(srv, npc);
         let _ = srv.post_after(self.npc_respawn, RESPAWN | u64::from(npc), 0);
     }
 
@@ -118,6 +128,7 @@ impl<H: Host> Game<H> {
         w.sector_insert(npc, to);
         let mine = self.mine(npc, to, name, None);
         self.reconcile_all(srv, npc, to, &mine);
+        self.publish_band(srv, npc, to, 0, Some(name));
         self.counters.npc_respawns.fetch_add(1, Relaxed);
         drop(life);
     }

@@ -22,6 +22,16 @@ pub(super) struct Mine {
     mv: Option<Bytes>,
     add: OnceCell<Bytes>,
     remove: OnceCell<Bytes>,
+    /// Cluster hand-off: where this player's client was told each object is (sorted by id),
+    /// so that an object it still sees but that moved meanwhile gets one `SC_MOVE_OBJECT`.
+    pub told: Vec<(u32, u32)>,
+}
+
+impl Mine {
+    fn told(&self, id: u32) -> Option<u32> {
+        let i = self.told.binary_search_by_key(&id, |t| t.0).ok()?;
+        Some(self.told[i].1)
+    }
 }
 
 impl<H: Host> Game<H> {
@@ -53,6 +63,7 @@ impl<H: Host> Game<H> {
             mv,
             add: OnceCell::new(),
             remove: OnceCell::new(),
+            told: Vec::new(),
         }
     }
 
@@ -87,39 +98,56 @@ impl<H: Host> Game<H> {
         let now = m.state == State::InGame
             && o.state == State::InGame
             && w.in_range(w.pos(me), other_pos);
-        let was = m.set.contains(&other);
-        match (was, now) {
-            (true, true) => {
+        // Each direction on its own: on a single server the two sets always agree, but a
+        // cluster hand-off installs the client's picture as `me`'s set, which may differ.
+        let m_knows = m.set.contains(&other);
+        let o_knows = o.set.contains(&me);
+        if now {
+            let mut added = false;
+            if o_knows {
                 if let (Some(mv), Some(s)) = (&mine.mv, &o.session) {
                     s.send(mv.clone());
                 }
-            }
-            (false, true) => {
-                m.set.insert(other);
+            } else {
                 o.set.insert(me);
-                if let Some(s) = &m.session {
-                    s.send(self.add_packet(other, other_pos, &o.name));
-                }
                 if let Some(s) = &o.session {
                     s.send(self.mine_add(mine));
                 }
+                added = true;
+            }
+            if !m_knows {
+                m.set.insert(other);
+                if let Some(s) = &m.session {
+                    s.send(self.add_packet(other, other_pos, &o.name));
+                }
+                added = true;
+            } else if let Some(told) = mine.told(other) {
+                if told != other_pos {
+                    if let Some(s) = &m.session {
+                        s.send(self.move_packet(other, other_pos, 0));
+                    }
+                }
+            }
+            if added {
                 if w.is_npc(other) {
                     self.wake(srv, other);
                 } else if w.is_npc(me) {
                     self.wake(srv, me);
                 }
             }
-            (true, false) => {
+        } else {
+            if m_knows {
                 m.set.remove(&other);
-                o.set.remove(&me);
                 if let Some(s) = &m.session {
                     s.send(self.encode(ServerPacket::RemoveObject { id: other as i32 }));
                 }
+            }
+            if o_knows {
+                o.set.remove(&me);
                 if let Some(s) = &o.session {
                     s.send(self.mine_remove(mine));
                 }
             }
-            (false, false) => {}
         }
     }
 
@@ -143,6 +171,15 @@ impl<H: Host> Game<H> {
 
     /// Takes player `id` off the board (logout or disconnect): REMOVE to everyone who saw it.
     pub(super) fn leave(&self, srv: &H, id: u32) {
+        if self.take_off(srv, id) {
+            self.counters.players.fetch_sub(1, Relaxed);
+        }
+        self.leave_band(srv, id);
+    }
+
+    /// Takes object `id` off the board (a player leaving, a ghost dropped): REMOVE to
+    /// everyone who saw it. `false` if it was not on the board.
+    pub(super) fn take_off(&self, srv: &H, id: u32) -> bool {
         let w = &self.world;
         let cands: Vec<u32> = {
             let mut v = w.objs[id as usize].view.lock();
@@ -150,7 +187,7 @@ impl<H: Host> Game<H> {
             v.state = State::Left;
             v.session = None;
             if !was_in {
-                return;
+                return false;
             }
             v.set.iter().copied().collect()
         };
@@ -161,6 +198,6 @@ impl<H: Host> Game<H> {
         for c in cands {
             self.reconcile(srv, id, c, &mine);
         }
-        self.counters.players.fetch_sub(1, Relaxed);
+        true
     }
 }

@@ -1,0 +1,500 @@
+//! `cport zone`: one zone of the board as its own process — the game
+//! ([`cport_mmo::Engine::new_zone`]) on a cport port, its clients' packets arriving from the
+//! gateways and its packets leaving for them in batches over the bus.
+//!
+//! What runs where: the bus thread (async-nats) only reads each batch's header and queues the
+//! batch per sender ([`Inbox`]); a worker drains each sender's queue in order and hands every
+//! entry to the game; what the game sends (client packets, ghosts, hand-offs) goes into one
+//! open batch per destination ([`Outbox`]), published when a worker gets to the posted flush —
+//! so under load many entries share one NATS message, and when idle none waits for a tick.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cport_mmo::cluster::wire::{read_header, Msg, Source};
+use cport_mmo::cluster::{Layout, ZoneSetup, ZoneStats};
+use cport_mmo::{Conn, DbResult, Engine, Host};
+use cport_server::cport::{Backend, Message};
+use cport_server::{CloseReason, Handler, Server, ServerHandle, Session};
+use parking_lot::Mutex;
+
+use crate::bus::{Bus, BusConfig, Inbox, Outbox};
+
+/// Posted: a batch queue to drain (value: the source, [`source_code`]).
+const BUS_KEY: u64 = 1;
+/// Posted: an outbox destination to flush (value: its index).
+const FLUSH_KEY: u64 = 2;
+/// Message: a database result.
+const DB_KEY: u64 = 3;
+
+/// A zone process's settings.
+#[derive(Debug, Clone)]
+pub struct ZoneConfig {
+    /// The game's settings (`max_users` is the cluster's; `addr` is not used: a zone takes no
+    /// clients).
+    pub game: cport_mmo::Config,
+    /// This zone's number, `0..zones`.
+    pub me: u16,
+    /// Zones in the cluster.
+    pub zones: usize,
+    /// Gateways in the cluster.
+    pub gateways: u16,
+    /// The NATS server (`nats://host:port`).
+    pub nats: String,
+    /// The cluster's name: the prefix of its subjects (several clusters can share a server).
+    pub cluster: String,
+    /// How long the bus may take to connect at start.
+    pub connect_timeout: Duration,
+    /// See [`ZoneSetup::handoff_timeout`].
+    pub handoff_timeout: Duration,
+    /// Test hook: see [`ZoneSetup::transfer_delay`].
+    pub transfer_delay: Duration,
+}
+
+impl ZoneConfig {
+    /// Zone `me` of `zones`, for `gateways` gateways, on the NATS server at `nats`, with the
+    /// defaults for the rest.
+    pub fn new(game: cport_mmo::Config, me: u16, zones: usize, gateways: u16, nats: &str, cluster: &str) -> ZoneConfig {
+        ZoneConfig {
+            game,
+            me,
+            zones,
+            gateways,
+            nats: nats.to_string(),
+            cluster: cluster.to_string(),
+            connect_timeout: Duration::from_secs(10),
+            handoff_timeout: Duration::from_millis(500),
+            transfer_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A source as one posted `u64`.
+fn source_code(s: Source) -> u64 {
+    match s {
+        Source::Gateway(n) => (1 << 16) | u64::from(n),
+        Source::Zone(n) => (2 << 16) | u64::from(n),
+    }
+}
+
+fn source_of(v: u64) -> Option<Source> {
+    let n = v as u16;
+    match v >> 16 {
+        1 => Some(Source::Gateway(n)),
+        2 => Some(Source::Zone(n)),
+        _ => None,
+    }
+}
+
+/// A player's connection as a zone sees it: a session on some gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RemoteId {
+    /// The gateway.
+    pub gateway: u16,
+    /// The session there.
+    pub session: u64,
+    /// The player.
+    pub player: u32,
+}
+
+impl fmt::Display for RemoteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "gw{}/{:#x}/p{}", self.gateway, self.session, self.player)
+    }
+}
+
+/// The zone's side of the network, for the game: timers and results through the port,
+/// messages through the outbox.
+#[derive(Clone)]
+pub struct ZoneHost(Arc<HostInner>);
+
+struct HostInner {
+    srv: ServerHandle,
+    outbox: Outbox,
+}
+
+impl fmt::Debug for ZoneHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZoneHost").finish_non_exhaustive()
+    }
+}
+
+impl Host for ZoneHost {
+    type Conn = RemoteConn;
+    type ConnId = RemoteId;
+
+    fn post_after(&self, delay: Duration, key: u64, value: u64) -> bool {
+        self.0.srv.post_after(delay, key, value).is_ok()
+    }
+
+    fn post_db(&self, result: DbResult<RemoteId>) -> bool {
+        self.0.srv.post_message(DB_KEY, result).is_ok()
+    }
+
+    fn conn(&self, id: RemoteId) -> Option<RemoteConn> {
+        Some(RemoteConn {
+            host: self.clone(),
+            id,
+        })
+    }
+
+    fn to_zone(&self, zone: u16, msg: &Msg) {
+        self.0.outbox.push(Source::Zone(zone), msg);
+    }
+
+    fn to_gateway(&self, gateway: u16, msg: &Msg) {
+        self.0.outbox.push(Source::Gateway(gateway), msg);
+    }
+
+    fn remote(&self, gateway: u16, session: u64, player: u32) -> Option<RemoteConn> {
+        self.conn(RemoteId {
+            gateway,
+            session,
+            player,
+        })
+    }
+}
+
+/// A player's session on a gateway: what the game sends it goes into that gateway's batch.
+#[derive(Clone)]
+pub struct RemoteConn {
+    host: ZoneHost,
+    id: RemoteId,
+}
+
+impl fmt::Debug for RemoteConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RemoteConn({})", self.id)
+    }
+}
+
+impl Conn for RemoteConn {
+    type Host = ZoneHost;
+
+    fn send(&self, packet: Bytes) {
+        self.host
+            .0
+            .outbox
+            .push_send(self.id.gateway, self.id.session, &packet);
+    }
+
+    fn reject(&self, why: String) {
+        self.host.to_gateway(
+            self.id.gateway,
+            &Msg::Close {
+                session: self.id.session,
+                reason: Some(why),
+            },
+        );
+    }
+
+    fn close_after_flush(&self) {
+        self.host.to_gateway(
+            self.id.gateway,
+            &Msg::Close {
+                session: self.id.session,
+                reason: None,
+            },
+        );
+    }
+
+    fn id(&self) -> RemoteId {
+        self.id
+    }
+
+    fn slot(&self) -> usize {
+        self.id.player as usize
+    }
+
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    fn server(&self) -> ZoneHost {
+        self.host.clone()
+    }
+
+    fn route(&self) -> Option<(u16, u64)> {
+        Some((self.id.gateway, self.id.session))
+    }
+}
+
+/// What the bus brought that the game never saw.
+#[derive(Debug, Default)]
+struct BusErrors {
+    /// NATS messages that were not batches (no header).
+    junk: AtomicU64,
+    /// Batches cut short by an entry that does not parse.
+    malformed: AtomicU64,
+    /// Batches that came after a gap in their sender's sequence (lost on the way).
+    gaps: AtomicU64,
+}
+
+struct Shared {
+    engine: Engine<ZoneHost>,
+    host: OnceLock<ZoneHost>,
+    inbox: Inbox<Bytes>,
+    errors: BusErrors,
+    /// Per source: the incarnation and the last sequence number seen.
+    seqs: Mutex<std::collections::HashMap<Source, (u32, u64)>>,
+}
+
+struct ZoneHandler(Arc<Shared>);
+
+impl Shared {
+    fn drain(&self, source: Source) {
+        let Some(host) = self.host.get() else { return };
+        self.inbox.drain(source, |batch| {
+            let (h, mut entries) = match read_header(batch) {
+                Ok(x) => x,
+                Err(_) => return, // checked on the bus thread
+            };
+            {
+                let mut seqs = self.seqs.lock();
+                let last = seqs.insert(h.source, (h.incarnation, h.seq));
+                if let Some((inc, seq)) = last {
+                    if inc == h.incarnation && h.seq != seq.wrapping_add(1) {
+                        self.errors.gaps.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            while let Some(entry) = entries.next() {
+                match entry {
+                    Ok(msg) => self.engine.on_cluster(host, h.source, msg),
+                    Err(e) => {
+                        self.errors.malformed.fetch_add(1, Relaxed);
+                        tracing::warn!(source = ?h.source, "batch cut short: {e}");
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Handler for ZoneHandler {
+    fn on_connect(&self, session: &Session) {
+        session.close(CloseReason::Rejected("a zone takes no clients".into()));
+    }
+
+    fn on_packet(&self, _session: &Session, _packet: &[u8]) {}
+
+    fn on_posted(&self, _server: &ServerHandle, key: u64, value: u64) {
+        match key {
+            BUS_KEY => {
+                if let Some(source) = source_of(value) {
+                    self.0.drain(source);
+                }
+            }
+            FLUSH_KEY => {
+                if let Some(host) = self.0.host.get() {
+                    host.0.outbox.flush(value as usize);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_timer(&self, _server: &ServerHandle, key: u64, value: u64) {
+        if let Some(host) = self.0.host.get() {
+            self.0.engine.on_timer(host, key, value);
+        }
+    }
+
+    fn on_message(&self, _server: &ServerHandle, key: u64, message: Message) {
+        let Some(host) = self.0.host.get() else { return };
+        if key == DB_KEY {
+            match message.downcast::<DbResult<RemoteId>>() {
+                Ok(result) => self.0.engine.on_db(host, result),
+                Err(_) => tracing::error!("a message of an unknown type on the DB key"),
+            }
+        }
+    }
+}
+
+/// A running zone.
+pub struct Zone {
+    server: Option<Server>,
+    shared: Arc<Shared>,
+    bus: Bus,
+    me: u16,
+}
+
+impl fmt::Debug for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Zone").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+/// Starts zone `cfg.me`: the game (its NPCs, its database), the bus, and the announcement
+/// to the other zones. Returns once its inbox is subscribed.
+pub fn start(cfg: ZoneConfig) -> io::Result<Zone> {
+    let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+    let layout = Layout::new(cfg.game.world_size, cfg.zones)
+        .ok_or_else(|| invalid(format!("{} zones on a {}-cell board", cfg.zones, cfg.game.world_size)))?;
+    if usize::from(cfg.me) >= cfg.zones {
+        return Err(invalid(format!("zone {} of {}", cfg.me, cfg.zones)));
+    }
+    let mut setup = ZoneSetup::new(layout, cfg.me);
+    setup.handoff_timeout = cfg.handoff_timeout;
+    setup.transfer_delay = cfg.transfer_delay;
+    let engine = Engine::<ZoneHost>::new_zone(&cfg.game, setup)?;
+    let incarnation = incarnation();
+    let bus = Bus::connect(
+        BusConfig {
+            url: cfg.nats.clone(),
+            cluster: cfg.cluster.clone(),
+            me: Source::Zone(cfg.me),
+            incarnation,
+        },
+        cfg.connect_timeout,
+    )?;
+    let shared = Arc::new(Shared {
+        engine,
+        host: OnceLock::new(),
+        inbox: Inbox::new(),
+        errors: BusErrors::default(),
+        seqs: Mutex::new(Default::default()),
+    });
+    let scfg = cport_server::Config {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        threads: cfg.game.threads,
+        backend: cfg.game.backend,
+        max_sessions: 1,
+        ..Default::default()
+    };
+    let server = Server::start(scfg, shared.engine.codec(), ZoneHandler(shared.clone()))?;
+    let handle = server.handle();
+    let dests: Vec<Source> = (0..cfg.zones as u16)
+        .filter(|&z| z != cfg.me)
+        .map(Source::Zone)
+        .chain((0..cfg.gateways).map(Source::Gateway))
+        .collect();
+    let flusher = handle.clone();
+    let outbox = Outbox::new(bus.clone(), dests, move |i| {
+        let _ = flusher.post(FLUSH_KEY, i as u64);
+    });
+    let host = ZoneHost(Arc::new(HostInner {
+        srv: handle.clone(),
+        outbox,
+    }));
+    let _ = shared.host.set(host.clone());
+    shared.engine.spawn_db(host.clone())?;
+    shared.engine.on_start(&host);
+    let deliver = {
+        let shared = shared.clone();
+        let handle = handle.clone();
+        move |payload: Bytes| match read_header(payload.clone()) {
+            Ok((h, _)) => {
+                if shared.inbox.push(h.source, payload) {
+                    let _ = handle.post(BUS_KEY, source_code(h.source));
+                }
+            }
+            Err(e) => {
+                let n = shared.errors.junk.fetch_add(1, Relaxed);
+                if n < 10 || n.is_power_of_two() {
+                    tracing::warn!("not a cluster batch on the zone's subject ({} so far): {e}", n + 1);
+                }
+            }
+        }
+    };
+    bus.subscribe(deliver)?;
+    shared.engine.zone_started(&host);
+    tracing::info!(zone = cfg.me, zones = cfg.zones, backend = ?handle.backend(), "zone serving");
+    Ok(Zone {
+        server: Some(server),
+        shared,
+        bus,
+        me: cfg.me,
+    })
+}
+
+/// A number that differs between two starts of a process (so its receivers can tell a
+/// restart from lost messages).
+fn incarnation() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    cport_mmo_proto::splitmix64(t.as_nanos() as u64 ^ u64::from(std::process::id())) as u32
+}
+
+/// What a zone's bus did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZoneBusStats {
+    /// The NATS client's counters.
+    pub bus: crate::bus::BusCounters,
+    /// Messages on the zone's subject that were not batches.
+    pub junk: u64,
+    /// Batches cut short by an entry that does not parse.
+    pub malformed: u64,
+    /// Batches after a gap in their sender's sequence.
+    pub gaps: u64,
+    /// Batches waiting for a worker now.
+    pub queued: usize,
+}
+
+impl Zone {
+    /// This zone's number.
+    pub fn me(&self) -> u16 {
+        self.me
+    }
+
+    /// The game.
+    pub fn engine(&self) -> &Engine<ZoneHost> {
+        &self.shared.engine
+    }
+
+    /// The game's counters (players here are the players this zone owns).
+    pub fn stats(&self) -> cport_mmo::Stats {
+        self.shared.engine.stats()
+    }
+
+    /// The zone's own counters: ghosts, hand-offs, home logins.
+    pub fn zone_stats(&self) -> ZoneStats {
+        self.shared.engine.zone_stats().expect("a zone")
+    }
+
+    /// What the bus did.
+    pub fn bus_stats(&self) -> ZoneBusStats {
+        let e = &self.shared.errors;
+        ZoneBusStats {
+            bus: self.bus.counters(),
+            junk: e.junk.load(Relaxed),
+            malformed: e.malformed.load(Relaxed),
+            gaps: e.gaps.load(Relaxed),
+            queued: self.shared.inbox.queued(),
+        }
+    }
+
+    /// The backend the zone's port runs on.
+    pub fn backend(&self) -> Backend {
+        self.server.as_ref().expect("running").handle().backend()
+    }
+
+    /// Stops: the workers end (what is queued is dropped), then every owned player's row is
+    /// written and what the outbox holds is sent.
+    pub fn shutdown(mut self, deadline: Duration) {
+        self.stop(deadline);
+    }
+
+    fn stop(&mut self, deadline: Duration) {
+        if let Some(server) = self.server.take() {
+            let _ = server.shutdown(deadline);
+            let _ = self.shared.engine.flush_all();
+            if let Some(host) = self.shared.host.get() {
+                host.0.outbox.flush_all();
+            }
+            let _ = self.bus.flush(deadline);
+        }
+    }
+}
+
+impl Drop for Zone {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(1));
+    }
+}
