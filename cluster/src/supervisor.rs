@@ -519,10 +519,23 @@ fn wait_ready<T>(
     }
 }
 
+/// `nats-server` on `PATH`, else in `/usr/sbin` (where Debian's package puts it, and which
+/// is not on every user's `PATH`).
+fn nats_program() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nats-server").is_file()));
+    let sbin = PathBuf::from("/usr/sbin/nats-server");
+    if !on_path && sbin.is_file() {
+        sbin
+    } else {
+        PathBuf::from("nats-server")
+    }
+}
+
 /// Starts `nats-server` from `PATH` on a free loopback port (`-p -1`: the server picks it and
 /// logs it) and waits for it to be ready; returns it and its URL.
 fn start_nats(plan: &Plan) -> io::Result<(Proc, String)> {
-    let mut cmd = Command::new("nats-server");
+    let mut cmd = Command::new(nats_program());
     cmd.args(["-a", "127.0.0.1", "-p", "-1"]);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -639,12 +652,12 @@ while :; do sleep 0.05; done
 
     #[cfg(unix)]
     fn plan(dir: &std::path::Path) -> Option<Plan> {
-        if Command::new("nats-server")
+        if Command::new(nats_program())
             .arg("--version")
             .output()
             .is_err()
         {
-            cport_testkit::missing_service("nats-server", "PATH");
+            cport_testkit::missing_service("nats-server", cport_testkit::nats::NATS_VAR);
             return None;
         }
         let gws = vec![

@@ -50,9 +50,10 @@ pub struct Args {
     /// How long a login may wait for its zone before the client gets SC_LOGIN_FAIL (ms).
     #[arg(long, default_value_t = 5_000)]
     pub login_timeout_ms: u64,
-    /// How long a hand-off may hold a client's packets before they go back to the old
-    /// owner (ms).
-    #[arg(long, default_value_t = 2_000)]
+    /// How long a hand-off may hold a client's packets before the client is closed (ms;
+    /// the zones give up on a hand-off after 500 ms and keep the player, so this is the
+    /// last resort when a zone is gone).
+    #[arg(long, default_value_t = 3_000)]
     pub handoff_timeout_ms: u64,
     /// Backend: auto, uring, epoll [default: $CPORT_BACKEND, else auto].
     #[arg(long)]

@@ -1009,7 +1009,7 @@ mod tests {
     /// junk included; a batch on another cluster's subject has no destination.
     #[test]
     fn audits_what_a_real_nats_server_carries() {
-        let Some(nats) = super::super::nats_server() else {
+        let Some(nats) = cport_testkit::nats::nats_server() else {
             return;
         };
         let a = Auditor::start(&nats.url, "c").unwrap();

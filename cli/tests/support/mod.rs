@@ -4,8 +4,6 @@
 
 pub mod audit;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cport_cluster::supervisor::{Plan, Supervisor};
@@ -15,67 +13,9 @@ use cport_mmo_proto::{ClientPacket, Direction, ServerPacket, SizeField};
 /// The header every cluster test speaks.
 pub const H: SizeField = SizeField::U8;
 
-/// A `nats-server` on a free loopback port, killed when dropped.
-pub struct NatsServer {
-    /// `nats://127.0.0.1:PORT`.
-    pub url: String,
-    child: Child,
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A `nats-server` from PATH, or `None` after `cport_testkit::missing_service` said the test
-/// is skipped (it fails instead under scripts/test).
-pub fn nats_server() -> Option<NatsServer> {
-    let spawned = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", "-1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(_) => {
-            cport_testkit::missing_service("nats-server", "PATH");
-            return None;
-        }
-    };
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            let _ = tx.send(line);
-        }
-    });
-    let until = Instant::now() + Duration::from_secs(10);
-    let mut port = None;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("nats-server did not say it is ready");
-        if let Some((_, rest)) = line.split_once("Listening for client connections on ") {
-            port = rest
-                .split_whitespace()
-                .next()
-                .and_then(|a| a.rsplit_once(':'))
-                .map(|(_, p)| p.to_string());
-        }
-        if line.contains("Server is ready") {
-            break;
-        }
-    }
-    Some(NatsServer {
-        url: format!("nats://127.0.0.1:{}", port.expect("nats-server's port")),
-        child,
-    })
-}
+/// A throwaway `nats-server` per test (`cport_testkit::nats`): `None` when there is none
+/// (the test is skipped, or fails under scripts/test).
+pub use cport_testkit::nats::{nats_server, NatsServer};
 
 /// A cluster of this build's `cport` (zones and gateways) on the NATS server at `nats`, named
 /// `cluster`, with the game's flags `game` for the zones (the gateways get `--world-size` and
