@@ -15,7 +15,7 @@ pub const H: SizeField = SizeField::U8;
 
 /// A throwaway `nats-server` per test (`cport_testkit::nats`): `None` when there is none
 /// (the test is skipped, or fails under scripts/test).
-pub use cport_testkit::nats::{nats_server, NatsServer};
+pub use cport_testkit::nats::nats_server;
 
 /// A cluster of this build's `cport` (zones and gateways) on the NATS server at `nats`, named
 /// `cluster`, with the game's flags `game` for the zones (the gateways get `--world-size` and
