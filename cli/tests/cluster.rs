@@ -44,6 +44,7 @@ fn assert_clean(c: &Checker) {
 /// consistent, and the auditor sees many hand-offs and no ownership violation.
 #[test]
 fn walkers_across_borders_keep_one_owner_and_all_their_moves() {
+    let _one = support::serial();
     let Some(nats) = support::nats_server() else {
         return;
     };
@@ -129,6 +130,7 @@ fn border(size: u16) -> (Layout, u16) {
 /// each other's moves (MOVE) and chat (CHAT); walking apart removes them (REMOVE).
 #[test]
 fn players_across_a_border_and_gateways_see_move_and_chat() {
+    let _one = support::serial();
     let Some(nats) = support::nats_server() else {
         return;
     };
@@ -202,6 +204,7 @@ fn players_across_a_border_and_gateways_see_move_and_chat() {
 /// serving (a login and a walk across a border after it).
 #[test]
 fn junk_on_the_bus_is_dropped_and_the_cluster_keeps_working() {
+    let _one = support::serial();
     let Some(nats) = support::nats_server() else {
         return;
     };
@@ -245,6 +248,7 @@ fn junk_on_the_bus_is_dropped_and_the_cluster_keeps_working() {
 /// removed, so that its name logs in again (through either gateway) where it was.
 #[test]
 fn a_name_is_on_once_and_a_disconnect_mid_hand_off_frees_it() {
+    let _one = support::serial();
     let Some(nats) = support::nats_server() else {
         return;
     };
@@ -323,7 +327,9 @@ fn a_name_is_on_once_and_a_disconnect_mid_hand_off_frees_it() {
     );
     sup.stop(Duration::from_secs(10)).unwrap();
     let c = auditor.finish().unwrap();
+    eprintln!("auditor: {}", c.summary());
     assert_clean(&c);
+    assert!(c.handoffs >= 5, "{}", c.summary());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -332,6 +338,7 @@ fn a_name_is_on_once_and_a_disconnect_mid_hand_off_frees_it() {
 /// client's moves stay complete and in order.
 #[test]
 fn a_late_zone_makes_the_hand_off_fall_back() {
+    let _one = support::serial();
     let Some(nats) = support::nats_server() else {
         return;
     };
@@ -370,6 +377,7 @@ fn a_late_zone_makes_the_hand_off_fall_back() {
     support::quiesce(&auditor, Duration::from_secs(2), Duration::from_secs(10));
     sup.stop(Duration::from_secs(10)).unwrap();
     let c = auditor.finish().unwrap();
+    eprintln!("auditor: {}", c.summary());
     assert_clean(&c);
     assert!(
         c.cancels + c.revokes >= 1,
@@ -384,6 +392,7 @@ fn a_late_zone_makes_the_hand_off_fall_back() {
 #[cfg(target_os = "linux")]
 #[test]
 fn cport_cluster_starts_serves_and_stops() {
+    let _one = support::serial();
     // `cport cluster` starts its own nats-server (from PATH or /usr/sbin): skipped without.
     if support::nats_server().is_none() {
         return;
@@ -506,6 +515,7 @@ fn children(pid: u32) -> Vec<String> {
 /// The supervisor kills one process alone: the others keep running.
 #[test]
 fn one_process_can_be_killed_alone() {
+    let _one = support::serial();
     let Some(nats) = support::nats_server() else {
         return;
     };

@@ -107,7 +107,10 @@ pub mod tests {
             "--nats=nats://x:1".into(),
             "--test-transfer-delay-ms=1500".into(),
         ]);
-        assert_eq!((a.test_transfer_delay_ms, a.gateways, a.cluster.as_str()), (1500, 1, "cport"));
+        assert_eq!(
+            (a.test_transfer_delay_ms, a.gateways, a.cluster.as_str()),
+            (1500, 1, "cport")
+        );
         use clap::CommandFactory;
         let help = T::command().render_help().to_string();
         assert!(!help.contains("transfer-delay"), "{help}");

@@ -572,8 +572,8 @@ fn take<T>(v: &mut Vec<T>, f: impl Fn(&T) -> bool) -> bool {
 
 // --- the auditor: a subscriber on a thread feeding a checker --------------------------------
 
-/// Subscribes to everything on the NATS server (the cluster's subjects and any reply inbox)
-/// and checks it on a thread until [`Auditor::finish`].
+/// Subscribes to the cluster's subjects (`<cluster>.>`) and checks what they carry on a
+/// thread until [`Auditor::finish`].
 pub struct Auditor {
     checker: Arc<Mutex<Checker>>,
     stop: Arc<AtomicBool>,
@@ -585,7 +585,9 @@ impl Auditor {
     /// subscription is in place (what is published after this is seen).
     pub fn start(url: &str, cluster: &str) -> io::Result<Auditor> {
         let mut nats = Nats::connect(url)?;
-        nats.sub(">", 1)?;
+        // Not `>`: the bus's start-up round trip is a request to a fresh inbox that must find
+        // no responder, and a subscriber to everything would be one.
+        nats.sub(&format!("{cluster}.>"), 1)?;
         let checker = Arc::new(Mutex::new(Checker::new(cluster)));
         {
             let c = checker.clone();

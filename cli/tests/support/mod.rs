@@ -10,6 +10,14 @@ use cport_cluster::supervisor::{Plan, Supervisor};
 use cport_mmo_client::blocking::Client;
 use cport_mmo_proto::{ClientPacket, Direction, ServerPacket, SizeField};
 
+/// One cluster test at a time: each starts seven processes, and several at once on two cores
+/// would measure the machine, not the cluster (a poisoned lock, a failed test, is taken all
+/// the same).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The header every cluster test speaks.
 pub const H: SizeField = SizeField::U8;
 
