@@ -532,3 +532,45 @@ fn one_process_can_be_killed_alone() {
     drop(w);
     sup.stop(Duration::from_secs(10)).unwrap();
 }
+
+/// `cport demo --cluster`: the stress tester against a local cluster, for a few seconds,
+/// with a report whose clients got in, moved and met no error; the cluster is stopped at the
+/// end (nothing left running).
+#[test]
+fn demo_runs_on_a_cluster() {
+    let _one = support::serial();
+    if support::nats_server().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("cport-demo-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_cport"))
+        .args([
+            "demo",
+            "--cluster",
+            "--duration-s=4",
+            "--no-web",
+            "--npcs=200",
+        ])
+        .args(["--max-users=60", "--zones=4", "--threads=1"])
+        .arg("--out-dir")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("demo-report.json")).unwrap()).unwrap();
+    assert_eq!(report["clients_started"], 60, "{report}");
+    assert!(report["delay_samples"].as_u64().unwrap() > 0, "{report}");
+    let errors = report["errors"].as_object().unwrap();
+    assert!(errors.values().all(|v| v == 0), "{errors:?}");
+    let stopped = stderr
+        .lines()
+        .find(|l| l.starts_with("demo: cluster stopped: "))
+        .unwrap_or_else(|| panic!("no stop line: {stderr}"));
+    assert!(!stopped.contains("killed"), "{stopped}");
+    assert_eq!(stopped.matches("zone").count(), 4, "{stopped}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
