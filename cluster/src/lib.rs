@@ -7,4 +7,6 @@
 #![warn(missing_docs)]
 
 pub mod bus;
+pub mod gateway;
 pub mod supervisor;
+pub mod zone;

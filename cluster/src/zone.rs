@@ -59,7 +59,14 @@ pub struct ZoneConfig {
 impl ZoneConfig {
     /// Zone `me` of `zones`, for `gateways` gateways, on the NATS server at `nats`, with the
     /// defaults for the rest.
-    pub fn new(game: cport_mmo::Config, me: u16, zones: usize, gateways: u16, nats: &str, cluster: &str) -> ZoneConfig {
+    pub fn new(
+        game: cport_mmo::Config,
+        me: u16,
+        zones: usize,
+        gateways: u16,
+        nats: &str,
+        cluster: &str,
+    ) -> ZoneConfig {
         ZoneConfig {
             game,
             me,
@@ -306,7 +313,9 @@ impl Handler for ZoneHandler {
     }
 
     fn on_message(&self, _server: &ServerHandle, key: u64, message: Message) {
-        let Some(host) = self.0.host.get() else { return };
+        let Some(host) = self.0.host.get() else {
+            return;
+        };
         if key == DB_KEY {
             match message.downcast::<DbResult<RemoteId>>() {
                 Ok(result) => self.0.engine.on_db(host, result),
@@ -326,7 +335,9 @@ pub struct Zone {
 
 impl fmt::Debug for Zone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Zone").field("me", &self.me).finish_non_exhaustive()
+        f.debug_struct("Zone")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
     }
 }
 
@@ -334,8 +345,12 @@ impl fmt::Debug for Zone {
 /// to the other zones. Returns once its inbox is subscribed.
 pub fn start(cfg: ZoneConfig) -> io::Result<Zone> {
     let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
-    let layout = Layout::new(cfg.game.world_size, cfg.zones)
-        .ok_or_else(|| invalid(format!("{} zones on a {}-cell board", cfg.zones, cfg.game.world_size)))?;
+    let layout = Layout::new(cfg.game.world_size, cfg.zones).ok_or_else(|| {
+        invalid(format!(
+            "{} zones on a {}-cell board",
+            cfg.zones, cfg.game.world_size
+        ))
+    })?;
     if usize::from(cfg.me) >= cfg.zones {
         return Err(invalid(format!("zone {} of {}", cfg.me, cfg.zones)));
     }
@@ -397,7 +412,10 @@ pub fn start(cfg: ZoneConfig) -> io::Result<Zone> {
             Err(e) => {
                 let n = shared.errors.junk.fetch_add(1, Relaxed);
                 if n < 10 || n.is_power_of_two() {
-                    tracing::warn!("not a cluster batch on the zone's subject ({} so far): {e}", n + 1);
+                    tracing::warn!(
+                        "not a cluster batch on the zone's subject ({} so far): {e}",
+                        n + 1
+                    );
                 }
             }
         }

@@ -11,11 +11,11 @@ use cport_mmo_proto::splitmix64;
 use cport_server::LengthPrefixed;
 use parking_lot::Mutex;
 
+use crate::cluster::state::{ZoneSetup, ZoneState, ZoneStats};
 use crate::cluster::wire::{Msg, Source};
 use crate::config::{Config, MAX_IDS};
 use crate::db::{DbConfig, DbPool, Persist, PlayerRow, Store};
 use crate::game::npc::npc_position;
-use crate::game::zone::{ZoneSetup, ZoneState, ZoneStats};
 use crate::game::{self, Counters, Game, NpcLife, Player, Rng};
 use crate::net::{DbResult, Host};
 use crate::rules;

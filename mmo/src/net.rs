@@ -117,7 +117,8 @@ impl Conn for Session {
 
     #[inline]
     fn send(&self, packet: Bytes) {
-        Session::send(self, packet);
+        // A session that refuses a packet is closing: the game hears of it in `on_close`.
+        let _ = Session::send(self, packet);
     }
 
     fn reject(&self, why: String) {

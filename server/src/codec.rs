@@ -44,34 +44,159 @@ impl std::error::Error for FrameError {}
 /// not yet consumed; returns the length of the first complete packet, `Ok(None)` when more
 /// bytes are needed, or an error that closes the session.
 ///
-/// A codec of lines, each ending with `\n`, at most 4096 bytes (the one of the
-/// `server_chat` example):
+/// The crate has three: [`LengthPrefixed`] (a size header), [`Delimited`] (lines, or any
+/// delimiter byte) and [`RawStream`] (no framing). A codec of your own must enforce its
+/// limit on every packet it frames, complete or not, or a peer makes the session buffer as
+/// much as it sends. Records of a fixed 4 bytes:
 ///
 /// ```
 /// use cport_server::{Codec, FrameError};
 ///
-/// struct Lines;
+/// struct Fixed4;
 ///
-/// impl Codec for Lines {
+/// impl Codec for Fixed4 {
 ///     fn frame(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
-///         match buf.iter().position(|&b| b == b'\n') {
-///             Some(end) => Ok(Some(end + 1)),
-///             None if buf.len() > 4096 => Err(FrameError::TooLarge {
-///                 size: buf.len(),
-///                 max: 4096,
-///             }),
-///             None => Ok(None),
-///         }
+///         Ok((buf.len() >= 4).then_some(4))
 ///     }
 /// }
 ///
-/// assert_eq!(Lines.frame(b"hello\nwor"), Ok(Some(6)));
-/// assert_eq!(Lines.frame(b"wor"), Ok(None));
-/// assert!(Lines.frame(&[b'x'; 5000]).is_err());
+/// assert_eq!(Fixed4.frame(b"abcdef"), Ok(Some(4)));
+/// assert_eq!(Fixed4.frame(b"abc"), Ok(None));
 /// ```
 pub trait Codec: Send + Sync + 'static {
     /// Length of the first complete packet at the start of `buf`.
     fn frame(&self, buf: &[u8]) -> Result<Option<usize>, FrameError>;
+
+    /// What the handler's [`on_packet`](crate::Handler::on_packet) gets of a frame that
+    /// [`frame`](Codec::frame) cut: by default the whole frame, header included;
+    /// [`Delimited`] leaves out the line's ending.
+    fn packet<'a>(&self, frame: &'a [u8]) -> &'a [u8] {
+        frame
+    }
+}
+
+/// Packets that end with a delimiter byte: text lines (`\n`, with or without `\r` before it)
+/// or records separated by any byte (`\0`).
+///
+/// A line longer than the maximum closes the session with
+/// [`FrameError::TooLarge`] ([`CloseReason::Protocol`](crate::CloseReason::Protocol), logged
+/// at info level), whether its delimiter has arrived or not: a peer cannot make a session
+/// buffer more than one line's worth by never sending the delimiter. The maximum counts the
+/// line without its ending (the delimiter, and the `\r` before it when `\r` is stripped).
+///
+/// The handler gets each line without its ending ([`Codec::packet`]).
+///
+/// ```
+/// use cport_server::{Codec, Delimited, FrameError};
+///
+/// let lines = Delimited::lines(10);
+/// // One line and the start of the next: the first is framed with its ending...
+/// assert_eq!(lines.frame(b"JOIN bob\r\nSA"), Ok(Some(10)));
+/// // ...and the handler sees it without.
+/// assert_eq!(lines.packet(b"JOIN bob\r\n"), b"JOIN bob");
+/// assert_eq!(lines.frame(b"SA"), Ok(None), "more bytes needed");
+/// // Too long, complete or not.
+/// assert_eq!(
+///     lines.frame(b"SAY hello world\n"),
+///     Err(FrameError::TooLarge { size: 15, max: 10 })
+/// );
+/// assert!(lines.frame(b"SAY hello world").is_err());
+///
+/// // Records ended by a zero byte, kept as they are (no `\r` stripping).
+/// let records = Delimited::new(0, 64);
+/// assert_eq!(records.frame(b"a\r\0b"), Ok(Some(3)));
+/// assert_eq!(records.packet(b"a\r\0"), b"a\r");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delimited {
+    delimiter: u8,
+    strip_cr: bool,
+    max: usize,
+}
+
+impl Delimited {
+    /// Records ended by `delimiter`, each at most `max` bytes without it; no `\r` stripping.
+    pub fn new(delimiter: u8, max: usize) -> Self {
+        Delimited {
+            delimiter,
+            strip_cr: false,
+            max,
+        }
+    }
+
+    /// Text lines: ended by `\n`, a `\r` before it stripped too (so `nc` and `telnet`
+    /// clients both work), each at most `max` bytes without its ending.
+    pub fn lines(max: usize) -> Self {
+        Delimited {
+            delimiter: b'\n',
+            strip_cr: true,
+            max,
+        }
+    }
+
+    /// Whether a `\r` just before the delimiter belongs to the ending (left out of the
+    /// packet and of the length limit).
+    pub fn strip_cr(mut self, strip: bool) -> Self {
+        self.strip_cr = strip;
+        self
+    }
+
+    /// The delimiter byte.
+    pub fn delimiter(&self) -> u8 {
+        self.delimiter
+    }
+
+    /// The longest line accepted, without its ending.
+    pub fn max_len(&self) -> usize {
+        self.max
+    }
+
+    /// The line without its ending: the delimiter if present, and the `\r` before it when
+    /// `\r` is stripped.
+    fn content<'a>(&self, frame: &'a [u8]) -> &'a [u8] {
+        let line = match frame.split_last() {
+            Some((&last, rest)) if last == self.delimiter => rest,
+            _ => frame,
+        };
+        match line.split_last() {
+            Some((&b'\r', rest)) if self.strip_cr && line.len() < frame.len() => rest,
+            _ => line,
+        }
+    }
+}
+
+impl Codec for Delimited {
+    fn frame(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        let too_large = |size| FrameError::TooLarge {
+            size,
+            max: self.max,
+        };
+        match buf.iter().position(|&b| b == self.delimiter) {
+            Some(end) => {
+                let frame = &buf[..end + 1];
+                let len = self.content(frame).len();
+                if len > self.max {
+                    return Err(too_large(len));
+                }
+                Ok(Some(end + 1))
+            }
+            None => {
+                // No delimiter yet. The bytes so far may still end as a valid line only if
+                // they fit, allowing for a final `\r` of the ending when it is stripped.
+                let fits = buf.len() <= self.max
+                    || (self.strip_cr && buf.len() == self.max + 1 && buf.last() == Some(&b'\r'));
+                if fits {
+                    Ok(None)
+                } else {
+                    Err(too_large(buf.len()))
+                }
+            }
+        }
+    }
+
+    fn packet<'a>(&self, frame: &'a [u8]) -> &'a [u8] {
+        self.content(frame)
+    }
 }
 
 /// Width of the size field of [`LengthPrefixed`] packets.
@@ -295,5 +420,75 @@ mod tests {
                 max: 100
             })
         );
+    }
+
+    #[test]
+    fn a_complete_line_over_the_limit_is_an_error() {
+        // The `server_chat` example's old codec relayed a complete 6,006-byte line with a
+        // 4,096-byte limit: the limit was checked only while the newline had not arrived.
+        let c = Delimited::lines(4096);
+        let mut line = vec![b'x'; 6006];
+        line.push(b'\n');
+        assert_eq!(
+            c.frame(&line),
+            Err(FrameError::TooLarge {
+                size: 6006,
+                max: 4096
+            })
+        );
+    }
+
+    #[test]
+    fn a_partial_line_over_the_limit_is_an_error_before_its_delimiter() {
+        let c = Delimited::new(b';', 4);
+        assert_eq!(c.frame(b"abcd"), Ok(None), "may still end in time");
+        assert_eq!(
+            c.frame(b"abcde"),
+            Err(FrameError::TooLarge { size: 5, max: 4 })
+        );
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_limit_passes_with_either_ending() {
+        let c = Delimited::lines(3);
+        assert_eq!(c.frame(b"abc\n"), Ok(Some(4)));
+        assert_eq!(c.frame(b"abc\r"), Ok(None), "the \\r may be the ending's");
+        assert_eq!(c.frame(b"abc\r\n"), Ok(Some(5)));
+        assert_eq!(c.packet(b"abc\r\n"), b"abc");
+        assert!(c.frame(b"abcd").is_err());
+        assert!(c.frame(b"abcx\n").is_err());
+        // Without stripping, the `\r` is content and counts.
+        let raw = c.strip_cr(false);
+        assert_eq!(
+            raw.frame(b"abc\r\n"),
+            Err(FrameError::TooLarge { size: 4, max: 3 })
+        );
+        assert_eq!(raw.frame(b"ab\r\n"), Ok(Some(4)));
+        assert_eq!(raw.packet(b"ab\r\n"), b"ab\r");
+    }
+
+    #[test]
+    fn the_handler_gets_lines_without_their_endings() {
+        let c = Delimited::lines(100);
+        assert_eq!(c.packet(b"hi\n"), b"hi");
+        assert_eq!(c.packet(b"hi\r\n"), b"hi");
+        assert_eq!(c.packet(b"\n"), b"");
+        assert_eq!(c.packet(b"\r\n"), b"");
+        assert_eq!(
+            c.packet(b"a\rb\n"),
+            b"a\rb",
+            "only a \\r just before the end"
+        );
+        // Other codecs hand over the whole frame.
+        assert_eq!(RawStream.packet(b"hi\n"), b"hi\n");
+    }
+
+    #[test]
+    fn lines_end_at_the_first_delimiter_only() {
+        let c = Delimited::new(0, 10);
+        assert_eq!(c.frame(b"a\0b\0"), Ok(Some(2)));
+        assert_eq!(c.frame(b"\0"), Ok(Some(1)), "an empty record");
+        assert_eq!(c.frame(b""), Ok(None));
+        assert_eq!((c.delimiter(), c.max_len()), (0, 10));
     }
 }

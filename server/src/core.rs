@@ -2,11 +2,12 @@
 //! counters, the listener, the clock), and the completion keys and per-operation values it
 //! uses. It knows nothing of sessions; `session` builds on it and `server` on both.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use cport::{Backend, Port, Socket};
+use cport::{Backend, Port, Socket, TimerId};
 use parking_lot::Mutex;
 
 use crate::metrics::Counters;
@@ -19,6 +20,8 @@ pub(crate) const STATS: u64 = NOT_SESSION | 3;
 pub(crate) const ACCEPT_RETRY: u64 = NOT_SESSION | 4;
 /// Completions of `ServerHandle::post_message` (the user's key is in `user`).
 pub(crate) const USER_MESSAGE: u64 = NOT_SESSION | 5;
+/// A repeating timer's tick (`ServerHandle::post_every`; its id is in `user`).
+pub(crate) const REPEAT: u64 = NOT_SESSION | 6;
 pub(crate) const USER_POST: u64 = NOT_SESSION | (1 << 62);
 pub(crate) const USER_TIMER: u64 = NOT_SESSION | (1 << 61);
 /// The largest key of a post or timer of the server (`ServerHandle::post`,
@@ -66,7 +69,9 @@ pub(crate) const SEND: u64 = 1;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Address to listen on (default `127.0.0.1:0`: loopback, a free port).
+    /// Address to listen on (default `127.0.0.1:0`: loopback, a free port). One per
+    /// server: for several, start a server per address (the crate docs, "Several
+    /// listeners").
     pub addr: SocketAddr,
     /// Worker threads (default `0` = available parallelism).
     pub threads: usize,
@@ -129,6 +134,26 @@ pub(crate) struct Core {
     pub(crate) stopping: AtomicBool,
     epoch: Instant,
     last_refusal_log: AtomicU64,
+    /// The repeating timers (`ServerHandle::post_every`), by id. Touched once per tick and
+    /// per start or cancel, never on a session's path.
+    pub(crate) repeats: Mutex<Repeats>,
+}
+
+/// The repeating timers of a server.
+#[derive(Default)]
+pub(crate) struct Repeats {
+    pub(crate) next_id: u64,
+    pub(crate) map: HashMap<u64, Repeat>,
+}
+
+/// One repeating timer: what it delivers, when it is next due, and the port timer that will
+/// deliver it.
+pub(crate) struct Repeat {
+    pub(crate) interval: Duration,
+    pub(crate) key: u64,
+    pub(crate) value: u64,
+    pub(crate) due: Instant,
+    pub(crate) timer: TimerId,
 }
 
 impl Core {
@@ -142,6 +167,7 @@ impl Core {
             stopping: AtomicBool::new(false),
             epoch: Instant::now(),
             last_refusal_log: AtomicU64::new(0),
+            repeats: Mutex::new(Repeats::default()),
         }
     }
 
@@ -179,4 +205,31 @@ impl Core {
 /// How often the idle sweep runs for an idle timeout.
 pub(crate) fn sweep_interval(idle: Duration) -> Duration {
     (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+impl Core {
+    /// A repeating timer's tick arrived: arm its next one and return what to deliver, or
+    /// `None` if it was cancelled. The next tick is due one interval after this one was (the
+    /// ticks do not drift with the time a tick takes to deliver); ticks missed while the
+    /// workers were busy are skipped, not delivered in a burst. If the port is shut down the
+    /// timer ends after this tick.
+    pub(crate) fn repeat_tick(&self, id: u64) -> Option<(u64, u64)> {
+        let mut repeats = self.repeats.lock();
+        let r = repeats.map.get_mut(&id)?;
+        let (key, value) = (r.key, r.value);
+        let now = Instant::now();
+        r.due += r.interval;
+        if r.due <= now {
+            let late = now.duration_since(r.due).as_nanos();
+            let into = late % r.interval.as_nanos();
+            r.due = now + (r.interval - Duration::from_nanos(into as u64));
+        }
+        match self.port.post_after(r.due - now, REPEAT, id) {
+            Ok(t) => r.timer = t,
+            Err(_) => {
+                repeats.map.remove(&id);
+            }
+        }
+        Some((key, value))
+    }
 }

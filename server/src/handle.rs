@@ -10,7 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use cport::{Backend, Port, TimerId};
 
-use crate::core::{Config, Core, MAX_USER_KEY, USER_MESSAGE, USER_POST, USER_TIMER};
+use crate::core::{
+    Config, Core, Repeat, MAX_USER_KEY, REPEAT, USER_MESSAGE, USER_POST, USER_TIMER,
+};
 use crate::metrics::Metrics;
 use crate::session::{Session, SessionId};
 use crate::table::Slots;
@@ -47,7 +49,9 @@ impl From<cport::Closed> for PostError {
 ///
 /// Handlers get one in the server's own calls ([`Handler::on_start`](crate::Handler::on_start), `on_timer`, …) and from
 /// any session ([`Session::server`]); other threads from [`Server::handle`](crate::Server::handle). A ticker that
-/// sends `tick` to every session every 10 ms, on a timer it sets when the server starts:
+/// sends `tick` to every session every 10 ms, on a timer it sets again at each tick (the
+/// way to vary the delay each time; for a fixed period, [`ServerHandle::post_every`] does
+/// it in one call):
 ///
 /// ```
 /// use std::io::Read;
@@ -253,4 +257,101 @@ impl ServerHandle {
     pub fn cancel_timer(&self, id: TimerId) -> bool {
         self.core.port.cancel_timer(id)
     }
+
+    /// Calls the handler's `on_timer(key, value)` every `interval`, through the port, until
+    /// [`cancel_repeat`](ServerHandle::cancel_repeat) or shutdown. The first tick comes one
+    /// interval from now, tick `n` at `n` intervals from now, never earlier: the ticks do not
+    /// drift with the time each takes to deliver. Ticks missed while every worker was busy
+    /// are skipped, not delivered in a burst. Ticks of one timer may overlap if `on_timer`
+    /// takes longer than the interval (it runs on whichever worker is free).
+    ///
+    /// `key` must be at most [`MAX_USER_KEY`], else [`PostError::KeyTooLarge`]. Panics if
+    /// `interval` is zero.
+    ///
+    /// A broadcast to every session every 10 ms, set when the server starts:
+    ///
+    /// ```
+    /// use std::io::Read;
+    /// use std::net::TcpStream;
+    /// use std::time::Duration;
+    ///
+    /// use cport_server::{Bytes, Config, Handler, RawStream, Server, ServerHandle, Session};
+    ///
+    /// const TICK: u64 = 1;
+    ///
+    /// struct Ticker;
+    ///
+    /// impl Handler for Ticker {
+    ///     fn on_start(&self, server: &ServerHandle) {
+    ///         server
+    ///             .post_every(Duration::from_millis(10), TICK, 0)
+    ///             .expect("the server runs");
+    ///     }
+    ///     fn on_packet(&self, _: &Session, _: &[u8]) {}
+    ///     fn on_timer(&self, server: &ServerHandle, key: u64, _value: u64) {
+    ///         if key == TICK {
+    ///             server.broadcast_all(&Bytes::from_static(b"tick"), None);
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let server = Server::start(Config::default(), RawStream, Ticker)?;
+    /// let mut client = TcpStream::connect(server.local_addr())?;
+    /// client.set_read_timeout(Some(Duration::from_secs(10)))?;
+    /// let mut got = [0u8; 8];
+    /// client.read_exact(&mut got)?;
+    /// assert_eq!(&got, b"ticktick");
+    /// drop(client);
+    /// server.shutdown(Duration::from_secs(1));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[doc(alias = "CreateTimerQueueTimer")]
+    pub fn post_every(
+        &self,
+        interval: Duration,
+        key: u64,
+        value: u64,
+    ) -> Result<RepeatId, PostError> {
+        assert!(!interval.is_zero(), "post_every: the interval is zero");
+        if key > MAX_USER_KEY {
+            return Err(PostError::KeyTooLarge(key));
+        }
+        // The timer goes into the table under the lock its ticks take, so a first tick that
+        // comes at once still finds it.
+        let mut repeats = self.core.repeats.lock();
+        let id = repeats.next_id;
+        let timer = self.core.port.post_after(interval, REPEAT, id)?;
+        repeats.next_id += 1;
+        let due = std::time::Instant::now() + interval;
+        repeats.map.insert(
+            id,
+            Repeat {
+                interval,
+                key,
+                value,
+                due,
+                timer,
+            },
+        );
+        Ok(RepeatId(id))
+    }
+
+    /// Stops a timer of [`post_every`](ServerHandle::post_every): no tick starts after this
+    /// returns (one already running on a worker finishes). True if it was running; false if
+    /// it was cancelled before or ended with the server.
+    pub fn cancel_repeat(&self, id: RepeatId) -> bool {
+        let removed = self.core.repeats.lock().map.remove(&id.0);
+        match removed {
+            Some(r) => {
+                self.core.port.cancel_timer(r.timer);
+                true
+            }
+            None => false,
+        }
+    }
 }
+
+/// Names a repeating timer of [`ServerHandle::post_every`], to cancel it with
+/// [`ServerHandle::cancel_repeat`]. Dropping it does not stop the timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RepeatId(u64);

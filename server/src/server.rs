@@ -15,8 +15,8 @@ use socket2::{Domain, Protocol, Type};
 
 use crate::codec::Codec;
 use crate::core::{
-    sweep_interval, Config, Core, ACCEPT_RETRY, LISTENER, MAX_USER_KEY, NOT_SESSION, STATS, SWEEP,
-    USER_MESSAGE, USER_POST, USER_TIMER,
+    sweep_interval, Config, Core, ACCEPT_RETRY, LISTENER, MAX_USER_KEY, NOT_SESSION, REPEAT, STATS,
+    SWEEP, USER_MESSAGE, USER_POST, USER_TIMER,
 };
 use crate::handle::ServerHandle;
 use crate::metrics::CloseReason;
@@ -29,6 +29,11 @@ use crate::table::Slots;
 /// Only [`on_packet`](Handler::on_packet) must be written; the other calls do nothing by
 /// default. A panic in `on_connect` or `on_packet` closes that session only
 /// ([`CloseReason::Local`], logged at error level); the server keeps serving.
+///
+/// The handler is one value shared by every session. What belongs to one session (a
+/// player, a name, a parser's state) goes on the session itself:
+/// [`Session::set_state`] in `on_connect`, [`Session::with_state`] in `on_packet`; each
+/// session's value has its own lock and is dropped after `on_close`.
 ///
 /// A handler for the course's `[size][type][body]` packets: it greets each session, answers
 /// type 1 with type 2 and the body reversed, refuses any other type with a reason, and counts
@@ -50,7 +55,7 @@ use crate::table::Slots;
 ///
 /// impl Handler for Reverse {
 ///     fn on_connect(&self, session: &Session) {
-///         session.send(self.codec.encode(0, b"hi"));
+///         let _ = session.send(self.codec.encode(0, b"hi"));
 ///     }
 ///     fn on_packet(&self, session: &Session, packet: &[u8]) {
 ///         let (kind, body) = (packet[1], &packet[self.codec.header_len()..]);
@@ -59,7 +64,7 @@ use crate::table::Slots;
 ///             return;
 ///         }
 ///         let reversed: Vec<u8> = body.iter().rev().copied().collect();
-///         session.send(self.codec.encode(2, &reversed));
+///         let _ = session.send(self.codec.encode(2, &reversed));
 ///     }
 ///     fn on_close(&self, _session: &Session, _reason: &CloseReason) {
 ///         self.closed.fetch_add(1, Ordering::SeqCst);
@@ -113,7 +118,8 @@ pub trait Handler: Send + Sync + 'static {
     fn on_posted(&self, server: &ServerHandle, key: u64, value: u64) {
         let _ = (server, key, value);
     }
-    /// A timer from [`ServerHandle::post_after`] fired.
+    /// A timer from [`ServerHandle::post_after`] fired, or a tick of one from
+    /// [`ServerHandle::post_every`].
     fn on_timer(&self, server: &ServerHandle, key: u64, value: u64) {
         let _ = (server, key, value);
     }
@@ -153,7 +159,36 @@ impl std::fmt::Display for ShutdownReport {
 ///
 /// Dropping a `Server` stops it at once: it stops accepting, closes every session without
 /// waiting for queued bytes to leave, and joins its workers. [`Server::shutdown`] is the
-/// graceful way (flush, half-close, wait for peers until a deadline).
+/// graceful way (flush, half-close, wait for peers until a deadline). So keep the `Server`
+/// for as long as it is to serve (`#[must_use]`): a `Server::start(…)?;` whose result is not
+/// kept stops the server on the same line, and clients get "connection refused".
+///
+/// ```
+/// # #![deny(unused_must_use)]
+/// # use cport_server::{Config, Handler, RawStream, Server, Session};
+/// # struct Echo;
+/// # impl Handler for Echo {
+/// #     fn on_packet(&self, s: &Session, p: &[u8]) { let _ = s.send(p.to_vec()); }
+/// # }
+/// let server = Server::start(Config::default(), RawStream, Echo)?;
+/// // ... serve, then:
+/// server.shutdown(std::time::Duration::from_secs(1));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// The same with the server dropped at once does not compile where `unused_must_use` is
+/// denied (it is a warning by default):
+///
+/// ```compile_fail
+/// # #![deny(unused_must_use)]
+/// # use cport_server::{Config, Handler, RawStream, Server, Session};
+/// # struct Echo;
+/// # impl Handler for Echo {
+/// #     fn on_packet(&self, s: &Session, p: &[u8]) { let _ = s.send(p.to_vec()); }
+/// # }
+/// Server::start(Config::default(), RawStream, Echo)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 ///
 /// Every close is logged with its reason via `tracing` (at info level when the peer was at
 /// fault — bad input, slow consumer, idle, too many packets — else at debug), refusals and
@@ -175,7 +210,7 @@ impl std::fmt::Display for ShutdownReport {
 ///
 /// impl Handler for Echo {
 ///     fn on_packet(&self, session: &Session, bytes: &[u8]) {
-///         session.send(bytes.to_vec());
+///         let _ = session.send(bytes.to_vec());
 ///     }
 /// }
 ///
@@ -200,6 +235,8 @@ impl std::fmt::Display for ShutdownReport {
 /// assert_eq!((report.sessions, report.flushed, report.forced), (1, 1, 0));
 /// # Ok::<(), std::io::Error>(())
 /// ```
+#[must_use = "dropping the Server stops it at once: keep it while it serves, and end it with \
+              `shutdown`"]
 pub struct Server {
     handle: ServerHandle,
     pool: Option<Pool>,
@@ -380,6 +417,11 @@ fn dispatch<C: Codec, H: Handler>(srv: &ServerHandle, codec: &C, handler: &H, c:
             handler.on_posted(srv, key, c.user);
         }
         k if k & USER_TIMER == USER_TIMER => handler.on_timer(srv, k & MAX_USER_KEY, c.user),
+        REPEAT => {
+            if let Some((key, value)) = core.repeat_tick(c.user) {
+                handler.on_timer(srv, key, value);
+            }
+        }
         _ => {}
     }
 }
@@ -453,15 +495,18 @@ fn on_accept<H: Handler>(srv: &ServerHandle, handler: &H, c: Completion) {
 /// The session finished closing (`Session::received`): the handler hears of it, then the
 /// slot is freed. The slot (a game's player index) goes to a new session only once
 /// `on_close` has returned (or panicked), so a new session's `on_connect` never precedes it;
-/// the session counts as open until then (so `open == 0` means the table is empty).
+/// the session counts as open until then (so `open == 0` means the table is empty). The
+/// session's state (`Session::set_state`) is dropped then too, whoever still holds the
+/// session.
 fn closed<H: Handler>(srv: &ServerHandle, handler: &H, s: &Session, reason: CloseReason) {
-    struct Release<'a>(&'a ServerHandle, SessionId, &'a CloseReason);
+    struct Release<'a>(&'a ServerHandle, &'a Session, &'a CloseReason);
     impl Drop for Release<'_> {
         fn drop(&mut self) {
-            self.0.sessions.release(self.1 .0);
+            self.1.drop_state();
+            self.0.sessions.release(self.1.id().0);
             self.0.core.counters.closed(self.2);
         }
     }
-    let _release = Release(srv, s.id(), &reason);
+    let _release = Release(srv, s, &reason);
     handler.on_close(s, &reason);
 }

@@ -3,6 +3,7 @@
 //! session's state is private to this module; the server (`server.rs`) hands it completions
 //! and runs the handler's callbacks that it asks for.
 
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
@@ -89,6 +90,17 @@ struct SessionInner {
     /// Packet-rate window (touched only by the thread handling the session's receive).
     rate_window: AtomicU64,
     rate_count: AtomicU32,
+    /// The program's per-session value (`Session::set_state`), behind the session's own
+    /// lock: sessions never contend for it.
+    state: Mutex<StateSlot>,
+}
+
+/// The per-session value and whether the session has finished closing (after which a value
+/// set is dropped at once rather than kept by a stray handle). Its methods are in `state`.
+#[derive(Default)]
+pub(crate) struct StateSlot {
+    pub(crate) value: Option<Box<dyn Any + Send>>,
+    pub(crate) closed: bool,
 }
 
 /// A handle to a session. Cheap to clone, `Send + Sync`: handlers keep it and send on it from
@@ -177,6 +189,7 @@ impl Session {
                 last_rx: AtomicU64::new(now),
                 rate_window: AtomicU64::new(now),
                 rate_count: AtomicU32::new(0),
+                state: Mutex::new(StateSlot::default()),
             }),
         }
     }
@@ -189,6 +202,11 @@ impl Session {
     /// The peer's address.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.inner.peer
+    }
+
+    /// The program's per-session value (for the methods in `state.rs`).
+    pub(crate) fn state_slot(&self) -> &Mutex<StateSlot> {
+        &self.inner.state
     }
 
     /// The server's shared state and session table (for `Session::server`, in `server.rs`).
@@ -212,11 +230,45 @@ impl Session {
     /// (gathering) send. Called from a handler (on a worker), the send starts when the
     /// worker's handler passes end (when it goes back to the port to wait, or at most 16
     /// passes later): everything the session was sent meanwhile, by any handler of that
-    /// worker, leaves in one send. From any other thread it starts at once. A shared [`Bytes`] is sent without a copy, so one packet can go to
-    /// many sessions (broadcast).
+    /// worker, leaves in one send. From any other thread it starts at once. A shared
+    /// [`Bytes`] is sent without a copy, so one packet can go to many sessions (broadcast).
     ///
-    /// Returns false if the session is closing (nothing is queued), or if this packet would
-    /// take the session's queue over its cap: the session is then closed as a slow consumer.
+    /// Returns false if the packet was not queued and will never be sent: the session is
+    /// closing, or this packet would take the session's queue over its cap (the session is
+    /// then closed as a slow consumer). The result must be looked at (`#[must_use]`): a
+    /// program that keeps its own record of what a peer was sent (a game's view list, a
+    /// chat's history) is wrong after a `false` it did not see. Where nothing is to be done
+    /// (an echo, a broadcast to whoever is still there), say so with `let _ =`:
+    ///
+    /// ```
+    /// # #![deny(unused_must_use)]
+    /// use cport_server::Session;
+    ///
+    /// fn greet(session: &Session, seen: &mut Vec<String>) {
+    ///     if session.send("hello\n") {
+    ///         seen.push("hello".into());
+    ///     }
+    /// }
+    ///
+    /// fn echo(session: &Session, packet: &[u8]) {
+    ///     // The session is closing: nothing to do.
+    ///     let _ = session.send(packet.to_vec());
+    /// }
+    /// ```
+    ///
+    /// The same with the result dropped does not compile where `unused_must_use` is denied
+    /// (it is a warning by default):
+    ///
+    /// ```compile_fail
+    /// #![deny(unused_must_use)]
+    /// use cport_server::Session;
+    ///
+    /// fn echo(session: &Session, packet: &[u8]) {
+    ///     session.send(packet.to_vec());
+    /// }
+    /// ```
+    #[must_use = "false means the packet was not queued and will never be sent (the session is \
+                  closing, or was closed as a slow consumer); `let _ =` if nothing is to be done"]
     pub fn send(&self, packet: impl Into<Bytes>) -> bool {
         let packet = packet.into();
         let len = packet.len();
@@ -272,7 +324,9 @@ impl Session {
     }
 
     /// Closes the session: pending operations are cancelled, queued bytes dropped, and the
-    /// handler's `on_close` runs once with `reason` (the first reason given wins).
+    /// handler's `on_close` runs once with `reason` (the first reason given wins). To send a
+    /// last message first (an error line, a goodbye), use
+    /// [`close_after_flush_for`](Session::close_after_flush_for) instead.
     pub fn close(&self, reason: CloseReason) {
         let socket = {
             let mut st = self.inner.st.lock();
@@ -287,12 +341,55 @@ impl Session {
 
     /// Graceful close: stop taking new packets to send, send what is queued, half-close,
     /// and close when the peer has closed too (or when `close` is called, e.g. at a
-    /// deadline). Reported with [`CloseReason::Local`].
+    /// deadline). Reported with [`CloseReason::Local`]; see
+    /// [`close_after_flush_for`](Session::close_after_flush_for) for the details and a
+    /// reason of your own.
     pub fn close_after_flush(&self) {
         self.close_after_flush_for(CloseReason::Local);
     }
 
-    pub(crate) fn close_after_flush_for(&self, reason: CloseReason) {
+    /// Sends what is queued, then closes, and reports `reason` to
+    /// [`Handler::on_close`](crate::Handler::on_close): the way to send a last line before a
+    /// protocol close. [`send`](Session::send) the line, then call this; sends after it are
+    /// refused. Once the queue has drained the session half-closes (the peer reads the last
+    /// bytes, then the end of the stream) and closes when the peer closes its side, with
+    /// `reason` (a reset by the peer is reported as [`CloseReason::Reset`]). What the peer
+    /// sends meanwhile is discarded. A peer that never closes holds the session until
+    /// [`close`](Session::close), the idle timeout ([`Config::idle_timeout`](crate::Config))
+    /// or shutdown.
+    ///
+    /// An error line, then the close, for a command the server does not know:
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::net::TcpStream;
+    ///
+    /// use cport_server::{CloseReason, Config, Delimited, Handler, Server, Session};
+    ///
+    /// struct Strict;
+    ///
+    /// impl Handler for Strict {
+    ///     fn on_packet(&self, session: &Session, line: &[u8]) {
+    ///         if line != b"PING" {
+    ///             let _ = session.send("ERR unknown command\n");
+    ///             session.close_after_flush_for(CloseReason::Rejected("unknown command".into()));
+    ///             return;
+    ///         }
+    ///         let _ = session.send("PONG\n");
+    ///     }
+    /// }
+    ///
+    /// let server = Server::start(Config::default(), Delimited::lines(64), Strict)?;
+    /// let mut client = TcpStream::connect(server.local_addr())?;
+    /// client.write_all(b"PING\nJUMP\n")?;
+    /// let mut got = String::new();
+    /// client.read_to_string(&mut got)?; // up to the end of the stream
+    /// assert_eq!(got, "PONG\nERR unknown command\n");
+    /// # drop(client);
+    /// # server.shutdown(std::time::Duration::from_secs(1));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn close_after_flush_for(&self, reason: CloseReason) {
         let mut st = self.inner.st.lock();
         if st.socket.is_none() || st.flush_then_close {
             return;
@@ -372,7 +469,7 @@ impl Session {
                             break;
                         }
                     }
-                    let packet = &buf[pos..pos + len];
+                    let packet = codec.packet(&buf[pos..pos + len]);
                     if catch_unwind(AssertUnwindSafe(|| on_packet(self, packet))).is_err() {
                         self.handler_panicked("on_packet");
                         break;

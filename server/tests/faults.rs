@@ -68,10 +68,10 @@ fn a_client_that_resets_with_sends_in_flight_closes_only_its_session(b: Backend)
         if p == b"go" {
             let big = big.lock().unwrap().take().expect("one go");
             for _ in 0..SENDS {
-                s.send(big.clone());
+                let _ = s.send(big.clone());
             }
         } else {
-            s.send(p.to_vec());
+            let _ = s.send(p.to_vec());
         }
     });
     let cfg = Config {

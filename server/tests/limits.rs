@@ -387,7 +387,7 @@ fn codec_framing_a_wrong_length_closes_only_that_session(b: Backend) {
         }
     }
     let (handler, events) = probe(|session, packet| {
-        session.send(packet.to_vec());
+        let _ = session.send(packet.to_vec());
     });
     let server = Server::start(config(b), Faulty, handler).unwrap();
     let mut good = connect(server.local_addr());
@@ -413,7 +413,7 @@ fn codec_framing_a_wrong_length_closes_only_that_session(b: Backend) {
 /// `CloseReason::Local` (not `Shutdown`, which is the server's own).
 fn handlers_graceful_close_is_reported_as_local(b: Backend) {
     let (handler, events) = probe(|session, _| {
-        session.send(&b"bye"[..]);
+        let _ = session.send(&b"bye"[..]);
         session.close_after_flush();
     });
     let server = Server::start(config(b), RawStream, handler).unwrap();

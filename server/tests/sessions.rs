@@ -350,7 +350,7 @@ impl Handler for Buggy {
         }
     }
     fn on_packet(&self, session: &Session, packet: &[u8]) {
-        session.send(packet.to_vec());
+        let _ = session.send(packet.to_vec());
     }
     fn on_close(&self, _: &Session, reason: &cport_server::CloseReason) {
         let _ = self.closes.send(reason.clone());
@@ -519,7 +519,7 @@ fn packets_sent_in_one_handler_pass_leave_in_one_send(b: Backend) {
     let codec = LengthPrefixed::new(SizeField::U8);
     let (handler, events) = probe(move |s: &Session, p: &[u8]| {
         for i in 0..50u8 {
-            s.send(codec.encode(p[1], &[i; 20]));
+            let _ = s.send(codec.encode(p[1], &[i; 20]));
         }
     });
     let server = Server::start(config(b), codec, handler).unwrap();
@@ -541,7 +541,7 @@ fn a_graceful_close_in_the_pass_that_sent_still_delivers_everything_first(b: Bac
     let codec = LengthPrefixed::new(SizeField::U8);
     let (handler, events) = probe(move |s: &Session, _: &[u8]| {
         for i in 0..20u8 {
-            s.send(codec.encode(1, &[i; 100]));
+            let _ = s.send(codec.encode(1, &[i; 100]));
         }
         s.close_after_flush();
     });

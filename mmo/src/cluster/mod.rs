@@ -3,7 +3,8 @@
 //! (NATS, the gateway, the zone's host) are in the `cport-cluster` crate.
 
 pub mod layout;
+pub(crate) mod state;
 pub mod wire;
 
-pub use crate::game::zone::{ZoneSetup, ZoneStats};
 pub use layout::{Layout, Rect, MAX_ZONES};
+pub use state::{ZoneSetup, ZoneStats};

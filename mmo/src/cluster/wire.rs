@@ -13,6 +13,9 @@
 //! All integers little-endian. Strings are a `u8` length and UTF-8 bytes; byte blobs the rest
 //! of the entry's body. `seq` counts the sender's batches to one destination from 0 per
 //! incarnation, so a reader can tell a gap (NATS is at-most-once) from a restart.
+//!
+//! Why one file: each message's writer and reader sit side by side (and the round-trip
+//! test that lists them all), so a change to a message's layout cannot miss its other half.
 
 use bytes::{BufMut, Bytes, BytesMut};
 

@@ -108,7 +108,7 @@ pub(crate) struct Login<C> {
     /// Cluster: the gateway routes the player here at `epoch` (only then is its row written).
     pub confirmed: bool,
     /// Cluster: where a hand-off of this player to another zone is.
-    pub handoff: zone::Handoff,
+    pub handoff: crate::cluster::state::Handoff,
     /// Cluster: on a `Revoke`, keep a ghost of the player (the zone that does own it
     /// publishes it here) rather than take it off the board.
     pub ghost_if_revoked: bool,
@@ -140,7 +140,7 @@ impl<C> Player<C> {
                 asked: Instant::now(),
                 epoch: 0,
                 confirmed: false,
-                handoff: zone::Handoff::None,
+                handoff: crate::cluster::state::Handoff::None,
                 ghost_if_revoked: false,
                 offered: 0,
             }),
@@ -220,7 +220,7 @@ pub(crate) struct Game<H: Host> {
     /// Login latency (µs, from `CS_LOGIN` to `SC_LOGIN_INFO` queued).
     pub login_us: Mutex<hdrhistogram::Histogram<u64>>,
     /// `Some` when this game is one zone of a cluster.
-    pub zone: Option<zone::ZoneState>,
+    pub zone: Option<crate::cluster::state::ZoneState>,
 }
 
 /// What every concern uses (encoding a packet, closing a session for what it sent), and the

@@ -192,7 +192,7 @@ impl Events {
 
 /// An `on_packet` that sends every packet back.
 pub fn echo(session: &Session, packet: &[u8]) {
-    session.send(packet.to_vec());
+    let _ = session.send(packet.to_vec());
 }
 
 /// Waits until `n` sessions have closed completely (their `on_close` returned, their slots
