@@ -40,7 +40,10 @@ enum Cmd {
     /// One machine's cluster: nats-server, the zones and the gateways as processes; prints
     /// where to connect.
     Cluster(cluster::Args),
-    // `zone` and `gateway` join here once cport_cluster has them (cli/src/cluster/{zone,gateway}.rs).
+    /// One zone of a cluster: owns a rectangle of the board (players, NPCs, saves).
+    Zone(cluster::zone::Args),
+    /// One gateway of a cluster: holds course clients and routes them to the zones.
+    Gateway(cluster::gateway::Args),
     /// One client process of a multi-process `cport stress` (started by it).
     #[command(hide = true)]
     StressChild(stress::ChildArgs),
@@ -63,7 +66,8 @@ fn main() -> ExitCode {
         Cmd::StressChild(args) => stress::run_child(args),
         Cmd::Demo(args) => demo::run(args),
         Cmd::Cluster(args) => cluster::run(args),
-        // `zone` and `gateway` join here once cport_cluster has them (cli/src/cluster/{zone,gateway}.rs).
+        Cmd::Zone(args) => cluster::zone::run(args),
+        Cmd::Gateway(args) => cluster::gateway::run(args),
         #[cfg(target_os = "linux")]
         Cmd::Soak(args) => soak::run(args),
         Cmd::Bench(cmd) => bench::run(cmd),

@@ -12,8 +12,8 @@ use std::time::Duration;
 use cport_cluster::supervisor::{self, Plan, Supervisor};
 use cport_mmo::args::GameArgs;
 
-// pub mod gateway;
-// pub mod zone;
+pub mod gateway;
+pub mod zone;
 
 /// Options of `cport cluster`.
 #[derive(clap::Args, Debug)]
@@ -233,6 +233,30 @@ mod tests {
         assert!(!g
             .iter()
             .any(|a| a.starts_with("--npcs") || a.starts_with("--db")));
-        // (the zones and gateways parse these flags: tested once they are wired)
+        // The zones parse what they are given.
+        let mut argv = vec![
+            "t".to_string(),
+            "--zone=1".into(),
+            "--zones=2".into(),
+            "--gateways=1".into(),
+            "--nats=nats://127.0.0.1:1".into(),
+        ];
+        argv.extend(z);
+        let zone = zone::tests::parse(&argv);
+        assert_eq!(
+            (zone.zone, zone.game.npcs, zone.game.world_size),
+            (1, 5, 60)
+        );
+        let mut argv = vec![
+            "t".to_string(),
+            "--gateway=0".into(),
+            "--gateways=1".into(),
+            "--zones=2".into(),
+            "--nats=nats://127.0.0.1:1".into(),
+            "--addr=127.0.0.1:0".into(),
+        ];
+        argv.extend(g);
+        let gw = gateway::tests::parse(&argv);
+        assert_eq!((gw.gateway, gw.world_size), (0, 60));
     }
 }
