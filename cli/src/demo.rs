@@ -123,6 +123,10 @@ pub fn run(args: Args) -> io::Result<()> {
         web_linger_s: args.web_linger_s,
         // Only the default address gives way to a free port; one asked for is kept or fails.
         web_fallback: args.web.is_none(),
+        zones: match args.cluster {
+            true => zone_rects(cport_mmo_proto::W_WIDTH, args.zones),
+            false => Vec::new(),
+        },
     };
     let result = stress::run(s);
     if let Some(c) = cluster {
@@ -130,6 +134,21 @@ pub fn run(args: Args) -> io::Result<()> {
         eprintln!("demo: cluster stopped: {report}");
     }
     result
+}
+
+/// The zones' rectangles `[x0, y0, x1, y1]` on a `size`-cell board cut into `zones`, as
+/// every process of the cluster cuts it (none for a count the board cannot take: the cluster
+/// refuses it).
+fn zone_rects(size: u16, zones: usize) -> Vec<[u16; 4]> {
+    let Some(l) = cport_mmo::cluster::Layout::new(size, zones) else {
+        return Vec::new();
+    };
+    (0..zones)
+        .map(|z| {
+            let r = l.rect(z);
+            [r.x0, r.y0, r.x1, r.y1]
+        })
+        .collect()
 }
 
 /// Starts the demo's cluster on loopback (the game's defaults, the demo's NPCs, users,
@@ -162,4 +181,24 @@ fn start_cluster(args: &Args) -> io::Result<cport_cluster::supervisor::Superviso
         None => vec![("RUST_LOG".into(), "warn".into())],
     };
     crate::cluster::start_with(&c, env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_view_gets_the_zones_the_cluster_uses() {
+        assert_eq!(
+            zone_rects(2000, 4),
+            vec![
+                [0, 0, 1000, 1000],
+                [1000, 0, 2000, 1000],
+                [0, 1000, 1000, 2000],
+                [1000, 1000, 2000, 2000]
+            ]
+        );
+        assert_eq!(zone_rects(2000, 6).len(), 6);
+        assert!(zone_rects(2000, 0).is_empty());
+    }
 }

@@ -534,8 +534,8 @@ fn one_process_can_be_killed_alone() {
 }
 
 /// `cport demo --cluster`: the stress tester against a local cluster, for a few seconds,
-/// with a report whose clients got in, moved and met no error; the cluster is stopped at the
-/// end (nothing left running).
+/// with a report whose clients got in, moved and met no error; the live view is told the
+/// zones' rectangles (it draws their borders); the cluster is stopped at the end.
 #[test]
 fn demo_runs_on_a_cluster() {
     let _one = support::serial();
@@ -544,33 +544,86 @@ fn demo_runs_on_a_cluster() {
     }
     let dir = std::env::temp_dir().join(format!("cport-demo-cluster-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = Command::new(env!("CARGO_BIN_EXE_cport"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cport"))
+        .args(["demo", "--cluster", "--duration-s=4", "--npcs=200"])
         .args([
-            "demo",
-            "--cluster",
-            "--duration-s=4",
-            "--no-web",
-            "--npcs=200",
+            "--max-users=60",
+            "--zones=4",
+            "--threads=1",
+            "--web=127.0.0.1:0",
         ])
-        .args(["--max-users=60", "--zones=4", "--threads=1"])
         .arg("--out-dir")
         .arg(&dir)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{}: {stderr}", out.status);
+    let guard = Kill(child.id());
+    let lines = cport_bench::proc::stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    let web: SocketAddr = loop {
+        let l = lines
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no live view line: {seen:#?}"));
+        if let Some(rest) = l.strip_prefix("stress: live view at http://") {
+            break rest
+                .trim_end_matches('/')
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+        seen.push(l);
+    };
+    let hello = hello_of(web);
+    let zones = hello["zones"].as_array().expect("zones in the hello");
+    assert_eq!(zones.len(), 4, "{hello}");
+    assert_eq!(
+        zones[3],
+        serde_json::json!([1000, 1000, 2000, 2000]),
+        "{hello}"
+    );
+    let rest: Vec<String> = lines.iter().collect();
+    let status = child.wait().unwrap();
+    std::mem::forget(guard);
+    let stderr = rest.join("\n");
+    assert!(status.success(), "{status}: {stderr}");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("demo-report.json")).unwrap()).unwrap();
     assert_eq!(report["clients_started"], 60, "{report}");
     assert!(report["delay_samples"].as_u64().unwrap() > 0, "{report}");
     let errors = report["errors"].as_object().unwrap();
     assert!(errors.values().all(|v| v == 0), "{errors:?}");
-    let stopped = stderr
-        .lines()
+    let stopped = rest
+        .iter()
         .find(|l| l.starts_with("demo: cluster stopped: "))
         .unwrap_or_else(|| panic!("no stop line: {stderr}"));
     assert!(!stopped.contains("killed"), "{stopped}");
     assert_eq!(stopped.matches("zone").count(), 4, "{stopped}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The first event of the live view's stream: `hello`, the run's settings (JSON).
+fn hello_of(web: SocketAddr) -> serde_json::Value {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(web).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /events HTTP/1.1\r\nHost: {web}\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut event = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "the stream ended");
+        let line = line.trim_end();
+        if let Some(e) = line.strip_prefix("event:") {
+            event = e.trim().to_string();
+        } else if let Some(d) = line.strip_prefix("data:") {
+            if event == "hello" {
+                return serde_json::from_str(d.trim()).unwrap();
+            }
+        }
+    }
 }
