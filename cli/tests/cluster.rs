@@ -236,11 +236,42 @@ fn junk_on_the_bus_is_dropped_and_the_cluster_keeps_working() {
     );
     let mut sup = sup;
     assert!(sup.exited().is_empty(), "a process died of junk");
-    sup.stop(Duration::from_secs(10)).unwrap();
+    let report = sup.stop(Duration::from_secs(10)).unwrap();
+    // Each process counted what it was sent, and only that: per subject two payloads that
+    // are not batches, one of a version this build does not read, and one batch cut short.
+    for z in 0..4 {
+        let said = report.said(Role::Zone, z).join("\n");
+        let sent = z == 0 || z == 3;
+        assert_eq!(
+            (counter(&said, "junk"), counter(&said, "malformed")),
+            if sent { (3, 1) } else { (0, 0) },
+            "zone {z}: {said}"
+        );
+    }
+    let said = report.said(Role::Gateway, 0).join("\n");
+    let counted = counter(&said, "malformed_batches")
+        + counter(&said, "malformed_entries")
+        + counter(&said, "foreign_batches");
+    assert_eq!(counted, 4, "{said}");
+    assert!(report.clean(), "{report}");
     let c = auditor.finish().unwrap();
     assert_eq!(c.junk.len(), 12, "{:?}", c.junk);
     assert!(c.handoffs >= 2, "{}", c.summary());
     assert_clean(&c);
+}
+
+/// The number after `name: ` in a process's figures (`ZoneBusStats { …, junk: 3, … }`).
+fn counter(said: &str, name: &str) -> u64 {
+    let key = format!(" {name}: ");
+    let at = said
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name} in {said}"));
+    said[at + key.len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// A second login of a name through the other gateway gets SC_LOGIN_FAIL while the first is
@@ -399,6 +430,7 @@ fn cport_cluster_starts_serves_and_stops() {
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_cport"))
         .args(["cluster", "--zones=2", "--gateways=2", "--addr=127.0.0.1:0"])
+        .env("PATH", support::path_with_nats())
         .args(SMALL)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -552,6 +584,7 @@ fn demo_runs_on_a_cluster() {
             "--threads=1",
             "--web=127.0.0.1:0",
         ])
+        .env("PATH", support::path_with_nats())
         .arg("--out-dir")
         .arg(&dir)
         .stdin(Stdio::null())

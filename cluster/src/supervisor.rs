@@ -130,9 +130,22 @@ struct Proc {
     n: usize,
     child: Child,
     tail: Arc<Mutex<VecDeque<String>>>,
+    /// The last lines it printed on stdout, and the thread that reads them (joined once the
+    /// process has exited, so that its last words are in).
+    out: Arc<Mutex<VecDeque<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
+    /// Its last stdout lines, once it has exited (the reader has seen the pipe close).
+    fn last_words(&mut self) -> Vec<String> {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        out.iter().cloned().collect()
+    }
+
     fn tail(&self) -> String {
         let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         if t.is_empty() {
@@ -160,6 +173,19 @@ pub struct Supervisor {
 pub struct StopReport {
     /// `(role, number, status, whether it needed SIGKILL)`, in the order they were stopped.
     pub ended: Vec<(Role, usize, ExitStatus, bool)>,
+    /// `(role, number, its last lines on stdout)` (a zone's and a gateway's figures at
+    /// shutdown), in the same order.
+    pub said: Vec<(Role, usize, Vec<String>)>,
+}
+
+impl StopReport {
+    /// The last stdout lines of `role` number `n`.
+    pub fn said(&self, role: Role, n: usize) -> &[String] {
+        self.said
+            .iter()
+            .find(|(r, k, _)| (*r, *k) == (role, n))
+            .map_or(&[], |(_, _, l)| l.as_slice())
+    }
 }
 
 impl StopReport {
@@ -324,6 +350,7 @@ impl Supervisor {
     /// the grace period. Says how each ended.
     pub fn stop(mut self, grace: Duration) -> io::Result<StopReport> {
         let mut ended = Vec::new();
+        let mut said = Vec::new();
         let gws = std::mem::take(&mut self.gws);
         let zones = std::mem::take(&mut self.zones);
         // The gateways together, then the zones together: each group's shutdowns overlap.
@@ -347,9 +374,10 @@ impl Supervisor {
                     std::thread::sleep(Duration::from_millis(10));
                 };
                 ended.push((p.role, p.n, status, killed));
+                said.push((p.role, p.n, p.last_words()));
             }
         }
-        Ok(StopReport { ended })
+        Ok(StopReport { ended, said })
     }
 }
 
@@ -436,13 +464,22 @@ fn spawn(
             t.push_back(line);
         }
     });
-    let lines = read_lines(child.stdout.take().expect("piped stdout"), role, n, echo);
+    let out = Arc::new(Mutex::new(VecDeque::new()));
+    let (lines, reader) = read_lines(
+        child.stdout.take().expect("piped stdout"),
+        role,
+        n,
+        echo,
+        out.clone(),
+    );
     Ok((
         Proc {
             role,
             n,
             child,
             tail,
+            out,
+            reader: Some(reader),
         },
         lines,
     ))
@@ -450,19 +487,32 @@ fn spawn(
 
 /// The child's stdout as a channel of lines, read on a thread for the child's whole life (so
 /// that it never blocks on a full pipe); each line is also forwarded to stderr.
-fn read_lines(out: ChildStdout, role: Role, n: usize, echo: bool) -> mpsc::Receiver<String> {
+fn read_lines(
+    out: ChildStdout,
+    role: Role,
+    n: usize,
+    echo: bool,
+    kept: Arc<Mutex<VecDeque<String>>>,
+) -> (mpsc::Receiver<String>, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { return };
             if echo {
                 let _ = writeln!(io::stderr(), "[{role} {n}] {line}");
             }
+            {
+                let mut t = kept.lock().unwrap_or_else(|e| e.into_inner());
+                if t.len() == TAIL_LINES {
+                    t.pop_front();
+                }
+                t.push_back(line.clone());
+            }
             // The receiver is gone once the process is ready: keep draining.
             let _ = tx.send(line);
         }
     });
-    rx
+    (rx, reader)
 }
 
 /// Waits until a line of `lines` satisfies `ready`; an error (with the child's stderr) if it
@@ -522,16 +572,19 @@ fn wait_ready<T>(
 }
 
 /// `nats-server` on `PATH`, else in `/usr/sbin` (where Debian's package puts it, and which
-/// is not on every user's `PATH`).
+/// is not on every user's `PATH`) or `/usr/local/sbin`.
 fn nats_program() -> PathBuf {
     let on_path = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nats-server").is_file()));
-    let sbin = PathBuf::from("/usr/sbin/nats-server");
-    if !on_path && sbin.is_file() {
-        sbin
-    } else {
-        PathBuf::from("nats-server")
+    if !on_path {
+        for dir in ["/usr/sbin", "/usr/local/sbin"] {
+            let p = PathBuf::from(dir).join("nats-server");
+            if p.is_file() {
+                return p;
+            }
+        }
     }
+    PathBuf::from("nats-server")
 }
 
 /// Starts `nats-server` from `PATH` on a free loopback port (`-p -1`: the server picks it and
@@ -582,6 +635,8 @@ fn start_nats(plan: &Plan) -> io::Result<(Proc, String)> {
         n: 0,
         child,
         tail,
+        out: Arc::new(Mutex::new(VecDeque::new())),
+        reader: None,
     };
     let mut port = None;
     let url = wait_ready(&mut p, &rx, plan.ready_within, |line| {
@@ -634,7 +689,7 @@ mod tests {
         let script = format!(
             r#"#!/bin/sh
 role=$1; n=$3
-trap 'echo "$role $n" >> {log}; exit 0' TERM
+trap 'echo "$role $n" >> {log}; echo "bye from $role $n"; exit 0' TERM
 case "$role" in
   zone)
     if [ "$n" = "$BROKEN_ZONE" ]; then echo "zone $n: no database" >&2; exit 3; fi
@@ -711,6 +766,18 @@ while :; do sleep 0.05; done
         assert!(sup.kill(Role::Zone, 7).is_err());
         assert!(sup.pid(Role::Zone, 0).is_some_and(|p| p != zone1));
         let report = sup.stop(Duration::from_secs(5)).unwrap();
+        // What each said last on stdout is kept (a zone's figures at shutdown).
+        assert_eq!(
+            report.said(Role::Gateway, 1),
+            [
+                "listening on 127.0.0.1:5102 (gateway 1)",
+                "bye from gateway 1"
+            ]
+        );
+        assert!(report
+            .said(Role::Zone, 1)
+            .iter()
+            .all(|l| !l.starts_with("bye")));
         // Zone 1 was killed: not a clean stop, though the rest honoured SIGTERM.
         assert!(!report.clean(), "{report}");
         assert!(report.ended.iter().all(|e| !e.3), "{report}");

@@ -25,6 +25,21 @@ pub const H: SizeField = SizeField::U8;
 /// (the test is skipped, or fails under scripts/test).
 pub use cport_testkit::nats::nats_server;
 
+/// `PATH` for a `cport cluster` (or `cport demo --cluster`) that starts its own
+/// `nats-server`: the directory of the one the tests use (`$CPORT_TEST_NATS_SERVER`, set by
+/// scripts/deps/nats.sh) first, so that it finds the same program.
+pub fn path_with_nats() -> std::ffi::OsString {
+    let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os(cport_testkit::nats::NATS_VAR) {
+        if let Some(d) = std::path::Path::new(&p).parent() {
+            dirs.push(d.to_path_buf());
+        }
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    dirs.extend(std::env::split_paths(&path));
+    std::env::join_paths(dirs).expect("PATH entries")
+}
+
 /// A cluster of this build's `cport` (zones and gateways) on the NATS server at `nats`, named
 /// `cluster`, with the game's flags `game` for the zones (the gateways get `--world-size` and
 /// `--max-users` from them too), and `zone_extra` for the zones only.
