@@ -18,6 +18,10 @@
 //! The run can be watched live in a browser: the demo serves the view of `cport stress --web`
 //! at http://127.0.0.1:8040/ (any free port when that one is taken; `--web ADDR` to choose,
 //! `--no-web` for none) and prints the URL on its first lines.
+//!
+//! `--cluster` runs the same load against a local cluster instead of one process: what
+//! `cport cluster` starts (nats-server, `--zones` zone processes, `--gateways` gateways, the
+//! clients on the first gateway), stopped in order at the end.
 
 use std::io;
 use std::net::SocketAddr;
@@ -62,6 +66,19 @@ pub struct Args {
     /// Keep serving the finished run's page this long after the end (Ctrl-C ends it sooner).
     #[arg(long, default_value_t = 0)]
     pub web_linger_s: u64,
+    /// Run the game as a local cluster (nats-server, zones and gateways as processes, as
+    /// `cport cluster` starts them) instead of one `cport mmo` process.
+    #[arg(long)]
+    pub cluster: bool,
+    /// With --cluster: zones.
+    #[arg(long, default_value_t = 4, requires = "cluster")]
+    pub zones: usize,
+    /// With --cluster: gateways (the clients connect to the first).
+    #[arg(long, default_value_t = 1, requires = "cluster")]
+    pub gateways: usize,
+    /// With --cluster: a NATS server already running (by default one is started).
+    #[arg(long, value_name = "URL", requires = "cluster")]
+    pub nats: Option<String>,
 }
 
 /// The live view's address when none is given.
@@ -70,10 +87,19 @@ pub const DEFAULT_WEB: &str = "127.0.0.1:8040";
 pub fn run(args: Args) -> io::Result<()> {
     std::fs::create_dir_all(&args.out_dir)?;
     let out = |name: &str| args.out_dir.join(name);
+    let cluster = match args.cluster {
+        true => Some(start_cluster(&args)?),
+        false => None,
+    };
     let s = stress::Args {
-        addr: None,
-        spawn: true,
-        max_clients: 20_000,
+        addr: cluster.as_ref().map(|c| c.gateways()[0]),
+        spawn: cluster.is_none(),
+        // The single server's spawn caps the clients at its --max-users; a cluster's gateway
+        // refuses logins beyond it too.
+        max_clients: match args.cluster {
+            true => args.max_users.min(20_000),
+            false => 20_000,
+        },
         delay_limit_ms: 100,
         duration_s: args.duration_s,
         ramp_interval_ms: args.ramp_interval_ms,
@@ -97,6 +123,82 @@ pub fn run(args: Args) -> io::Result<()> {
         web_linger_s: args.web_linger_s,
         // Only the default address gives way to a free port; one asked for is kept or fails.
         web_fallback: args.web.is_none(),
+        zones: match args.cluster {
+            true => zone_rects(cport_mmo_proto::W_WIDTH, args.zones),
+            false => Vec::new(),
+        },
     };
-    stress::run(s)
+    let result = stress::run(s);
+    if let Some(c) = cluster {
+        let report = c.stop(std::time::Duration::from_secs(15))?;
+        eprintln!("demo: cluster stopped: {report}");
+    }
+    result
+}
+
+/// The zones' rectangles `[x0, y0, x1, y1]` on a `size`-cell board cut into `zones`, as
+/// every process of the cluster cuts it (none for a count the board cannot take: the cluster
+/// refuses it).
+fn zone_rects(size: u16, zones: usize) -> Vec<[u16; 4]> {
+    let Some(l) = cport_mmo::cluster::Layout::new(size, zones) else {
+        return Vec::new();
+    };
+    (0..zones)
+        .map(|z| {
+            let r = l.rect(z);
+            [r.x0, r.y0, r.x1, r.y1]
+        })
+        .collect()
+}
+
+/// Starts the demo's cluster on loopback (the game's defaults, the demo's NPCs, users,
+/// threads and backend), the clients' gateway on a free port.
+fn start_cluster(args: &Args) -> io::Result<cport_cluster::supervisor::Supervisor> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Game {
+        #[command(flatten)]
+        game: cport_mmo::args::GameArgs,
+    }
+    let Game { game } = Game::parse_from([
+        "demo".to_string(),
+        "--addr=127.0.0.1:0".into(),
+        format!("--npcs={}", args.npcs),
+        format!("--max-users={}", args.max_users),
+        format!("--threads={}", args.threads),
+    ]);
+    let c = crate::cluster::Args {
+        zones: args.zones,
+        gateways: args.gateways,
+        nats: args.nats.clone(),
+        cluster: None,
+        game,
+        backend: args.backend,
+    };
+    // The processes' info lines would break the progress line: warnings only, unless asked.
+    let env = match std::env::var_os("RUST_LOG") {
+        Some(_) => Vec::new(),
+        None => vec![("RUST_LOG".into(), "warn".into())],
+    };
+    crate::cluster::start_with(&c, env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_view_gets_the_zones_the_cluster_uses() {
+        assert_eq!(
+            zone_rects(2000, 4),
+            vec![
+                [0, 0, 1000, 1000],
+                [1000, 0, 2000, 1000],
+                [0, 1000, 1000, 2000],
+                [1000, 1000, 2000, 2000]
+            ]
+        );
+        assert_eq!(zone_rects(2000, 6).len(), 6);
+        assert!(zone_rects(2000, 0).is_empty());
+    }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod cluster;
 mod demo;
 mod echo;
 mod mmo;
@@ -36,6 +37,13 @@ enum Cmd {
     Stress(stress::Args),
     /// The stress tester against the game server for a minute: report, chart and map.
     Demo(demo::Args),
+    /// One machine's cluster: nats-server, the zones and the gateways as processes; prints
+    /// where to connect.
+    Cluster(cluster::Args),
+    /// One zone of a cluster: owns a rectangle of the board (players, NPCs, saves).
+    Zone(cluster::zone::Args),
+    /// One gateway of a cluster: holds course clients and routes them to the zones.
+    Gateway(cluster::gateway::Args),
     /// One client process of a multi-process `cport stress` (started by it).
     #[command(hide = true)]
     StressChild(stress::ChildArgs),
@@ -57,6 +65,9 @@ fn main() -> ExitCode {
         Cmd::Stress(args) => stress::run(args),
         Cmd::StressChild(args) => stress::run_child(args),
         Cmd::Demo(args) => demo::run(args),
+        Cmd::Cluster(args) => cluster::run(args),
+        Cmd::Zone(args) => cluster::zone::run(args),
+        Cmd::Gateway(args) => cluster::gateway::run(args),
         #[cfg(target_os = "linux")]
         Cmd::Soak(args) => soak::run(args),
         Cmd::Bench(cmd) => bench::run(cmd),

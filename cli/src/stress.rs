@@ -100,6 +100,10 @@ pub struct Args {
     /// of failing (what `cport demo` does with its default address).
     #[arg(skip)]
     pub web_fallback: bool,
+    /// With --web: the zones' rectangles `[x0, y0, x1, y1]` (half-open) of a cluster, drawn
+    /// on the live view's map (`cport demo --cluster`).
+    #[arg(skip)]
+    pub zones: Vec<[u16; 4]>,
 }
 
 pub fn run(args: Args) -> io::Result<()> {
@@ -249,6 +253,7 @@ pub fn run_report(args: Args) -> io::Result<Report> {
                 "client_procs": procs,
                 "npc_ids_from": settings.npc_ids_from,
                 "world_size": cport_mmo_proto::W_WIDTH,
+                "zones": args.zones,
             });
             Some(w.serve(hello)?)
         }

@@ -137,6 +137,7 @@ function showSettings() {
   parts.push(`a client every ${h.ramp_interval_ms} ms under it`);
   parts.push(`${h.duration_s} s`);
   parts.push(`${h.client_threads} client threads`);
+  if (h.zones && h.zones.length) parts.push(`a cluster of ${h.zones.length} zones (borders on the map)`);
   $("settings").textContent = parts.join(" · ");
   view.world = h.world_size;
   resetZoom();
@@ -376,7 +377,7 @@ function pixel(hex) {
   const r = parseInt(hex.slice(1, 3), 16), g = parseInt(hex.slice(3, 5), 16), b = parseInt(hex.slice(5, 7), 16);
   return (LITTLE ? ((255 << 24) | (b << 16) | (g << 8) | r) : ((r << 24) | (g << 16) | (b << 8) | 255)) >>> 0;
 }
-const PX = { bg: pixel("#fbfbfd"), grid: pixel("#e6e8ee"), player: pixel(COLORS.player), npc: pixel(COLORS.npc) };
+const PX = { bg: pixel("#fbfbfd"), grid: pixel("#e6e8ee"), zone: pixel("#c06080"), player: pixel(COLORS.player), npc: pixel(COLORS.npc) };
 let mapImage = null;
 
 // The board is drawn pixel by pixel into one ImageData (tens of thousands of dots a second
@@ -411,6 +412,26 @@ function drawMap() {
   for (const v of ys) {
     const yy = Math.round(py(v));
     if (yy >= 0 && yy < W) buf.fill(PX.grid, yy * W, yy * W + W);
+  }
+
+  // A cluster's zone borders (`cport demo --cluster`): each rectangle's inner edges, two
+  // pixels wide, under the dots.
+  const size = worldSize();
+  for (const [x0, y0, x1, y1] of (view.hello && view.hello.zones) || []) {
+    const ya = Math.max(0, Math.round(py(y0))), yb = Math.min(W, Math.round(py(y1)));
+    const xa = Math.max(0, Math.round(px(x0))), xb = Math.min(W, Math.round(px(x1)));
+    for (const v of [x0, x1]) {
+      if (v <= 0 || v >= size) continue;
+      const xx = Math.round(px(v));
+      for (const c of [xx - 1, xx]) {
+        if (c >= 0 && c < W) for (let y = ya; y < yb; y++) buf[y * W + c] = PX.zone;
+      }
+    }
+    for (const v of [y0, y1]) {
+      if (v <= 0 || v >= size) continue;
+      const yy = Math.round(py(v));
+      for (const r of [yy - 1, yy]) if (r >= 0 && r < W && xa < xb) buf.fill(PX.zone, r * W + xa, r * W + xb);
+    }
   }
 
   let players = 0, npcs = 0;

@@ -8,4 +8,5 @@
 
 pub mod bus;
 pub mod gateway;
+pub mod supervisor;
 pub mod zone;
