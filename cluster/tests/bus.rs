@@ -667,3 +667,32 @@ fn a_panicking_deliver_is_counted_and_the_subscription_goes_on() {
     let c = b.counters();
     assert_eq!((c.msgs_in, c.errors), (2, 1));
 }
+
+/// A subscriber to every subject (an operator's `nats sub '>'`) takes whatever the bus
+/// publishes to check that its subscription is in place; the bus must start all the same.
+#[test]
+fn a_subscriber_to_everything_does_not_stop_a_bus_from_starting() {
+    use std::io::{Read, Write};
+    let Some(server) = nats_server() else { return };
+    let mut tap = std::net::TcpStream::connect(server.addr()).unwrap();
+    tap.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut info = [0u8; 4096];
+    let _ = tap.read(&mut info).unwrap();
+    tap.write_all(b"CONNECT {\"verbose\":false}\r\nSUB > 1\r\nPING\r\n")
+        .unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("PONG") {
+        let n = tap.read(&mut info).unwrap();
+        assert!(n > 0, "the tap's connection closed");
+        seen.extend_from_slice(&info[..n]);
+    }
+    let b = bus(&server, "tapped", Source::Zone(0));
+    let rx = listen(&b);
+    let to = bus(&server, "tapped", Source::Zone(1));
+    to.publish(Source::Zone(0), numbered(&to, Source::Zone(0), 7, 1));
+    assert_eq!(
+        number_of(receive(&rx, 1, Duration::from_secs(5)).remove(0)),
+        (7, 1)
+    );
+    drop(tap);
+}

@@ -34,7 +34,6 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
-use async_nats::client::RequestErrorKind;
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -267,18 +266,30 @@ impl Bus {
                     return;
                 }
             };
-            // The server handles one connection's commands in order, so an answer to a
-            // request sent after the SUB means the SUB is in place. Nobody listens on a fresh
-            // inbox: the answer is the server's "no responders".
-            match client.request(client.new_inbox(), Bytes::new()).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == RequestErrorKind::NoResponders => {}
-                Err(e) => {
-                    let _ = ready_tx.send(Err(io::Error::other(format!(
-                        "no round trip to the server after subscribing: {e}"
-                    ))));
-                    return;
-                }
+            // The server handles one connection's commands in order: once a message this
+            // connection publishes on a probe subject of its own comes back, the SUB before it
+            // is in place. (Not a request expecting "no responders": any other subscriber
+            // matching the probe — an operator's `nats sub '>'` — would swallow the answer.)
+            let probe = client.new_inbox();
+            let round_trip = async {
+                let mut echo = client
+                    .subscribe(probe.clone())
+                    .await
+                    .map_err(io::Error::other)?;
+                client
+                    .publish(probe, Bytes::new())
+                    .await
+                    .map_err(io::Error::other)?;
+                echo.next()
+                    .await
+                    .map(|_| ())
+                    .ok_or_else(|| io::Error::other("the probe subscription ended"))
+            };
+            if let Err(e) = round_trip.await {
+                let _ = ready_tx.send(Err(io::Error::other(format!(
+                    "no round trip to the server after subscribing: {e}"
+                ))));
+                return;
             }
             if ready_tx.send(Ok(())).is_err() {
                 return; // the caller gave up; dropping `sub` unsubscribes
