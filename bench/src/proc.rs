@@ -84,6 +84,59 @@ pub fn ctx_switches(pid: u32) -> io::Result<u64> {
     Ok(total)
 }
 
+/// Process `pid` and every process below it (children, their children…), from the parent
+/// pids in `/proc/*/stat`: a server made of several processes (`cport cluster`: NATS, zones,
+/// gateways) measured as one.
+#[cfg(target_os = "linux")]
+pub fn tree(pid: u32) -> io::Result<Vec<u32>> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(p) = entry?.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue; // exited meanwhile
+        };
+        // After the ')' of the command name: state, then the parent pid.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|f| f.parse::<u32>().ok());
+        if let Some(pp) = ppid {
+            parent_of.push((p, pp));
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(parent_of.iter().filter(|&&(_, pp)| pp == parent).map(|&(p, _)| p));
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// [`cpu_time`] and [`ctx_switches`] summed over [`tree`]`(pid)` (a process that exits
+/// between the listing and the read counts as nothing).
+#[cfg(target_os = "linux")]
+pub fn tree_usage(pid: u32) -> io::Result<(Duration, u64)> {
+    let mut cpu = cpu_time(pid)?;
+    let mut cs = ctx_switches(pid)?;
+    for p in tree(pid)?.into_iter().skip(1) {
+        if let (Ok(c), Ok(s)) = (cpu_time(p), ctx_switches(p)) {
+            cpu += c;
+            cs += s;
+        }
+    }
+    Ok((cpu, cs))
+}
+
+/// Not on Windows.
+#[cfg(not(target_os = "linux"))]
+pub fn tree_usage(_pid: u32) -> io::Result<(Duration, u64)> {
+    Err(no_proc())
+}
+
 /// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of one `status` file's text.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn parse_ctx_switches(status: &str) -> u64 {

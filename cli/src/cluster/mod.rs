@@ -139,7 +139,9 @@ pub fn start_with(args: &Args, env: Vec<(OsString, OsString)>) -> io::Result<Sup
     let sup = Supervisor::start(plan)?;
     let gws = sup.gateways();
     for (g, a) in gws.iter().enumerate() {
-        println!("gateway {g} listening on {a}");
+        // The single server's startup line, once per gateway (what `cport bench mmo` and
+        // `cport_bench::parse_listening` read).
+        println!("listening on {a} (gateway {g} of {}, cluster {cluster})", gws.len());
     }
     let list: Vec<String> = gws.iter().map(SocketAddr::to_string).collect();
     println!(

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 pub struct MmoArgs {
     /// Builds, comma-separated: cport-uring, cport-epoll (`cport mmo`; `cport-NAME@PATH` runs
     /// the `cport` binary at PATH, a build of another commit), tokio (`mmo-tokio`:
-    /// `cargo build --release -p cport-bench-peers`).
+    /// `cargo build --release -p cport-bench-peers`), cluster (`cport cluster --zones 4
+    /// --gateways 1`; `cluster-N` for N zones: the clients on one gateway, NATS between it
+    /// and the zones; CPU is the whole process tree's).
     #[arg(long, default_value = "cport-uring,cport-epoll,tokio")]
     pub builds: String,
     /// Rounds; each runs every build once (per measure), in turn.
@@ -102,6 +104,29 @@ pub(crate) fn build(full: &str, a: &MmoArgs) -> io::Result<Build> {
             args.extend(["--backend".to_string(), name[6..].to_string()]);
             (program, args)
         }
+        cluster if cluster.starts_with("cluster") && path.is_none() => {
+            let zones: usize = match cluster.strip_prefix("cluster-") {
+                None if cluster == "cluster" => 4,
+                Some(n) => n.parse().map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("build {full}: cluster-N"))
+                })?,
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("unknown build {full:?}"),
+                    ))
+                }
+            };
+            let mut args = vec![
+                "cluster".to_string(),
+                "--zones".into(),
+                zones.to_string(),
+                "--gateways".into(),
+                "1".into(),
+            ];
+            args.append(&mut game);
+            (exe, args)
+        }
         "tokio" if path.is_none() => {
             let p = dir.join("mmo-tokio");
             if !p.exists() {
@@ -118,7 +143,7 @@ pub(crate) fn build(full: &str, a: &MmoArgs) -> io::Result<Build> {
         other => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("unknown build {other:?} (known: cport-uring, cport-epoll, tokio)"),
+                format!("unknown build {other:?} (known: cport-uring, cport-epoll, tokio, cluster, cluster-N)"),
             ))
         }
     };

@@ -33,7 +33,8 @@ impl Sampler {
             // Bounded: the run's own length, and at most a day of samples.
             while !s.load(Relaxed) && v.len() < 864_000 {
                 let t = Instant::now();
-                let (Ok(cpu), Ok(cs)) = (proc::cpu_time(pid), proc::ctx_switches(pid)) else {
+                // The whole process tree: a cluster build is several processes.
+                let Ok((cpu, cs)) = proc::tree_usage(pid) else {
                     break;
                 };
                 v.push((t, cpu, cs));
