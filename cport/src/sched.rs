@@ -418,8 +418,11 @@ impl<T> Sched<T> {
     }
 
     /// Gives up a slot: a thread back from `blocking` gets it first; then sleepers are woken
-    /// if there is work for them or nobody polls.
-    fn release(&self, poller: &dyn Poller<T>) {
+    /// if there is work for them or nobody polls. True if some thread was there to use the
+    /// slot: one back from `blocking` took it, or a thread sleeps in `get` (parked, polling,
+    /// or woken and on its way) and will take it when work comes. False if no thread waits
+    /// for a slot at all: the slot stays unused until a thread comes back to `get`.
+    fn release(&self, poller: &dyn Poller<T>) -> bool {
         if self.resumers.load(SeqCst) > 0 {
             let mut st = self.state.lock();
             if let Some(w) = st.resuming.pop_front() {
@@ -427,7 +430,7 @@ impl<T> Sched<T> {
                 self.resumers.fetch_sub(1, SeqCst);
                 w.notified.store(true, Relaxed);
                 w.cv.notify_one();
-                return;
+                return true;
             }
             drop(st);
         }
@@ -436,7 +439,9 @@ impl<T> Sched<T> {
         self.active.fetch_sub(1, SeqCst);
         if self.sleepers.load(SeqCst) > 0 {
             self.kick_and_wake(poller);
+            return true;
         }
+        false
     }
 
     /// Takes the state lock and kicks (`kick_locked`), then interrupts the poller if asked.
@@ -539,9 +544,10 @@ impl<T> Sched<T> {
         drop(st);
     }
 
-    /// Gives up a slot outside of `get` (thread exit, `blocking`).
-    pub(crate) fn release_slot(&self, poller: &dyn Poller<T>) {
-        self.release(poller);
+    /// Gives up a slot outside of `get` (thread exit, `blocking`). True if a thread was
+    /// there to use it (see `release`): `Port::blocking` counts the calls that found none.
+    pub(crate) fn release_slot(&self, poller: &dyn Poller<T>) -> bool {
+        self.release(poller)
     }
 
     /// Shuts the scheduler: every waiter, present and future, gets `Closed`.

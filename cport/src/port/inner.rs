@@ -2,7 +2,7 @@
 //! table, the timers and the backend, and the glue between them (the scheduler's `Poller`).
 
 use std::io;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,14 @@ pub(crate) struct PortInner {
     pub(super) wait_errors: AtomicU64,
     /// `PortBuilder::before_submit`.
     pub(super) before_submit: Option<SubmitHook>,
+    /// `Port::blocking` calls that found no thread waiting to take the slot they lent
+    /// (`PortStats::blocking_unlent`).
+    pub(super) blocking_unlent: AtomicU64,
+    /// The first of those was logged (one warning per port).
+    pub(super) warned_unlent: AtomicBool,
+    /// A `get` inside a handler of a pool of this port was logged (release builds; one
+    /// warning per port).
+    pub(super) warned_get_in_pool: AtomicBool,
 }
 
 /// Failed kernel waits in a row after which the port shuts down (`PortInner::wait_failed`).
@@ -114,6 +122,30 @@ impl Poller<Completion> for PortInner {
 }
 
 impl PortInner {
+    /// `Port::blocking` gave up this thread's slot and no thread waited to take it: nothing
+    /// runs handlers in this thread's place while it blocks. Counted, and said once per port.
+    pub(super) fn blocking_found_no_spare(&self) {
+        self.blocking_unlent.fetch_add(1, Relaxed);
+        if !self.warned_unlent.swap(true, Relaxed) {
+            tracing::warn!(
+                concurrency = self.sched.concurrency(),
+                "Port::blocking: no other thread waits on this port to take the blocked \
+                 thread's concurrency slot, so completions wait until a worker comes back; \
+                 run more worker threads than the concurrency value (Pool::spawn with 0 \
+                 threads starts twice as many; cport-server's default Config does too). \
+                 Said once per port; PortStats::blocking_unlent counts every such call"
+            );
+        }
+    }
+
+    /// A release build's `get` inside a handler of a pool of this port (a debug build
+    /// panics instead): said once per port, then the `get` goes on.
+    pub(super) fn got_inside_pool_handler(&self) {
+        if !self.warned_get_in_pool.swap(true, Relaxed) {
+            tracing::warn!("{}", super::GET_IN_POOL_HANDLER);
+        }
+    }
+
     /// Runs `PortBuilder::before_submit`'s hook if there is one and the calling thread is a
     /// deferring one inside a handler pass of this port (`held`), and starts its count of
     /// passes to the next run again. True if the hook ran. What it starts is deferred: the

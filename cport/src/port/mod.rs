@@ -37,6 +37,14 @@ use inner::{PortInner, SubmitHook, TimerQueue};
 use local::{LOCAL, MAX_DEFERRED_PASSES, REAP_CHECK_PASSES, REAP_INTERVAL, SHUTDOWN_REAP};
 use table::Table;
 
+/// What `get` inside a handler of a [`Pool`](crate::Pool) of the same port says (a panic in
+/// debug builds, a warning once per port in release builds).
+pub(crate) const GET_IN_POOL_HANDLER: &str =
+    "Port::get (or get_many) called inside a handler of a Pool of the same port: the \
+     completion it takes never reaches the pool's handler, and the thread's handler pass \
+     ends there. Return from the handler instead, and let the pool deliver the next \
+     completion (use Port::blocking to wait for something)";
+
 /// The port was shut down: [`Port::get`] answers this, distinct from a timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed;
@@ -105,6 +113,12 @@ impl Default for PortBuilder {
 impl PortBuilder {
     /// The concurrency value: at most this many threads run handlers at once
     /// (between a `get` that returned and their next `get`). `0` = available parallelism.
+    ///
+    /// It bounds the threads that *run*, not the threads that serve the port: as with IOCP,
+    /// start more threads than this (a [`Pool`](crate::Pool) of `0` threads starts twice as
+    /// many), so that a handler that blocks inside [`Port::blocking`] lends its slot to a
+    /// spare thread instead of leaving it unused. The spare threads park while every slot is
+    /// taken, so they cost no CPU.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
         self
@@ -189,6 +203,9 @@ impl Port {
                 wait_failures: Default::default(),
                 wait_errors: Default::default(),
                 before_submit: None,
+                blocking_unlent: Default::default(),
+                warned_unlent: Default::default(),
+                warned_get_in_pool: Default::default(),
                 driver,
             }),
         }
@@ -260,6 +277,12 @@ pub struct PortStats {
     /// since the port was built. Each is logged and retried after a pause; a run of them
     /// shuts the port down (see [`Port::get`]).
     pub wait_errors: u64,
+    /// [`Port::blocking`] calls, since the port was built, that gave up their thread's slot
+    /// while no other thread waited on the port to take it: while they blocked, nothing ran
+    /// handlers in their place (the port has no spare thread). Anything above zero means
+    /// the port needs more threads than its concurrency value; the first such call also
+    /// logs a warning.
+    pub blocking_unlent: u64,
 }
 
 impl Port {
@@ -290,15 +313,37 @@ impl Port {
     ///
     /// Calling `get` ends the calling thread's previous handler pass (it gives back its
     /// concurrency slot); returning a completion starts a new one.
+    ///
+    /// # Not inside a [`Pool`](crate::Pool) handler
+    ///
+    /// A pool's workers call `get` themselves and hand each completion to the pool's
+    /// handler. A handler that calls `get` (or [`Port::get_many`]) on the same port would
+    /// take a completion the pool's handler never sees, and end its own pass early: debug
+    /// builds panic there, before anything is taken (the pool logs the panic and the
+    /// completion stays queued for the pool); release builds log a warning once per port and
+    /// go on. Return from the handler instead; to wait for something inside it, use
+    /// [`Port::blocking`]. A `get` on another port is fine.
     #[doc(alias = "GetQueuedCompletionStatus")]
     pub fn get(&self, timeout: Option<Duration>) -> Result<Option<Completion>, Closed> {
         let mut out = None;
-        self.get_into(&mut out, 1, timeout)?;
+        self.get_into(&mut out, 1, timeout, false)?;
+        Ok(out)
+    }
+
+    /// [`Port::get`] for a [`Pool`](crate::Pool) worker: what it returns starts a pass of
+    /// the pool's handler, inside which the thread's own `get` on this port is a mistake
+    /// (see [`Port::get`]).
+    pub(crate) fn get_for_pool(&self) -> Result<Option<Completion>, Closed> {
+        let mut out = None;
+        self.get_into(&mut out, 1, None, true)?;
         Ok(out)
     }
 
     /// Dequeues up to `max` completions at once into `out` (appending), waiting up to
     /// `timeout` for the first. Returns how many were added (0 on timeout).
+    ///
+    /// Like [`Port::get`], not to be called inside a handler of a [`Pool`](crate::Pool) of
+    /// the same port.
     #[doc(alias = "GetQueuedCompletionStatusEx")]
     pub fn get_many(
         &self,
@@ -306,20 +351,31 @@ impl Port {
         max: usize,
         timeout: Option<Duration>,
     ) -> Result<usize, Closed> {
-        self.get_into(out, max.max(1), timeout)
+        self.get_into(out, max.max(1), timeout, false)
     }
 
+    /// `for_pool`: the caller is a [`Pool`](crate::Pool) worker's loop; otherwise a `get`
+    /// of the program's, which must not come from inside a handler of a pool of this port.
     fn get_into(
         &self,
         out: &mut impl Sink<Completion>,
         max: usize,
         timeout: Option<Duration>,
+        for_pool: bool,
     ) -> Result<usize, Closed> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let shared = &*self.inner;
-        let (had_slot, mut dirty, reap, waiter) = LOCAL.with(|l| {
+        let taken = LOCAL.with(|l| {
             let mut l = l.borrow_mut();
             let e = l.entry(&self.inner);
+            let in_pool_handler = !for_pool && e.in_pool_handler;
+            if in_pool_handler && cfg!(debug_assertions) {
+                // Refused before anything changed: the thread keeps its slot and its pass.
+                return None;
+            }
+            if for_pool {
+                e.in_pool_handler = false;
+            }
             let mut was = (std::mem::take(&mut e.held), std::mem::take(&mut e.dirty));
             if e.returning && shared.pending() {
                 // Handed over by a thread outside any handler pass (`PortInner::issue`): this
@@ -344,8 +400,14 @@ impl Port {
                     }
                 }
             }
-            (was.0, was.1, reap, l.waiter.clone())
+            Some((was.0, was.1, reap, l.waiter.clone(), in_pool_handler))
         });
+        let Some((had_slot, mut dirty, reap, waiter, in_pool_handler)) = taken else {
+            panic!("{GET_IN_POOL_HANDLER}");
+        };
+        if in_pool_handler {
+            shared.got_inside_pool_handler();
+        }
         if reap {
             shared.reap_now();
         }
@@ -378,6 +440,9 @@ impl Port {
                     let mut l = l.borrow_mut();
                     let e = l.entry(&self.inner);
                     e.held = true;
+                    if for_pool {
+                        e.in_pool_handler = true;
+                    }
                     if shared.hand_off && e.defer && !e.returning {
                         e.returning = true;
                         shared.returning.fetch_add(1, SeqCst);
@@ -488,6 +553,54 @@ impl Port {
     /// another waiting thread; takes a slot back (waiting for one if needed) before
     /// returning. Outside a handler pass of this port it just runs `f`.
     ///
+    /// # Who takes the slot
+    ///
+    /// The Windows kernel sees a worker block and lets another thread waiting on the port
+    /// run in its place. User space cannot see blocking, so a handler says it with
+    /// `blocking`, and the slot goes to a thread that is *waiting in `get`* on this port. So
+    /// `blocking` helps only if the port has more threads than its concurrency value, which
+    /// is why IOCP programs start more (twice the processors is the usual advice): with `t`
+    /// threads and concurrency `c`, up to `t - c` handlers can block at once while `c` others
+    /// keep running. [`Pool::spawn`](crate::Pool::spawn) with `0` threads starts `2 × c`
+    /// (and so does `cport-server`'s default `Config`). With `t == c`, a blocking handler's
+    /// slot stays unused until a busy worker comes back to `get`, and once every worker
+    /// blocks nothing runs until one of them returns.
+    ///
+    /// A call that finds no thread waiting to take its slot is counted in
+    /// [`PortStats::blocking_unlent`], and the first one on a port logs a warning (with
+    /// `tracing`). A handler that blocks *without* `blocking` keeps its slot: with every slot
+    /// held that way nothing runs, however many threads wait.
+    ///
+    /// ```
+    /// use cport::{Op, Pool, Port};
+    /// use std::sync::{mpsc, Mutex};
+    /// use std::time::Duration;
+    ///
+    /// // One slot, and a pool of 0 threads: two threads, one of them spare.
+    /// let port = Port::new(1)?;
+    /// let (go, wait) = mpsc::channel::<()>();
+    /// let (go, wait) = (Mutex::new(go), Mutex::new(wait));
+    /// let (done, finished) = mpsc::channel();
+    /// let done = Mutex::new(done);
+    /// let pool = Pool::spawn(&port, 0, move |port, c| match (c.op, c.user) {
+    ///     // Waits for the other post's handler, which can run only on the lent slot.
+    ///     (Op::Post, 1) => {
+    ///         let got = port.blocking(|| wait.lock().unwrap().recv_timeout(Duration::from_secs(10)));
+    ///         done.lock().unwrap().send(got.is_ok()).unwrap();
+    ///     }
+    ///     (Op::Post, 2) => go.lock().unwrap().send(()).unwrap(),
+    ///     _ => {}
+    /// })?;
+    /// assert_eq!(pool.threads(), 2);
+    /// port.post(0, 0, 1)?;
+    /// port.post(0, 0, 2)?;
+    /// assert!(finished.recv()?, "the second handler ran while the first blocked");
+    /// pool.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Timed calls on io_uring
+    ///
     /// On io_uring, a timed blocking call inside `f` (a read with `SO_RCVTIMEO`, a wait with
     /// a timeout) can fail once with `ErrorKind::Interrupted`: the kernel runs the follow-up
     /// work of operations this worker submitted earlier on this thread, and interrupts such
@@ -513,7 +626,9 @@ impl Port {
         if !held {
             return f();
         }
-        shared.sched.release_slot(shared);
+        if !shared.sched.release_slot(shared) {
+            shared.blocking_found_no_spare();
+        }
         struct Resume<'a>(&'a PortInner);
         impl Drop for Resume<'_> {
             fn drop(&mut self) {
@@ -634,6 +749,7 @@ impl Port {
             sockets,
             timers: self.inner.timers.lock().wheel.len(),
             wait_errors: self.inner.wait_errors.load(Ordering::Relaxed),
+            blocking_unlent: self.inner.blocking_unlent.load(Ordering::Relaxed),
         }
     }
 }
