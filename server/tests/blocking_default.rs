@@ -6,6 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +16,10 @@ use cport_server::cport::Backend;
 use cport_server::{Config, Handler, RawStream, Server, Session};
 use cport_testkit::per_backend;
 
-per_backend!(a_ping_is_answered_while_handlers_block_inside_blocking_with_the_default_config);
+per_backend!(
+    a_ping_is_answered_while_handlers_block_inside_blocking_with_the_default_config,
+    with_threads_equal_to_concurrency_a_blocking_call_without_a_spare_is_counted,
+);
 
 /// How long each blocking handler blocks.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -52,6 +56,26 @@ impl Handler for Blocker {
     }
 }
 
+/// Starts `n` clients whose handlers block, and waits until all of them are inside
+/// `blocking`.
+fn block_n(addr: std::net::SocketAddr, n: usize, blocked: &AtomicUsize) -> Vec<TcpStream> {
+    let mut blockers: Vec<_> = (0..n).map(|_| connect(addr)).collect();
+    for c in &mut blockers {
+        c.write_all(b"B").unwrap();
+    }
+    let t0 = Instant::now();
+    while blocked.load(SeqCst) < n {
+        assert!(
+            t0.elapsed() < BLOCK / 2,
+            "only {} of {n} handlers entered `blocking` in {:?}",
+            blocked.load(SeqCst),
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    blockers
+}
+
 fn a_ping_is_answered_while_handlers_block_inside_blocking_with_the_default_config(b: Backend) {
     let blocked = Arc::new(AtomicUsize::new(0));
     // The default configuration: only the address (already the default) and, so that the
@@ -73,20 +97,7 @@ fn a_ping_is_answered_while_handlers_block_inside_blocking_with_the_default_conf
     // As many blocked handlers as the port has slots: before the default changed (threads ==
     // concurrency) that is every worker, on any number of cores (two on a 2-core machine).
     let n = server.handle().port().concurrency();
-    let mut blockers: Vec<_> = (0..n).map(|_| connect(addr)).collect();
-    for c in &mut blockers {
-        c.write_all(b"B").unwrap();
-    }
-    let t0 = Instant::now();
-    while blocked.load(SeqCst) < n {
-        assert!(
-            t0.elapsed() < BLOCK / 2,
-            "only {} of {n} handlers entered `blocking` in {:?}",
-            blocked.load(SeqCst),
-            t0.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let mut blockers = block_n(addr, n, &blocked);
 
     let mut pinger = connect(addr);
     let sent = Instant::now();
@@ -108,6 +119,39 @@ fn a_ping_is_answered_while_handlers_block_inside_blocking_with_the_default_conf
     // The spare threads took over: no `blocking` call found its slot with nobody to take it.
     assert_eq!(server.handle().port().stats().blocking_unlent, 0);
 
+    for c in &mut blockers {
+        c.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"b");
+    }
+    server.shutdown(Duration::from_secs(1));
+}
+
+/// The old default spelled out: as many workers as slots. Both workers block inside
+/// `blocking` with nobody to take their slots; the port counts it.
+fn with_threads_equal_to_concurrency_a_blocking_call_without_a_spare_is_counted(b: Backend) {
+    let blocked = Arc::new(AtomicUsize::new(0));
+    let cfg = Config {
+        backend: Some(b),
+        threads: 2,
+        concurrency: 2,
+        ..Config::default()
+    };
+    let server = Server::start(
+        cfg,
+        RawStream,
+        Blocker {
+            blocked: blocked.clone(),
+        },
+    )
+    .expect("start");
+    let mut blockers = block_n(server.local_addr(), 2, &blocked);
+    // The second one at least: both workers block then, and no other thread serves the port.
+    let unlent = server.handle().port().stats().blocking_unlent;
+    assert!(
+        (1..=2).contains(&unlent),
+        "blocking_unlent = {unlent} with two workers both blocked"
+    );
+    let mut answer = [0u8; 1];
     for c in &mut blockers {
         c.read_exact(&mut answer).unwrap();
         assert_eq!(&answer, b"b");

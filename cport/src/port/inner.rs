@@ -2,7 +2,7 @@
 //! table, the timers and the backend, and the glue between them (the scheduler's `Poller`).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,12 @@ pub(crate) struct PortInner {
     pub(super) wait_errors: AtomicU64,
     /// `PortBuilder::before_submit`.
     pub(super) before_submit: Option<SubmitHook>,
-    /// `Port::blocking` calls that found no thread waiting to take the slot they lent
+    /// Threads that serve the port: a `Pool`'s workers from `Pool::spawn` on, any other
+    /// thread from its first `get`, until they exit (`PortEntry::serving`).
+    pub(super) serving: AtomicUsize,
+    /// Threads inside `Port::blocking` that lent their slot, until they ask for one back.
+    pub(super) blocked: AtomicUsize,
+    /// `Port::blocking` calls that found no thread to take the slot they lent
     /// (`PortStats::blocking_unlent`).
     pub(super) blocking_unlent: AtomicU64,
     /// The first of those was logged (one warning per port).
@@ -122,14 +127,28 @@ impl Poller<Completion> for PortInner {
 }
 
 impl PortInner {
-    /// `Port::blocking` gave up this thread's slot and no thread waited to take it: nothing
-    /// runs handlers in this thread's place while it blocks. Counted, and said once per port.
-    pub(super) fn blocking_found_no_spare(&self) {
+    /// `Port::blocking` gave up this thread's slot (`taken`: a thread was there to use it at
+    /// once, see `Sched::release_slot`) and counts itself in `blocked`. If no thread took the
+    /// slot and the port has no spare thread either (every thread that serves it holds a slot
+    /// or blocks: none is on its way to `get`, as a worker still starting is), nothing runs
+    /// handlers in this thread's place while it blocks: counted, and said once per port.
+    ///
+    /// Both conditions must hold, so that neither a worker still starting nor one between
+    /// its handler pass and its wait makes a well-built pool look short of threads.
+    pub(super) fn lent_slot(&self, taken: bool) {
+        let blocked = self.blocked.fetch_add(1, SeqCst) + 1;
+        if taken {
+            return;
+        }
+        let (active, _, _) = self.sched.stats();
+        if self.serving.load(SeqCst) > active + blocked {
+            return;
+        }
         self.blocking_unlent.fetch_add(1, Relaxed);
         if !self.warned_unlent.swap(true, Relaxed) {
             tracing::warn!(
                 concurrency = self.sched.concurrency(),
-                "Port::blocking: no other thread waits on this port to take the blocked \
+                "Port::blocking: no spare thread serves this port to take the blocked \
                  thread's concurrency slot, so completions wait until a worker comes back; \
                  run more worker threads than the concurrency value (Pool::spawn with 0 \
                  threads starts twice as many; cport-server's default Config does too). \
@@ -404,6 +423,9 @@ impl PortOfThread for PortInner {
     }
 
     fn thread_exits(&self, e: &mut PortEntry) {
+        if e.serving {
+            self.serving.fetch_sub(1, SeqCst);
+        }
         if e.dirty | self.stop_returning(e) {
             self.flush();
         }

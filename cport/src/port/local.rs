@@ -50,6 +50,9 @@ pub(super) struct PortEntry {
     /// `get` was the pool's and returned a completion): its own `get` on this port would
     /// take a completion the pool never sees.
     pub(super) in_pool_handler: bool,
+    /// Counted in `PortInner::serving` (a `Pool` worker, or a thread that called `get`);
+    /// taken out of it when the thread exits.
+    pub(super) serving: bool,
 }
 
 /// How long `Port::shutdown` waits for the kernel to hand back the operations it cancelled.
@@ -88,6 +91,7 @@ impl Local {
             passes_since_reap: 0,
             last_reap: Instant::now(),
             in_pool_handler: false,
+            serving: false,
         });
         self.ports.last_mut().expect("just pushed")
     }

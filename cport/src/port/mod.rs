@@ -203,6 +203,8 @@ impl Port {
                 wait_failures: Default::default(),
                 wait_errors: Default::default(),
                 before_submit: None,
+                serving: Default::default(),
+                blocked: Default::default(),
                 blocking_unlent: Default::default(),
                 warned_unlent: Default::default(),
                 warned_get_in_pool: Default::default(),
@@ -278,10 +280,11 @@ pub struct PortStats {
     /// shuts the port down (see [`Port::get`]).
     pub wait_errors: u64,
     /// [`Port::blocking`] calls, since the port was built, that gave up their thread's slot
-    /// while no other thread waited on the port to take it: while they blocked, nothing ran
-    /// handlers in their place (the port has no spare thread). Anything above zero means
-    /// the port needs more threads than its concurrency value; the first such call also
-    /// logs a warning.
+    /// with no thread to take it: none waited in `get`, and every other thread serving the
+    /// port (a [`Pool`](crate::Pool)'s workers, any thread that called `get`) held a slot or
+    /// was blocking too. While such a call blocks nothing runs handlers in its place: the
+    /// port has no spare thread. Anything above zero means it needs more threads than its
+    /// concurrency value; the first such call also logs a warning.
     pub blocking_unlent: u64,
 }
 
@@ -375,6 +378,11 @@ impl Port {
             }
             if for_pool {
                 e.in_pool_handler = false;
+            } else if !e.serving {
+                // A thread of the program's own that comes to `get`: it serves the port
+                // from now on (`Port::blocking` counts on it) until it exits.
+                e.serving = true;
+                shared.serving.fetch_add(1, SeqCst);
             }
             let mut was = (std::mem::take(&mut e.held), std::mem::take(&mut e.dirty));
             if e.returning && shared.pending() {
@@ -566,7 +574,8 @@ impl Port {
     /// slot stays unused until a busy worker comes back to `get`, and once every worker
     /// blocks nothing runs until one of them returns.
     ///
-    /// A call that finds no thread waiting to take its slot is counted in
+    /// A call that finds no thread to take its slot (none waits in `get`, and no other
+    /// thread serving the port is on its way there) is counted in
     /// [`PortStats::blocking_unlent`], and the first one on a port logs a warning (with
     /// `tracing`). A handler that blocks *without* `blocking` keeps its slot: with every slot
     /// held that way nothing runs, however many threads wait.
@@ -626,12 +635,13 @@ impl Port {
         if !held {
             return f();
         }
-        if !shared.sched.release_slot(shared) {
-            shared.blocking_found_no_spare();
-        }
+        shared.lent_slot(shared.sched.release_slot(shared));
         struct Resume<'a>(&'a PortInner);
         impl Drop for Resume<'_> {
             fn drop(&mut self) {
+                // From here on it is one more thread that will take a slot as soon as one is
+                // free (ahead of the others), not a blocked one.
+                self.0.blocked.fetch_sub(1, SeqCst);
                 let waiter = LOCAL.with(|l| {
                     let mut l = l.borrow_mut();
                     if let Some(e) = l.find(self.0.id) {
@@ -666,7 +676,15 @@ impl Port {
     /// (`PortInner::issue`), so that `main`, starting operations right after `Pool::spawn`, does
     /// not submit them itself while the workers are still starting. Each worker takes over
     /// its unit with [`Port::enlist_worker`]; `-n` gives back units of workers never started.
+    /// They count as threads that serve the port (`PortInner::serving`) at once too, so that
+    /// a handler's `blocking` does not take workers still starting for missing ones.
     pub(crate) fn expect_workers(&self, n: isize) {
+        // They serve the port from now on (`PortInner::lent_slot`), even before they start.
+        if n >= 0 {
+            self.inner.serving.fetch_add(n as usize, SeqCst);
+        } else {
+            self.inner.serving.fetch_sub(n.unsigned_abs(), SeqCst);
+        }
         if self.inner.hand_off {
             if n >= 0 {
                 self.inner.returning.fetch_add(n as usize, SeqCst);
@@ -684,6 +702,8 @@ impl Port {
             let mut l = l.borrow_mut();
             let e = l.entry(&self.inner);
             e.defer = true;
+            // Counted in `serving` by `Pool::spawn` already.
+            e.serving = true;
             if shared.hand_off {
                 debug_assert!(!e.returning, "a thread is one Pool's worker at most once");
                 e.returning = true;
