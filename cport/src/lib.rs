@@ -22,9 +22,9 @@
 //! | `PostQueuedCompletionStatus` | [`Port::post`]; with an owned value (a DB thread's result, the `EV_DB` pattern): [`Port::post_message`] → [`Op::Message`] |
 //! | a timer thread that posts | [`Port::post_after`], cancellable with [`Port::cancel_timer`] |
 //! | `CancelIoEx`, `closesocket` with pending I/O | [`Socket::cancel`], dropping the [`Socket`]: each pending operation completes once, aborted ([`Completion::is_aborted`]), with its buffer |
-//! | the concurrency value | at most `n` threads between a `get` that returned and their next `get`; [`Port::blocking`] lends a thread's slot while it blocks |
+//! | the concurrency value | at most `n` threads between a `get` that returned and their next `get`; [`Port::blocking`] lends a thread's slot to a spare thread while it blocks |
 //! | LIFO waiter release | the most recently parked waiter is woken first |
-//! | a pool of worker threads | [`Pool`] |
+//! | a pool of worker threads (more than the concurrency value) | [`Pool`]; `0` threads = twice the concurrency value |
 //!
 //! ## Rules that hold on every backend
 //!

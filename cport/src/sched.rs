@@ -287,7 +287,13 @@ impl<T> Sched<T> {
             if poller.end_pass() {
                 *dirty = true;
             }
-            self.release(poller);
+            // No wake-up for the slot this thread frees: it goes on to take, poll or park
+            // itself just below, as a thread woken for it would. Waking a parked thread here
+            // (there are some whenever the port has more threads than slots) only for it to
+            // park again cost two context switches per handler pass: `cport bench echo` with
+            // 4 threads on 2 slots measured 0.10 context switches per message instead of
+            // 0.065 with 2 threads, and 12-15% more CPU per message.
+            self.release_to_self();
         }
         if poller.left_pass() {
             *dirty = true;
@@ -442,6 +448,26 @@ impl<T> Sched<T> {
             return true;
         }
         false
+    }
+
+    /// Gives up the slot of a thread that goes on in `get` (it takes, polls or parks with
+    /// the others next): a thread back from `blocking` gets it first, else it is just freed.
+    /// Nobody else is woken for it. That loses no item: the thread looks at the queue again
+    /// with the slot free before it sleeps, waits in the kernel itself if no other thread
+    /// does for the free slots (`may_poll`), and a timed-out `get` passes what it might have
+    /// taken on (`kick_locked`).
+    fn release_to_self(&self) {
+        if self.resumers.load(SeqCst) > 0 {
+            let mut st = self.state.lock();
+            if let Some(w) = st.resuming.pop_front() {
+                self.resumers.fetch_sub(1, SeqCst);
+                w.notified.store(true, Relaxed);
+                w.cv.notify_one();
+                return;
+            }
+            drop(st);
+        }
+        self.active.fetch_sub(1, SeqCst);
     }
 
     /// Takes the state lock and kicks (`kick_locked`), then interrupts the poller if asked.
