@@ -54,6 +54,14 @@ pub(crate) struct PortInner {
     pub(super) warned_get_in_pool: AtomicBool,
 }
 
+/// What `get` inside a handler of a [`Pool`](crate::Pool) of the same port says (a panic in
+/// debug builds, a warning once per port in release builds).
+pub(super) const GET_IN_POOL_HANDLER: &str =
+    "Port::get (or get_many) called inside a handler of a Pool of the same port: the \
+     completion it takes never reaches the pool's handler, and the thread's handler pass \
+     ends there. Return from the handler instead, and let the pool deliver the next \
+     completion (use Port::blocking to wait for something)";
+
 /// Failed kernel waits in a row after which the port shuts down (`PortInner::wait_failed`).
 pub(super) const WAIT_FAILURE_LIMIT: u32 = 50;
 
@@ -161,7 +169,7 @@ impl PortInner {
     /// panics instead): said once per port, then the `get` goes on.
     pub(super) fn got_inside_pool_handler(&self) {
         if !self.warned_get_in_pool.swap(true, Relaxed) {
-            tracing::warn!("{}", super::GET_IN_POOL_HANDLER);
+            tracing::warn!("{}", GET_IN_POOL_HANDLER);
         }
     }
 
