@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use cport::{Backend, Op, Port};
+use cport::{Backend, Op, Port, SendBuf};
 use cport_bench::stats::median;
 use hdrhistogram::Histogram;
 
@@ -90,8 +90,17 @@ fn serve(kind: Kind, listener: TcpListener, size: usize) -> thread::JoinHandle<(
                             if c.result.is_err() {
                                 break;
                             }
-                            let mut buf = buf.into_vec().expect("a Vec was sent");
-                            buf.clear();
+                            // Only the receive's `Vec` is ever sent back here; a shared
+                            // buffer would not be ours to reuse, so it gets a new one.
+                            let buf = match buf {
+                                SendBuf::Vec(mut v) => {
+                                    v.clear();
+                                    v
+                                }
+                                SendBuf::Bytes(_) | SendBuf::Vectored(_) => {
+                                    Vec::with_capacity(size)
+                                }
+                            };
                             sock.recv(buf, 0);
                         }
                         _ => {}

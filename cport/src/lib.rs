@@ -22,9 +22,9 @@
 //! | `PostQueuedCompletionStatus` | [`Port::post`]; with an owned value (a DB thread's result, the `EV_DB` pattern): [`Port::post_message`] → [`Op::Message`] |
 //! | a timer thread that posts | [`Port::post_after`], cancellable with [`Port::cancel_timer`] |
 //! | `CancelIoEx`, `closesocket` with pending I/O | [`Socket::cancel`], dropping the [`Socket`]: each pending operation completes once, aborted ([`Completion::is_aborted`]), with its buffer |
-//! | the concurrency value | at most `n` threads between a `get` that returned and their next `get`; [`Port::blocking`] lends a thread's slot while it blocks |
+//! | the concurrency value | at most `n` threads between a `get` that returned and their next `get`; [`Port::blocking`] lends a thread's slot to a spare thread while it blocks |
 //! | LIFO waiter release | the most recently parked waiter is woken first |
-//! | a pool of worker threads | [`Pool`] |
+//! | a pool of worker threads (more than the concurrency value) | [`Pool`]; `0` threads = twice the concurrency value |
 //!
 //! ## Rules that hold on every backend
 //!
@@ -42,13 +42,19 @@
 //!
 //! ## A complete worker loop
 //!
-//! An echo server: accept, receive, send back what arrived, receive again. The loop runs on
-//! two threads at once, so everything it shares is shared for real: the key counter is an
-//! atomic, the table of sockets is behind a lock, and a completion whose key is no longer in
-//! the table (its socket was closed meanwhile) is ignored.
+//! An echo server that greets each client: accept, send a greeting, then receive, send back
+//! what arrived, receive again. Each receive starts when the send before it has completed.
+//! The loop runs on two threads at once, so everything it shares is shared for real: the key
+//! counter is an atomic, the table of sockets is behind a lock, and a completion whose key
+//! is no longer in the table (its socket was closed meanwhile) is ignored.
+//!
+//! A send hands its buffer back in whatever form it was sent: the greeting is a shared,
+//! static [`Bytes`] ([`SendBuf::Bytes`]), an echo is the receive's `Vec`
+//! ([`SendBuf::Vec`]). The loop reuses a `Vec` and takes a new one for the other forms, so
+//! it stays correct when the program sends shared buffers too (a broadcast).
 //!
 //! ```
-//! use cport::{Op, Port, Socket};
+//! use cport::{Op, Port, SendBuf, Socket};
 //! use std::collections::HashMap;
 //! use std::io::{Read, Write};
 //! use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,10 +76,10 @@
 //!             Op::Accept(Some(accepted)) => {
 //!                 let key = next_key.fetch_add(1, Ordering::Relaxed);
 //!                 let sock = port.associate(accepted.fd, key).unwrap();
-//!                 // Into the table before the first receive: its completion may reach the
+//!                 // Into the table before the first send: its completion may reach the
 //!                 // other worker at once.
 //!                 let mut conns = conns.lock().unwrap();
-//!                 conns.entry(key).or_insert(sock).recv(Vec::with_capacity(4096), 0);
+//!                 conns.entry(key).or_insert(sock).send(b"hello\n", 0); // a static `Bytes`
 //!                 listener.accept(0); // keep one accept outstanding
 //!             }
 //!             Op::Recv(buf) => {
@@ -88,9 +94,21 @@
 //!                 }
 //!             }
 //!             Op::Send(buf) => {
-//!                 let mut buf = buf.into_vec().unwrap();
-//!                 buf.clear(); // reuse the buffer for the next receive
-//!                 if let Some(sock) = conns.lock().unwrap().get(&c.key) {
+//!                 let mut conns = conns.lock().unwrap();
+//!                 if c.result.is_err() {
+//!                     drop(conns.remove(&c.key)); // the peer is gone: close
+//!                     continue;
+//!                 }
+//!                 // The next receive: into the vector that came back, or into a new one
+//!                 // when what was sent was shared (`Bytes`, a vectored send).
+//!                 let buf = match buf {
+//!                     SendBuf::Vec(mut v) => {
+//!                         v.clear();
+//!                         v
+//!                     }
+//!                     SendBuf::Bytes(_) | SendBuf::Vectored(_) => Vec::with_capacity(4096),
+//!                 };
+//!                 if let Some(sock) = conns.get(&c.key) {
 //!                     sock.recv(buf, 0);
 //!                 }
 //!             }
@@ -107,10 +125,15 @@
 //!         .map(|_| std::net::TcpStream::connect(addr).unwrap())
 //!         .collect();
 //!     for client in &mut clients {
-//!         client.write_all(b"hello, port").unwrap();
-//!         let mut back = [0u8; 11];
-//!         client.read_exact(&mut back).unwrap();
-//!         assert_eq!(&back, b"hello, port");
+//!         let mut greeting = [0u8; 6];
+//!         client.read_exact(&mut greeting).unwrap();
+//!         assert_eq!(&greeting, b"hello\n");
+//!         for _ in 0..3 {
+//!             client.write_all(b"hello, port").unwrap();
+//!             let mut back = [0u8; 11];
+//!             client.read_exact(&mut back).unwrap();
+//!             assert_eq!(&back, b"hello, port");
+//!         }
 //!     }
 //!     // PostQueuedCompletionStatus: tell each worker to stop.
 //!     port.post(0, 0, 0).unwrap();
@@ -169,7 +192,9 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
-//! The `cport` server layer builds sessions, framing and send queues on this.
+//! The server layer, [`cport-server`](https://docs.rs/cport-server) (a crate of its own),
+//! builds sessions, framing, ordered send queues, broadcast, limits and graceful shutdown on
+//! this port: start there for a server that speaks a protocol.
 //!
 //! See `ARCHITECTURE.md` in the repository for the life of an operation, the waiter rules
 //! and every `unsafe` invariant.
@@ -216,3 +241,40 @@ pub use sys::Backend;
 /// `bytes::Bytes`, the shared buffer type of [`SendBuf::Bytes`] (re-exported).
 #[cfg(not(loom))]
 pub use bytes::Bytes;
+
+/// The owned socket the port takes and hands back: [`OwnedFd`](std::os::fd::OwnedFd) on
+/// Linux (an alias of the standard type, not a new one; `OwnedSocket` on Windows).
+///
+/// [`Port::associate`] takes anything that converts into it, so the sockets of `std` and
+/// `socket2` go in as they are: `TcpListener`, `TcpStream`, `UdpSocket`, `UnixListener`,
+/// `UnixStream`, `UnixDatagram`, `socket2::Socket`, and an `OwnedFd` of any descriptor
+/// that epoll can wait on. [`Accepted::fd`] is one; `TcpStream::from(fd)` (or
+/// [`Accepted::into_tcp_stream`]) makes it a stream again.
+///
+/// ```
+/// use cport::{OwnedSock, Port};
+/// use std::net::{TcpListener, UdpSocket};
+/// use std::os::unix::net::UnixStream;
+///
+/// let port = Port::new(1)?;
+/// let _listener = port.associate(TcpListener::bind("127.0.0.1:0")?, 1)?;
+/// let _udp = port.associate(UdpSocket::bind("127.0.0.1:0")?, 2)?;
+/// let (a, _b) = UnixStream::pair()?;
+/// let _unix = port.associate(a, 3)?;
+/// // A socket made with socket2, or already an owned descriptor:
+/// let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+/// let fd: OwnedSock = raw.into();
+/// let _owned = port.associate(fd, 4)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[cfg(all(unix, not(loom)))]
+pub type OwnedSock = std::os::fd::OwnedFd;
+
+/// The owned socket the port takes and hands back: `OwnedSocket` on Windows (an alias of the
+/// standard type, not a new one; `OwnedFd` on Linux).
+///
+/// [`Port::associate`] takes anything that converts into it: `TcpListener`, `TcpStream`,
+/// `UdpSocket`, `socket2::Socket`, an `OwnedSocket`. [`Accepted::fd`] is one;
+/// `TcpStream::from(fd)` (or [`Accepted::into_tcp_stream`]) makes it a stream again.
+#[cfg(all(windows, not(loom)))]
+pub type OwnedSock = std::os::windows::io::OwnedSocket;

@@ -8,7 +8,8 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
-use crate::sys::{self, Desc, IoVec, MsgHdr, OpDesc, OpKind, OwnedSock, RawSock, SockLen};
+use crate::sys::{self, Desc, IoVec, MsgHdr, OpDesc, OpKind, RawSock, SockLen};
+use crate::OwnedSock;
 
 /// Which operation a completion is for — the part of an extended OVERLAPPED that says what
 /// finished — with what the operation owned, handed back.
@@ -165,7 +166,10 @@ impl SendBuf {
         self.len() == 0
     }
 
-    /// The buffer back as a vector, if it was one.
+    /// The buffer back as a vector, if it was one: `None` for [`SendBuf::Bytes`] and
+    /// [`SendBuf::Vectored`]. A worker loop that reuses send buffers must handle those too
+    /// (a static string or a broadcast is sent as `Bytes`), not unwrap this; see the
+    /// [crate documentation](crate)'s worker loop.
     pub fn into_vec(self) -> Option<Vec<u8>> {
         match self {
             SendBuf::Vec(v) => Some(v),

@@ -9,12 +9,22 @@ use std::thread::JoinHandle;
 use crate::op::Completion;
 use crate::port::Port;
 
+/// Threads per concurrency slot of a pool of `0` threads: one that runs, one spare for a
+/// handler inside `Port::blocking` (the "twice the processors" of IOCP servers). The spare
+/// threads park while every slot is taken.
+const DEFAULT_THREADS_PER_SLOT: usize = 2;
+
 /// A pool of worker threads serving one port.
 ///
 /// Each worker calls `handler(&port, completion)` for every completion it dequeues, until
 /// the port is shut down. Workers defer the operations their handlers start to their next
 /// `get` ([`Port::defer_submissions`]). A handler that panics is logged and the worker goes on: one bad
 /// completion never takes a worker away.
+///
+/// The pool's workers are the ones that call [`Port::get`]: a handler must not call `get`
+/// (or `get_many`) on the same port, since the completion it took would never reach the
+/// handler. Debug builds panic on it before anything is taken; release builds warn once.
+/// A handler that must wait calls [`Port::blocking`] instead.
 ///
 /// Dropping a `Pool` neither stops nor joins its workers: they go on serving the port until
 /// it is shut down. Call [`Pool::shutdown`] (or shut the port down and [`Pool::join`]) to
@@ -49,13 +59,22 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Starts `threads` workers (`0` = available parallelism) on `port`.
+    /// Starts `threads` workers on `port`; `0` starts twice the port's concurrency value.
+    ///
+    /// More threads than the concurrency value is how IOCP servers are built: the extra
+    /// threads park while every slot is taken (they cost no CPU then), and take the slot of a
+    /// handler that blocks inside [`Port::blocking`], so that the others keep being served
+    /// (see there). A pool of exactly the concurrency value has no spare thread:
+    /// `blocking` then has nobody to lend its slot to ([`PortStats::blocking_unlent`]
+    /// counts such calls).
+    ///
+    /// [`PortStats::blocking_unlent`]: crate::PortStats::blocking_unlent
     pub fn spawn<H>(port: &Port, threads: usize, handler: H) -> io::Result<Pool>
     where
         H: Fn(&Port, Completion) + Send + Sync + 'static,
     {
         let n = match threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => port.concurrency().saturating_mul(DEFAULT_THREADS_PER_SLOT),
             n => n,
         };
         let handler = Arc::new(handler);
@@ -112,7 +131,7 @@ fn worker(port: &Port, handler: &(dyn Fn(&Port, Completion) + Send + Sync)) {
     // and from now on it counts as a thread that will submit what others hand over.
     port.enlist_worker();
     loop {
-        match port.get(None) {
+        match port.get_for_pool() {
             Ok(Some(c)) => {
                 let (key, user) = (c.key, c.user);
                 if catch_unwind(AssertUnwindSafe(|| handler(port, c))).is_err() {

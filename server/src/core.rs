@@ -73,9 +73,21 @@ pub struct Config {
     /// server: for several, start a server per address (the crate docs, "Several
     /// listeners").
     pub addr: SocketAddr,
-    /// Worker threads (default `0` = available parallelism).
+    /// Worker threads (default `0` = twice the concurrency value).
+    ///
+    /// More threads than `concurrency` is what lets a handler block: a handler that calls a
+    /// blocking function inside [`Port::blocking`](cport::Port::blocking) (reached as
+    /// `session.server().port()`) lends its slot to a spare thread, which goes on serving
+    /// the other sessions; up to `threads - concurrency` handlers can block at once. The
+    /// spare threads park while every slot is busy, so they cost no CPU. With `threads`
+    /// equal to `concurrency`, a blocking handler has nobody to lend its slot to: once every
+    /// worker blocks, no session is served until one comes back (the port counts such calls
+    /// in [`PortStats::blocking_unlent`](cport::PortStats::blocking_unlent) and warns once).
+    /// A handler that blocks *without* `Port::blocking` keeps its slot whatever `threads`
+    /// says.
     pub threads: usize,
-    /// The port's concurrency value (default `0` = available parallelism).
+    /// The port's concurrency value: at most this many workers run handlers at once
+    /// (default `0` = available parallelism).
     pub concurrency: usize,
     /// Backend (default `None` = the port's default: `CPORT_BACKEND`, else auto).
     pub backend: Option<Backend>,

@@ -2,7 +2,7 @@
 //! table, the timers and the backend, and the glue between them (the scheduler's `Poller`).
 
 use std::io;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,28 @@ pub(crate) struct PortInner {
     pub(super) wait_errors: AtomicU64,
     /// `PortBuilder::before_submit`.
     pub(super) before_submit: Option<SubmitHook>,
+    /// Threads that serve the port: a `Pool`'s workers from `Pool::spawn` on, any other
+    /// thread from its first `get`, until they exit (`PortEntry::serving`).
+    pub(super) serving: AtomicUsize,
+    /// Threads inside `Port::blocking` that lent their slot, until they ask for one back.
+    pub(super) blocked: AtomicUsize,
+    /// `Port::blocking` calls that found no thread to take the slot they lent
+    /// (`PortStats::blocking_unlent`).
+    pub(super) blocking_unlent: AtomicU64,
+    /// The first of those was logged (one warning per port).
+    pub(super) warned_unlent: AtomicBool,
+    /// A `get` inside a handler of a pool of this port was logged (release builds; one
+    /// warning per port).
+    pub(super) warned_get_in_pool: AtomicBool,
 }
+
+/// What `get` inside a handler of a [`Pool`](crate::Pool) of the same port says (a panic in
+/// debug builds, a warning once per port in release builds).
+pub(super) const GET_IN_POOL_HANDLER: &str =
+    "Port::get (or get_many) called inside a handler of a Pool of the same port: the \
+     completion it takes never reaches the pool's handler, and the thread's handler pass \
+     ends there. Return from the handler instead, and let the pool deliver the next \
+     completion (use Port::blocking to wait for something)";
 
 /// Failed kernel waits in a row after which the port shuts down (`PortInner::wait_failed`).
 pub(super) const WAIT_FAILURE_LIMIT: u32 = 50;
@@ -114,6 +135,44 @@ impl Poller<Completion> for PortInner {
 }
 
 impl PortInner {
+    /// `Port::blocking` gave up this thread's slot (`taken`: a thread was there to use it at
+    /// once, see `Sched::release_slot`) and counts itself in `blocked`. If no thread took the
+    /// slot and the port has no spare thread either (every thread that serves it holds a slot
+    /// or blocks: none is on its way to `get`, as a worker still starting is), nothing runs
+    /// handlers in this thread's place while it blocks: counted, and said once per port.
+    ///
+    /// Both conditions must hold, so that neither a worker still starting nor one between
+    /// its handler pass and its wait makes a well-built pool look short of threads.
+    pub(super) fn lent_slot(&self, taken: bool) {
+        let blocked = self.blocked.fetch_add(1, SeqCst) + 1;
+        if taken {
+            return;
+        }
+        let (active, _, _) = self.sched.stats();
+        if self.serving.load(SeqCst) > active + blocked {
+            return;
+        }
+        self.blocking_unlent.fetch_add(1, Relaxed);
+        if !self.warned_unlent.swap(true, Relaxed) {
+            tracing::warn!(
+                concurrency = self.sched.concurrency(),
+                "Port::blocking: no spare thread serves this port to take the blocked \
+                 thread's concurrency slot, so completions wait until a worker comes back; \
+                 run more worker threads than the concurrency value (Pool::spawn with 0 \
+                 threads starts twice as many; cport-server's default Config does too). \
+                 Said once per port; PortStats::blocking_unlent counts every such call"
+            );
+        }
+    }
+
+    /// A release build's `get` inside a handler of a pool of this port (a debug build
+    /// panics instead): said once per port, then the `get` goes on.
+    pub(super) fn got_inside_pool_handler(&self) {
+        if !self.warned_get_in_pool.swap(true, Relaxed) {
+            tracing::warn!("{}", GET_IN_POOL_HANDLER);
+        }
+    }
+
     /// Runs `PortBuilder::before_submit`'s hook if there is one and the calling thread is a
     /// deferring one inside a handler pass of this port (`held`), and starts its count of
     /// passes to the next run again. True if the hook ran. What it starts is deferred: the
@@ -372,6 +431,9 @@ impl PortOfThread for PortInner {
     }
 
     fn thread_exits(&self, e: &mut PortEntry) {
+        if e.serving {
+            self.serving.fetch_sub(1, SeqCst);
+        }
         if e.dirty | self.stop_returning(e) {
             self.flush();
         }

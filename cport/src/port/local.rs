@@ -46,6 +46,13 @@ pub(super) struct PortEntry {
     pub(super) passes_since_reap: u32,
     /// When this thread last took what the kernel completed while busy.
     pub(super) last_reap: Instant,
+    /// The thread is a `Pool` worker of this port and runs the pool's handler (its last
+    /// `get` was the pool's and returned a completion): its own `get` on this port would
+    /// take a completion the pool never sees.
+    pub(super) in_pool_handler: bool,
+    /// Counted in `PortInner::serving` (a `Pool` worker, or a thread that called `get`);
+    /// taken out of it when the thread exits.
+    pub(super) serving: bool,
 }
 
 /// How long `Port::shutdown` waits for the kernel to hand back the operations it cancelled.
@@ -83,6 +90,8 @@ impl Local {
             returning: false,
             passes_since_reap: 0,
             last_reap: Instant::now(),
+            in_pool_handler: false,
+            serving: false,
         });
         self.ports.last_mut().expect("just pushed")
     }

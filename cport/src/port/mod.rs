@@ -7,13 +7,15 @@
 //! * [`inner`] — [`PortInner`], the state all handles share, and the glue
 //!   between the scheduler, the operation table, the timers and the backend (submitting,
 //!   reaping, the hand-off);
-//! * `mod.rs` — the public [`Port`]: building it, `get`, posts and timers, `blocking`,
-//!   shutdown;
+//! * `mod.rs` — the public [`Port`]: building it, `get`, posts and timers, shutdown;
+//! * [`pass`] — a thread's handler pass: `blocking`, deferred submissions, a pool worker's
+//!   enlistment;
 //! * [`socket`] — the public [`Socket`](socket::Socket): [`Port::associate`] and the start
 //!   of each operation.
 
 mod inner;
 mod local;
+mod pass;
 pub(crate) mod socket;
 mod table;
 #[cfg(all(test, not(loom), unix))]
@@ -33,7 +35,7 @@ use crate::sync::{AtomicUsize as SyncUsize, Ordering::SeqCst};
 use crate::sys::{AnyDriver, Backend};
 use crate::timer::Timers;
 
-use inner::{PortInner, SubmitHook, TimerQueue};
+use inner::{PortInner, SubmitHook, TimerQueue, GET_IN_POOL_HANDLER};
 use local::{LOCAL, MAX_DEFERRED_PASSES, REAP_CHECK_PASSES, REAP_INTERVAL, SHUTDOWN_REAP};
 use table::Table;
 
@@ -105,6 +107,12 @@ impl Default for PortBuilder {
 impl PortBuilder {
     /// The concurrency value: at most this many threads run handlers at once
     /// (between a `get` that returned and their next `get`). `0` = available parallelism.
+    ///
+    /// It bounds the threads that *run*, not the threads that serve the port: as with IOCP,
+    /// start more threads than this (a [`Pool`](crate::Pool) of `0` threads starts twice as
+    /// many), so that a handler that blocks inside [`Port::blocking`] lends its slot to a
+    /// spare thread instead of leaving it unused. The spare threads park while every slot is
+    /// taken, so they cost no CPU.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
         self
@@ -189,6 +197,11 @@ impl Port {
                 wait_failures: Default::default(),
                 wait_errors: Default::default(),
                 before_submit: None,
+                serving: Default::default(),
+                blocked: Default::default(),
+                blocking_unlent: Default::default(),
+                warned_unlent: Default::default(),
+                warned_get_in_pool: Default::default(),
                 driver,
             }),
         }
@@ -260,6 +273,13 @@ pub struct PortStats {
     /// since the port was built. Each is logged and retried after a pause; a run of them
     /// shuts the port down (see [`Port::get`]).
     pub wait_errors: u64,
+    /// [`Port::blocking`] calls, since the port was built, that gave up their thread's slot
+    /// with no thread to take it: none waited in `get`, and every other thread serving the
+    /// port (a [`Pool`](crate::Pool)'s workers, any thread that called `get`) held a slot or
+    /// was blocking too. While such a call blocks nothing runs handlers in its place: the
+    /// port has no spare thread. Anything above zero means it needs more threads than its
+    /// concurrency value; the first such call also logs a warning.
+    pub blocking_unlent: u64,
 }
 
 impl Port {
@@ -290,15 +310,37 @@ impl Port {
     ///
     /// Calling `get` ends the calling thread's previous handler pass (it gives back its
     /// concurrency slot); returning a completion starts a new one.
+    ///
+    /// # Not inside a [`Pool`](crate::Pool) handler
+    ///
+    /// A pool's workers call `get` themselves and hand each completion to the pool's
+    /// handler. A handler that calls `get` (or [`Port::get_many`]) on the same port would
+    /// take a completion the pool's handler never sees, and end its own pass early: debug
+    /// builds panic there, before anything is taken (the pool logs the panic and the
+    /// completion stays queued for the pool); release builds log a warning once per port and
+    /// go on. Return from the handler instead; to wait for something inside it, use
+    /// [`Port::blocking`]. A `get` on another port is fine.
     #[doc(alias = "GetQueuedCompletionStatus")]
     pub fn get(&self, timeout: Option<Duration>) -> Result<Option<Completion>, Closed> {
         let mut out = None;
-        self.get_into(&mut out, 1, timeout)?;
+        self.get_into(&mut out, 1, timeout, false)?;
+        Ok(out)
+    }
+
+    /// [`Port::get`] for a [`Pool`](crate::Pool) worker: what it returns starts a pass of
+    /// the pool's handler, inside which the thread's own `get` on this port is a mistake
+    /// (see [`Port::get`]).
+    pub(crate) fn get_for_pool(&self) -> Result<Option<Completion>, Closed> {
+        let mut out = None;
+        self.get_into(&mut out, 1, None, true)?;
         Ok(out)
     }
 
     /// Dequeues up to `max` completions at once into `out` (appending), waiting up to
     /// `timeout` for the first. Returns how many were added (0 on timeout).
+    ///
+    /// Like [`Port::get`], not to be called inside a handler of a [`Pool`](crate::Pool) of
+    /// the same port.
     #[doc(alias = "GetQueuedCompletionStatusEx")]
     pub fn get_many(
         &self,
@@ -306,20 +348,36 @@ impl Port {
         max: usize,
         timeout: Option<Duration>,
     ) -> Result<usize, Closed> {
-        self.get_into(out, max.max(1), timeout)
+        self.get_into(out, max.max(1), timeout, false)
     }
 
+    /// `for_pool`: the caller is a [`Pool`](crate::Pool) worker's loop; otherwise a `get`
+    /// of the program's, which must not come from inside a handler of a pool of this port.
     fn get_into(
         &self,
         out: &mut impl Sink<Completion>,
         max: usize,
         timeout: Option<Duration>,
+        for_pool: bool,
     ) -> Result<usize, Closed> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let shared = &*self.inner;
-        let (had_slot, mut dirty, reap, waiter) = LOCAL.with(|l| {
+        let taken = LOCAL.with(|l| {
             let mut l = l.borrow_mut();
             let e = l.entry(&self.inner);
+            let in_pool_handler = !for_pool && e.in_pool_handler;
+            if in_pool_handler && cfg!(debug_assertions) {
+                // Refused before anything changed: the thread keeps its slot and its pass.
+                return None;
+            }
+            if for_pool {
+                e.in_pool_handler = false;
+            } else if !e.serving {
+                // A thread of the program's own that comes to `get`: it serves the port
+                // from now on (`Port::blocking` counts on it) until it exits.
+                e.serving = true;
+                shared.serving.fetch_add(1, SeqCst);
+            }
             let mut was = (std::mem::take(&mut e.held), std::mem::take(&mut e.dirty));
             if e.returning && shared.pending() {
                 // Handed over by a thread outside any handler pass (`PortInner::issue`): this
@@ -344,8 +402,14 @@ impl Port {
                     }
                 }
             }
-            (was.0, was.1, reap, l.waiter.clone())
+            Some((was.0, was.1, reap, l.waiter.clone(), in_pool_handler))
         });
+        let Some((had_slot, mut dirty, reap, waiter, in_pool_handler)) = taken else {
+            panic!("{GET_IN_POOL_HANDLER}");
+        };
+        if in_pool_handler {
+            shared.got_inside_pool_handler();
+        }
         if reap {
             shared.reap_now();
         }
@@ -378,6 +442,9 @@ impl Port {
                     let mut l = l.borrow_mut();
                     let e = l.entry(&self.inner);
                     e.held = true;
+                    if for_pool {
+                        e.in_pool_handler = true;
+                    }
                     if shared.hand_off && e.defer && !e.returning {
                         e.returning = true;
                         shared.returning.fetch_add(1, SeqCst);
@@ -484,113 +551,6 @@ impl Port {
         self.inner.timers.lock().wheel.cancel(id)
     }
 
-    /// Runs `f`, which may block, while the calling thread's concurrency slot is lent to
-    /// another waiting thread; takes a slot back (waiting for one if needed) before
-    /// returning. Outside a handler pass of this port it just runs `f`.
-    ///
-    /// On io_uring, a timed blocking call inside `f` (a read with `SO_RCVTIMEO`, a wait with
-    /// a timeout) can fail once with `ErrorKind::Interrupted`: the kernel runs the follow-up
-    /// work of operations this worker submitted earlier on this thread, and interrupts such
-    /// calls to do it. Retry on `Interrupted` (`read_exact` and `write_all` do), or use the
-    /// epoll backend. A thread outside any handler pass (`main`, a database thread) is not
-    /// affected: on io_uring it leaves its submissions to the workers.
-    pub fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
-        let shared = &*self.inner;
-        shared.before_submit_in_pass();
-        // Outside the handler pass while `f` runs: what `f` starts is submitted at once (it may
-        // wait for it), not deferred to a `get` that comes only after `f`.
-        let (held, dirty) = LOCAL.with(|l| match l.borrow_mut().find(shared.id) {
-            // No longer bound to come back to `get` soon: what was handed over goes out now.
-            Some(e) => (
-                std::mem::take(&mut e.held),
-                std::mem::take(&mut e.dirty) | shared.stop_returning(e),
-            ),
-            None => (false, false),
-        });
-        if dirty {
-            shared.flush();
-        }
-        if !held {
-            return f();
-        }
-        shared.sched.release_slot(shared);
-        struct Resume<'a>(&'a PortInner);
-        impl Drop for Resume<'_> {
-            fn drop(&mut self) {
-                let waiter = LOCAL.with(|l| {
-                    let mut l = l.borrow_mut();
-                    if let Some(e) = l.find(self.0.id) {
-                        e.held = true;
-                    }
-                    l.waiter.clone()
-                });
-                self.0.sched.leave_blocking(&waiter);
-            }
-        }
-        let _resume = Resume(shared);
-        f()
-    }
-
-    /// Lets the calling thread's operations wait for its next `get` to be submitted together.
-    ///
-    /// By default an operation is handed to the kernel when it is started, as IOCP's
-    /// `WSASend` is issued at once. A thread that loops on `get` can opt in to deferral: an
-    /// operation it starts inside a handler pass (between a `get` that returned and the next
-    /// one) is then submitted when it comes back to `get`, together with everything else it
-    /// started (and with the next passes' operations if completions are ready at once, up to
-    /// 16 passes): one system call for many operations under load. [`Pool`](crate::Pool)
-    /// workers opt in. The price: a handler that starts I/O and then computes for long should
-    /// call [`Port::submit`] first. Outside a handler pass, and in [`Port::blocking`],
-    /// operations are submitted at once either way.
-    pub fn defer_submissions(&self) {
-        LOCAL.with(|l| l.borrow_mut().entry(&self.inner).defer = true);
-    }
-
-    /// `Pool::spawn`, before it starts `n` workers: each counts at once as a thread that will
-    /// come to `get` and submit what threads outside any handler pass hand over
-    /// (`PortInner::issue`), so that `main`, starting operations right after `Pool::spawn`, does
-    /// not submit them itself while the workers are still starting. Each worker takes over
-    /// its unit with [`Port::enlist_worker`]; `-n` gives back units of workers never started.
-    pub(crate) fn expect_workers(&self, n: isize) {
-        if self.inner.hand_off {
-            if n >= 0 {
-                self.inner.returning.fetch_add(n as usize, SeqCst);
-            } else {
-                self.inner.returning.fetch_sub(n.unsigned_abs(), SeqCst);
-            }
-        }
-    }
-
-    /// A `Pool` worker, about to loop on `get`: it defers its submissions and takes over the
-    /// unit of `returning` that [`Port::expect_workers`] counted for it.
-    pub(crate) fn enlist_worker(&self) {
-        let shared = &*self.inner;
-        LOCAL.with(|l| {
-            let mut l = l.borrow_mut();
-            let e = l.entry(&self.inner);
-            e.defer = true;
-            if shared.hand_off {
-                debug_assert!(!e.returning, "a thread is one Pool's worker at most once");
-                e.returning = true;
-            }
-        });
-    }
-
-    /// Submits now the operations this thread started in its current handler pass (only a
-    /// thread that called [`Port::defer_submissions`], such as a [`Pool`](crate::Pool)
-    /// worker, has any waiting).
-    pub fn submit(&self) {
-        self.inner.before_submit_in_pass();
-        let dirty = LOCAL.with(|l| {
-            l.borrow_mut()
-                .find(self.inner.id)
-                .is_some_and(|e| std::mem::take(&mut e.dirty))
-        });
-        if dirty {
-            self.inner.flush();
-        }
-    }
-
     /// Shuts the port down, the same way on both backends:
     ///
     /// * every waiting and future `get` (from any thread, inside a handler pass or not)
@@ -634,6 +594,7 @@ impl Port {
             sockets,
             timers: self.inner.timers.lock().wheel.len(),
             wait_errors: self.inner.wait_errors.load(Ordering::Relaxed),
+            blocking_unlent: self.inner.blocking_unlent.load(Ordering::Relaxed),
         }
     }
 }

@@ -15,11 +15,14 @@ use super::{Closed, Port};
 #[cfg(doc)]
 use crate::op::Op;
 use crate::op::{OpData, SendBuf};
-use crate::sys::{OwnedSock, RawSock};
+use crate::sys::RawSock;
+use crate::OwnedSock;
 
 impl Port {
     /// Associates a socket (listener, stream, datagram socket, any pollable fd) with the port
-    /// under a completion key, once. The port owns the descriptor from now on; it is closed
+    /// under a completion key, once. `fd` is anything that converts into an [`OwnedSock`]
+    /// (`OwnedFd` on Linux): a `TcpListener`, `TcpStream`, `UdpSocket`, Unix socket or
+    /// `socket2::Socket` as it is. The port owns the descriptor from now on; it is closed
     /// when the returned [`Socket`] is dropped and its last operation has completed.
     /// On Linux `associate` puts the descriptor in non-blocking mode (its operations never
     /// block a thread; a blocking read of your own on it would fail with `WouldBlock`).
