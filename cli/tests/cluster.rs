@@ -456,7 +456,7 @@ fn cport_cluster_starts_serves_and_stops() {
     }
     let addrs: Vec<SocketAddr> = lines
         .iter()
-        .filter_map(|l| cport_bench::parse_listening(l))
+        .filter_map(|l| cport_bench::proc::parse_listening(l))
         .collect();
     assert_eq!(addrs.len(), 2, "{lines:?}");
     // Its children: nats-server, two zones and two gateways, each named on its command line.
