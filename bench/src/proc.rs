@@ -91,7 +91,11 @@ pub fn ctx_switches(pid: u32) -> io::Result<u64> {
 pub fn tree(pid: u32) -> io::Result<Vec<u32>> {
     let mut parent_of = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
-        let Some(p) = entry?.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(p) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
@@ -110,7 +114,12 @@ pub fn tree(pid: u32) -> io::Result<Vec<u32>> {
     let mut i = 0;
     while i < out.len() {
         let parent = out[i];
-        out.extend(parent_of.iter().filter(|&&(_, pp)| pp == parent).map(|&(p, _)| p));
+        out.extend(
+            parent_of
+                .iter()
+                .filter(|&&(_, pp)| pp == parent)
+                .map(|&(p, _)| p),
+        );
         i += 1;
     }
     Ok(out)

@@ -174,6 +174,7 @@ fn start_cluster(args: &Args) -> io::Result<cport_cluster::supervisor::Superviso
         cluster: None,
         game,
         backend: args.backend,
+        bus_tick_us: 1000,
     };
     // The processes' info lines would break the progress line: warnings only, unless asked.
     let env = match std::env::var_os("RUST_LOG") {

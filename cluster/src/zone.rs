@@ -27,8 +27,9 @@ use crate::bus::{Bus, BusConfig, Inbox, Outbox};
 
 /// Posted: a batch queue to drain (value: the source, [`source_code`]).
 const BUS_KEY: u64 = 1;
-/// Posted: an outbox destination to flush (value: its index).
-const FLUSH_KEY: u64 = 2;
+/// Posted (or a timer, when the destination's tick is not over): an outbox destination to
+/// flush (value: its index). Above every key the game's timers use.
+const FLUSH_KEY: u64 = 1 << 50;
 /// Message: a database result.
 const DB_KEY: u64 = 3;
 
@@ -54,6 +55,8 @@ pub struct ZoneConfig {
     pub handoff_timeout: Duration,
     /// Test hook: see [`ZoneSetup::transfer_delay`].
     pub transfer_delay: Duration,
+    /// At most one NATS message per destination per tick ([`Outbox::with_tick`]).
+    pub bus_tick: Duration,
 }
 
 impl ZoneConfig {
@@ -77,6 +80,7 @@ impl ZoneConfig {
             connect_timeout: Duration::from_secs(10),
             handoff_timeout: Duration::from_millis(500),
             transfer_delay: Duration::ZERO,
+            bus_tick: crate::bus::DEFAULT_TICK,
         }
     }
 }
@@ -295,6 +299,12 @@ impl Handler for ZoneHandler {
             BUS_KEY => {
                 if let Some(source) = source_of(value) {
                     self.0.drain(source);
+                    // What the batches produced leaves now from this thread where its tick
+                    // allows: no other worker is woken to flush it (the flush it scheduled
+                    // then finds nothing).
+                    if let Some(host) = self.0.host.get() {
+                        host.0.outbox.flush_due();
+                    }
                 }
             }
             FLUSH_KEY => {
@@ -308,7 +318,11 @@ impl Handler for ZoneHandler {
 
     fn on_timer(&self, _server: &ServerHandle, key: u64, value: u64) {
         if let Some(host) = self.0.host.get() {
-            self.0.engine.on_timer(host, key, value);
+            if key == FLUSH_KEY {
+                host.0.outbox.flush(value as usize);
+            } else {
+                self.0.engine.on_timer(host, key, value);
+            }
         }
     }
 
@@ -390,8 +404,12 @@ pub fn start(cfg: ZoneConfig) -> io::Result<Zone> {
         .chain((0..cfg.gateways).map(Source::Gateway))
         .collect();
     let flusher = handle.clone();
-    let outbox = Outbox::new(bus.clone(), dests, move |i| {
-        let _ = flusher.post(FLUSH_KEY, i as u64);
+    let outbox = Outbox::with_tick(bus.clone(), dests, cfg.bus_tick, move |i, delay| {
+        let _ = if delay.is_zero() {
+            flusher.post(FLUSH_KEY, i as u64)
+        } else {
+            flusher.post_after(delay, FLUSH_KEY, i as u64).map(|_| ())
+        };
     });
     let host = ZoneHost(Arc::new(HostInner {
         srv: handle.clone(),

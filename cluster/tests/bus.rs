@@ -696,3 +696,72 @@ fn a_subscriber_to_everything_does_not_stop_a_bus_from_starting() {
     );
     drop(tap);
 }
+
+/// With a tick, a destination gets at most one NATS message per tick however fast entries
+/// come, every entry still arrives once and in order, and the first entry after a quiet
+/// tick is scheduled with no delay.
+#[test]
+fn a_tick_caps_the_messages_to_a_destination() {
+    let Some(server) = nats_server() else { return };
+    let receiver = bus(&server, "tick", Source::Zone(0));
+    let rx = listen(&receiver);
+    let sender = bus(&server, "tick", Source::Zone(1));
+    let tick = Duration::from_millis(10);
+    let cell: Arc<std::sync::OnceLock<Outbox>> = Arc::new(std::sync::OnceLock::new());
+    let delays = Arc::new(Mutex::new(Vec::new()));
+    let (c, d) = (cell.clone(), delays.clone());
+    let outbox = Outbox::with_tick(
+        sender.clone(),
+        vec![Source::Zone(0)],
+        tick,
+        move |i, delay| {
+            d.lock().unwrap().push(delay);
+            let c = c.clone();
+            // The glue's port timer, as a thread.
+            thread::spawn(move || {
+                thread::sleep(delay);
+                c.get().expect("set").flush(i);
+            });
+        },
+    );
+    assert!(cell.set(outbox).is_ok());
+    let outbox = cell.get().unwrap();
+    let started = Instant::now();
+    let n = 2_000u32;
+    for id in 0..n {
+        outbox.push(Source::Zone(0), &Msg::GhostLeave { id });
+        thread::sleep(Duration::from_micros(100));
+    }
+    let spent = started.elapsed();
+    let mut got = Vec::new();
+    let mut messages = 0;
+    let until = Instant::now() + TIMEOUT;
+    while got.len() < n as usize && Instant::now() < until {
+        let Ok(batch) = rx.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        messages += 1;
+        let (_, mut r) = read_header(batch).unwrap();
+        while let Some(m) = r.next() {
+            let Msg::GhostLeave { id } = m.unwrap() else {
+                panic!("not what was sent")
+            };
+            got.push(id);
+        }
+    }
+    assert_eq!(
+        got,
+        (0..n).collect::<Vec<_>>(),
+        "every entry once, in order"
+    );
+    let most = spent.as_millis() / tick.as_millis() + 2;
+    assert!(
+        messages as u128 <= most,
+        "{messages} messages in {spent:?}: more than one per {tick:?}"
+    );
+    assert_eq!(
+        delays.lock().unwrap()[0],
+        Duration::ZERO,
+        "the first flush waits for nothing"
+    );
+}

@@ -161,6 +161,8 @@ struct Client {
     epoch: u32,
     /// Packets held (login or hand-off in progress).
     held: Option<Vec<Bytes>>,
+    /// The epoch the hand-off in progress offers (0: a login, any epoch above is taken).
+    next: u32,
     /// Closed by the client while held: the resolved owner gets the `Disconnect`.
     gone: bool,
     me: Option<(i16, i16)>,
@@ -345,7 +347,13 @@ impl Cluster {
             } => {
                 let c = self.clients.get_mut(&session).unwrap();
                 assert_eq!(c.player, player);
-                if c.held.is_some() && epoch > c.epoch {
+                let expected = if c.next == 0 {
+                    epoch > c.epoch
+                } else {
+                    epoch == c.next
+                };
+                if c.held.is_some() && expected {
+                    c.next = 0;
                     c.route = Some(from);
                     c.epoch = epoch;
                     self.release(session, from);
@@ -357,11 +365,13 @@ impl Cluster {
                 session,
                 player,
                 epoch,
+                next,
                 ..
             } => {
                 let c = self.clients.get_mut(&session).unwrap();
                 if c.route == Some(from) && c.epoch == epoch && c.held.is_none() {
                     c.held = Some(Vec::new());
+                    c.next = next;
                     self.handoffs_seen += 1;
                     self.push(Dest::Zone(from), Msg::Held { player, epoch });
                 }
@@ -373,6 +383,7 @@ impl Cluster {
             } => {
                 let c = self.clients.get_mut(&session).unwrap();
                 if c.held.is_some() && c.route == Some(from) && c.epoch == epoch {
+                    c.next = 0;
                     self.release(session, from);
                 } else {
                     self.push(Dest::Zone(from), Msg::Revoke { player, epoch });

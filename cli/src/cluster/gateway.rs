@@ -55,6 +55,10 @@ pub struct Args {
     /// last resort when a zone is gone).
     #[arg(long, default_value_t = 3_000)]
     pub handoff_timeout_ms: u64,
+    /// At most one bus message per zone per this many microseconds (batching under load;
+    /// an entry after a quiet tick leaves at once).
+    #[arg(long, default_value_t = 1000)]
+    pub bus_tick_us: u64,
     /// Backend: auto, uring, epoll [default: $CPORT_BACKEND, else auto].
     #[arg(long)]
     pub backend: Option<cport::Backend>,
@@ -80,6 +84,7 @@ pub fn run(args: Args) -> io::Result<()> {
         cluster: args.cluster.clone(),
         login_timeout: Duration::from_millis(args.login_timeout_ms),
         handoff_timeout: Duration::from_millis(args.handoff_timeout_ms),
+        bus_tick: Duration::from_micros(args.bus_tick_us),
     };
     let gw = gateway::start(cfg)?;
     println!(

@@ -40,6 +40,10 @@ pub struct Args {
     /// Backend of every process: auto, uring, epoll [default: $CPORT_BACKEND, else auto].
     #[arg(long)]
     pub backend: Option<cport::Backend>,
+    /// Every process sends at most one bus message per destination per this many
+    /// microseconds (batching under load; an entry after a quiet tick leaves at once).
+    #[arg(long, default_value_t = 1000)]
+    pub bus_tick_us: u64,
 }
 
 /// The flags a zone gets from `cport cluster`'s game flags (everything but the address).
@@ -102,6 +106,9 @@ pub fn plan(args: &Args) -> io::Result<Plan> {
     plan.nats = args.nats.clone();
     plan.zone_args = zone_flags(&args.game, args.backend);
     plan.gateway_args = gateway_flags(&args.game, args.backend);
+    let tick = format!("--bus-tick-us={}", args.bus_tick_us);
+    plan.zone_args.push(tick.clone().into());
+    plan.gateway_args.push(tick.into());
     Ok(plan)
 }
 
@@ -141,7 +148,10 @@ pub fn start_with(args: &Args, env: Vec<(OsString, OsString)>) -> io::Result<Sup
     for (g, a) in gws.iter().enumerate() {
         // The single server's startup line, once per gateway (what `cport bench mmo` and
         // `cport_bench::parse_listening` read).
-        println!("listening on {a} (gateway {g} of {}, cluster {cluster})", gws.len());
+        println!(
+            "listening on {a} (gateway {g} of {}, cluster {cluster})",
+            gws.len()
+        );
     }
     let list: Vec<String> = gws.iter().map(SocketAddr::to_string).collect();
     println!(

@@ -37,6 +37,10 @@ pub struct Args {
     /// old owner gives up after 500 ms and keeps it).
     #[arg(long, hide = true, default_value_t = 0)]
     pub test_transfer_delay_ms: u64,
+    /// At most one bus message per destination per this many microseconds (batching
+    /// under load; an entry after a quiet tick leaves at once).
+    #[arg(long, default_value_t = 1000)]
+    pub bus_tick_us: u64,
 }
 
 /// `cport zone`.
@@ -58,6 +62,7 @@ pub fn run(args: Args) -> io::Result<()> {
         &args.cluster,
     );
     cfg.transfer_delay = Duration::from_millis(args.test_transfer_delay_ms);
+    cfg.bus_tick = Duration::from_micros(args.bus_tick_us);
     let z = zone::start(cfg)?;
     println!("zone {} of {} ready", args.zone, args.zones);
     io::stdout().flush()?;

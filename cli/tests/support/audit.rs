@@ -775,6 +775,7 @@ mod tests {
                 player: 7,
                 epoch: 1,
                 to: 3,
+                next: 2,
             },
         );
         gw(

@@ -24,6 +24,9 @@ mod inbox;
 mod outbox;
 
 pub use inbox::Inbox;
+/// The outboxes' default tick: at most one NATS message per destination per millisecond.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(1);
+
 pub use outbox::{Outbox, BATCH_LIMIT};
 
 use std::collections::HashMap;

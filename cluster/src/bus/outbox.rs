@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -16,11 +17,14 @@ pub const BATCH_LIMIT: usize = 60 * 1024;
 
 /// One open batch per destination, filled by any worker.
 ///
-/// The first push into a destination's empty batch calls `schedule(index)`; the glue posts a
-/// completion to the port whose handler calls [`Outbox::flush`]`(index)`. So under load many
-/// entries pushed before a worker gets to that completion share one NATS message, and when
-/// idle a lone entry leaves as soon as a worker is free. A batch reaching [`BATCH_LIMIT`]
-/// is published at once by the pushing thread.
+/// The first push into a destination's empty batch calls `schedule(index, delay)`; the glue
+/// posts a completion to the port (after `delay`, a port timer, when it is not zero) whose
+/// handler calls [`Outbox::flush`]`(index)`. `delay` is what is left of the **tick** since
+/// the destination's last flush ([`Outbox::with_tick`]): a destination gets at most one NATS
+/// message per tick, however busy, and an entry after a quiet tick leaves as soon as a worker
+/// is free. So under load many entries share one NATS message (per tick per destination),
+/// and when idle nothing waits. A batch reaching [`BATCH_LIMIT`] is published at once by the
+/// pushing thread.
 ///
 /// A batch's header (and so its `seq`) is taken when it opens, and a batch is taken and
 /// handed to [`Bus::publish`] under the destination's lock: batches to one destination are
@@ -31,12 +35,20 @@ pub struct Outbox {
     bus: Bus,
     slots: Vec<Slot>,
     index: HashMap<Source, usize>,
-    schedule: Box<dyn Fn(usize) + Send + Sync>,
+    schedule: Box<dyn Fn(usize, Duration) + Send + Sync>,
+    tick: Duration,
 }
 
 struct Slot {
     dest: Source,
-    open: Mutex<Option<BatchWriter>>,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    batch: Option<BatchWriter>,
+    /// When the last batch left.
+    last: Option<Instant>,
 }
 
 impl Outbox {
@@ -49,6 +61,17 @@ impl Outbox {
         dests: Vec<Source>,
         schedule: impl Fn(usize) + Send + Sync + 'static,
     ) -> Outbox {
+        Outbox::with_tick(bus, dests, Duration::ZERO, move |i, _| schedule(i))
+    }
+
+    /// [`Outbox::new`] with a tick: `schedule(i, delay)` asks for the flush `delay` from now
+    /// (zero when the destination's last batch left a tick ago or more).
+    pub fn with_tick(
+        bus: Bus,
+        dests: Vec<Source>,
+        tick: Duration,
+        schedule: impl Fn(usize, Duration) + Send + Sync + 'static,
+    ) -> Outbox {
         let mut index = HashMap::with_capacity(dests.len());
         for (i, &d) in dests.iter().enumerate() {
             index.entry(d).or_insert(i);
@@ -59,11 +82,12 @@ impl Outbox {
                 .into_iter()
                 .map(|dest| Slot {
                     dest,
-                    open: Mutex::new(None),
+                    open: Mutex::new(Open::default()),
                 })
                 .collect(),
             index,
             schedule: Box::new(schedule),
+            tick,
         }
     }
 
@@ -99,8 +123,25 @@ impl Outbox {
             return;
         };
         let mut open = slot.open.lock();
-        if let Some(w) = open.take() {
+        if let Some(w) = open.batch.take() {
             self.bus.publish(slot.dest, w.finish());
+            open.last = Some(Instant::now());
+        }
+    }
+
+    /// Publishes every open batch whose destination's tick is over (the rest wait for their
+    /// scheduled flush): a worker that just produced a burst sends it itself, without a
+    /// wake of another worker, and the one-message-per-tick cap still holds.
+    pub fn flush_due(&self) {
+        for slot in &self.slots {
+            let mut open = slot.open.lock();
+            let due = open.last.is_none_or(|t| t.elapsed() >= self.tick);
+            if due {
+                if let Some(w) = open.batch.take() {
+                    self.bus.publish(slot.dest, w.finish());
+                    open.last = Some(Instant::now());
+                }
+            }
         }
     }
 
@@ -115,7 +156,7 @@ impl Outbox {
     pub fn pending(&self) -> usize {
         self.slots
             .iter()
-            .map(|s| s.open.lock().as_ref().map_or(0, BatchWriter::entries))
+            .map(|s| s.open.lock().batch.as_ref().map_or(0, BatchWriter::entries))
             .sum()
     }
 
@@ -132,19 +173,25 @@ impl Outbox {
         let slot = &self.slots[i];
         let opened = {
             let mut open = slot.open.lock();
-            let opened = open.is_none();
-            let w = open.get_or_insert_with(|| BatchWriter::new(self.bus.header(to)));
+            let opened = open.batch.is_none();
+            let w = open
+                .batch
+                .get_or_insert_with(|| BatchWriter::new(self.bus.header(to)));
             write(w);
             if w.len() >= BATCH_LIMIT {
-                let full = open.take().expect("just filled");
+                let full = open.batch.take().expect("just filled");
                 self.bus.publish(to, full.finish());
+                open.last = Some(Instant::now());
                 // Published whole: nothing is left for a flush to do.
                 return;
             }
-            opened
+            opened.then(|| {
+                open.last
+                    .map_or(Duration::ZERO, |t| self.tick.saturating_sub(t.elapsed()))
+            })
         };
-        if opened {
-            (self.schedule)(i);
+        if let Some(delay) = opened {
+            (self.schedule)(i, delay);
         }
     }
 }

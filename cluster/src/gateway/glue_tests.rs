@@ -162,6 +162,7 @@ fn a_client_logs_in_is_routed_handed_off_and_disconnected_through_nats() {
         player,
         epoch: 1,
         to: 1,
+        next: 2,
     }]);
     assert_eq!(zones[0].recv(), Msg::Held { player, epoch: 1 });
     client.write_all(&mv(3)).unwrap();

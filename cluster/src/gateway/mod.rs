@@ -76,6 +76,8 @@ pub struct GatewayConfig {
     pub login_timeout: Duration,
     /// How long a hand-off may take before the client is closed.
     pub handoff_timeout: Duration,
+    /// At most one NATS message per zone per tick (`Outbox::with_tick`).
+    pub bus_tick: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -95,6 +97,7 @@ impl Default for GatewayConfig {
             cluster: "cport".into(),
             login_timeout: Duration::from_secs(5),
             handoff_timeout: Duration::from_secs(3),
+            bus_tick: bus::DEFAULT_TICK,
         }
     }
 }
@@ -333,6 +336,9 @@ impl Handler for GatewayHandler {
     }
 
     fn on_timer(&self, server: &ServerHandle, key: u64, value: u64) {
+        if key == KEY_FLUSH {
+            return self.0.outbox.flush(value as usize);
+        }
         if let Some(t) = Timer::from_key(key, value) {
             let mut fx = self.0.fx(server);
             self.0.routes.lock().on_timer(t, Instant::now(), &mut fx);
@@ -400,10 +406,14 @@ pub fn start(cfg: GatewayConfig) -> io::Result<Gateway> {
     let server_cell: Arc<OnceLock<ServerHandle>> = Arc::new(OnceLock::new());
     let cell = server_cell.clone();
     let dests = (0..cfg.zones as u16).map(Source::Zone).collect();
-    let outbox = bus::Outbox::new(bus.clone(), dests, move |i| {
+    let outbox = bus::Outbox::with_tick(bus.clone(), dests, cfg.bus_tick, move |i, delay| {
         // A push happens only in a handler call, which has set the cell.
         if let Some(s) = cell.get() {
-            let _ = s.post(KEY_FLUSH, i as u64);
+            let _ = if delay.is_zero() {
+                s.post(KEY_FLUSH, i as u64)
+            } else {
+                s.post_after(delay, KEY_FLUSH, i as u64).map(|_| ())
+            };
         }
     });
     let settings = Settings {

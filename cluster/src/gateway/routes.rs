@@ -101,7 +101,7 @@ enum Phase {
     /// Packets go to `route` at `epoch`.
     Routed,
     /// The route zone hands the player to zone `to`; packets held.
-    Handoff { to: u16 },
+    Handoff { to: u16, next: u32 },
     /// No zone owns the player for this session any more (a zone was told `Disconnect`).
     Released,
 }
@@ -372,7 +372,8 @@ impl<S: Clone> Routes<S> {
                 player,
                 epoch,
                 to,
-            } => self.begin(zone, session, player, epoch, to, fx),
+                next,
+            } => self.begin(zone, session, player, epoch, to, next, fx),
             Msg::HandoffCancel {
                 session,
                 player,
@@ -411,7 +412,7 @@ impl<S: Clone> Routes<S> {
                     "no zone answered the login in time",
                 );
             }
-            (TimerKind::Handoff, Phase::Handoff { to }) => {
+            (TimerKind::Handoff, Phase::Handoff { to, .. }) => {
                 let player = s.player.expect("a hand-off has a player");
                 let (route, epoch) = (s.route, s.epoch);
                 tracing::warn!(
@@ -516,8 +517,14 @@ impl<S: Clone> Routes<S> {
             }
             return;
         };
-        let holding = matches!(s.phase, Phase::Login | Phase::Handoff { .. });
-        if s.player != Some(player) || !holding || epoch <= s.epoch {
+        // A login takes any epoch above the current; a hand-off only the one its attempt
+        // offered (a late claim from an earlier, timed-out attempt is refused).
+        let expected = match s.phase {
+            Phase::Login => epoch > s.epoch,
+            Phase::Handoff { next, .. } => epoch == next,
+            _ => false,
+        };
+        if s.player != Some(player) || !expected {
             self.counters.stale += 1;
             tracing::debug!(session, player, epoch, zone, "stale Owned: revoked");
             return self.revoke(fx, zone, player, epoch);
@@ -550,7 +557,8 @@ impl<S: Clone> Routes<S> {
         }
     }
 
-    /// `HandoffBegin` from `zone`.
+    /// `HandoffBegin` from `zone` (its fields, as the message has them).
+    #[allow(clippy::too_many_arguments)]
     fn begin(
         &mut self,
         zone: u16,
@@ -558,6 +566,7 @@ impl<S: Clone> Routes<S> {
         player: u32,
         epoch: u32,
         to: u16,
+        next: u32,
         fx: &mut impl Effects<S>,
     ) {
         let Some(s) = self.sessions.get_mut(&session) else {
@@ -565,6 +574,7 @@ impl<S: Clone> Routes<S> {
             return;
         };
         let current = s.phase == Phase::Routed
+            && next > epoch
             && s.route == zone
             && s.epoch == epoch
             && s.player == Some(player)
@@ -586,7 +596,7 @@ impl<S: Clone> Routes<S> {
         }
         self.serial = self.serial.wrapping_add(1);
         s.serial = self.serial;
-        s.phase = Phase::Handoff { to };
+        s.phase = Phase::Handoff { to, next };
         self.counters.handoffs_begun += 1;
         fx.zone(zone, Msg::Held { player, epoch });
         fx.timer(

@@ -28,7 +28,8 @@ pub(crate) enum Handoff {
     #[default]
     None,
     /// The gateway was asked to hold the player's packets (`HandoffBegin`).
-    Asked(Instant),
+    /// `next`: the epoch this attempt offers the new owner (each attempt a higher one).
+    Asked { since: Instant, next: u32 },
     /// The state went to the new zone, which is to take it at `epoch`; `view` is the
     /// client's picture then (restored if the hand-off times out).
     Sent {

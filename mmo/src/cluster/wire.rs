@@ -192,6 +192,10 @@ pub enum Msg {
         epoch: u32,
         /// The zone it would go to.
         to: u16,
+        /// The epoch this attempt offers the new owner: the gateway accepts an `Owned` only at
+        /// this epoch while it holds for this hand-off (a late claim of an earlier, timed-out
+        /// attempt is refused).
+        next: u32,
     },
     /// The hand-off at `epoch` did not happen (walked back, the new zone did not answer):
     /// release the held packets to the sender, which keeps the player at `epoch`.
@@ -472,12 +476,14 @@ impl BatchWriter {
                 player,
                 epoch,
                 to,
+                next,
             } => {
                 at = begin(b, tag::HANDOFF_BEGIN);
                 b.put_u64_le(*session);
                 b.put_u32_le(*player);
                 b.put_u32_le(*epoch);
                 b.put_u16_le(*to);
+                b.put_u32_le(*next);
             }
             Msg::HandoffCancel {
                 session,
@@ -801,6 +807,7 @@ fn parse(t: u8, b: &mut Body<'_>) -> Parsed {
                 player: b.u32()?,
                 epoch: b.u32()?,
                 to: b.u16()?,
+                next: b.u32()?,
             };
             b.done().map(|_| m)
         })(),
@@ -976,6 +983,7 @@ mod tests {
                 player: 2,
                 epoch: 3,
                 to: 4,
+                next: 5,
             },
             Msg::HandoffCancel {
                 session: 1,

@@ -9,8 +9,9 @@ pub struct MmoArgs {
     /// Builds, comma-separated: cport-uring, cport-epoll (`cport mmo`; `cport-NAME@PATH` runs
     /// the `cport` binary at PATH, a build of another commit), tokio (`mmo-tokio`:
     /// `cargo build --release -p cport-bench-peers`), cluster (`cport cluster --zones 4
-    /// --gateways 1`; `cluster-N` for N zones: the clients on one gateway, NATS between it
-    /// and the zones; CPU is the whole process tree's).
+    /// --gateways 1`; `cluster-N` for N zones, `cluster-N:T` with a bus tick of T µs: the
+    /// clients on one gateway, NATS between it and the zones; CPU is the whole process
+    /// tree's).
     #[arg(long, default_value = "cport-uring,cport-epoll,tokio")]
     pub builds: String,
     /// Rounds; each runs every build once (per measure), in turn.
@@ -105,6 +106,19 @@ pub(crate) fn build(full: &str, a: &MmoArgs) -> io::Result<Build> {
             (program, args)
         }
         cluster if cluster.starts_with("cluster") && path.is_none() => {
+            // `cluster-N:T`: a bus tick of T µs.
+            let (cluster, tick) = match cluster.split_once(':') {
+                Some((c, t)) => (
+                    c,
+                    Some(t.parse::<u64>().map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("build {full}: cluster-N:TICK_US"),
+                        )
+                    })?),
+                ),
+                None => (cluster, None),
+            };
             let zones: usize = match cluster.strip_prefix("cluster-") {
                 None if cluster == "cluster" => 4,
                 Some(n) => n.parse().map_err(|_| {
@@ -125,6 +139,9 @@ pub(crate) fn build(full: &str, a: &MmoArgs) -> io::Result<Build> {
                 "1".into(),
             ];
             args.append(&mut game);
+            if let Some(t) = tick {
+                args.push(format!("--bus-tick-us={t}"));
+            }
             (exe, args)
         }
         "tokio" if path.is_none() => {

@@ -54,6 +54,7 @@ fn the_routed_packet_before_held_is_sent_before_it() {
             player: p,
             epoch: 1,
             to: 3,
+            next: 2,
         },
         now,
         &mut fx,

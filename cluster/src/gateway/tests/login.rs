@@ -345,6 +345,7 @@ fn junk_from_zones_is_counted_and_ignored() {
             player: p,
             epoch,
             to,
+            next: epoch + 1,
         };
         r.on_bus(zone, m, now, &mut fx);
     }

@@ -135,6 +135,7 @@ pub(super) fn begin(
         player,
         epoch,
         to,
+        next: epoch + 1,
     };
     r.on_bus(zone, m, Instant::now(), fx);
     assert_eq!(fx.take_zone(), vec![(zone, Msg::Held { player, epoch })]);

@@ -184,6 +184,7 @@ fn run(steps: Vec<Step>) -> Result<(), String> {
                             player,
                             epoch: e,
                             to,
+                            next: e + 1,
                         });
                     }
                 }

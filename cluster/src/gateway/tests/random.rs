@@ -90,7 +90,7 @@ proptest::proptest! {
                 Step::Begin(z, i, p, e, to) => {
                     let session = pick(&all, i).unwrap_or(7);
                     let player = r.player_of(session).unwrap_or(p);
-                    let m = Msg::HandoffBegin { session, player, epoch: e, to };
+                    let m = Msg::HandoffBegin { session, player, epoch: e, to, next: e + 1 };
                     r.on_bus(z, m, now, &mut fx);
                 }
                 Step::Cancel(z, i, p, e) => {

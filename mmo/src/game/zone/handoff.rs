@@ -21,7 +21,7 @@ impl<H: Host> Game<H> {
         let w = &self.world;
         let pl = &self.players[player as usize];
         let mut l = pl.login.lock();
-        let Handoff::Asked(since) = l.handoff else {
+        let Handoff::Asked { since, next } = l.handoff else {
             bump(&z.counters.stale);
             return;
         };
@@ -63,8 +63,7 @@ impl<H: Host> Game<H> {
             view
         };
         let s = *pl.stats.lock();
-        let new_epoch = epoch.max(l.offered) + 1;
-        l.offered = new_epoch;
+        let new_epoch = next;
         let t = Transfer {
             player,
             epoch: new_epoch,

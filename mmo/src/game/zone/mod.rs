@@ -159,7 +159,14 @@ impl<H: Host> Game<H> {
         let Some((gateway, s)) = session.route() else {
             return;
         };
-        l.handoff = Handoff::Asked(Instant::now());
+        // Each attempt offers a higher epoch than any before it, so the gateway can refuse a
+        // late claim of an earlier attempt that timed out.
+        let next = l.epoch.max(l.offered) + 1;
+        l.offered = next;
+        l.handoff = Handoff::Asked {
+            since: Instant::now(),
+            next,
+        };
         srv.to_gateway(
             gateway,
             &Msg::HandoffBegin {
@@ -167,6 +174,7 @@ impl<H: Host> Game<H> {
                 player: id,
                 epoch: l.epoch,
                 to: z.layout.zone_of(x, y) as u16,
+                next,
             },
         );
     }
