@@ -4,11 +4,15 @@
 //! timers, and it answers through [`Effects`] (messages to zones, bytes and closes to
 //! clients, timers), so every rule of the contract with the zones is unit-tested here.
 //!
+//! Why one file: each rule below is one transition of one session's phase, and they are
+//! read together against the zones' side (`mmo/src/game/zone/`); the tests live apart.
+//!
 //! The rules (the zones implement the other side):
 //! - The first packet must be `CS_LOGIN`; its name goes to the name's home zone with a fresh
 //!   player id, and the session holds its later packets until a zone sends `Owned`.
-//! - `Owned` at a newer epoch while holding switches the route: `Confirm` first, then the
-//!   held packets in order, at the new epoch. A stale `Owned` is answered `Revoke`; one for a
+//! - `Owned` while holding switches the route — for a login at any newer epoch, for a
+//!   hand-off only at the epoch its `HandoffBegin` offered (`next`) — `Confirm` first, then
+//!   the held packets in order, at the new epoch. A stale `Owned` is answered `Revoke`; one for a
 //!   client that is gone is answered `Disconnect` (unless a zone was already told so).
 //! - `HandoffBegin` from the route zone at the current epoch holds the session and is
 //!   answered `Held` (after every packet already sent to that zone: same outbox, same order).
