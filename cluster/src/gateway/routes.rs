@@ -538,22 +538,9 @@ impl<S: Clone> Routes<S> {
             // The client closed (or is closing) while held: the new owner removes it.
             return self.release(session, zone, epoch, now, fx);
         }
-        self.counters.held -= s.held.len() as u64;
         s.route = zone;
         s.epoch = epoch;
-        s.phase = Phase::Routed;
-        fx.zone(zone, Msg::Confirm { player, epoch });
-        for packet in s.held.drain(..) {
-            self.counters.routed += 1;
-            fx.zone(
-                zone,
-                Msg::Packet {
-                    player,
-                    epoch,
-                    packet,
-                },
-            );
-        }
+        route_held(&mut self.counters, s, player, fx);
         if login {
             self.counters.logins += 1;
         } else {
@@ -662,20 +649,28 @@ impl<S: Clone> Routes<S> {
         if s.conn.is_none() || s.closing {
             return self.release(session, zone, epoch, now, fx);
         }
-        self.counters.held -= s.held.len() as u64;
-        s.phase = Phase::Routed;
-        fx.zone(zone, Msg::Confirm { player, epoch });
-        for packet in s.held.drain(..) {
-            self.counters.routed += 1;
-            fx.zone(
-                zone,
-                Msg::Packet {
-                    player,
-                    epoch,
-                    packet,
-                },
-            );
-        }
+        route_held(&mut self.counters, s, player, fx);
+    }
+}
+
+/// The session is routed to `s.route` at `s.epoch` (an `Owned` accepted, or a cancelled
+/// hand-off back to its old zone): `Confirm` to that zone first, then every held packet, in
+/// order, at that epoch.
+fn route_held<S>(c: &mut Counters, s: &mut Sess<S>, player: u32, fx: &mut impl Effects<S>) {
+    let (zone, epoch) = (s.route, s.epoch);
+    c.held -= s.held.len() as u64;
+    s.phase = Phase::Routed;
+    fx.zone(zone, Msg::Confirm { player, epoch });
+    for packet in s.held.drain(..) {
+        c.routed += 1;
+        fx.zone(
+            zone,
+            Msg::Packet {
+                player,
+                epoch,
+                packet,
+            },
+        );
     }
 }
 
