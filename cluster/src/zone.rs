@@ -11,9 +11,10 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cport_mmo::cluster::wire::{read_header, Msg, Source};
@@ -32,6 +33,12 @@ const BUS_KEY: u64 = 1;
 const FLUSH_KEY: u64 = 1 << 50;
 /// Message: a database result.
 const DB_KEY: u64 = 3;
+/// Timer: say `Alive`, check the gateways' silence and the database's fence.
+const ALIVE_KEY: u64 = 4;
+/// How often a zone says `Alive` to every other process.
+pub const ALIVE_EVERY: Duration = Duration::from_millis(500);
+/// At most one `Fenced` answer per stale sender per this long.
+const FENCED_REPLY_EVERY: Duration = Duration::from_secs(1);
 
 /// A zone process's settings.
 #[derive(Debug, Clone)]
@@ -57,6 +64,15 @@ pub struct ZoneConfig {
     pub transfer_delay: Duration,
     /// At most one NATS message per destination per tick ([`Outbox::with_tick`]).
     pub bus_tick: Duration,
+    /// A gateway not heard from for this long, while this zone's bus has been up at least
+    /// as long, is gone: its players leave the game (default 3 s; gateways say `Alive`
+    /// every 500 ms).
+    pub gateway_silence: Duration,
+    /// When this run learns that a newer run of its zone has replaced it (a gateway or a
+    /// zone answers `Fenced`, or the database's lease refuses a save): `true` ends the
+    /// process at once (`cport zone`: exit status 3, nothing written); `false` (tests, in
+    /// one process) stops handling the bus and writing.
+    pub exit_when_fenced: bool,
 }
 
 impl ZoneConfig {
@@ -81,6 +97,8 @@ impl ZoneConfig {
             handoff_timeout: Duration::from_millis(500),
             transfer_delay: Duration::ZERO,
             bus_tick: crate::bus::DEFAULT_TICK,
+            gateway_silence: Duration::from_secs(3),
+            exit_when_fenced: false,
         }
     }
 }
@@ -127,6 +145,7 @@ pub struct ZoneHost(Arc<HostInner>);
 struct HostInner {
     srv: ServerHandle,
     outbox: Outbox,
+    bus: Bus,
 }
 
 impl fmt::Debug for ZoneHost {
@@ -252,7 +271,41 @@ struct Shared {
     inbox: Inbox<Bytes>,
     errors: BusErrors,
     /// Per source: the incarnation and the last sequence number seen.
-    seqs: Mutex<std::collections::HashMap<Source, (u32, u64)>>,
+    seqs: Mutex<std::collections::HashMap<Source, (u64, u64)>>,
+    /// Liveness: see [`ZoneConfig::gateway_silence`] and [`ZoneConfig::exit_when_fenced`].
+    life: Life,
+}
+
+/// What a zone knows of the other processes' lives, and of its own.
+struct Life {
+    me: u16,
+    incarnation: u64,
+    gateways: u16,
+    silence: Duration,
+    exit_when_fenced: bool,
+    /// This run was replaced: nothing more is handled or written.
+    fenced: AtomicBool,
+    /// When each gateway was last heard from (`None`: not yet, or gone).
+    heard: Mutex<Vec<Option<Instant>>>,
+    /// Since when the bus has been up without a break (checked at each `Alive` tick).
+    up_since: Mutex<Option<Instant>>,
+    /// When each stale sender was last told `Fenced`.
+    told: Mutex<HashMap<Source, Instant>>,
+    /// Batches dropped as coming from a replaced run.
+    stale_batches: AtomicU64,
+}
+
+impl Life {
+    /// This run has been replaced: stop (see [`ZoneConfig::exit_when_fenced`]).
+    fn fence_me(&self, why: &str) {
+        if self.fenced.swap(true, Relaxed) {
+            return;
+        }
+        tracing::error!(zone = self.me, "this run of zone {} was replaced ({why}): stopping without writing", self.me);
+        if self.exit_when_fenced {
+            std::process::exit(3);
+        }
+    }
 }
 
 struct ZoneHandler(Arc<Shared>);
@@ -261,10 +314,33 @@ impl Shared {
     fn drain(&self, source: Source) {
         let Some(host) = self.host.get() else { return };
         self.inbox.drain(source, |batch| {
+            if self.life.fenced.load(Relaxed) {
+                return;
+            }
             let (h, mut entries) = match read_header(batch) {
                 Ok(x) => x,
                 Err(_) => return, // checked on the bus thread
             };
+            if let Source::Gateway(g) = h.source {
+                if let Some(t) = self.life.heard.lock().get_mut(usize::from(g)) {
+                    *t = Some(Instant::now());
+                }
+            }
+            if !self.engine.source_run(host, h.source, h.incarnation) {
+                self.life.stale_batches.fetch_add(1, Relaxed);
+                let mut told = self.life.told.lock();
+                let due = told
+                    .get(&h.source)
+                    .is_none_or(|t| t.elapsed() >= FENCED_REPLY_EVERY);
+                if due {
+                    told.insert(h.source, Instant::now());
+                    drop(told);
+                    tracing::warn!(source = ?h.source, run = h.incarnation, "a batch from a replaced run: dropped, sender told Fenced");
+                    let newer = self.engine.newest_run(h.source);
+                    host.0.outbox.push(h.source, &Msg::Fenced { newer });
+                }
+                return;
+            }
             {
                 let mut seqs = self.seqs.lock();
                 let last = seqs.insert(h.source, (h.incarnation, h.seq));
@@ -276,7 +352,11 @@ impl Shared {
             }
             while let Some(entry) = entries.next() {
                 match entry {
-                    Ok(msg) => self.engine.on_cluster(host, h.source, msg),
+                    Ok(Msg::Fenced { newer }) if newer > self.life.incarnation => {
+                        return self.life.fence_me(&format!("{:?} answered Fenced", h.source));
+                    }
+                    Ok(Msg::Fenced { .. }) => {} // for an older run of this zone
+                    Ok(msg) => self.engine.on_cluster(host, h.source, h.incarnation, msg),
                     Err(e) => {
                         self.errors.malformed.fetch_add(1, Relaxed);
                         tracing::warn!(source = ?h.source, "batch cut short: {e}");
@@ -284,6 +364,52 @@ impl Shared {
                 }
             }
         });
+    }
+}
+
+impl Shared {
+    /// Every [`ALIVE_EVERY`]: `Alive` to every other process; a gateway silent for too long
+    /// (while the bus was up) is gone; a save refused by the lease means this run is over.
+    fn alive_tick(&self, host: &ZoneHost) {
+        let life = &self.life;
+        if life.fenced.load(Relaxed) {
+            return;
+        }
+        if self.engine.fenced() {
+            return life.fence_me("the database's lease refused a save");
+        }
+        let now = Instant::now();
+        let up_for = {
+            let mut up = life.up_since.lock();
+            if host.0.bus.connected() {
+                now.duration_since(*up.get_or_insert(now))
+            } else {
+                *up = None;
+                Duration::ZERO
+            }
+        };
+        for d in host.0.outbox.dests().collect::<Vec<_>>() {
+            host.0.outbox.push(d, &Msg::Alive);
+        }
+        if up_for >= life.silence {
+            let silent: Vec<u16> = {
+                let mut heard = life.heard.lock();
+                (0..life.gateways)
+                    .filter(|&g| {
+                        let t = &mut heard[usize::from(g)];
+                        let gone = t.is_some_and(|t| now.duration_since(t) >= life.silence);
+                        if gone {
+                            *t = None;
+                        }
+                        gone
+                    })
+                    .collect()
+            };
+            for g in silent {
+                self.engine.gateway_silent(host, g);
+            }
+        }
+        let _ = host.0.srv.post_after(ALIVE_EVERY, ALIVE_KEY, 0);
     }
 }
 
@@ -318,7 +444,9 @@ impl Handler for ZoneHandler {
 
     fn on_timer(&self, _server: &ServerHandle, key: u64, value: u64) {
         if let Some(host) = self.0.host.get() {
-            if key == FLUSH_KEY {
+            if key == ALIVE_KEY {
+                self.0.alive_tick(host);
+            } else if key == FLUSH_KEY {
                 host.0.outbox.flush(value as usize);
             } else {
                 self.0.engine.on_timer(host, key, value);
@@ -368,11 +496,13 @@ pub fn start(cfg: ZoneConfig) -> io::Result<Zone> {
     if usize::from(cfg.me) >= cfg.zones {
         return Err(invalid(format!("zone {} of {}", cfg.me, cfg.zones)));
     }
+    let incarnation = crate::bus::new_incarnation();
     let mut setup = ZoneSetup::new(layout, cfg.me);
     setup.handoff_timeout = cfg.handoff_timeout;
     setup.transfer_delay = cfg.transfer_delay;
+    setup.gateways = cfg.gateways;
+    setup.lease = Some(incarnation);
     let engine = Engine::<ZoneHost>::new_zone(&cfg.game, setup)?;
-    let incarnation = incarnation();
     let bus = Bus::connect(
         BusConfig {
             url: cfg.nats.clone(),
@@ -388,6 +518,18 @@ pub fn start(cfg: ZoneConfig) -> io::Result<Zone> {
         inbox: Inbox::new(),
         errors: BusErrors::default(),
         seqs: Mutex::new(Default::default()),
+        life: Life {
+            me: cfg.me,
+            incarnation,
+            gateways: cfg.gateways,
+            silence: cfg.gateway_silence,
+            exit_when_fenced: cfg.exit_when_fenced,
+            fenced: AtomicBool::new(false),
+            heard: Mutex::new(vec![None; usize::from(cfg.gateways)]),
+            up_since: Mutex::new(None),
+            told: Mutex::new(HashMap::new()),
+            stale_batches: AtomicU64::new(0),
+        },
     });
     let scfg = cport_server::Config {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -414,6 +556,7 @@ pub fn start(cfg: ZoneConfig) -> io::Result<Zone> {
     let host = ZoneHost(Arc::new(HostInner {
         srv: handle.clone(),
         outbox,
+        bus: bus.clone(),
     }));
     let _ = shared.host.set(host.clone());
     shared.engine.spawn_db(host.clone())?;
@@ -440,6 +583,7 @@ pub fn start(cfg: ZoneConfig) -> io::Result<Zone> {
     };
     bus.subscribe(deliver)?;
     shared.engine.zone_started(&host);
+    shared.alive_tick(&host);
     tracing::info!(zone = cfg.me, zones = cfg.zones, backend = ?handle.backend(), "zone serving");
     Ok(Zone {
         server: Some(server),
@@ -449,14 +593,6 @@ pub fn start(cfg: ZoneConfig) -> io::Result<Zone> {
     })
 }
 
-/// A number that differs between two starts of a process (so its receivers can tell a
-/// restart from lost messages).
-fn incarnation() -> u32 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    cport_mmo_proto::splitmix64(t.as_nanos() as u64 ^ u64::from(std::process::id())) as u32
-}
 
 /// What a zone's bus did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -106,7 +106,15 @@ impl<H: Host> Engine<H> {
                 for _ in 0..cfg.db_threads.max(1) {
                     stores.push(Store::open(db).map_err(fail)?);
                 }
-                let pool = DbPool::new(cfg.db_threads.max(1));
+                let mut pool = DbPool::new(cfg.db_threads.max(1));
+                if let Some((me, inc)) = zone.as_ref().and_then(|z| Some((z.me, z.lease?))) {
+                    let fence = crate::db::Fence {
+                        zone: me,
+                        incarnation: inc,
+                    };
+                    first.take_lease(fence).map_err(fail)?;
+                    pool.fence = Some(fence);
+                }
                 (
                     Some(Persist::new(db.clone(), pool, cfg.save_interval)),
                     stores,
@@ -232,8 +240,36 @@ impl<H: Host> Engine<H> {
 
     /// Cluster: one entry of a batch from the bus, from `from` (a zone's host calls this for
     /// each entry, each source's batches in the order they were sent).
-    pub fn on_cluster(&self, host: &H, from: Source, msg: Msg) {
-        self.game.on_cluster(host, from, msg);
+    pub fn on_cluster(&self, host: &H, from: Source, incarnation: u64, msg: Msg) {
+        self.game.on_cluster(host, from, incarnation, msg);
+    }
+
+    /// Cluster: a batch from run `incarnation` of `from` is about to be handled. `false`: that
+    /// run has been replaced by a newer one — drop the batch (and tell the sender it is
+    /// fenced). A newer run than the last seen means the old one is gone: a gateway's
+    /// players leave the game, a zone's ghosts are dropped.
+    pub fn source_run(&self, host: &H, from: Source, incarnation: u64) -> bool {
+        self.game.source_run(host, from, incarnation)
+    }
+
+    /// Cluster: the newest run (incarnation) seen of `from` (0: none yet).
+    pub fn newest_run(&self, from: Source) -> u64 {
+        self.game.newest_run(from)
+    }
+
+    /// Cluster: gateway `gateway` has not been heard from for too long while this zone's bus
+    /// was up: its run counts as replaced (its players leave the game).
+    pub fn gateway_silent(&self, host: &H, gateway: u16) {
+        self.game.gateway_silent(host, gateway);
+    }
+
+    /// Cluster: a newer run of this zone writes to the database now (a save was refused by
+    /// the zone's lease): this run must stop.
+    pub fn fenced(&self) -> bool {
+        self.game
+            .persist
+            .as_ref()
+            .is_some_and(|p| p.pool.counters.fenced.load(Relaxed))
     }
 
     /// Cluster: what this zone did so far (`None` for a single server).

@@ -85,6 +85,8 @@ pub fn run(args: Args) -> io::Result<()> {
         login_timeout: Duration::from_millis(args.login_timeout_ms),
         handoff_timeout: Duration::from_millis(args.handoff_timeout_ms),
         bus_tick: Duration::from_micros(args.bus_tick_us),
+        // A replaced run ends at once: its clients reconnect, as after any crash.
+        exit_when_fenced: true,
     };
     let gw = gateway::start(cfg)?;
     println!(

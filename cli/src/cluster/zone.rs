@@ -63,6 +63,8 @@ pub fn run(args: Args) -> io::Result<()> {
     );
     cfg.transfer_delay = Duration::from_millis(args.test_transfer_delay_ms);
     cfg.bus_tick = Duration::from_micros(args.bus_tick_us);
+    // A replaced run (stopped, then woken after its replacement started) ends at once.
+    cfg.exit_when_fenced = true;
     let z = zone::start(cfg)?;
     println!("zone {} of {} ready", args.zone, args.zones);
     io::stdout().flush()?;

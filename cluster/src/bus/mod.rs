@@ -45,6 +45,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use cport_mmo::cluster::wire::{Header, Source};
 
+/// A new incarnation for a process starting now: its start time in microseconds since the
+/// Unix epoch (see [`Header::incarnation`]). A later start has a larger one as long as the
+/// clocks of the machines that run one process number agree to better than its restart time.
+pub fn new_incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+}
+
 /// How long [`Bus::subscribe`] waits for the server to confirm the subscription.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -68,7 +77,7 @@ pub struct BusConfig {
     /// This process.
     pub me: Source,
     /// This run of the process (a restarted process takes a new one).
-    pub incarnation: u32,
+    pub incarnation: u64,
 }
 
 /// What went over the bus so far (for the process's metrics).
@@ -102,7 +111,7 @@ pub struct Bus {
 struct Inner {
     cluster: String,
     me: Source,
-    incarnation: u32,
+    incarnation: u64,
     url: String,
     name: String,
     client: Client,
@@ -227,8 +236,13 @@ impl Bus {
         self.inner.me
     }
 
+    /// Whether the client is connected to the server now (it reconnects by itself).
+    pub fn connected(&self) -> bool {
+        self.inner.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// This process's incarnation.
-    pub fn incarnation(&self) -> u32 {
+    pub fn incarnation(&self) -> u64 {
         self.inner.incarnation
     }
 

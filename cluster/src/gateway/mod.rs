@@ -26,10 +26,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cport_mmo::cluster::wire::{read_header, Source};
+use cport_mmo::cluster::wire::{read_header, Msg, Source};
 use cport_mmo::cluster::Layout;
 use cport_mmo_proto::SizeField;
 use cport_server::cport::{Backend, Message};
@@ -78,6 +78,10 @@ pub struct GatewayConfig {
     pub handoff_timeout: Duration,
     /// At most one NATS message per zone per tick (`Outbox::with_tick`).
     pub bus_tick: Duration,
+    /// When a zone says this run has been replaced (`Fenced`: it was silent longer than the
+    /// zones wait, and its players left the game): `true` ends the process (`cport gateway`:
+    /// exit status 3); `false` (tests) stops handling the bus.
+    pub exit_when_fenced: bool,
 }
 
 impl Default for GatewayConfig {
@@ -98,6 +102,7 @@ impl Default for GatewayConfig {
             login_timeout: Duration::from_secs(5),
             handoff_timeout: Duration::from_secs(3),
             bus_tick: bus::DEFAULT_TICK,
+            exit_when_fenced: false,
         }
     }
 }
@@ -141,6 +146,10 @@ impl std::fmt::Debug for Gateway {
 const KEY_FLUSH: u64 = 1;
 /// Posted-message key: drain the inbox of the zone given as the message.
 const KEY_DRAIN: u64 = 2;
+/// Timer key: say `Alive` to every zone.
+const KEY_ALIVE: u64 = 3;
+/// How often a gateway says `Alive` to every zone.
+pub const ALIVE_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct Junk {
@@ -170,7 +179,15 @@ struct Shared {
     bus: bus::Bus,
     intake: Arc<Intake>,
     /// Each zone's last (incarnation, seq), to count lost batches.
-    seqs: Mutex<Vec<Option<(u32, u64)>>>,
+    seqs: Mutex<Vec<Option<(u64, u64)>>>,
+    /// When each stale zone run was last told `Fenced`.
+    told: Mutex<Vec<Option<Instant>>>,
+    /// This gateway's run (a `Fenced` for an older one is not for it).
+    incarnation: u64,
+    /// See [`GatewayConfig::exit_when_fenced`].
+    exit_when_fenced: bool,
+    /// This run was replaced (a zone answered `Fenced`): nothing more is handled.
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 /// What the bus's subscription needs: it lives on the bus's runtime, so it holds no `Bus`
@@ -238,6 +255,24 @@ impl Shared {
                 return self.intake.junk.log(format_args!("{e}"));
             }
         };
+        if self.fenced.load(Relaxed) {
+            return;
+        }
+        let mut fx = self.fx(server);
+        let mut routes = self.routes.lock();
+        if !routes.zone_run(zone, h.incarnation, &mut fx) {
+            let newer = routes.zone_run_of(zone);
+            drop(routes);
+            let mut told = self.told.lock();
+            let t = &mut told[usize::from(zone)];
+            if t.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                *t = Some(Instant::now());
+                tracing::warn!(zone, run = h.incarnation, "a batch from a replaced run of the zone: dropped, told Fenced");
+                self.outbox.push(Source::Zone(zone), &Msg::Fenced { newer });
+            }
+            return;
+        }
+        drop(routes);
         {
             let mut seqs = self.seqs.lock();
             let last = &mut seqs[usize::from(zone)];
@@ -250,11 +285,14 @@ impl Shared {
             }
             *last = Some((h.incarnation, h.seq));
         }
-        let mut fx = self.fx(server);
         let now = Instant::now();
         let mut routes = self.routes.lock();
         while let Some(m) = r.next() {
             match m {
+                Ok(Msg::Fenced { newer }) if newer > self.incarnation => {
+                    drop(routes);
+                    return self.fence_me(zone);
+                }
                 Ok(m) => routes.on_bus(zone, m, now, &mut fx),
                 Err(e) => {
                     self.intake.junk.entries.fetch_add(1, Relaxed);
@@ -269,6 +307,31 @@ impl Shared {
                 .unknown
                 .fetch_add(r.unknown as u64, Relaxed);
         }
+    }
+}
+
+impl Shared {
+    /// A zone says this run of the gateway was replaced (it was silent too long and its
+    /// players left the game): stop.
+    fn fence_me(&self, zone: u16) {
+        if self.fenced.swap(true, Relaxed) {
+            return;
+        }
+        tracing::error!(zone, "zone {zone} says this gateway's run was replaced: stopping");
+        if self.exit_when_fenced {
+            std::process::exit(3);
+        }
+    }
+
+    /// `Alive` to every zone, again in [`ALIVE_EVERY`].
+    fn alive(&self, server: &ServerHandle) {
+        if self.fenced.load(Relaxed) {
+            return;
+        }
+        for d in self.outbox.dests().collect::<Vec<_>>() {
+            self.outbox.push(d, &Msg::Alive);
+        }
+        let _ = server.post_after(ALIVE_EVERY, KEY_ALIVE, 0);
     }
 }
 
@@ -306,6 +369,7 @@ struct GatewayHandler(Arc<Shared>);
 impl Handler for GatewayHandler {
     fn on_start(&self, server: &ServerHandle) {
         self.0.intake.server.get_or_init(|| server.clone());
+        self.0.alive(server);
     }
 
     fn on_connect(&self, session: &Session) {
@@ -338,6 +402,9 @@ impl Handler for GatewayHandler {
     fn on_timer(&self, server: &ServerHandle, key: u64, value: u64) {
         if key == KEY_FLUSH {
             return self.0.outbox.flush(value as usize);
+        }
+        if key == KEY_ALIVE {
+            return self.0.alive(server);
         }
         if let Some(t) = Timer::from_key(key, value) {
             let mut fx = self.0.fx(server);
@@ -390,10 +457,7 @@ pub fn start(cfg: GatewayConfig) -> io::Result<Gateway> {
         )));
     }
     let share = ids.range().len();
-    let incarnation = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u32)
-        ^ std::process::id().rotate_left(16);
+    let incarnation = bus::new_incarnation();
     let bus = bus::Bus::connect(
         bus::BusConfig {
             url: cfg.nats.clone(),
@@ -433,6 +497,10 @@ pub fn start(cfg: GatewayConfig) -> io::Result<Gateway> {
             junk: Junk::default(),
         }),
         seqs: Mutex::new(vec![None; cfg.zones]),
+        told: Mutex::new(vec![None; cfg.zones]),
+        incarnation,
+        exit_when_fenced: cfg.exit_when_fenced,
+        fenced: std::sync::atomic::AtomicBool::new(false),
     });
     let scfg = cport_server::Config {
         addr: cfg.addr,

@@ -40,6 +40,7 @@ use super::ids::{Ids, QUARANTINE};
 
 #[cfg(test)]
 mod check;
+mod faults;
 
 /// Most packets held for a session while a login or a hand-off is under way; one more
 /// closes the session (the single server's limit while a login loads).
@@ -93,6 +94,16 @@ pub struct Counters {
     pub unknown_session: u64,
     /// Zone entries a gateway should never receive (dropped).
     pub misdirected: u64,
+    /// Zones seen restarting (a newer run spoke).
+    pub zone_restarts: u64,
+    /// Players sent to be resumed from their last save (their zone was replaced).
+    pub resumes: u64,
+    /// Of those, resumed (a zone took the player).
+    pub resumed: u64,
+    /// Of those, given up (the client was closed).
+    pub resume_timeouts: u64,
+    /// Batches from a zone run that has been replaced (dropped; the sender told `Fenced`).
+    pub stale_batches: u64,
 }
 
 /// Where a session is in its life.
@@ -108,6 +119,9 @@ enum Phase {
     Handoff { to: u16, next: u32 },
     /// No zone owns the player for this session any more (a zone was told `Disconnect`).
     Released,
+    /// Its zone was replaced: `Resume` sent to the name's home zone; packets held until
+    /// `Owned` (as for a login, at any epoch above the session's).
+    Resume,
 }
 
 #[derive(Debug)]
@@ -126,6 +140,14 @@ struct Sess<S> {
     serial: u32,
     /// The zone and epoch told `Disconnect` (phase `Released`).
     told: Option<(u16, u32)>,
+    /// The name it logged in with (a resume and a relock restate it).
+    name: String,
+    /// What the client has been sent: each object it sees at the position it was told, its
+    /// own player included (a resume hands it to the new owner).
+    picture: HashMap<u32, (u16, u16)>,
+    /// Its hand-off's old owner was replaced meanwhile: if no zone claims the player in
+    /// time, it is resumed rather than closed.
+    orphan: bool,
 }
 
 /// A session that is gone, remembered for a quarantine's time: which zone, if any, was told
@@ -149,19 +171,22 @@ pub struct Routes<S> {
     gone_order: VecDeque<(Instant, u64)>,
     serial: u32,
     counters: Counters,
+    /// The newest run (incarnation) seen of each zone (0: none yet).
+    runs: Vec<u64>,
 }
 
 impl<S: Clone> Routes<S> {
     /// A gateway's state: its settings and its share of the player ids.
     pub fn new(set: Settings, ids: Ids) -> Routes<S> {
         Routes {
-            set,
             ids,
             sessions: HashMap::new(),
             gone: HashMap::new(),
             gone_order: VecDeque::new(),
             serial: 0,
+            runs: vec![0; set.layout.zones()],
             counters: Counters::default(),
+            set,
         }
     }
 
@@ -198,6 +223,9 @@ impl<S: Clone> Routes<S> {
                 held: Vec::new(),
                 serial: 0,
                 told: None,
+                name: String::new(),
+                picture: HashMap::new(),
+                orphan: false,
             },
         );
         if let Some(old) = old {
@@ -252,6 +280,7 @@ impl<S: Clone> Routes<S> {
                 };
                 *serial = serial.wrapping_add(1);
                 s.player = Some(player);
+                s.name = name.clone();
                 s.phase = Phase::Login;
                 s.epoch = 0;
                 s.serial = *serial;
@@ -275,15 +304,15 @@ impl<S: Clone> Routes<S> {
                     },
                 );
             }
-            Phase::Login | Phase::Handoff { .. } => {
+            Phase::Login | Phase::Handoff { .. } | Phase::Resume => {
                 if s.held.len() < MAX_HELD {
                     s.held.push(Bytes::copy_from_slice(packet));
                     counters.held += 1;
                 } else {
-                    let what = if s.phase == Phase::Login {
-                        "logging in"
-                    } else {
-                        "handed off"
+                    let what = match s.phase {
+                        Phase::Login => "logging in",
+                        Phase::Resume => "resumed",
+                        _ => "handed off",
                     };
                     let why = format!("more than {MAX_HELD} packets while {what}");
                     reject(s, &conn, counters, fx, why);
@@ -326,7 +355,7 @@ impl<S: Clone> Routes<S> {
             // No zone took the player yet: the home zone frees the name (`Disconnect` at epoch
             // 0), and a late `Owned` is answered `Disconnect`. (`New` has no player: listed
             // for completeness.)
-            Phase::New | Phase::Login => {
+            Phase::New | Phase::Login | Phase::Resume => {
                 self.disconnect(fx, s.route, player, 0);
                 self.bury(session, player, None, now);
             }
@@ -346,10 +375,15 @@ impl<S: Clone> Routes<S> {
     /// One entry of a batch from zone `zone` (already checked to be a zone of this cluster).
     pub fn on_bus(&mut self, zone: u16, m: Msg, now: Instant, fx: &mut impl Effects<S>) {
         match m {
-            Msg::Send { session, bytes } => match self.open(session) {
-                Some(conn) => fx.send(&conn, bytes),
-                None => self.counters.unknown_session += 1,
+            Msg::Send { session, bytes } => match self.sessions.get_mut(&session) {
+                Some(s) if s.conn.is_some() => {
+                    faults::track(&mut s.picture, &bytes, self.set.header);
+                    fx.send(s.conn.as_ref().expect("checked"), bytes);
+                }
+                _ => self.counters.unknown_session += 1,
             },
+            Msg::Alive => {}
+            Msg::Fenced { .. } => {}
             Msg::Close { session, reason } => match self.open(session) {
                 Some(conn) => {
                     if let Some(s) = self.sessions.get_mut(&session) {
@@ -415,6 +449,25 @@ impl<S: Clone> Routes<S> {
                     fx,
                     "no zone answered the login in time",
                 );
+            }
+            (TimerKind::Login, Phase::Resume) => {
+                let Some(conn) = s.conn.clone() else {
+                    return;
+                };
+                if s.closing {
+                    return;
+                }
+                self.counters.resume_timeouts += 1;
+                s.closing = true;
+                let why = format!(
+                    "no zone resumed player {:?} in time",
+                    s.player.unwrap_or_default()
+                );
+                fx.close(&conn, Closing::Abort(why));
+            }
+            (TimerKind::Handoff, Phase::Handoff { .. }) if s.orphan && s.conn.is_some() => {
+                // Its old owner was replaced and no zone took the player: from its save.
+                self.resume(t.session, fx);
             }
             (TimerKind::Handoff, Phase::Handoff { to, .. }) => {
                 let player = s.player.expect("a hand-off has a player");
@@ -524,7 +577,7 @@ impl<S: Clone> Routes<S> {
         // A login takes any epoch above the current; a hand-off only the one its attempt
         // offered (a late claim from an earlier, timed-out attempt is refused).
         let expected = match s.phase {
-            Phase::Login => epoch > s.epoch,
+            Phase::Login | Phase::Resume => epoch > s.epoch,
             Phase::Handoff { next, .. } => epoch == next,
             _ => false,
         };
@@ -534,6 +587,7 @@ impl<S: Clone> Routes<S> {
             return self.revoke(fx, zone, player, epoch);
         }
         let login = s.phase == Phase::Login;
+        let resumed = s.phase == Phase::Resume;
         if s.conn.is_none() || s.closing {
             // The client closed (or is closing) while held: the new owner removes it.
             return self.release(session, zone, epoch, now, fx);
@@ -541,7 +595,9 @@ impl<S: Clone> Routes<S> {
         s.route = zone;
         s.epoch = epoch;
         route_held(&mut self.counters, s, player, fx);
-        if login {
+        if resumed {
+            self.counters.resumed += 1;
+        } else if login {
             self.counters.logins += 1;
         } else {
             self.counters.handoffs_completed += 1;
@@ -660,6 +716,7 @@ fn route_held<S>(c: &mut Counters, s: &mut Sess<S>, player: u32, fx: &mut impl E
     let (zone, epoch) = (s.route, s.epoch);
     c.held -= s.held.len() as u64;
     s.phase = Phase::Routed;
+    s.orphan = false;
     fx.zone(zone, Msg::Confirm { player, epoch });
     for packet in s.held.drain(..) {
         c.routed += 1;

@@ -3,7 +3,7 @@
 //! Data only: the logic is `game/zone/`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -20,6 +20,31 @@ pub(crate) const HANDOFF_DEPTH: u16 = 2;
 /// How long a departed player's last row is kept by its home zone (for a new login before
 /// the owner's write commits).
 pub(crate) const RECENT_ROWS_FOR: Duration = Duration::from_secs(120);
+/// A zone that starts takes no login until every gateway has restated the names its players
+/// hold (`RelockDone`), or this long after its start (a gateway that has not spoken by then
+/// is gone, or has no players).
+pub const RELOCK_WAIT: Duration = Duration::from_millis(1500);
+/// No zone: the sender of a ghost (`ZoneState::ghost_src`).
+pub(crate) const NO_ZONE: u16 = u16::MAX;
+
+/// What a home zone keeps of a login or a resume while the row loads.
+#[derive(Debug, Default)]
+pub(crate) struct HomeAsk {
+    /// The incarnation of the gateway that asked.
+    pub gw_inc: u64,
+    /// A resume: the epoch to take the player at and the client's picture.
+    pub resume: Option<(u32, Vec<(u32, u16, u16)>)>,
+}
+
+/// A starting zone's logins wait behind the gateways' `Relock`s.
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    pub open: bool,
+    /// Gateways that sent `RelockDone` (bit per gateway).
+    pub done: u64,
+    /// Logins that came while closed: (gateway, its incarnation, session, player, name).
+    pub waiting: Vec<(u16, u64, u64, u32, String)>,
+}
 
 /// Where a hand-off of an owned player is.
 #[derive(Debug, Default)]
@@ -57,6 +82,11 @@ pub struct ZoneSetup {
     /// Test hook: the new zone takes a handed-off player only this long after it arrives
     /// (`Duration::ZERO`: at once).
     pub transfer_delay: Duration,
+    /// Gateways in the cluster (a starting zone waits for each one's `RelockDone`).
+    pub gateways: u16,
+    /// This run of the zone (the bus incarnation): with a database, the zone takes its lease
+    /// at start and every save checks it (`None`: no lease, e.g. the tests' model).
+    pub lease: Option<u64>,
 }
 
 impl ZoneSetup {
@@ -67,6 +97,8 @@ impl ZoneSetup {
             me,
             handoff_timeout: Duration::from_millis(500),
             transfer_delay: Duration::ZERO,
+            gateways: 1,
+            lease: None,
         }
     }
 }
@@ -104,6 +136,12 @@ pub struct ZoneStats {
     pub handoff_p99_us: u64,
     /// ... largest.
     pub handoff_max_us: u64,
+    /// Players resumed here from their last save after their zone was replaced.
+    pub resumed: u64,
+    /// Players logged out because their gateway was replaced or went silent.
+    pub gateway_logouts: u64,
+    /// Ghosts dropped because the zone that sent them was replaced.
+    pub ghosts_dropped: u64,
 }
 
 #[derive(Default)]
@@ -119,6 +157,9 @@ pub(crate) struct ZoneCounters {
     pub remote_attacks: AtomicU64,
     pub stale: AtomicU64,
     pub invalid: AtomicU64,
+    pub resumed: AtomicU64,
+    pub gateway_logouts: AtomicU64,
+    pub ghosts_dropped: AtomicU64,
 }
 
 /// A zone's own state beside the game's.
@@ -129,6 +170,15 @@ pub(crate) struct ZoneState {
     /// Per object (as its owner sees it): the zones that hold a ghost of it (bit per zone).
     /// Written by the object's mover only.
     pub ghosts: Box<[AtomicU64]>,
+    /// Per object held here as a ghost: the zone that sent it ([`NO_ZONE`]: none), so that the
+    /// ghosts of a zone that was replaced can be dropped.
+    pub ghost_src: Box<[AtomicU16]>,
+    /// Logins wait here while this zone starts (see [`RELOCK_WAIT`]).
+    pub gate: Mutex<Gate>,
+    pub gateways: u16,
+    /// The newest run (incarnation) seen of each gateway and each zone (0: none yet).
+    pub gw_newest: Box<[AtomicU64]>,
+    pub zone_newest: Box<[AtomicU64]>,
     /// Home duties: the names logged in through this zone, and their players.
     pub names: Mutex<HashMap<String, u32>>,
     /// Home duties: the last row of players that left, until it is surely committed.
@@ -148,6 +198,16 @@ impl ZoneState {
             layout: setup.layout.clone(),
             me: setup.me,
             ghosts: (0..objects).map(|_| AtomicU64::new(0)).collect(),
+            ghost_src: (0..objects).map(|_| AtomicU16::new(NO_ZONE)).collect(),
+            gate: Mutex::new(Gate {
+                open: true,
+                ..Gate::default()
+            }),
+            gateways: setup.gateways,
+            gw_newest: (0..setup.gateways).map(|_| AtomicU64::new(0)).collect(),
+            zone_newest: (0..setup.layout.zones())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             names: Mutex::new(HashMap::new()),
             recent: Mutex::new(HashMap::new()),
             delayed: Mutex::new(Vec::new()),
@@ -180,6 +240,9 @@ impl ZoneState {
             handoff_p50_us: h.value_at_quantile(0.5),
             handoff_p99_us: h.value_at_quantile(0.99),
             handoff_max_us: h.max(),
+            resumed: c.resumed.load(Relaxed),
+            gateway_logouts: c.gateway_logouts.load(Relaxed),
+            ghosts_dropped: c.ghosts_dropped.load(Relaxed),
         }
     }
 

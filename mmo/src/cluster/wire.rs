@@ -6,13 +6,16 @@
 //! stops at the first one it cannot read (counted and logged by the caller, never a panic).
 //!
 //! ```text
-//! batch  = magic "CPC" | version u8 (=1) | source kind u8 (1 gateway, 2 zone) | source u16
-//!          | incarnation u32 | seq u64 | entry*
+//! batch  = magic "CPC" | version u8 (=2) | source kind u8 (1 gateway, 2 zone) | source u16
+//!          | incarnation u64 | seq u64 | entry*
 //! entry  = tag u8 | len u32 | body (len bytes)
 //! ```
 //! All integers little-endian. Strings are a `u8` length and UTF-8 bytes; byte blobs the rest
 //! of the entry's body. `seq` counts the sender's batches to one destination from 0 per
-//! incarnation, so a reader can tell a gap (NATS is at-most-once) from a restart.
+//! incarnation, so a reader can tell a gap (NATS is at-most-once) from a restart. The
+//! incarnation is the process's start time in microseconds since the Unix epoch: a restarted
+//! process has a larger one, so a receiver tells the new run from a stale one (a process that
+//! was stopped and woke up after its replacement started) and drops the stale one's batches.
 //!
 //! Why one file: each message's writer and reader sit side by side (and the round-trip
 //! test that lists them all), so a change to a message's layout cannot miss its other half.
@@ -24,9 +27,9 @@ use cport_mmo_proto::{Name, NAME_SIZE};
 /// The first bytes of every batch.
 pub const MAGIC: &[u8; 3] = b"CPC";
 /// The format version this build writes (and the only one it reads).
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes before the first entry.
-pub const HEADER_LEN: usize = 3 + 1 + 1 + 2 + 4 + 8;
+pub const HEADER_LEN: usize = 3 + 1 + 1 + 2 + 8 + 8;
 
 /// Who sent a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,8 +45,10 @@ pub enum Source {
 pub struct Header {
     /// The sender.
     pub source: Source,
-    /// Changes each time the sender's process starts (a restarted zone is a new incarnation).
-    pub incarnation: u32,
+    /// The sender process's start time (µs since the Unix epoch): a restarted process has a
+    /// larger one, and a batch of a smaller one than the newest seen from that source comes
+    /// from a process that has been replaced.
+    pub incarnation: u64,
     /// The sender's batch count to this destination in this incarnation.
     pub seq: u64,
 }
@@ -60,8 +65,16 @@ pub struct Transfer {
     pub gateway: u16,
     /// The session on that gateway.
     pub session: u64,
-    /// `true`: a login (the receiver sends `SC_LOGIN_INFO`); `false`: a hand-off.
+    /// `true`: a login (the receiver sends `SC_LOGIN_INFO`); `false`: a hand-off or a resume.
     pub login: bool,
+    /// `true`: the player's zone died and this is its last saved state, sent by its home zone
+    /// at the gateway's [`Msg::Resume`]; the client stays connected and `view` is what the
+    /// gateway forwarded to it (the player's own entry included: where the client believes
+    /// it is). No [`Msg::TransferAck`] is sent for it.
+    pub resume: bool,
+    /// The incarnation of the player's gateway this session belongs to (a zone that has seen
+    /// a newer incarnation of that gateway knows the session is gone).
+    pub gw_inc: u64,
     /// The player's name.
     pub name: String,
     /// Position.
@@ -155,6 +168,33 @@ pub enum Msg {
         /// The epoch.
         epoch: u32,
     },
+    /// The zone that owned the player was replaced (a newer incarnation of it spoke): to the
+    /// name's home zone, which loads the player's last saved row and sends it
+    /// ([`Transfer::resume`]) to the zone owning its cell, at `epoch` or later. The client
+    /// stays connected; its packets are held until [`Msg::Owned`].
+    Resume {
+        /// The session on the sending gateway.
+        session: u64,
+        /// The player.
+        player: u32,
+        /// The name.
+        name: String,
+        /// The epoch the new owner takes the player at (the gateway's last, plus one).
+        epoch: u32,
+        /// What the gateway forwarded to the client: each object it sees at the position it
+        /// was told, the player itself included.
+        view: Vec<(u32, u16, u16)>,
+    },
+    /// To a home zone that was replaced: this gateway's player `player` holds the name (the
+    /// new incarnation rebuilds its cluster-wide login marks from these).
+    Relock {
+        /// The player.
+        player: u32,
+        /// The name.
+        name: String,
+    },
+    /// Every [`Msg::Relock`] of this gateway for the receiver has been sent.
+    RelockDone,
 
     // --- zone → gateway -------------------------------------------------------------
     /// Course-protocol packets for one session (one or more whole packets, concatenated).
@@ -278,6 +318,18 @@ pub enum Msg {
     /// Send a [`Msg::GhostEnter`] for every object of yours within ghost range of me (a zone
     /// that (re)started).
     SnapshotRequest,
+
+    // --- any → any ------------------------------------------------------------------
+    /// "This incarnation is alive": every process sends it to every other about twice a
+    /// second (the header says who and which run). A new incarnation's first one tells the
+    /// others that the previous run is gone.
+    Alive,
+    /// To a process whose batch came from an incarnation older than the newest one seen
+    /// from its source: it has been replaced and must stop at once, writing nothing.
+    Fenced {
+        /// The newest incarnation the receiver's source is known by.
+        newer: u64,
+    },
     /// The player left the game (to its home zone): the name is free again; `row` is what
     /// the owner wrote last (newer than the database until that write commits).
     Offline {
@@ -295,6 +347,9 @@ mod tag {
     pub const CONFIRM: u8 = 4;
     pub const REVOKE: u8 = 5;
     pub const DISCONNECT: u8 = 6;
+    pub const RESUME: u8 = 7;
+    pub const RELOCK: u8 = 8;
+    pub const RELOCK_DONE: u8 = 9;
     pub const SEND: u8 = 20;
     pub const CLOSE: u8 = 21;
     pub const OWNED: u8 = 22;
@@ -310,6 +365,8 @@ mod tag {
     pub const TRANSFER_ACK: u8 = 47;
     pub const SNAPSHOT_REQUEST: u8 = 48;
     pub const OFFLINE: u8 = 49;
+    pub const ALIVE: u8 = 60;
+    pub const FENCED: u8 = 61;
 }
 
 /// Why a batch (or the rest of it) could not be read.
@@ -362,7 +419,7 @@ impl BatchWriter {
         };
         buf.put_u8(kind);
         buf.put_u16_le(id);
-        buf.put_u32_le(h.incarnation);
+        buf.put_u64_le(h.incarnation);
         buf.put_u64_le(h.seq);
         BatchWriter {
             buf,
@@ -551,7 +608,8 @@ impl BatchWriter {
                 b.put_u32_le(t.epoch);
                 b.put_u16_le(t.gateway);
                 b.put_u64_le(t.session);
-                b.put_u8(u8::from(t.login));
+                b.put_u8(u8::from(t.login) | u8::from(t.resume) << 1);
+                b.put_u64_le(t.gw_inc);
                 put_str(b, &t.name);
                 b.put_u16_le(t.x);
                 b.put_u16_le(t.y);
@@ -561,14 +619,34 @@ impl BatchWriter {
                 b.put_i32_le(t.level);
                 b.put_u32_le(t.last_move_time);
                 b.put_u64_le(t.ghosts);
-                b.put_u32_le(t.view.len() as u32);
-                for &(id, x, y) in &t.view {
-                    b.put_u32_le(id);
-                    b.put_u16_le(x);
-                    b.put_u16_le(y);
-                }
+                put_view(b, &t.view);
             }
             Msg::TransferAck { player, epoch } => at = pe(b, tag::TRANSFER_ACK, *player, *epoch),
+            Msg::Resume {
+                session,
+                player,
+                name,
+                epoch,
+                view,
+            } => {
+                at = begin(b, tag::RESUME);
+                b.put_u64_le(*session);
+                b.put_u32_le(*player);
+                put_str(b, name);
+                b.put_u32_le(*epoch);
+                put_view(b, view);
+            }
+            Msg::Relock { player, name } => {
+                at = begin(b, tag::RELOCK);
+                b.put_u32_le(*player);
+                put_str(b, name);
+            }
+            Msg::RelockDone => at = begin(b, tag::RELOCK_DONE),
+            Msg::Alive => at = begin(b, tag::ALIVE),
+            Msg::Fenced { newer } => {
+                at = begin(b, tag::FENCED);
+                b.put_u64_le(*newer);
+            }
             Msg::SnapshotRequest => at = begin(b, tag::SNAPSHOT_REQUEST),
             Msg::Offline { name, row } => {
                 at = begin(b, tag::OFFLINE);
@@ -610,6 +688,15 @@ fn pe(b: &mut BytesMut, t: u8, player: u32, epoch: u32) -> usize {
     at
 }
 
+fn put_view(b: &mut BytesMut, view: &[(u32, u16, u16)]) {
+    b.put_u32_le(view.len() as u32);
+    for &(id, x, y) in view {
+        b.put_u32_le(id);
+        b.put_u16_le(x);
+        b.put_u16_le(y);
+    }
+}
+
 fn put_str(b: &mut BytesMut, s: &str) {
     let s = &s.as_bytes()[..s.len().min(255)];
     b.put_u8(s.len() as u8);
@@ -639,8 +726,8 @@ pub fn read_header(buf: Bytes) -> Result<(Header, BatchReader), WireError> {
         2 => Source::Zone(id),
         k => return Err(WireError::SourceKind(k)),
     };
-    let incarnation = u32::from_le_bytes(buf[7..11].try_into().expect("4 bytes"));
-    let seq = u64::from_le_bytes(buf[11..19].try_into().expect("8 bytes"));
+    let incarnation = u64::from_le_bytes(buf[7..15].try_into().expect("8 bytes"));
+    let seq = u64::from_le_bytes(buf[15..23].try_into().expect("8 bytes"));
     Ok((
         Header {
             source,
@@ -700,6 +787,18 @@ impl Body<'_> {
     }
     fn done(&self) -> Option<()> {
         self.b.is_empty().then_some(())
+    }
+    /// A count and that many `(id u32, x u16, y u16)`.
+    fn view(&mut self) -> Option<Vec<(u32, u16, u16)>> {
+        let n = self.u32()? as usize;
+        if n > self.b.len() / 8 {
+            return None;
+        }
+        let mut view = Vec::with_capacity(n);
+        for _ in 0..n {
+            view.push((self.u32()?, self.u16()?, self.u16()?));
+        }
+        Some(view)
     }
 }
 
@@ -866,24 +965,19 @@ fn parse(t: u8, b: &mut Body<'_>) -> Parsed {
             let epoch = b.u32()?;
             let gateway = b.u16()?;
             let session = b.u64()?;
-            let login = match b.u8()? {
-                0 => false,
-                1 => true,
+            let (login, resume) = match b.u8()? {
+                0 => (false, false),
+                1 => (true, false),
+                2 => (false, true),
                 _ => return None,
             };
+            let gw_inc = b.u64()?;
             let name = b.str()?;
             let (x, y) = (b.u16()?, b.u16()?);
             let (hp, max_hp, exp, level) = (b.i32()?, b.i32()?, b.i32()?, b.i32()?);
             let last_move_time = b.u32()?;
             let ghosts = b.u64()?;
-            let n = b.u32()? as usize;
-            if n > b.b.len() / 8 {
-                return None;
-            }
-            let mut view = Vec::with_capacity(n);
-            for _ in 0..n {
-                view.push((b.u32()?, b.u16()?, b.u16()?));
-            }
+            let view = b.view()?;
             b.done()?;
             Some(Msg::Transfer(Box::new(Transfer {
                 player,
@@ -891,6 +985,8 @@ fn parse(t: u8, b: &mut Body<'_>) -> Parsed {
                 gateway,
                 session,
                 login,
+                resume,
+                gw_inc,
                 name,
                 x,
                 y,
@@ -904,6 +1000,29 @@ fn parse(t: u8, b: &mut Body<'_>) -> Parsed {
             })))
         })(),
         tag::SNAPSHOT_REQUEST => b.done().map(|_| Msg::SnapshotRequest),
+        tag::RESUME => (|| {
+            let m = Msg::Resume {
+                session: b.u64()?,
+                player: b.u32()?,
+                name: b.str()?,
+                epoch: b.u32()?,
+                view: b.view()?,
+            };
+            b.done().map(|_| m)
+        })(),
+        tag::RELOCK => (|| {
+            let m = Msg::Relock {
+                player: b.u32()?,
+                name: b.str()?,
+            };
+            b.done().map(|_| m)
+        })(),
+        tag::RELOCK_DONE => b.done().map(|_| Msg::RelockDone),
+        tag::ALIVE => b.done().map(|_| Msg::Alive),
+        tag::FENCED => (|| {
+            let m = Msg::Fenced { newer: b.u64()? };
+            b.done().map(|_| m)
+        })(),
         tag::OFFLINE => (|| {
             let name = b.str()?;
             let row = match b.u8()? {
@@ -1024,6 +1143,8 @@ mod tests {
                 gateway: 1,
                 session: 77,
                 login: false,
+                resume: false,
+                gw_inc: 1_765_000_000_000_001,
                 name: "a".into(),
                 x: 999,
                 y: 1000,
@@ -1035,11 +1156,46 @@ mod tests {
                 ghosts: 0b1010,
                 view: vec![(1, 2, 3), (10_001, 4, 5)],
             })),
+            Msg::Transfer(Box::new(Transfer {
+                player: 6,
+                epoch: 2,
+                gateway: 0,
+                session: 78,
+                login: false,
+                resume: true,
+                gw_inc: 9,
+                name: "b".into(),
+                x: 1,
+                y: 2,
+                hp: 10,
+                max_hp: 100,
+                exp: 3,
+                level: 2,
+                last_move_time: 0,
+                ghosts: 0,
+                view: vec![(6, 1, 2)],
+            })),
             Msg::TransferAck {
                 player: 5,
                 epoch: 6,
             },
             Msg::SnapshotRequest,
+            Msg::Resume {
+                session: 78,
+                player: 6,
+                name: "b".into(),
+                epoch: 4,
+                view: vec![(6, 1, 1), (10_001, 3, 3)],
+            },
+            Msg::Relock {
+                player: 6,
+                name: "b".into(),
+            },
+            Msg::RelockDone,
+            Msg::Alive,
+            Msg::Fenced {
+                newer: 1_765_000_000_000_002,
+            },
             Msg::Offline {
                 name: "a".into(),
                 row: None,
@@ -1061,7 +1217,7 @@ mod tests {
     fn header() -> Header {
         Header {
             source: Source::Zone(3),
-            incarnation: 0xDEAD,
+            incarnation: 0xDEAD_BEEF_0000_0001,
             seq: 42,
         }
     }

@@ -31,7 +31,7 @@ mod pool;
 mod store;
 
 pub use config::{DbConfig, PlayerRow};
-pub use store::MIGRATIONS;
+pub use store::{Fence, MIGRATIONS};
 
 pub(crate) use persist::Persist;
 pub(crate) use pool::{DbPool, Done, LoadJob};

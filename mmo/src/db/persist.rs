@@ -151,12 +151,25 @@ impl<I: Send + 'static> Persist<I> {
         }
         let until = Instant::now() + deadline;
         loop {
-            let r = Store::open(&self.db)
-                .and_then(|mut s| rows.chunks(MAX_BATCH).try_for_each(|chunk| s.save(chunk)));
+            if self.pool.counters.fenced.load(Relaxed) {
+                return Err(format!(
+                    "{} rows not saved: a newer run of this zone writes now",
+                    rows.len()
+                ));
+            }
+            let fence = self.pool.fence;
+            let r = Store::open(&self.db).and_then(|mut s| {
+                rows.chunks(MAX_BATCH)
+                    .try_for_each(|chunk| s.save(chunk, fence))
+            });
             match r {
                 Ok(()) => {
                     self.rows.lock().clear();
                     return Ok(rows.len());
+                }
+                Err(e) if e.starts_with(super::store::FENCED) => {
+                    self.pool.counters.fenced.store(true, Relaxed);
+                    return Err(format!("{} rows not saved: {e}", rows.len()));
                 }
                 Err(e) if Instant::now() >= until => {
                     return Err(format!("{} rows not saved: {e}", rows.len()))

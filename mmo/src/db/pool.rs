@@ -11,7 +11,7 @@ use cport_server::os::thread_cpu_ns;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::config::PlayerRow;
-use super::store::Store;
+use super::store::{Fence, Store, FENCED};
 
 /// Rows per batch (one transaction) at most.
 pub(crate) const MAX_BATCH: usize = 1000;
@@ -57,6 +57,8 @@ pub(crate) struct DbCounters {
     pub save_errors: AtomicU64,
     pub max_batch: AtomicU64,
     pub save_ns: AtomicU64,
+    /// A save was refused by the zone's lease: a newer run of this zone writes now.
+    pub fenced: std::sync::atomic::AtomicBool,
 }
 
 /// The job queues and the DB threads.
@@ -72,6 +74,8 @@ pub(crate) struct DbPool<I> {
     load_rx: Receiver<LoadJob<I>>,
     save_rx: Receiver<SaveJob>,
     threads: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    /// A cluster zone's run: every save checks its lease.
+    pub fence: Option<Fence>,
 }
 
 /// Loads queued at most (beyond: `SC_LOGIN_FAIL`, the database is too slow).
@@ -95,6 +99,7 @@ impl<I: Send + 'static> DbPool<I> {
             load_rx,
             save_rx,
             threads: parking_lot::Mutex::new(Vec::new()),
+            fence: None,
         }
     }
 
@@ -133,6 +138,7 @@ impl<I: Send + 'static> DbPool<I> {
         let more = self.save_rx.clone();
         let (c, cpu) = (self.counters.clone(), self.cpu_ns.clone());
         let mut store = writer_store;
+        let fence = self.fence;
         threads.push(
             std::thread::Builder::new()
                 .name("cport-db-save".into())
@@ -149,13 +155,20 @@ impl<I: Send + 'static> DbPool<I> {
                         }
                         let t0 = Instant::now();
                         let rows: Vec<PlayerRow> = job.rows.iter().map(|r| r.0.clone()).collect();
-                        let result = store.save(&rows);
+                        if c.fenced.load(Relaxed) {
+                            return; // this run was replaced: it writes nothing more
+                        }
+                        let result = store.save(&rows, fence);
                         c.save_ns.fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
                         match &result {
                             Ok(()) => {
                                 c.batches.fetch_add(1, Relaxed);
                                 c.rows_saved.fetch_add(rows.len() as u64, Relaxed);
                                 c.max_batch.fetch_max(rows.len() as u64, Relaxed);
+                            }
+                            Err(e) if e.starts_with(FENCED) => {
+                                c.fenced.store(true, Relaxed);
+                                tracing::error!("{e}: this run of the zone writes nothing more");
                             }
                             Err(e) => {
                                 c.save_errors.fetch_add(1, Relaxed);

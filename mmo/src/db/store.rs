@@ -8,9 +8,10 @@ use std::time::Duration;
 use super::config::{DbConfig, PlayerRow};
 
 /// The schema, one step per version (applied in order, each in the startup transaction).
-pub const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    "CREATE TABLE players (
+pub const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE players (
         name TEXT PRIMARY KEY,
         x INTEGER NOT NULL,
         y INTEGER NOT NULL,
@@ -19,7 +20,31 @@ pub const MIGRATIONS: &[(u32, &str)] = &[(
         exp INTEGER NOT NULL,
         level INTEGER NOT NULL
     )",
-)];
+    ),
+    // A cluster's zones: which run (incarnation) of each zone may write. A zone takes its
+    // row at start; a save checks it in its transaction, so a replaced run that wakes up
+    // (stopped, partitioned) writes nothing.
+    (
+        2,
+        "CREATE TABLE cport_zone_lease (
+        zone INTEGER PRIMARY KEY,
+        incarnation BIGINT NOT NULL
+    )",
+    ),
+];
+
+/// Which run of which zone a store writes for: its saves commit only while the zone's lease
+/// is still this run's ([`Store::take_lease`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// The zone.
+    pub zone: u16,
+    /// The run (the bus incarnation: start time in µs).
+    pub incarnation: u64,
+}
+
+/// The start of the error of a save refused by the fence.
+pub(crate) const FENCED: &str = "fenced:";
 
 const SELECT: &str = "SELECT x, y, hp, max_hp, exp, level FROM players WHERE name = $1";
 const UPSERT: &str = "INSERT INTO players (name, x, y, hp, max_hp, exp, level)
@@ -245,13 +270,97 @@ impl Store {
         r
     }
 
-    /// Writes `rows` (insert or update by name) in one transaction.
-    pub fn save(&mut self, rows: &[PlayerRow]) -> Result<(), String> {
+    /// Zone `f.zone`'s lease becomes run `f.incarnation`'s, unless a newer run holds it
+    /// (an error: this run was replaced before it started).
+    pub fn take_lease(&mut self, f: Fence) -> Result<(), String> {
+        let (zone, inc) = (i64::from(f.zone), f.incarnation as i64);
+        let newer = |held: i64| {
+            format!(
+                "zone {}'s lease is held by a newer run (incarnation {held} > {inc})",
+                f.zone
+            )
+        };
+        let r = match self {
+            Store::Sqlite(c) => (|| {
+                use rusqlite::OptionalExtension;
+                let tx = c
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(sql_err)?;
+                let held: Option<i64> = tx
+                    .query_row(
+                        "SELECT incarnation FROM cport_zone_lease WHERE zone = ?1",
+                        [zone],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(sql_err)?;
+                if let Some(h) = held.filter(|&h| h > inc) {
+                    return Err(newer(h));
+                }
+                tx.execute(
+                    "INSERT INTO cport_zone_lease (zone, incarnation) VALUES (?1, ?2)
+                     ON CONFLICT (zone) DO UPDATE SET incarnation = excluded.incarnation",
+                    [zone, inc],
+                )
+                .map_err(sql_err)?;
+                tx.commit().map_err(sql_err)
+            })(),
+            Store::Postgres { .. } => self.pg().and_then(|c| {
+                let mut tx = c.transaction().map_err(pg_err)?;
+                let zone = zone as i32;
+                let held = tx
+                    .query_opt(
+                        "SELECT incarnation FROM cport_zone_lease WHERE zone = $1 FOR UPDATE",
+                        &[&zone],
+                    )
+                    .map_err(pg_err)?
+                    .map(|r| r.get::<_, i64>(0));
+                if let Some(h) = held.filter(|&h| h > inc) {
+                    return Err(newer(h));
+                }
+                tx.execute(
+                    "INSERT INTO cport_zone_lease (zone, incarnation) VALUES ($1, $2)
+                     ON CONFLICT (zone) DO UPDATE SET incarnation = excluded.incarnation",
+                    &[&zone, &inc],
+                )
+                .map_err(pg_err)?;
+                tx.commit().map_err(pg_err)
+            }),
+        };
+        if r.is_err() {
+            self.reset();
+        }
+        r
+    }
+
+    /// Writes `rows` (insert or update by name) in one transaction; with a fence, only while
+    /// the zone's lease is still that run's (else an error starting with `fenced:`).
+    pub fn save(&mut self, rows: &[PlayerRow], fence: Option<Fence>) -> Result<(), String> {
+        let lost = |f: Fence, held: Option<i64>| {
+            format!(
+                "{FENCED} zone {}'s lease has moved on (held by {held:?}, this run is {})",
+                f.zone, f.incarnation
+            )
+        };
         let r = match self {
             Store::Sqlite(c) => (|| {
                 let tx = c
                     .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                     .map_err(sql_err)?;
+                if let Some(f) = fence {
+                    use rusqlite::OptionalExtension;
+                    let held: Option<i64> = tx
+                        .query_row(
+                            "SELECT incarnation FROM cport_zone_lease WHERE zone = ?1",
+                            [i64::from(f.zone)],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(sql_err)?;
+                    if held != Some(f.incarnation as i64) {
+                        return Err(lost(f, held));
+                    }
+                }
                 {
                     let mut st = tx.prepare_cached(UPSERT).map_err(sql_err)?;
                     for p in rows {
@@ -265,6 +374,20 @@ impl Store {
             })(),
             Store::Postgres { .. } => self.pg().and_then(|c| {
                 let mut tx = c.transaction().map_err(pg_err)?;
+                if let Some(f) = fence {
+                    // FOR SHARE: a new run's `take_lease` (FOR UPDATE) waits for this save
+                    // to commit, and this save for it: no write slips in after the take.
+                    let held = tx
+                        .query_opt(
+                            "SELECT incarnation FROM cport_zone_lease WHERE zone = $1 FOR SHARE",
+                            &[&i32::from(f.zone)],
+                        )
+                        .map_err(pg_err)?
+                        .map(|r| r.get::<_, i64>(0));
+                    if held != Some(f.incarnation as i64) {
+                        return Err(lost(f, held));
+                    }
+                }
                 let st = tx.prepare(UPSERT).map_err(pg_err)?;
                 for p in rows {
                     let (x, y) = (i32::from(p.x), i32::from(p.y));

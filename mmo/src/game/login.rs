@@ -219,8 +219,12 @@ impl<H: Host> Game<H> {
             l.phase = Phase::Idle;
             l.session = None;
             let name = std::mem::take(&mut l.name);
+            let ask = crate::cluster::state::HomeAsk {
+                gw_inc: l.gw_inc,
+                resume: l.resume.take(),
+            };
             drop(l);
-            return self.home_loaded(srv, &session, id, name, row);
+            return self.home_loaded(srv, &session, id, name, ask, row);
         }
         self.finish_login(&session, id, &mut l, row);
     }

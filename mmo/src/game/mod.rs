@@ -47,6 +47,8 @@ const SAVE_TICK: u64 = 1 << 42;
 const HANDOFF_TIMEOUT: u64 = 1 << 43;
 /// Cluster, test hook: a transfer held back on purpose is due.
 const DELAYED_TRANSFER: u64 = 1 << 44;
+/// Cluster: a starting zone stops waiting for the gateways' `Relock`s.
+const ZONE_GATE: u64 = 1 << 45;
 
 /// Packets a session may send between `CS_LOGIN` and its `SC_LOGIN_INFO` (the load from the
 /// database); beyond, the session is closed.
@@ -115,6 +117,11 @@ pub(crate) struct Login<C> {
     /// Cluster: the highest epoch this zone has offered the player to another zone at (a
     /// retried hand-off offers a higher one, so two attempts never share an epoch).
     pub offered: u32,
+    /// Cluster: the incarnation of the player's gateway its session belongs to.
+    pub gw_inc: u64,
+    /// Cluster, at the name's home zone while the row loads: the gateway's `Resume` (the
+    /// epoch to take the player at and the client's picture), if this load is one.
+    pub resume: Option<(u32, Vec<(u32, u16, u16)>)>,
 }
 
 pub(crate) struct Player<C> {
@@ -143,6 +150,8 @@ impl<C> Player<C> {
                 handoff: crate::cluster::state::Handoff::None,
                 ghost_if_revoked: false,
                 offered: 0,
+                gw_inc: 0,
+                resume: None,
             }),
             stats: Mutex::new(PStats::new()),
             dirty: AtomicBool::new(false),
@@ -345,6 +354,7 @@ impl<H: Host> Game<H> {
             SAVE_TICK => g.save_tick(server),
             HANDOFF_TIMEOUT if !w.is_npc(id) => g.handoff_timeout(server, id, value as u32),
             DELAYED_TRANSFER => g.delayed_transfers(server),
+            ZONE_GATE => g.open_gate(server),
             _ => {}
         }
     }

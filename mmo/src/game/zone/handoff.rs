@@ -70,6 +70,8 @@ impl<H: Host> Game<H> {
             gateway,
             session,
             login: false,
+            resume: false,
+            gw_inc: l.gw_inc,
             name: l.name.clone(),
             x,
             y,
@@ -195,6 +197,12 @@ impl<H: Host> Game<H> {
     pub(crate) fn arrive(&self, srv: &H, from: u16, t: Transfer) {
         let z = self.zone.as_ref().expect("a zone");
         let id = t.player;
+        if self.gateway_gone(t.gateway, t.gw_inc) {
+            // The session's gateway was replaced while the player was on its way: it left
+            // the game (its row is written here, its name freed at home).
+            bump(&z.counters.gateway_logouts);
+            return self.gone_in_transit(srv, &t);
+        }
         let Some(session) = srv.remote(t.gateway, t.session, id) else {
             return;
         };
@@ -227,6 +235,7 @@ impl<H: Host> Game<H> {
         l.handoff = Handoff::None;
         l.pending.clear();
         l.ghost_if_revoked = t.ghosts & (1 << z.me) != 0;
+        l.gw_inc = t.gw_inc;
         // Written by this owner at its next save tick (a new player's row is created then).
         pl.dirty.store(true, Relaxed);
         self.last_move_time[id as usize].store(t.last_move_time, Relaxed);
@@ -255,7 +264,11 @@ impl<H: Host> Game<H> {
                 view: t.view.clone(),
             };
             self.counters.players.fetch_add(1, Relaxed);
-            bump(&z.counters.handoffs_in);
+            if t.resume {
+                bump(&z.counters.resumed);
+            } else {
+                bump(&z.counters.handoffs_in);
+            }
         }
         srv.to_gateway(
             t.gateway,
@@ -265,7 +278,7 @@ impl<H: Host> Game<H> {
                 epoch: t.epoch,
             },
         );
-        if !t.login {
+        if !t.login && !t.resume {
             srv.to_zone(
                 from,
                 &Msg::TransferAck {
@@ -317,6 +330,16 @@ impl<H: Host> Game<H> {
                 let pos = w.pos(player);
                 let name = w.objs[player as usize].view.lock().name;
                 self.promote(srv, &session, player, pos, name, &view);
+                // A resume: the picture has the player itself where the client believes it
+                // is; the last save may differ (position and stats).
+                if let Some(&(_, x, y)) = view.iter().find(|v| v.0 == player) {
+                    if pack(x, y) != pos {
+                        let t = self.last_move_time[player as usize].load(Relaxed);
+                        session.send(self.move_packet(player, pos, t));
+                    }
+                    let s = *self.players[player as usize].stats.lock();
+                    self.stat_change(&session, s);
+                }
                 // A hand-off that timed out: the player is still outside; try again.
                 let t = self.last_move_time[player as usize].load(Relaxed);
                 self.zone_moved(&session, player, pos, t, true, &mut l);

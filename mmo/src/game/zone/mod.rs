@@ -26,6 +26,7 @@
 //! answers) and [`home`] (the name's home zone's part of a login) hold the rest. They call
 //! each other's methods and import nothing from one another.
 
+mod faults;
 mod ghosts;
 mod handoff;
 mod home;
@@ -211,6 +212,7 @@ impl<H: Host> Game<H> {
     /// it, and is asked for its own (so restarts in any order end with all ghosts in place).
     pub(crate) fn zone_started(&self, srv: &H) {
         let Some(z) = &self.zone else { return };
+        self.close_gate(srv);
         for other in z.others() {
             self.snapshot_to(srv, other);
             srv.to_zone(other, &Msg::SnapshotRequest);
@@ -249,7 +251,7 @@ impl<H: Host> Game<H> {
     }
 
     /// One message from the bus (in the order its sender sent it).
-    pub(crate) fn on_cluster(&self, srv: &H, from: Source, msg: Msg) {
+    pub(crate) fn on_cluster(&self, srv: &H, from: Source, inc: u64, msg: Msg) {
         let Some(z) = &self.zone else { return };
         let n = self.world.objs.len() as u32;
         let players = self.world.max_users;
@@ -262,7 +264,24 @@ impl<H: Host> Game<H> {
                     player,
                     name,
                 },
-            ) if player < players => self.home_login(srv, g, session, player, name),
+            ) if player < players => self.home_login(srv, g, inc, session, player, name),
+            (
+                Source::Gateway(g),
+                Msg::Resume {
+                    session,
+                    player,
+                    name,
+                    epoch,
+                    view,
+                },
+            ) if player < players => {
+                self.home_resume(srv, g, inc, session, player, name, epoch, view)
+            }
+            (Source::Gateway(_), Msg::Relock { player, name }) if player < players => {
+                self.home_relock(player, name)
+            }
+            (Source::Gateway(g), Msg::RelockDone) => self.relock_done(srv, g),
+            (_, Msg::Alive) => {}
             (
                 Source::Gateway(_),
                 Msg::Packet {
@@ -286,6 +305,7 @@ impl<H: Host> Game<H> {
             (Source::Zone(o), Msg::GhostEnter { id, x, y, name })
                 if id < n && self.ghostable(id, o) =>
             {
+                z.ghost_src[id as usize].store(o, Relaxed);
                 self.ghost_enter(srv, id, pack(x, y), name)
             }
             (
