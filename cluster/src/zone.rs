@@ -8,10 +8,10 @@
 //! open batch per destination ([`Outbox`]), published when a worker gets to the posted flush —
 //! so under load many entries share one NATS message, and when idle none waits for a tick.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -301,7 +301,11 @@ impl Life {
         if self.fenced.swap(true, Relaxed) {
             return;
         }
-        tracing::error!(zone = self.me, "this run of zone {} was replaced ({why}): stopping without writing", self.me);
+        tracing::error!(
+            zone = self.me,
+            "this run of zone {} was replaced ({why}): stopping without writing",
+            self.me
+        );
         if self.exit_when_fenced {
             std::process::exit(3);
         }
@@ -593,7 +597,6 @@ pub fn start(cfg: ZoneConfig) -> io::Result<Zone> {
     })
 }
 
-
 /// What a zone's bus did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ZoneBusStats {
@@ -651,6 +654,26 @@ impl Zone {
     /// written and what the outbox holds is sent.
     pub fn shutdown(mut self, deadline: Duration) {
         self.stop(deadline);
+    }
+
+    /// Whether this run learnt that a newer run of its zone replaced it (see
+    /// [`ZoneConfig::exit_when_fenced`]); it handles and writes nothing since.
+    pub fn fenced(&self) -> bool {
+        self.shared.life.fenced.load(Relaxed)
+    }
+
+    /// Batches dropped because they came from a run that was replaced.
+    pub fn stale_batches(&self) -> u64 {
+        self.shared.life.stale_batches.load(Relaxed)
+    }
+
+    /// Test hook: ends this run as `kill -9` would — nothing more is handled, sent or
+    /// written, nothing is saved.
+    #[doc(hidden)]
+    pub fn crash(mut self) {
+        self.shared.life.fenced.store(true, Relaxed);
+        self.shared.engine.stop_writing();
+        drop(self.server.take());
     }
 
     fn stop(&mut self, deadline: Duration) {

@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use cport_cluster::gateway::{self, Gateway, GatewayConfig};
 use cport_cluster::zone::{self, Zone, ZoneConfig};
-use cport_mmo::Rng;
 use cport_mmo_client::blocking::Client;
-use cport_mmo_proto::{ClientPacket, Direction, ServerPacket};
+use cport_mmo_proto::{ClientPacket, ServerPacket};
 use cport_server::SizeField;
+
+mod support;
+use support::{check_pictures, settle, walk};
 
 const SIZE: u16 = 60;
 const RANGE: u16 = 5;
@@ -61,40 +63,6 @@ fn start(url: &str, name: &str, transfer_delay: Duration) -> Cluster {
     Cluster { zones, gateways }
 }
 
-/// One client's walk: `steps` moves (a teleport now and then), each answered by its own
-/// `SC_MOVE_OBJECT` before the next, with the `move_time` it sent (a teleport echoes the
-/// last one); anything else in between is applied to its picture.
-fn walk(c: &mut Client, seed: u64, steps: u32) {
-    let rng = Rng::new(seed);
-    let mut last = 0;
-    for t in 1..=steps {
-        let r = rng.next_u64();
-        let want = if r % 13 == 0 {
-            c.send(&ClientPacket::Teleport);
-            last
-        } else {
-            c.move_(Direction::ALL[(r >> 8) as usize % 4], t);
-            last = t;
-            t
-        };
-        let until = Instant::now() + Duration::from_secs(10);
-        loop {
-            assert!(
-                Instant::now() < until,
-                "client {}: no answer to move {t}",
-                c.id
-            );
-            let p = c.recv_apply();
-            if let ServerPacket::MoveObject { id, move_time, .. } = p {
-                if id as u32 == c.id {
-                    assert_eq!(move_time, want, "client {}: its own moves, in order", c.id);
-                    break;
-                }
-            }
-        }
-    }
-}
-
 fn addrs(cl: &Cluster) -> Vec<SocketAddr> {
     cl.gateways.iter().map(|g| g.local_addr()).collect()
 }
@@ -118,34 +86,8 @@ fn clients_on_two_gateways_walk_across_four_zones() {
         .collect();
     let mut clients: Vec<Client> = clients.into_iter().map(|h| h.join().unwrap()).collect();
     // At rest (NPCs still move): read what is on its way, then compare the players each sees.
-    for c in &mut clients {
-        while let Some(p) = c.try_recv(Duration::from_millis(200)) {
-            c.apply(&p);
-        }
-    }
-    let pos: Vec<(u32, (u16, u16))> = clients.iter().map(|c| (c.id, c.pos)).collect();
-    for c in &clients {
-        let seen: Vec<u32> = c
-            .picture
-            .keys()
-            .copied()
-            .filter(|&id| (id as usize) < USERS)
-            .collect();
-        let truth: Vec<u32> = pos
-            .iter()
-            .filter(|&&(id, p)| {
-                id != c.id && p.0.abs_diff(c.pos.0) <= RANGE && p.1.abs_diff(c.pos.1) <= RANGE
-            })
-            .map(|&(id, _)| id)
-            .collect();
-        let mut truth = truth;
-        truth.sort_unstable();
-        assert_eq!(
-            seen, truth,
-            "client {} at {:?} sees these players",
-            c.id, c.pos
-        );
-    }
+    settle(&mut clients, Duration::from_millis(200));
+    check_pictures(&clients, RANGE, USERS);
     let handoffs: u64 = cl.zones.iter().map(|z| z.zone_stats().handoffs_out).sum();
     let owned: usize = cl.zones.iter().map(|z| z.stats().players).sum();
     assert_eq!(owned, 16, "every player owned by exactly one zone");

@@ -263,6 +263,14 @@ impl<H: Host> Engine<H> {
         self.game.gateway_silent(host, gateway);
     }
 
+    /// From now on nothing is written to the database (a run that was replaced, or a test's
+    /// crash of a zone).
+    pub fn stop_writing(&self) {
+        if let Some(p) = &self.game.persist {
+            p.pool.counters.fenced.store(true, Relaxed);
+        }
+    }
+
     /// Cluster: a newer run of this zone writes to the database now (a save was refused by
     /// the zone's lease): this run must stop.
     pub fn fenced(&self) -> bool {

@@ -230,6 +230,11 @@ impl Cluster {
         for (e, h) in &c.zones {
             e.zone_started(h);
         }
+        // The gateway meets each zone's run: it restates its players' names (none yet), and
+        // the zone takes logins from then on.
+        for z in 0..c.zones.len() as u16 {
+            c.push(Dest::Zone(z), Msg::RelockDone);
+        }
         c.pump();
         c
     }
@@ -405,7 +410,7 @@ impl Cluster {
                         continue;
                     }
                     let (e, h) = &self.zones[z as usize];
-                    e.on_cluster(h, from, m);
+                    e.on_cluster(h, from, 1, m);
                 }
                 Dest::Gateway(_) => {
                     let Source::Zone(z) = from else {

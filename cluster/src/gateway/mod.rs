@@ -206,11 +206,15 @@ struct Intake {
 struct Fx<'a> {
     outbox: &'a bus::Outbox,
     server: &'a ServerHandle,
+    /// This run is over (fenced, or a test's crash): the zones hear nothing more from it.
+    dead: bool,
 }
 
 impl Effects<Session> for Fx<'_> {
     fn zone(&mut self, zone: u16, m: cport_mmo::cluster::wire::Msg) {
-        self.outbox.push(Source::Zone(zone), &m);
+        if !self.dead {
+            self.outbox.push(Source::Zone(zone), &m);
+        }
     }
 
     fn send(&mut self, conn: &Session, bytes: Bytes) {
@@ -242,6 +246,7 @@ impl Shared {
         Fx {
             outbox: &self.outbox,
             server,
+            dead: self.fenced.load(Relaxed),
         }
     }
 
@@ -267,7 +272,11 @@ impl Shared {
             let t = &mut told[usize::from(zone)];
             if t.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 *t = Some(Instant::now());
-                tracing::warn!(zone, run = h.incarnation, "a batch from a replaced run of the zone: dropped, told Fenced");
+                tracing::warn!(
+                    zone,
+                    run = h.incarnation,
+                    "a batch from a replaced run of the zone: dropped, told Fenced"
+                );
                 self.outbox.push(Source::Zone(zone), &Msg::Fenced { newer });
             }
             return;
@@ -317,7 +326,10 @@ impl Shared {
         if self.fenced.swap(true, Relaxed) {
             return;
         }
-        tracing::error!(zone, "zone {zone} says this gateway's run was replaced: stopping");
+        tracing::error!(
+            zone,
+            "zone {zone} says this gateway's run was replaced: stopping"
+        );
         if self.exit_when_fenced {
             std::process::exit(3);
         }
@@ -557,6 +569,14 @@ impl Gateway {
             lost_batches: s.intake.junk.lost.load(Relaxed),
             bus: s.bus.counters(),
         }
+    }
+
+    /// Test hook: ends this run as `kill -9` would — its clients' connections drop, and the
+    /// zones hear nothing more from it (no `Disconnect`, no `Alive`).
+    #[doc(hidden)]
+    pub fn crash(mut self) {
+        self.shared.fenced.store(true, Relaxed);
+        drop(self.server.take());
     }
 
     /// Graceful shutdown: every client flushed and closed (each close tells its zone

@@ -39,7 +39,12 @@ impl<S: Clone> Routes<S> {
         self.relock(zone, fx);
         if known != 0 {
             self.counters.zone_restarts += 1;
-            tracing::warn!(zone, old = known, new = inc, "zone restarted: resuming its players");
+            tracing::warn!(
+                zone,
+                old = known,
+                new = inc,
+                "zone restarted: resuming its players"
+            );
             self.zone_restarted(zone, fx);
         }
         true
@@ -54,9 +59,11 @@ impl<S: Clone> Routes<S> {
     /// `RelockDone`.
     fn relock(&self, zone: u16, fx: &mut impl Effects<S>) {
         for s in self.sessions.values() {
+            // (A login under way is not restated: its `Login` marks the name, or, lost with
+            // the old run, it times out.)
             let holds = matches!(
                 s.phase,
-                Phase::Login | Phase::Routed | Phase::Handoff { .. } | Phase::Resume
+                Phase::Routed | Phase::Handoff { .. } | Phase::Resume
             );
             if !holds || s.conn.is_none() || s.name.is_empty() {
                 continue;

@@ -39,20 +39,27 @@ impl<H: Host> Game<H> {
         }
         // Two workers may see the new run at once (different batches of one source are
         // drained in order, but an `Alive` and a batch share that order): one takes over.
-        if cell
-            .compare_exchange(known, inc, Relaxed, Relaxed)
-            .is_err()
-        {
+        if cell.compare_exchange(known, inc, Relaxed, Relaxed).is_err() {
             return cell.load(Relaxed) <= inc;
         }
         if known != 0 {
             match from {
                 Source::Gateway(g) => {
-                    tracing::warn!(gateway = g, old = known, new = inc, "gateway restarted: its players leave");
+                    tracing::warn!(
+                        gateway = g,
+                        old = known,
+                        new = inc,
+                        "gateway restarted: its players leave"
+                    );
                     self.gateway_gone_out(srv, g, inc);
                 }
                 Source::Zone(o) => {
-                    tracing::warn!(zone = o, old = known, new = inc, "zone restarted: dropping its ghosts");
+                    tracing::warn!(
+                        zone = o,
+                        old = known,
+                        new = inc,
+                        "zone restarted: dropping its ghosts"
+                    );
                     self.zone_replaced(srv, o);
                 }
             }
@@ -83,8 +90,15 @@ impl<H: Host> Game<H> {
             return;
         }
         let fence = known + 1;
-        if cell.compare_exchange(known, fence, Relaxed, Relaxed).is_ok() {
-            tracing::warn!(gateway = g, run = known, "gateway silent: its players leave");
+        if cell
+            .compare_exchange(known, fence, Relaxed, Relaxed)
+            .is_ok()
+        {
+            tracing::warn!(
+                gateway = g,
+                run = known,
+                "gateway silent: its players leave"
+            );
             self.gateway_gone_out(srv, g, fence);
         }
     }

@@ -29,8 +29,7 @@ impl<H: Host> Game<H> {
         {
             let mut gate = z.gate.lock();
             if !gate.open {
-                gate.waiting
-                    .push((gateway, gw_inc, session, player, name));
+                gate.waiting.push((gateway, gw_inc, session, player, name));
                 return;
             }
         }
@@ -236,7 +235,12 @@ impl<H: Host> Game<H> {
         match names.get(&name) {
             Some(&p) if p != player => {
                 bump(&z.counters.duplicate_logins);
-                tracing::warn!(name, player, held_by = p, "Relock of a name another player holds");
+                tracing::warn!(
+                    name,
+                    player,
+                    held_by = p,
+                    "Relock of a name another player holds"
+                );
             }
             _ => {
                 names.insert(name, player);
