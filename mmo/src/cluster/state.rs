@@ -33,7 +33,7 @@ pub(crate) struct HomeAsk {
     /// The incarnation of the gateway that asked.
     pub gw_inc: u64,
     /// A resume: the epoch to take the player at and the client's picture.
-    pub resume: Option<(u32, Vec<(u32, u16, u16)>)>,
+    pub resume: Option<(u32, super::wire::Picture)>,
 }
 
 /// A starting zone's logins wait behind the gateways' `Relock`s.

@@ -53,6 +53,10 @@ pub struct Header {
     pub seq: u64,
 }
 
+/// A client's picture: each object it was told of, at the position it was told (sorted by
+/// id).
+pub type Picture = Vec<(u32, u16, u16)>;
+
 /// A player's state as it moves from zone to zone (hand-off) or from the zone that loaded it
 /// to the zone that owns its cell (login).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -121,7 +121,7 @@ pub(crate) struct Login<C> {
     pub gw_inc: u64,
     /// Cluster, at the name's home zone while the row loads: the gateway's `Resume` (the
     /// epoch to take the player at and the client's picture), if this load is one.
-    pub resume: Option<(u32, Vec<(u32, u16, u16)>)>,
+    pub resume: Option<(u32, crate::cluster::wire::Picture)>,
 }
 
 pub(crate) struct Player<C> {
