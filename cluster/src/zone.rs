@@ -345,13 +345,17 @@ impl Shared {
                 }
                 return;
             }
-            {
+            let gap = {
                 let mut seqs = self.seqs.lock();
                 let last = seqs.insert(h.source, (h.incarnation, h.seq));
-                if let Some((inc, seq)) = last {
-                    if inc == h.incarnation && h.seq != seq.wrapping_add(1) {
-                        self.errors.gaps.fetch_add(1, Relaxed);
-                    }
+                last.is_some_and(|(inc, seq)| {
+                    inc == h.incarnation && h.seq != seq.wrapping_add(1)
+                })
+            };
+            if gap {
+                self.errors.gaps.fetch_add(1, Relaxed);
+                if let Source::Zone(o) = h.source {
+                    self.engine.zone_gap(host, o);
                 }
             }
             while let Some(entry) = entries.next() {

@@ -257,6 +257,12 @@ impl<H: Host> Engine<H> {
         self.game.newest_run(from)
     }
 
+    /// Cluster: batches of zone `zone` were lost (a gap in its sequence): its ghosts here are
+    /// dropped and asked for again.
+    pub fn zone_gap(&self, host: &H, zone: u16) {
+        self.game.zone_gap(host, zone);
+    }
+
     /// Cluster: gateway `gateway` has not been heard from for too long while this zone's bus
     /// was up: its run counts as replaced (its players leave the game).
     pub fn gateway_silent(&self, host: &H, gateway: u16) {

@@ -50,9 +50,9 @@ pub struct Args {
     /// How long a login may wait for its zone before the client gets SC_LOGIN_FAIL (ms).
     #[arg(long, default_value_t = 5_000)]
     pub login_timeout_ms: u64,
-    /// How long a hand-off may hold a client's packets before the client is closed (ms;
-    /// the zones give up on a hand-off after 500 ms and keep the player, so this is the
-    /// last resort when a zone is gone).
+    /// How long a hand-off may hold a client's packets before the gateway gives the player
+    /// back to its old owner (ms; the zones give up on a hand-off after 500 ms and keep the
+    /// player, so this is the last resort when both zones' answers were lost).
     #[arg(long, default_value_t = 3_000)]
     pub handoff_timeout_ms: u64,
     /// At most one bus message per zone per this many microseconds (batching under load;

@@ -19,9 +19,11 @@
 //!   `HandoffCancel` releases the held packets back to it (`Confirm` first); a cancel that
 //!   comes after the hand-off completed (or after the client left and the zone that took it
 //!   was told `Disconnect`) is answered `Revoke`.
-//! - A hand-off that is not resolved within the timeout closes the client and tells the
-//!   route zone `Disconnect`; if that zone cancels afterwards (it had sent the player's state
-//!   on and ignored the `Disconnect`, then gave up waiting), it is told again.
+//! - A hand-off that is not resolved within the timeout (both zones' answers lost) falls
+//!   back to the old owner: the new zone's claim at the offered epoch is `Revoke`d, the old
+//!   owner gets `Confirm` at its epoch and the held packets. If the client is gone by then,
+//!   the route zone is told `Disconnect`; if that zone cancels afterwards (it had sent the
+//!   player's state on and ignored the `Disconnect`, then gave up waiting), it is told again.
 //! - A client that closes: `Disconnect` to its owner; mid-hand-off, to whichever zone the
 //!   hand-off resolves to. One zone, at one epoch, is told; any other claim is `Revoke`d.
 //!   Before any zone took it (a login given up): `Disconnect` at epoch 0 to the name's home
@@ -82,7 +84,7 @@ pub struct Counters {
     pub handoffs_completed: u64,
     /// Hand-offs released back to the old zone (`HandoffCancel`).
     pub handoffs_cancelled: u64,
-    /// Hand-offs that timed out (the client was closed).
+    /// Hand-offs that timed out (back to the old owner, or the client was gone).
     pub handoff_timeouts: u64,
     /// `Revoke`s sent.
     pub revokes: u64,
@@ -469,20 +471,28 @@ impl<S: Clone> Routes<S> {
                 // Its old owner was replaced and no zone took the player: from its save.
                 self.resume(t.session, fx);
             }
-            (TimerKind::Handoff, Phase::Handoff { to, .. }) => {
+            (TimerKind::Handoff, Phase::Handoff { to, next }) => {
                 let player = s.player.expect("a hand-off has a player");
                 let (route, epoch) = (s.route, s.epoch);
+                self.counters.handoff_timeouts += 1;
+                if s.conn.is_some() && !s.closing {
+                    // Neither zone was heard (the bus lost the messages, say): the player
+                    // stays with its old owner, which keeps it after its own timeout — the
+                    // new zone's claim, if it made one, is refused.
+                    tracing::warn!(
+                        session = t.session,
+                        player,
+                        "hand-off from zone {route} to zone {to} at epoch {epoch} timed out: back to zone {route}"
+                    );
+                    self.revoke(fx, to, player, next);
+                    let s = self.sessions.get_mut(&t.session).expect("checked");
+                    return route_held(&mut self.counters, s, player, fx);
+                }
                 tracing::warn!(
                     session = t.session,
                     player,
-                    "hand-off from zone {route} to zone {to} at epoch {epoch} timed out: closing the client"
+                    "hand-off from zone {route} to zone {to} at epoch {epoch} timed out; the client is gone"
                 );
-                self.counters.handoff_timeouts += 1;
-                if let Some(conn) = s.conn.clone() {
-                    s.closing = true;
-                    let why = format!("hand-off to zone {to} timed out");
-                    fx.close(&conn, Closing::Abort(why));
-                }
                 self.release(t.session, route, epoch, now, fx);
             }
             _ => {}

@@ -162,6 +162,22 @@ impl<H: Host> Game<H> {
         self.departed(srv, &t.name, row);
     }
 
+    /// Batches of zone `o` were lost on the way (a gap in its sequence: NATS restarted, or
+    /// this zone was a slow consumer): its ghosts here may be stale (a leave or a move
+    /// lost), so they are dropped and `o` is asked for what it owns near here again.
+    pub(crate) fn zone_gap(&self, srv: &H, o: u16) {
+        let Some(z) = &self.zone else { return };
+        if o == z.me || usize::from(o) >= z.layout.zones() {
+            return;
+        }
+        tracing::warn!(
+            zone = o,
+            "batches of zone {o} lost: its ghosts here are asked for again"
+        );
+        self.zone_replaced(srv, o);
+        srv.to_zone(o, &crate::cluster::wire::Msg::SnapshotRequest);
+    }
+
     /// Zone `o` was replaced: the ghosts it published here go (its viewers here are told);
     /// the new run publishes what it owns now.
     fn zone_replaced(&self, srv: &H, o: u16) {
