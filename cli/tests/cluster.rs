@@ -211,8 +211,10 @@ fn junk_on_the_bus_is_dropped_and_the_cluster_keeps_working() {
     let auditor = Auditor::start(&nats.url, "junk").unwrap();
     let sup = support::cluster(&nats.url, "junk", 4, 1, SMALL, &[]);
     let mut p = Nats::connect(&nats.url).unwrap();
-    let mut header_only = b"CPC\x01\x01\x00\x00".to_vec();
-    header_only.extend_from_slice(&[0; 12]);
+    // Version 2, from gateway 0, run 0 (older than any real run: dropped as a replaced
+    // run's, its entries still checked).
+    let mut header_only = b"CPC\x02\x01\x00\x00".to_vec();
+    header_only.extend_from_slice(&[0; 16]);
     header_only.extend_from_slice(&[5, 200, 0, 0, 0, 1]); // a Confirm whose length runs off
     for subject in ["junk.zone.0", "junk.zone.3", "junk.gw.0"] {
         p.publish(subject, b"not a batch at all").unwrap();

@@ -330,7 +330,8 @@ impl Shared {
                     *t = Some(Instant::now());
                 }
             }
-            if !self.engine.source_run(host, h.source, h.incarnation) {
+            let live = self.engine.source_run(host, h.source, h.incarnation);
+            if !live {
                 self.life.stale_batches.fetch_add(1, Relaxed);
                 let mut told = self.life.told.lock();
                 let due = told
@@ -343,9 +344,8 @@ impl Shared {
                     let newer = self.engine.newest_run(h.source);
                     host.0.outbox.push(h.source, &Msg::Fenced { newer });
                 }
-                return;
             }
-            let gap = {
+            let gap = live && {
                 let mut seqs = self.seqs.lock();
                 let last = seqs.insert(h.source, (h.incarnation, h.seq));
                 last.is_some_and(|(inc, seq)| {
@@ -360,6 +360,9 @@ impl Shared {
             }
             while let Some(entry) = entries.next() {
                 match entry {
+                    // A replaced run's entries are read (to count a malformed one) and
+                    // dropped.
+                    Ok(_) if !live => {}
                     Ok(Msg::Fenced { newer }) if newer > self.life.incarnation => {
                         return self.life.fence_me(&format!("{:?} answered Fenced", h.source));
                     }

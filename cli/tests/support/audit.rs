@@ -16,6 +16,16 @@
 //!   `Confirm`/`Revoke`/`Disconnect` (and a `Confirm` or `Revoke` answers one of them);
 //! - a zone hands off (`Transfer`, not a login) only a player it owns.
 //!
+//! Faults (issue 26): a batch from a newer run (incarnation) of a zone ends that zone's
+//! ownerships (the old run is gone; its players come back through `Resume`); a batch from an
+//! older run than the newest seen is a replaced run's and is ignored (the receivers drop it
+//! too: counted in `stale_batches`); an `Offline` ends its player's ownership (a zone logged
+//! it out, e.g. its gateway died); a `Confirm` that restates the last one (the gateway's
+//! fall-back after a hand-off whose answers were lost) is allowed. The auditor's own NATS
+//! connection may break (a NATS restart): it reconnects, counts the break, and forgets every
+//! ownership and open claim then (what it missed cannot be judged), checking again from
+//! the next `Confirm`s.
+//!
 //! A violation is reported with the player's message trail. NATS delivers to one subscriber
 //! in the order the server received the messages, and each message of a hand-off is caused
 //! by the one before it, so the auditor sees them in causal order.
@@ -250,6 +260,8 @@ struct Player {
     pending_cancel: Vec<(u16, u32)>,
     /// Its session: (gateway, session).
     session: Option<(u16, u64)>,
+    /// Its name (from its `Login`).
+    name: String,
     trail: VecDeque<String>,
 }
 
@@ -279,6 +291,18 @@ pub struct Checker {
     pub cancels: u64,
     /// `Login`s.
     pub logins: u64,
+    /// The newest run seen of each process.
+    runs: HashMap<Source, u64>,
+    /// name → player, for `Offline`.
+    names: HashMap<String, u32>,
+    /// Zone restarts seen (a newer run of a zone spoke).
+    pub zone_restarts: u64,
+    /// Batches of a replaced run (ignored).
+    pub stale_batches: u64,
+    /// `Resume`s sent by gateways.
+    pub resumes: u64,
+    /// Times the auditor's connection broke and it forgot what it knew.
+    pub resets: u64,
 }
 
 impl Checker {
@@ -301,6 +325,23 @@ impl Checker {
             }
         };
         self.batches += 1;
+        let known = self.runs.get(&h.source).copied().unwrap_or(0);
+        if h.incarnation < known {
+            self.stale_batches += 1;
+            while let Some(m) = r.next() {
+                if let Err(e) = m {
+                    self.junk.push((subject.to_string(), e.to_string()));
+                }
+            }
+            return;
+        }
+        if h.incarnation > known {
+            self.runs.insert(h.source, h.incarnation);
+            if let (Source::Zone(z), true) = (h.source, known != 0) {
+                self.zone_restarts += 1;
+                self.zone_gone(z);
+            }
+        }
         while let Some(m) = r.next() {
             match m {
                 Ok(m) => {
@@ -309,6 +350,32 @@ impl Checker {
                 }
                 Err(e) => self.junk.push((subject.to_string(), e.to_string())),
             }
+        }
+    }
+
+    /// The old run of zone `z` is gone: nothing it owned or claimed stands.
+    fn zone_gone(&mut self, z: u16) {
+        for p in self.players.values_mut() {
+            if p.owner.is_some_and(|(oz, _)| oz == z) {
+                p.owner = None;
+                p.trail.push_back(format!("zone {z} restarted: owner gone"));
+            }
+            p.pending_owned.retain(|&(pz, _, _)| pz != z);
+            p.pending_cancel.retain(|&(pz, _)| pz != z);
+        }
+    }
+
+    /// The auditor missed messages (its connection broke): it forgets every ownership and
+    /// open claim, and judges again from the next ones.
+    pub fn reset(&mut self) {
+        self.resets += 1;
+        for p in self.players.values_mut() {
+            p.owner = None;
+            p.last_confirm = None;
+            p.pending_owned.clear();
+            p.pending_cancel.clear();
+            p.trail
+                .push_back("(the auditor missed messages here)".into());
         }
     }
 
@@ -352,8 +419,10 @@ impl Checker {
                 self.logins += 1;
                 let Source::Gateway(g) = src else { return };
                 self.sessions.insert((g, session), player);
+                self.names.insert(name.clone(), player);
                 let p = self.note(player, at(&format!("Login {name:?} session {session}")));
                 p.session = Some((g, session));
+                p.name = name.clone();
                 if let Some((z, e)) = p.owner {
                     self.violation(
                         player,
@@ -385,6 +454,10 @@ impl Checker {
                 let (owner, last) = (p.owner, p.last_confirm);
                 p.owner = Some((z, epoch));
                 p.last_confirm = Some((z, epoch));
+                // The gateway's fall-back after a hand-off whose answers were lost restates
+                // the last Confirm.
+                let restated = last == Some((z, epoch));
+                let fallback = fallback || restated;
                 if !answered && !fallback {
                     self.violation(
                         player,
@@ -440,7 +513,13 @@ impl Checker {
             }
             Msg::Transfer(t) => {
                 let Source::Zone(a) = src else { return };
-                let kind = if t.login { "login" } else { "hand-off" };
+                let kind = if t.login {
+                    "login"
+                } else if t.resume {
+                    "resume"
+                } else {
+                    "hand-off"
+                };
                 let p = self.note(
                     t.player,
                     at(&format!(
@@ -448,7 +527,7 @@ impl Checker {
                         t.epoch, t.x, t.y
                     )),
                 );
-                if t.login {
+                if t.login || t.resume {
                     return;
                 }
                 let owner = p.owner;
@@ -493,6 +572,20 @@ impl Checker {
                 let Source::Zone(z) = src else { return };
                 let p = self.note(player, at(&format!("HandoffCancel epoch {epoch}")));
                 p.pending_cancel.push((z, epoch));
+            }
+            Msg::Resume { player, epoch, .. } => {
+                self.resumes += 1;
+                self.note(player, at(&format!("Resume at epoch {epoch}")));
+            }
+            Msg::Offline { name, .. } => {
+                let Some(&player) = self.names.get(&name) else {
+                    return;
+                };
+                let Source::Zone(z) = src else { return };
+                let p = self.note(player, at(&format!("Offline {name:?}")));
+                if p.owner.is_some_and(|(oz, _)| oz == z) {
+                    p.owner = None;
+                }
             }
             Msg::Close { session, reason } => {
                 let (Source::Zone(z), Dest::Gateway(g)) = (src, dest) else {
@@ -545,7 +638,7 @@ impl Checker {
     /// A one-line summary.
     pub fn summary(&self) -> String {
         format!(
-            "{} batches, {} entries, {} logins, {} confirms, {} hand-offs, {} cancels, {} revokes, {} junk, {} violations",
+            "{} batches, {} entries, {} logins, {} confirms, {} hand-offs, {} cancels, {} revokes, {} zone restarts, {} resumes, {} stale batches, {} auditor resets, {} junk, {} violations",
             self.batches,
             self.entries,
             self.logins,
@@ -553,6 +646,10 @@ impl Checker {
             self.handoffs,
             self.cancels,
             self.revokes,
+            self.zone_restarts,
+            self.resumes,
+            self.stale_batches,
+            self.resets,
             self.junk.len(),
             self.violations.len()
         )
@@ -602,9 +699,22 @@ impl Auditor {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let (c, st) = (checker.clone(), stop.clone());
+        let (url, subject) = (url.to_string(), format!("{cluster}.>"));
         let thread = std::thread::spawn(move || -> io::Result<()> {
+            let mut nats = nats;
             while !st.load(Ordering::Relaxed) {
-                match nats.read_frame(Duration::from_millis(100))? {
+                let frame = match nats.read_frame(Duration::from_millis(100)) {
+                    Ok(f) => f,
+                    // The server went away (a NATS restart): connect again, and forget what
+                    // was known (messages were missed).
+                    Err(e) => {
+                        nats = reconnect(&url, &subject, &st)
+                            .map_err(|r| io::Error::other(format!("{e}; then: {r}")))?;
+                        c.lock().unwrap().reset();
+                        continue;
+                    }
+                };
+                match frame {
                     Some(Frame::Msg {
                         subject, payload, ..
                     }) => c.lock().unwrap().feed(&subject, payload),
@@ -639,6 +749,23 @@ impl Auditor {
         let mut c = std::mem::take(&mut *self.checker.lock().unwrap());
         c.finish();
         Ok(c)
+    }
+}
+
+/// Connects to `url` again and subscribes to `subject`, trying for up to 20 s.
+fn reconnect(url: &str, subject: &str, stop: &AtomicBool) -> io::Result<Nats> {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = Nats::connect(url).and_then(|mut n| {
+            n.sub(subject, 1)?;
+            n.flush(|_| {})?;
+            Ok(n)
+        });
+        match r {
+            Ok(n) => return Ok(n),
+            Err(e) if Instant::now() >= until || stop.load(Ordering::Relaxed) => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
     }
 }
 
@@ -717,6 +844,8 @@ mod tests {
             gateway: 0,
             session: 9,
             login,
+            resume: false,
+            gw_inc: 1,
             name: "a".into(),
             x: 1,
             y: 2,
