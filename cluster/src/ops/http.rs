@@ -149,7 +149,7 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<H
 }
 
 /// A chunked body's data (the chunk sizes removed).
-fn dechunk(mut s: &str) -> String {
+pub(super) fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
         let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
