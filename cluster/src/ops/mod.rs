@@ -37,7 +37,7 @@ pub use series::Series;
 
 /// The posted-message key of a [`Probe`] in a zone's and a gateway's port. Distinct from
 /// every message key their handlers use (a zone's database results, a gateway's drains).
-pub const PROBE_KEY: u64 = 0x7072_6f62_65; // "probe"
+pub const PROBE_KEY: u64 = 0x0070_726f_6265; // "probe"
 
 /// How long `/healthz` waits for a worker to take its probe.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);

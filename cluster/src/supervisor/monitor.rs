@@ -217,6 +217,10 @@ impl Procs {
     }
 }
 
+/// A `/healthz` to ask: the child's role, number and pid (a poll of a child restarted
+/// meanwhile is ignored), and its address.
+type Poll = (Role, usize, u32, SocketAddr);
+
 /// What the supervisor, its monitor and its endpoints share.
 pub(super) struct Shared {
     plan: Plan,
@@ -359,7 +363,7 @@ impl Shared {
     }
 
     /// One look at every child under the lock; returns the `/healthz` polls due now.
-    fn step(&self, now: Instant) -> Vec<(Role, usize, u32, SocketAddr)> {
+    fn step(&self, now: Instant) -> Vec<Poll> {
         let mut polls = Vec::new();
         let mut procs = self.lock();
         let zones = self.plan.zones;
@@ -461,7 +465,7 @@ impl Shared {
 
     /// The answers of the polls: a 200 is noted; a child without one for `hung_after` is
     /// killed (its exit, seen at the next step, restarts it).
-    fn health(&self, answers: Vec<((Role, usize, u32, SocketAddr), Result<(), String>)>) {
+    fn health(&self, answers: Vec<(Poll, Result<(), String>)>) {
         let now = Instant::now();
         let mut procs = self.lock();
         for ((role, n, pid, _), answer) in answers {
