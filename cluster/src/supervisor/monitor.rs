@@ -4,10 +4,11 @@
 //! `stop`) is started again with the same arguments, at once the first time and after a
 //! growing pause when it keeps dying ([`backoff`]; the count starts over once a process has
 //! been up for [`STEADY`]); one that is starting is watched for its readiness line (and its
-//! `http on ADDR` line). Every [`Plan::health_every`] each ready child's `/healthz` is asked,
-//! outside the lock and all children at once; a child that has not answered 200 for
-//! [`Plan::hung_after`] is killed (SIGKILL) and so restarted. A stopped process (SIGSTOP)
-//! accepts the connection in its kernel and never answers: it is caught the same way.
+//! `http on ADDR` line). Every [`Plan::health_every`] each ready child's `/healthz` is asked
+//! on a thread of its own (one poll per child at a time), which reports back; a child whose
+//! last 200 is [`Plan::hung_after`] old is killed (SIGKILL) and so restarted. A stopped
+//! process (SIGSTOP) accepts the connection in its kernel and never answers: it is caught
+//! the same way.
 
 use std::borrow::Cow;
 use std::ffi::OsString;
@@ -151,6 +152,10 @@ pub(super) struct Slot {
     /// The last 200 from its `/healthz` (or when it became ready).
     last_ok: Instant,
     next_poll: Instant,
+    /// A poll of its `/healthz` is on its way.
+    polling: bool,
+    /// What its last failed poll said.
+    last_err: Option<String>,
     /// Why the monitor killed it, said when its exit is logged.
     killed_for: Option<String>,
 }
@@ -170,6 +175,8 @@ impl Slot {
             restarts: 0,
             last_ok: now,
             next_poll: now,
+            polling: false,
+            last_err: None,
             killed_for: None,
         }
     }
@@ -339,8 +346,8 @@ impl Shared {
     fn respawn(&self, slot: &mut Slot) -> io::Result<()> {
         let now = Instant::now();
         slot.killed_for = None;
-        slot.restarts += 1;
-        self.restarts[role_index(slot.proc.role)].fetch_add(1, Ordering::Relaxed);
+        slot.polling = false;
+        slot.last_err = None;
         match &slot.spec {
             Spec::Nats { port } => {
                 let (p, _, _) = start_nats(&self.plan, Some(*port))?;
@@ -359,6 +366,8 @@ impl Shared {
             }
         }
         slot.started = now;
+        slot.restarts += 1;
+        self.restarts[role_index(slot.proc.role)].fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -452,7 +461,19 @@ impl Shared {
                         while lines.try_recv().is_ok() {}
                     }
                     if let Some(addr) = slot.http {
-                        if now >= slot.next_poll {
+                        let silent = now.duration_since(slot.last_ok);
+                        if silent >= self.plan.hung_after {
+                            if slot.killed_for.is_none() {
+                                let last = slot.last_err.as_deref().unwrap_or("no answer yet");
+                                tracing::warn!(
+                                    "{} hung: no 200 from /healthz for {silent:.1?} (last: {last}): killing it",
+                                    slot.name()
+                                );
+                                slot.killed_for = Some(format!("hung for {silent:.1?}: {last}"));
+                                let _ = slot.proc.child.kill();
+                            }
+                        } else if !slot.polling && now >= slot.next_poll {
+                            slot.polling = true;
                             slot.next_poll = now + self.plan.health_every;
                             polls.push((slot.proc.role, slot.proc.n, slot.proc.child.id(), addr));
                         }
@@ -463,65 +484,56 @@ impl Shared {
         polls
     }
 
-    /// The answers of the polls: a 200 is noted; a child without one for `hung_after` is
-    /// killed (its exit, seen at the next step, restarts it).
-    fn health(&self, answers: Vec<(Poll, Result<(), String>)>) {
-        let now = Instant::now();
+    /// A poll's answer: a 200 is noted; what else it said is kept for the log line of a
+    /// kill ([`Shared::step`] kills a child whose last 200 is `hung_after` old).
+    fn health(&self, (role, n, pid, _): Poll, answer: Result<(), String>) {
         let mut procs = self.lock();
-        for ((role, n, pid, _), answer) in answers {
-            let Some(slot) = procs.slot_mut(role, n) else {
-                continue;
-            };
-            if slot.proc.child.id() != pid || !slot.is_up() {
-                continue; // restarted meanwhile
+        let Some(slot) = procs.slot_mut(role, n) else {
+            return;
+        };
+        if slot.proc.child.id() != pid {
+            return; // restarted meanwhile
+        }
+        slot.polling = false;
+        match answer {
+            Ok(()) => {
+                slot.last_ok = Instant::now();
+                slot.last_err = None;
             }
-            match answer {
-                Ok(()) => slot.last_ok = now,
-                Err(why) => {
-                    let silent = now.duration_since(slot.last_ok);
-                    if silent >= self.plan.hung_after && slot.killed_for.is_none() {
-                        tracing::warn!(
-                            "{} hung: no 200 from /healthz for {silent:.1?} (last: {why}): killing it",
-                            slot.name()
-                        );
-                        slot.killed_for = Some(format!("hung for {silent:.1?}: {why}"));
-                        let _ = slot.proc.child.kill();
-                    }
-                }
-            }
+            Err(why) => slot.last_err = Some(why),
         }
     }
 }
 
 /// The monitor thread's loop, until `stopping`.
 pub(super) fn run(shared: &Shared) {
-    // A poll waits for the child's own probe (up to a second) and a little more.
+    // A poll waits for the child's own probe (up to a second) and a little more. Polls run
+    // on threads of their own and report here: a stopped child's unanswered poll holds up
+    // nothing else (the restart of another child, the supervisor's own probe).
     let timeout = crate::ops::PROBE_TIMEOUT + Duration::from_millis(250);
+    let (tx, rx) = mpsc::channel();
     while !shared.stopping.load(Ordering::Acquire) {
         for p in std::mem::take(&mut *shared.probes.lock().unwrap_or_else(|e| e.into_inner())) {
             p.answer();
         }
-        let polls = shared.step(Instant::now());
-        if !polls.is_empty() {
-            let answers = std::thread::scope(|s| {
-                let handles: Vec<_> = polls
-                    .iter()
-                    .map(|&(_, _, _, addr)| {
-                        s.spawn(
-                            move || match crate::ops::http_get(addr, "/healthz", timeout) {
-                                Ok(a) if a.status == 200 => Ok(()),
-                                Ok(a) => Err(format!("{} {}", a.status, a.body.trim())),
-                                Err(e) => Err(e.to_string()),
-                            },
-                        )
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err("the poll panicked".into())))
-                    .collect::<Vec<_>>()
-            });
-            shared.health(polls.into_iter().zip(answers).collect());
+        for (poll, answer) in rx.try_iter() {
+            shared.health(poll, answer);
+        }
+        for poll in shared.step(Instant::now()) {
+            let tx = tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name("healthz-poll".into())
+                .spawn(move || {
+                    let answer = match crate::ops::http_get(poll.3, "/healthz", timeout) {
+                        Ok(a) if a.status == 200 => Ok(()),
+                        Ok(a) => Err(format!("{} {}", a.status, a.body.trim())),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let _ = tx.send((poll, answer));
+                });
+            if let Err(e) = spawned {
+                shared.health(poll, Err(format!("no thread for the poll: {e}")));
+            }
         }
         std::thread::sleep(TICK);
     }
