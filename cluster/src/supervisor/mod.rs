@@ -12,6 +12,13 @@
 //! Every child's stderr is forwarded to this process's stderr with a `[zone 2]` prefix, and
 //! its last lines are kept: a child that does not become ready in time, or exits, is reported
 //! with what it said.
+//!
+//! With [`Plan::restart`] (what `cport cluster` runs), a monitor thread keeps the cluster
+//! running: a child that exits is started again with the same arguments (NATS on the same
+//! port, a gateway on the address it printed), at once and then with a growing pause if it
+//! keeps dying, and a child whose `/healthz` has not answered 200 for [`Plan::hung_after`]
+//! is killed and so restarted (the rules are in `monitor.rs`). With [`Plan::http`] the
+//! supervisor serves its own `/healthz`, `/readyz` and `/metrics` ([`crate::ops`]).
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
