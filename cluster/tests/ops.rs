@@ -1,7 +1,7 @@
-//! The operations endpoints of a zone and a gateway in this process, on a real
+//! The operations endpoints of two zones and a gateway in this process, on a real
 //! `nats-server`: `/healthz` and `/readyz` answer 200, `/metrics` is Prometheus text whose
-//! series carry the process's label and move when a client logs in and walks; and when
-//! NATS goes away, `/readyz` says so.
+//! series carry the process's label and move when a client logs in and walks across the
+//! border (hand-offs, with their latency); and when NATS goes away, `/readyz` says so.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -99,9 +99,12 @@ fn a_zone_and_a_gateway_serve_health_readiness_and_metrics() {
         seed: 5,
         ..Default::default()
     };
-    let z = Arc::new(zone::start(ZoneConfig::new(game, 0, 1, 1, &url, &name)).expect("zone"));
+    let z =
+        Arc::new(zone::start(ZoneConfig::new(game.clone(), 0, 2, 1, &url, &name)).expect("zone 0"));
+    let z1 = Arc::new(zone::start(ZoneConfig::new(game, 1, 2, 1, &url, &name)).expect("zone 1"));
     let g = Arc::new(
         gateway::start(GatewayConfig {
+            zones: 2,
             world_size: 40,
             max_users: 20,
             threads: 1,
@@ -114,9 +117,10 @@ fn a_zone_and_a_gateway_serve_health_readiness_and_metrics() {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let zops: OpsServer = ops::serve(any, z.clone()).unwrap();
     let gops: OpsServer = ops::serve(any, g.clone()).unwrap();
-    let (za, ga) = (zops.local_addr(), gops.local_addr());
+    let z1ops: OpsServer = ops::serve(any, z1.clone()).unwrap();
+    let (za, ga, z1a) = (zops.local_addr(), gops.local_addr(), z1ops.local_addr());
 
-    for a in [za, ga] {
+    for a in [za, ga, z1a] {
         let h = get(a, "/healthz");
         assert_eq!(h.status, 200, "{h:?}");
         assert!(h.body.contains("µs"), "{h:?}");
@@ -157,7 +161,11 @@ fn a_zone_and_a_gateway_serve_health_readiness_and_metrics() {
     ] {
         value(&gm, s);
     }
-    let zin = value(&zm, r#"cport_bus_messages_total{zone="0",direction="in"}"#);
+    let zin = value(&zm, r#"cport_bus_messages_total{zone="0",direction="in"}"#)
+        + value(
+            &scrape(z1a),
+            r#"cport_bus_messages_total{zone="1",direction="in"}"#,
+        );
     let gout = value(
         &gm,
         r#"cport_bus_messages_total{gateway="0",direction="out"}"#,
@@ -183,12 +191,63 @@ fn a_zone_and_a_gateway_serve_health_readiness_and_metrics() {
             r#"cport_bus_messages_total{gateway="0",direction="out"}"#
         ) > gout
     );
-    let zm = until(za, "the zone's player", |m| {
-        value(m, r#"cport_zone_players{zone="0"}"#) == 1.0
-    });
-    assert_eq!(value(&zm, r#"cport_zone_logins_total{zone="0"}"#), 1.0);
-    assert!(value(&zm, r#"cport_zone_player_moves_total{zone="0"}"#) >= 5.0);
-    assert!(value(&zm, r#"cport_bus_messages_total{zone="0",direction="in"}"#) > zin);
+    let players = || {
+        value(&scrape(za), r#"cport_zone_players{zone="0"}"#)
+            + value(&scrape(z1a), r#"cport_zone_players{zone="1"}"#)
+    };
+    let both = |series: &str| {
+        value(&scrape(za), &series.replace("Z", "0"))
+            + value(&scrape(z1a), &series.replace("Z", "1"))
+    };
+    assert_eq!(players(), 1.0, "one zone owns the player");
+    assert_eq!(both(r#"cport_zone_logins_total{zone="Z"}"#), 1.0);
+    assert!(both(r#"cport_zone_player_moves_total{zone="Z"}"#) >= 5.0);
+    assert!(both(r#"cport_bus_messages_total{zone="Z",direction="in"}"#) > zin);
+
+    // Across the board, back and across again, in both axes: whichever way the board is cut
+    // and wherever the player starts, it crosses the border both ways, and each zone hands
+    // it over once at least.
+    let mut t = 5;
+    use Direction::{Down, Left, Right, Up};
+    for d in [Right, Left, Right, Down, Up, Down] {
+        for _ in 0..39 {
+            t += 1;
+            c.move_(d, t);
+            c.pump_until_own_move(t);
+        }
+    }
+    let handed = |a: SocketAddr, z: &str| {
+        let m = scrape(a);
+        (
+            value(
+                &m,
+                &format!(r#"cport_zone_handoffs_total{{zone="{z}",direction="out"}}"#),
+            ),
+            value(
+                &m,
+                &format!(r#"cport_zone_handoff_latency_seconds{{zone="{z}",quantile="1"}}"#),
+            ),
+        )
+    };
+    let ((out0, max0), (out1, max1)) = (handed(za, "0"), handed(z1a, "1"));
+    assert!(out0 >= 1.0 && out1 >= 1.0, "hand-offs out: {out0}, {out1}");
+    assert!(
+        max0 > 0.0 && max1 > 0.0,
+        "hand-off latencies: {max0}, {max1}"
+    );
+    let gm = scrape(ga);
+    assert!(
+        value(
+            &gm,
+            r#"cport_gateway_handoffs_total{gateway="0",outcome="completed"}"#
+        ) >= 2.0,
+        "{gm:?}"
+    );
+    assert_eq!(
+        players(),
+        1.0,
+        "one zone owns the player after the hand-offs"
+    );
     // A second later the background probe has measured the tick time.
     until(za, "a tick measured", |m| {
         value(m, r#"cport_tick_seconds_count{zone="0"}"#) >= 1.0
@@ -200,6 +259,9 @@ fn a_zone_and_a_gateway_serve_health_readiness_and_metrics() {
     });
     until(za, "the player gone", |m| {
         value(m, r#"cport_zone_players{zone="0"}"#) == 0.0
+    });
+    until(z1a, "the player gone", |m| {
+        value(m, r#"cport_zone_players{zone="1"}"#) == 0.0
     });
 
     // NATS goes away: both say they are not ready, and why, while alive.
@@ -220,7 +282,9 @@ fn a_zone_and_a_gateway_serve_health_readiness_and_metrics() {
     assert_eq!(value(&scrape(za), r#"cport_bus_connected{zone="0"}"#), 0.0);
     drop(zops);
     drop(gops);
+    drop(z1ops);
     assert_eq!(Arc::strong_count(&z), 1, "the endpoints let go of the zone");
+    assert_eq!(Arc::strong_count(&z1), 1, "the endpoints let go of zone 1");
     assert_eq!(
         Arc::strong_count(&g),
         1,
