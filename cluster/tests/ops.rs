@@ -84,7 +84,7 @@ fn until(
 }
 
 #[test]
-fn a_zone_and_a_gateway_serve_health_readiness_and_metrics() {
+fn zones_and_a_gateway_serve_health_readiness_and_metrics() {
     let Some(mut nats) = cport_testkit::nats::nats_server() else {
         return;
     };
