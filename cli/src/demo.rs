@@ -175,6 +175,8 @@ fn start_cluster(args: &Args) -> io::Result<cport_cluster::supervisor::Superviso
         game,
         backend: args.backend,
         bus_tick_us: 1000,
+        http: cport_cluster::ops::HttpAddr(None),
+        hung_after_ms: cport_cluster::supervisor::DEFAULT_HUNG_AFTER.as_millis() as u64,
     };
     // The processes' info lines would break the progress line: warnings only, unless asked.
     let env = match std::env::var_os("RUST_LOG") {

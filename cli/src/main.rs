@@ -57,8 +57,14 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    util::init_logging();
     let cli = Cli::parse();
+    // A process of a cluster says which one on every log line.
+    util::init_logging(match &cli.cmd {
+        Cmd::Zone(a) => Some(format!("zone={}", a.zone)),
+        Cmd::Gateway(a) => Some(format!("gateway={}", a.gateway)),
+        Cmd::Cluster(_) => Some("supervisor".to_string()),
+        _ => None,
+    });
     let result = match cli.cmd {
         Cmd::Echo(args) => echo::run(args),
         Cmd::Mmo(args) => mmo::run(args),

@@ -9,15 +9,51 @@ use cport_server::{Metrics, REASONS};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`).
-pub fn init_logging() {
+/// Logs to stderr; `RUST_LOG` filters (default `info`). With `who` (`zone=2`,
+/// `gateway=0`), every line starts with it: the subscriber is the process's global one, so
+/// a line logged by a worker, the bus thread or the database threads says which process of
+/// a cluster wrote it as much as one logged on main (journald and `kubectl logs` mix them).
+pub fn init_logging(who: Option<String>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
-        .with_ansi(io::stderr().is_terminal())
-        .init();
+        .with_ansi(io::stderr().is_terminal());
+    match who {
+        Some(tag) => builder
+            .event_format(Tagged {
+                tag,
+                inner: tracing_subscriber::fmt::format(),
+            })
+            .init(),
+        None => builder.init(),
+    }
+}
+
+/// An event format that writes `tag` and a space before each line of `inner`.
+pub struct Tagged<F> {
+    /// What every line starts with.
+    pub tag: String,
+    /// The format of the rest of the line.
+    pub inner: F,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Tagged<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "{} ", self.tag)?;
+        self.inner.format_event(ctx, writer, event)
+    }
 }
 
 /// A thread count option: `0` means one per available core.
@@ -172,4 +208,60 @@ pub fn not_built(path: &std::path::Path, how: &str) -> io::Error {
         io::ErrorKind::NotFound,
         format!("{} not built: run `{how}` first", path.display()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Every line carries the process's tag, whichever thread logs it and whatever span it
+    /// is in (none here, on a thread of its own).
+    #[test]
+    fn every_line_says_which_process() {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .event_format(Tagged {
+                tag: "zone=2".to_string(),
+                inner: tracing_subscriber::fmt::format(),
+            })
+            .finish();
+        let sub = Arc::new(sub);
+        let d = tracing::Dispatch::from(sub.clone());
+        tracing::dispatcher::with_default(&d, || tracing::info!(player = 7, "from main"));
+        let d2 = d.clone();
+        std::thread::spawn(move || {
+            tracing::dispatcher::with_default(&d2, || tracing::warn!("from a worker"))
+        })
+        .join()
+        .unwrap();
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(lines.iter().all(|l| l.starts_with("zone=2 ")), "{out}");
+        assert!(
+            lines[0].contains("from main") && lines[0].contains("player=7"),
+            "{out}"
+        );
+        assert!(
+            lines[1].contains("WARN") && lines[1].contains("from a worker"),
+            "{out}"
+        );
+    }
 }

@@ -8,5 +8,6 @@
 
 pub mod bus;
 pub mod gateway;
+pub mod ops;
 pub mod supervisor;
 pub mod zone;

@@ -466,6 +466,9 @@ impl Handler for ZoneHandler {
     }
 
     fn on_message(&self, _server: &ServerHandle, key: u64, message: Message) {
+        if key == crate::ops::PROBE_KEY {
+            return crate::ops::answer(message);
+        }
         let Some(host) = self.0.host.get() else {
             return;
         };
@@ -650,6 +653,21 @@ impl Zone {
             gaps: e.gaps.load(Relaxed),
             queued: self.shared.inbox.queued(),
         }
+    }
+
+    /// The zone's port (ops: its liveness probe is posted there).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.as_ref().expect("running").handle()
+    }
+
+    /// The zone's connection to the bus (ops: readiness, incarnation).
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Entries in open batches not yet published (a metric).
+    pub fn outbox_pending(&self) -> usize {
+        self.shared.host.get().map_or(0, |h| h.0.outbox.pending())
     }
 
     /// The backend the zone's port runs on.

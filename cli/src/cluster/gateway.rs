@@ -5,6 +5,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cport_cluster::gateway::{self, GatewayConfig};
@@ -62,6 +63,10 @@ pub struct Args {
     /// Backend: auto, uring, epoll [default: $CPORT_BACKEND, else auto].
     #[arg(long)]
     pub backend: Option<cport::Backend>,
+    /// Where to serve /healthz, /readyz and /metrics (port 0 picks a free port; the line
+    /// `http on ADDR` says which), or `none`.
+    #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:0")]
+    pub http: cport_cluster::ops::HttpAddr,
 }
 
 /// `cport gateway`.
@@ -88,7 +93,15 @@ pub fn run(args: Args) -> io::Result<()> {
         // A replaced run ends at once: its clients reconnect, as after any crash.
         exit_when_fenced: true,
     };
-    let gw = gateway::start(cfg)?;
+    let gw = Arc::new(gateway::start(cfg)?);
+    let ops = match args.http.0 {
+        Some(addr) => {
+            let ops = cport_cluster::ops::serve(addr, gw.clone())?;
+            println!("http on {}", ops.local_addr());
+            Some(ops)
+        }
+        None => None,
+    };
     println!(
         "listening on {} (gateway {} of {}, zones: {}, cluster: {}, nats: {}, threads: {threads}, max users: {}, header: {})",
         gw.local_addr(),
@@ -103,7 +116,16 @@ pub fn run(args: Args) -> io::Result<()> {
     io::stdout().flush()?;
     crate::util::wait_for_signal(&signals, None, String::new);
     let stats = gw.stats();
-    gw.shutdown(Duration::from_secs(10));
+    // The endpoints hold the other reference to the gateway: they end first.
+    drop(ops);
+    match Arc::try_unwrap(gw) {
+        Ok(gw) => {
+            gw.shutdown(Duration::from_secs(10));
+        }
+        Err(_) => {
+            tracing::error!("the gateway is still referenced: it stops when the process ends")
+        }
+    }
     println!("gateway {}: {stats:?}", args.gateway);
     io::stdout().flush()?;
     Ok(())

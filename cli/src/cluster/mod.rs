@@ -44,6 +44,15 @@ pub struct Args {
     /// microseconds (batching under load; an entry after a quiet tick leaves at once).
     #[arg(long, default_value_t = 1000)]
     pub bus_tick_us: u64,
+    /// Where the supervisor serves its /healthz and /metrics (port 0 picks a free port; the
+    /// line `http on ADDR` says which), or `none`. Each zone and gateway serves its own on a
+    /// free loopback port.
+    #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:0")]
+    pub http: cport_cluster::ops::HttpAddr,
+    /// A zone or gateway whose /healthz has not answered 200 for this long is killed and
+    /// started again (ms).
+    #[arg(long, default_value_t = 2000)]
+    pub hung_after_ms: u64,
 }
 
 /// The flags a zone gets from `cport cluster`'s game flags (everything but the address).
@@ -109,6 +118,10 @@ pub fn plan(args: &Args) -> io::Result<Plan> {
     let tick = format!("--bus-tick-us={}", args.bus_tick_us);
     plan.zone_args.push(tick.clone().into());
     plan.gateway_args.push(tick.into());
+    // `cport cluster` keeps its processes running: what exits or hangs is started again.
+    plan.restart = true;
+    plan.hung_after = Duration::from_millis(args.hung_after_ms);
+    plan.http = args.http.0;
     Ok(plan)
 }
 
@@ -144,6 +157,9 @@ pub fn start_with(args: &Args, env: Vec<(OsString, OsString)>) -> io::Result<Sup
     plan.env = env;
     let cluster = plan.cluster.clone();
     let sup = Supervisor::start(plan)?;
+    if let Some(a) = sup.http_addr() {
+        println!("http on {a}");
+    }
     let gws = sup.gateways();
     for (g, a) in gws.iter().enumerate() {
         // The single server's startup line, once per gateway (what `cport bench mmo` and
@@ -164,13 +180,17 @@ pub fn start_with(args: &Args, env: Vec<(OsString, OsString)>) -> io::Result<Sup
     Ok(sup)
 }
 
-/// Waits for SIGINT/SIGTERM, saying meanwhile when a process exits by itself; then stops the
+/// Waits for SIGINT/SIGTERM, saying meanwhile when a process exits by itself (the
+/// supervisor's monitor says it and restarts it when the plan restarts); then stops the
 /// cluster in order and says how each process ended.
 pub fn supervise(mut sup: Supervisor, signals: &mpsc::Receiver<i32>) -> io::Result<()> {
     let mut told = std::collections::HashSet::new();
     while let Err(mpsc::RecvTimeoutError::Timeout) =
         signals.recv_timeout(Duration::from_millis(500))
     {
+        if sup.restarting() {
+            continue;
+        }
         for (role, n, status, tail) in sup.exited() {
             if told.insert((role, n)) {
                 eprintln!("cport cluster: {role} {n} exited ({status}); {tail}");

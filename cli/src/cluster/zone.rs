@@ -3,6 +3,7 @@
 //! saved.
 
 use std::io::{self, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cport_cluster::zone::{self, ZoneConfig};
@@ -41,6 +42,10 @@ pub struct Args {
     /// under load; an entry after a quiet tick leaves at once).
     #[arg(long, default_value_t = 1000)]
     pub bus_tick_us: u64,
+    /// Where to serve /healthz, /readyz and /metrics (port 0 picks a free port; the line
+    /// `http on ADDR` says which), or `none`.
+    #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:0")]
+    pub http: cport_cluster::ops::HttpAddr,
 }
 
 /// `cport zone`.
@@ -65,7 +70,15 @@ pub fn run(args: Args) -> io::Result<()> {
     cfg.bus_tick = Duration::from_micros(args.bus_tick_us);
     // A replaced run (stopped, then woken after its replacement started) ends at once.
     cfg.exit_when_fenced = true;
-    let z = zone::start(cfg)?;
+    let z = Arc::new(zone::start(cfg)?);
+    let ops = match args.http.0 {
+        Some(addr) => {
+            let ops = cport_cluster::ops::serve(addr, z.clone())?;
+            println!("http on {}", ops.local_addr());
+            Some(ops)
+        }
+        None => None,
+    };
     println!("zone {} of {} ready", args.zone, args.zones);
     io::stdout().flush()?;
     tracing::info!(
@@ -81,7 +94,12 @@ pub fn run(args: Args) -> io::Result<()> {
     let stats = z.stats();
     let zs = z.zone_stats();
     let bus = z.bus_stats();
-    z.shutdown(Duration::from_secs(10));
+    // The endpoints hold the other reference to the zone: they end first.
+    drop(ops);
+    match Arc::try_unwrap(z) {
+        Ok(z) => z.shutdown(Duration::from_secs(10)),
+        Err(_) => tracing::error!("the zone is still referenced: it stops when the process ends"),
+    }
     println!("zone {}: game: {stats}", args.zone);
     println!("zone {}: {zs:?}", args.zone);
     println!("zone {}: bus: {bus:?}", args.zone);

@@ -236,9 +236,15 @@ impl Bus {
         self.inner.me
     }
 
-    /// Whether the client is connected to the server now (it reconnects by itself).
+    /// Whether the client is connected to the server now (false while it reconnects, e.g.
+    /// during a NATS restart): a process's readiness.
     pub fn connected(&self) -> bool {
         self.inner.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The NATS server's URL.
+    pub fn url(&self) -> &str {
+        &self.inner.url
     }
 
     /// This process's incarnation.

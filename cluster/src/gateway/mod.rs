@@ -431,6 +431,9 @@ impl Handler for GatewayHandler {
     }
 
     fn on_message(&self, server: &ServerHandle, key: u64, message: Message) {
+        if key == crate::ops::PROBE_KEY {
+            return crate::ops::answer(message);
+        }
         if key != KEY_DRAIN {
             return;
         }
@@ -555,6 +558,28 @@ impl Gateway {
     /// The server layer's handle.
     pub fn handle(&self) -> ServerHandle {
         self.server.as_ref().expect("running").handle()
+    }
+
+    /// This gateway's number.
+    pub fn me(&self) -> u16 {
+        match self.shared.bus.me() {
+            Source::Gateway(n) | Source::Zone(n) => n,
+        }
+    }
+
+    /// The gateway's connection to the bus (ops: readiness, incarnation).
+    pub fn bus(&self) -> &bus::Bus {
+        &self.shared.bus
+    }
+
+    /// Zone batches received and waiting for a worker (a metric).
+    pub fn inbox_queued(&self) -> usize {
+        self.shared.intake.inbox.queued()
+    }
+
+    /// Entries in open batches to the zones not yet published (a metric).
+    pub fn outbox_pending(&self) -> usize {
+        self.shared.outbox.pending()
     }
 
     /// The counters now.

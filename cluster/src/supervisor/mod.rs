@@ -12,6 +12,13 @@
 //! Every child's stderr is forwarded to this process's stderr with a `[zone 2]` prefix, and
 //! its last lines are kept: a child that does not become ready in time, or exits, is reported
 //! with what it said.
+//!
+//! With [`Plan::restart`] (what `cport cluster` runs), a monitor thread keeps the cluster
+//! running: a child that exits is started again with the same arguments (NATS on the same
+//! port, a gateway on the address it printed), at once and then with a growing pause if it
+//! keeps dying, and a child whose `/healthz` has not answered 200 for [`Plan::hung_after`]
+//! is killed and so restarted (the rules are in `monitor.rs`). With [`Plan::http`] the
+//! supervisor serves its own `/healthz`, `/readyz` and `/metrics` ([`crate::ops`]).
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -19,6 +26,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +50,9 @@ impl std::fmt::Display for Role {
         })
     }
 }
+
+/// How long a child may go without answering `/healthz` before the supervisor kills it.
+pub const DEFAULT_HUNG_AFTER: Duration = Duration::from_secs(2);
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -74,6 +85,18 @@ pub struct Plan {
     pub echo_stderr: bool,
     /// Environment variables added for the zones and gateways (e.g. `RUST_LOG`).
     pub env: Vec<(OsString, OsString)>,
+    /// Start a zone, gateway or NATS server that exits (not during [`Supervisor::stop`])
+    /// again with the same arguments, and kill and restart a child whose `/healthz` has not
+    /// answered 200 for [`Plan::hung_after`]. Off by default here (a test that kills a
+    /// process sees it stay dead); `cport cluster` turns it on.
+    pub restart: bool,
+    /// With [`Plan::restart`]: how long a child may go without a 200 from its `/healthz`
+    /// before it is killed and restarted.
+    pub hung_after: Duration,
+    /// With [`Plan::restart`]: how often each child's `/healthz` is asked.
+    pub health_every: Duration,
+    /// Where the supervisor serves its own `/healthz` and `/metrics` (`None`: nowhere).
+    pub http: Option<SocketAddr>,
 }
 
 impl Plan {
@@ -92,6 +115,10 @@ impl Plan {
             grace: Duration::from_secs(10),
             echo_stderr: true,
             env: Vec::new(),
+            restart: false,
+            hung_after: DEFAULT_HUNG_AFTER,
+            health_every: Duration::from_millis(250),
+            http: None,
         }
     }
 }
@@ -136,6 +163,16 @@ struct Proc {
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
+impl Drop for Proc {
+    /// A child is never left running behind the supervisor: what still runs is killed.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Proc {
     /// Its last stdout lines, once it has exited (the reader has seen the pipe close).
     fn last_words(&mut self) -> Vec<String> {
@@ -157,15 +194,16 @@ impl Proc {
     }
 }
 
-/// A running cluster: its processes, started by [`Supervisor::start`]. Dropping it kills
-/// whatever is still running (SIGKILL); [`Supervisor::stop`] ends it in order.
+/// A running cluster: its processes, started by [`Supervisor::start`], and (with
+/// [`Plan::restart`]) the monitor thread that restarts them. Dropping it kills whatever is
+/// still running (SIGKILL); [`Supervisor::stop`] ends it in order.
 #[derive(Debug)]
 pub struct Supervisor {
     nats_url: String,
     gateways: Vec<SocketAddr>,
-    nats: Option<Proc>,
-    zones: Vec<Proc>,
-    gws: Vec<Proc>,
+    shared: Arc<monitor::Shared>,
+    monitor: Option<std::thread::JoinHandle<()>>,
+    http: Option<crate::ops::OpsServer>,
 }
 
 /// How each process of a cluster ended under [`Supervisor::stop`].
@@ -215,8 +253,9 @@ impl std::fmt::Display for StopReport {
 
 impl Supervisor {
     /// Starts NATS (unless the plan names one), the zones, then the gateways, and waits for
-    /// each to be ready. On an error, what was started is killed and the error says which
-    /// process failed and what it printed on stderr.
+    /// each to be ready; then, with [`Plan::restart`], the monitor thread, and with
+    /// [`Plan::http`], the supervisor's own endpoints. On an error, what was started is
+    /// killed and the error says which process failed and what it printed on stderr.
     pub fn start(plan: Plan) -> io::Result<Supervisor> {
         if plan.zones == 0 || plan.gateways.is_empty() {
             return Err(io::Error::new(
@@ -224,61 +263,87 @@ impl Supervisor {
                 "a cluster needs at least one zone and one gateway",
             ));
         }
-        let mut sup = Supervisor {
-            nats_url: String::new(),
-            gateways: Vec::new(),
-            nats: None,
-            zones: Vec::new(),
-            gws: Vec::new(),
-        };
-        // On an early return `sup` is dropped, which kills what was started.
-        sup.nats_url = match &plan.nats {
+        // On an early return `procs` is dropped, which kills what was started.
+        let mut procs = monitor::Procs::default();
+        let nats_url = match &plan.nats {
             Some(url) => url.clone(),
             None => {
-                let (p, url) = start_nats(&plan)?;
-                sup.nats = Some(p);
+                let (p, url, port) = start_nats(&plan, None)?;
+                procs.nats = Some(monitor::Slot::new(p, monitor::Spec::Nats { port }));
                 url
             }
         };
-        let zones = plan.zones.to_string();
-        let gateways = plan.gateways.len().to_string();
         // The zones start together and are waited for together: each one's start-up (NPC
         // placement, the database) takes a while, and they do not depend on each other.
         let mut waiting = Vec::new();
         for z in 0..plan.zones {
-            let mut cmd = Command::new(&plan.program);
-            cmd.arg("zone")
-                .args(["--zone", &z.to_string(), "--zones", &zones])
-                .args(["--gateways", &gateways])
-                .args(["--nats", &sup.nats_url, "--cluster", &plan.cluster])
-                .args(&plan.zone_args)
-                .envs(plan.env.iter().map(|(k, v)| (k, v)));
-            let (p, lines) = spawn(cmd, Role::Zone, z, plan.echo_stderr)?;
-            sup.zones.push(p);
+            let spec = monitor::Spec::zone(&plan, &nats_url, z);
+            let (p, lines) = spawn(spec.command(&plan), Role::Zone, z, plan.echo_stderr)?;
+            procs.zones.push(monitor::Slot::new(p, spec));
             waiting.push(lines);
         }
-        let want = |z: usize| format!("zone {z} of {} ready", plan.zones);
-        for (z, lines) in waiting.iter().enumerate() {
-            let w = want(z);
-            wait_ready(&mut sup.zones[z], lines, plan.ready_within, |l| {
-                (l.trim() == w).then_some(())
+        for (z, lines) in waiting.into_iter().enumerate() {
+            let want = monitor::zone_ready_line(z, plan.zones);
+            let slot = &mut procs.zones[z];
+            let mut http = None;
+            wait_ready(&mut slot.proc, &lines, plan.ready_within, |l| {
+                if let Some(a) = crate::ops::parse_http_line(l) {
+                    http = Some(a);
+                }
+                (l.trim() == want).then_some(())
             })?;
+            slot.up(lines, http);
         }
+        let mut gateways = Vec::new();
         for (g, addr) in plan.gateways.iter().enumerate() {
-            let mut cmd = Command::new(&plan.program);
-            cmd.arg("gateway")
-                .args(["--gateway", &g.to_string(), "--gateways", &gateways])
-                .args(["--zones", &zones])
-                .args(["--nats", &sup.nats_url, "--cluster", &plan.cluster])
-                .args(["--addr", &addr.to_string()])
-                .args(&plan.gateway_args)
-                .envs(plan.env.iter().map(|(k, v)| (k, v)));
-            let (p, lines) = spawn(cmd, Role::Gateway, g, plan.echo_stderr)?;
-            sup.gws.push(p);
-            let at = wait_ready(&mut sup.gws[g], &lines, plan.ready_within, parse_listening)?;
-            sup.gateways.push(at);
+            let spec = monitor::Spec::gateway(&plan, &nats_url, g, *addr);
+            let (p, lines) = spawn(spec.command(&plan), Role::Gateway, g, plan.echo_stderr)?;
+            procs.gws.push(monitor::Slot::new(p, spec));
+            let slot = &mut procs.gws[g];
+            let mut http = None;
+            let at = wait_ready(&mut slot.proc, &lines, plan.ready_within, |l| {
+                if let Some(a) = crate::ops::parse_http_line(l) {
+                    http = Some(a);
+                }
+                parse_listening(l)
+            })?;
+            // A restart listens where the clients know to come back: the address it got.
+            slot.spec = monitor::Spec::gateway(&plan, &nats_url, g, at);
+            slot.up(lines, http);
+            gateways.push(at);
+        }
+        let restart = plan.restart;
+        let http_at = plan.http;
+        let shared = Arc::new(monitor::Shared::new(plan, procs));
+        let monitor = if restart {
+            let s = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("supervisor".into())
+                    .spawn(move || monitor::run(&s))?,
+            )
+        } else {
+            None
+        };
+        let mut sup = Supervisor {
+            nats_url,
+            gateways,
+            shared: shared.clone(),
+            monitor,
+            http: None,
+        };
+        if let Some(addr) = http_at {
+            sup.http = Some(crate::ops::serve(
+                addr,
+                Arc::new(monitor::SupervisorOps(shared)),
+            )?);
         }
         Ok(sup)
+    }
+
+    /// Whether a monitor thread restarts what exits ([`Plan::restart`]).
+    pub fn restarting(&self) -> bool {
+        self.monitor.is_some()
     }
 
     /// The NATS server's URL (the one started here, or the plan's).
@@ -286,76 +351,111 @@ impl Supervisor {
         &self.nats_url
     }
 
-    /// Where each gateway listens, in gateway order (the addresses they printed).
+    /// Where each gateway listens, in gateway order (the addresses they printed; a restarted
+    /// gateway listens there again).
     pub fn gateways(&self) -> Vec<SocketAddr> {
         self.gateways.clone()
     }
 
-    /// The process id of `role` number `n`, if there is one.
+    /// Where the supervisor's own `/healthz` and `/metrics` are served ([`Plan::http`]).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(crate::ops::OpsServer::local_addr)
+    }
+
+    /// The process id of `role` number `n`, if there is one (after an exit and before its
+    /// restart: the dead one's).
     pub fn pid(&self, role: Role, n: usize) -> Option<u32> {
-        self.find(role, n).map(|p| p.child.id())
+        self.shared.with(role, n, |s| s.proc.child.id())
     }
 
-    fn find(&self, role: Role, n: usize) -> Option<&Proc> {
-        match role {
-            Role::Nats => self.nats.as_ref().filter(|_| n == 0),
-            Role::Zone => self.zones.get(n),
-            Role::Gateway => self.gws.get(n),
-        }
+    /// Where `role` number `n` serves `/healthz` (the `http on ADDR` line it printed last).
+    pub fn child_http(&self, role: Role, n: usize) -> Option<SocketAddr> {
+        self.shared.with(role, n, |s| s.http).flatten()
     }
 
-    fn find_mut(&mut self, role: Role, n: usize) -> Option<&mut Proc> {
-        match role {
-            Role::Nats => self.nats.as_mut().filter(|_| n == 0),
-            Role::Zone => self.zones.get_mut(n),
-            Role::Gateway => self.gws.get_mut(n),
-        }
+    /// Whether `role` number `n` is running and has said it is ready since its last start.
+    pub fn is_up(&self, role: Role, n: usize) -> bool {
+        self.shared
+            .with(role, n, |s| {
+                s.is_up() && matches!(s.proc.child.try_wait(), Ok(None))
+            })
+            .unwrap_or(false)
+    }
+
+    /// How many times processes of `role` were started again (after an exit, a hang, or
+    /// [`Supervisor::restart_nats`]).
+    pub fn restarts(&self, role: Role) -> u64 {
+        self.shared.restarts(role)
+    }
+
+    /// How many times `role` number `n` was started again.
+    pub fn restarts_of(&self, role: Role, n: usize) -> u64 {
+        self.shared.with(role, n, |s| s.restarts).unwrap_or(0)
     }
 
     /// Kills `role` number `n` at once (SIGKILL, as `kill -9` does: no shutdown, nothing
-    /// saved) and reaps it. An error if there is no such process.
+    /// saved) and reaps it. An error if there is no such process. With [`Plan::restart`]
+    /// the monitor starts it again.
     pub fn kill(&mut self, role: Role, n: usize) -> io::Result<ExitStatus> {
-        let p = self.find_mut(role, n).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no {role} {n} in this cluster"),
-            )
-        })?;
-        if let Some(s) = p.child.try_wait()? {
-            return Ok(s);
-        }
-        p.child.kill()?;
-        p.child.wait()
-    }
-
-    /// The processes that have exited (by themselves or killed), with their status and their
-    /// last stderr lines, without waiting.
-    pub fn exited(&mut self) -> Vec<(Role, usize, ExitStatus, String)> {
-        let mut out = Vec::new();
-        let all = self
-            .nats
-            .iter_mut()
-            .chain(&mut self.zones)
-            .chain(&mut self.gws);
-        for p in all {
-            if let Ok(Some(s)) = p.child.try_wait() {
-                out.push((p.role, p.n, s, p.tail()));
+        self.shared.with_mut(role, n, |s| {
+            if let Some(st) = s.proc.child.try_wait()? {
+                return Ok(st);
             }
-        }
-        out
+            s.proc.child.kill()?;
+            s.proc.child.wait()
+        })?
     }
 
-    /// Ends the cluster: the gateways (their clients' players are saved by the zones), then
-    /// the zones (they save what they own), then NATS; each with SIGTERM, and SIGKILL after
-    /// the grace period. Says how each ended.
+    /// Stops `role` number `n` (SIGSTOP): it stays, answering nothing, until
+    /// [`Supervisor::cont`] (or, with [`Plan::restart`], until the monitor finds it hung and
+    /// kills it).
+    #[cfg(unix)]
+    pub fn stop_signal(&mut self, role: Role, n: usize) -> io::Result<()> {
+        self.signal(role, n, rustix::process::Signal::STOP)
+    }
+
+    /// Continues `role` number `n` after [`Supervisor::stop_signal`] (SIGCONT).
+    #[cfg(unix)]
+    pub fn cont(&mut self, role: Role, n: usize) -> io::Result<()> {
+        self.signal(role, n, rustix::process::Signal::CONT)
+    }
+
+    #[cfg(unix)]
+    fn signal(&mut self, role: Role, n: usize, sig: rustix::process::Signal) -> io::Result<()> {
+        self.shared.with_mut(role, n, |s| {
+            let pid = rustix::process::Pid::from_raw(s.proc.child.id() as i32)
+                .ok_or_else(|| io::Error::other("no pid"))?;
+            rustix::process::kill_process(pid, sig).map_err(io::Error::from)
+        })?
+    }
+
+    /// Kills the `nats-server` this supervisor started and starts it again on the same port
+    /// (its clients reconnect by themselves); returns once it is ready. An error when the
+    /// plan named a server of its own.
+    pub fn restart_nats(&mut self) -> io::Result<()> {
+        self.shared.restart_nats()
+    }
+
+    /// The processes that have exited (by themselves or killed) and are not started again
+    /// yet, with their status and their last stderr lines, without waiting.
+    pub fn exited(&mut self) -> Vec<(Role, usize, ExitStatus, String)> {
+        self.shared.exited()
+    }
+
+    /// Ends the cluster: the monitor first (nothing is restarted from now on), then the
+    /// gateways (their clients' players are saved by the zones), then the zones (they save
+    /// what they own), then NATS; each with SIGTERM, and SIGKILL after the grace period. Says
+    /// how each ended.
     pub fn stop(mut self, grace: Duration) -> io::Result<StopReport> {
+        self.end_monitor();
+        let procs = self.shared.take();
         let mut ended = Vec::new();
         let mut said = Vec::new();
-        let gws = std::mem::take(&mut self.gws);
-        let zones = std::mem::take(&mut self.zones);
+        let gws: Vec<Proc> = procs.gws.into_iter().map(|s| s.proc).collect();
+        let zones: Vec<Proc> = procs.zones.into_iter().map(|s| s.proc).collect();
+        let nats: Vec<Proc> = procs.nats.into_iter().map(|s| s.proc).collect();
         // The gateways together, then the zones together: each group's shutdowns overlap.
-        for group in [gws, zones, self.nats.take().into_iter().collect()] {
-            let mut group = group;
+        for mut group in [gws, zones, nats] {
             for p in &mut group {
                 if p.child.try_wait()?.is_none() {
                     sigterm(&p.child);
@@ -379,24 +479,24 @@ impl Supervisor {
         }
         Ok(StopReport { ended, said })
     }
-}
 
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        let all = self
-            .gws
-            .iter_mut()
-            .chain(&mut self.zones)
-            .chain(&mut self.nats);
-        for p in all {
-            if let Ok(None) = p.child.try_wait() {
-                let _ = p.child.kill();
-                let _ = p.child.wait();
-            }
+    /// Ends the supervisor's endpoints and the monitor thread (joined).
+    fn end_monitor(&mut self) {
+        self.http = None;
+        self.shared.stopping.store(true, Ordering::Release);
+        if let Some(m) = self.monitor.take() {
+            let _ = m.join();
         }
     }
 }
 
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.end_monitor();
+        // `Procs`' drop kills what still runs.
+        drop(self.shared.take());
+    }
+}
 /// Asks a child to end (SIGTERM on Unix; a kill elsewhere, which has no SIGTERM).
 fn sigterm(child: &Child) {
     #[cfg(unix)]
@@ -587,11 +687,13 @@ fn nats_program() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
-/// Starts `nats-server` from `PATH` on a free loopback port (`-p -1`: the server picks it and
-/// logs it) and waits for it to be ready; returns it and its URL.
-fn start_nats(plan: &Plan) -> io::Result<(Proc, String)> {
+/// Starts `nats-server` from `PATH` on loopback, on `port` or (`None`) a free port (`-p -1`:
+/// the server picks it and logs it), and waits for it to be ready; returns it, its URL and
+/// its port.
+fn start_nats(plan: &Plan, port: Option<u16>) -> io::Result<(Proc, String, u16)> {
     let mut cmd = Command::new(nats_program());
-    cmd.args(["-a", "127.0.0.1", "-p", "-1"]);
+    let p = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
+    cmd.args(["-a", "127.0.0.1", "-p", &p]);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -650,9 +752,19 @@ fn start_nats(plan: &Plan) -> io::Result<(Proc, String)> {
         }
         None
     })
-    .map(|port| format!("nats://127.0.0.1:{port}"));
-    url.map(|u| (p, u))
+    .and_then(|port| {
+        let n: u16 = port.parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("nats-server port {port:?}"),
+            )
+        })?;
+        Ok((format!("nats://127.0.0.1:{port}"), n))
+    });
+    url.map(|(u, n)| (p, u, n))
 }
+
+mod monitor;
 
 #[cfg(test)]
 mod tests;

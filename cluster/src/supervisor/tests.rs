@@ -192,3 +192,120 @@ fn a_missing_program_is_an_error_not_a_hang() {
         "{e}"
     );
 }
+
+/// Waits (at most `within`) for `ok`.
+#[cfg(unix)]
+fn wait_for(within: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let give_up = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < give_up, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// With restarts on, a killed zone is started again at once with a new pid, counted, and
+/// ready again; the supervisor's own /metrics count it by role.
+#[cfg(unix)]
+#[test]
+fn a_killed_zone_is_started_again_and_counted() {
+    let dir = tempdir("restart");
+    let Some(mut plan) = plan(&dir) else { return };
+    plan.restart = true;
+    plan.http = Some("127.0.0.1:0".parse().unwrap());
+    let mut sup = Supervisor::start(plan).unwrap();
+    assert!(sup.restarting());
+    let old = sup.pid(Role::Zone, 1).unwrap();
+    assert_eq!(sup.restarts(Role::Zone), 0);
+    sup.kill(Role::Zone, 1).unwrap();
+    let t = Instant::now();
+    wait_for(Duration::from_secs(3), "zone 1 back", || {
+        sup.pid(Role::Zone, 1).is_some_and(|p| p != old) && sup.is_up(Role::Zone, 1)
+    });
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert_eq!(sup.restarts(Role::Zone), 1);
+    assert_eq!(sup.restarts_of(Role::Zone, 1), 1);
+    assert_eq!(sup.restarts_of(Role::Zone, 0), 0);
+    assert!(sup.exited().is_empty());
+    let http = sup.http_addr().unwrap();
+    let m = crate::ops::http_get(http, "/metrics", Duration::from_secs(5)).unwrap();
+    assert!(
+        m.body
+            .contains("cport_supervisor_restarts_total{cluster=\"t\",role=\"zone\"} 1"),
+        "{}",
+        m.body
+    );
+    assert!(
+        m.body
+            .contains("cport_supervisor_children_up{cluster=\"t\",role=\"zone\"} 3"),
+        "{}",
+        m.body
+    );
+    let h = crate::ops::http_get(http, "/healthz", Duration::from_secs(5)).unwrap();
+    assert_eq!(h.status, 200, "{h:?}");
+    let r = crate::ops::http_get(http, "/readyz", Duration::from_secs(5)).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    // The restarted zone hears SIGTERM at stop like the others.
+    let report = sup.stop(Duration::from_secs(5)).unwrap();
+    assert!(report.clean(), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A zone that dies as soon as it is up is restarted after a growing pause, not in a loop.
+#[cfg(unix)]
+#[test]
+fn a_zone_that_keeps_dying_is_restarted_with_a_growing_pause() {
+    let dir = tempdir("backoff");
+    let Some(mut plan) = plan(&dir) else { return };
+    plan.program = dir.join("wrapper");
+    std::fs::write(
+        &plan.program,
+        format!(
+            "#!/bin/sh\nif [ \"$1 $3\" = \"zone 2\" ]; then echo \"zone 2 of $5 ready\"; exit 4; fi\nexec {} \"$@\"\n",
+            dir.join("fake-cport").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&plan.program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    plan.restart = true;
+    let sup = Supervisor::start(plan).unwrap();
+    // Pauses 0, 0.5, 1, 2 s: by 2.2 s three restarts at most (without a pause there would
+    // be dozens), and at least two.
+    std::thread::sleep(Duration::from_millis(2200));
+    let n = sup.restarts(Role::Zone);
+    assert!((2..=3).contains(&n), "{n} restarts in 2.2 s");
+    assert_eq!(sup.restarts(Role::Gateway), 0);
+    assert_eq!(monitor::backoff(0), Duration::ZERO);
+    assert_eq!(monitor::backoff(1), Duration::from_millis(500));
+    assert_eq!(monitor::backoff(3), Duration::from_secs(2));
+    assert_eq!(monitor::backoff(50), Duration::from_secs(8));
+    drop(sup);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// NATS restarted on request comes back on the same port; NATS that dies is restarted by
+/// the monitor on the same port.
+#[cfg(unix)]
+#[test]
+fn nats_comes_back_on_the_same_port() {
+    let dir = tempdir("nats");
+    let Some(mut plan) = plan(&dir) else { return };
+    plan.restart = true;
+    let mut sup = Supervisor::start(plan).unwrap();
+    let port: u16 = sup.nats_url().rsplit_once(':').unwrap().1.parse().unwrap();
+    let first = sup.pid(Role::Nats, 0).unwrap();
+    sup.restart_nats().unwrap();
+    let second = sup.pid(Role::Nats, 0).unwrap();
+    assert_ne!(first, second);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    assert_eq!(sup.restarts(Role::Nats), 1);
+    sup.kill(Role::Nats, 0).unwrap();
+    wait_for(Duration::from_secs(5), "nats back", || {
+        sup.pid(Role::Nats, 0).is_some_and(|p| p != second) && sup.is_up(Role::Nats, 0)
+    });
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    assert_eq!(sup.restarts(Role::Nats), 2);
+    drop(sup);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
