@@ -140,7 +140,7 @@ fn zones_and_a_gateway_serve_health_readiness_and_metrics() {
     assert_eq!(value(&zm, r#"cport_bus_connected{zone="0"}"#), 1.0);
     assert_eq!(
         value(&zm, r#"cport_incarnation{zone="0"}"#),
-        f64::from(z.bus().incarnation())
+        z.bus().incarnation() as f64
     );
     for s in [
         r#"cport_zone_ghosts{zone="0"}"#,
