@@ -21,7 +21,8 @@
 //! older run than the newest seen is a replaced run's and is ignored (the receivers drop it
 //! too: counted in `stale_batches`); an `Offline` ends its player's ownership (a zone logged
 //! it out, e.g. its gateway died); a `Confirm` that restates the last one (the gateway's
-//! fall-back after a hand-off whose answers were lost) is allowed. The auditor's own NATS
+//! fall-back after a hand-off whose answers were lost) is allowed, as is the `Revoke` of
+//! an epoch above the last `Confirm` that the same fall-back sends before any claim. The auditor's own NATS
 //! connection may break (a NATS restart): it reconnects, counts the break, and forgets every
 //! ownership and open claim then (what it missed cannot be judged), checking again from
 //! the next `Confirm`s.
@@ -262,6 +263,9 @@ struct Player {
     session: Option<(u16, u64)>,
     /// Its name (from its `Login`).
     name: String,
+    /// The auditor missed messages (a reset) and has not seen a `Confirm` since: who owns it
+    /// is unknown, so nothing is judged until the next `Confirm`.
+    unknown: bool,
     trail: VecDeque<String>,
 }
 
@@ -374,6 +378,7 @@ impl Checker {
             p.last_confirm = None;
             p.pending_owned.clear();
             p.pending_cancel.clear();
+            p.unknown = true;
             p.trail
                 .push_back("(the auditor missed messages here)".into());
         }
@@ -458,7 +463,9 @@ impl Checker {
                 // the last Confirm.
                 let restated = last == Some((z, epoch));
                 let fallback = fallback || restated;
-                if !answered && !fallback {
+                // After missed messages, this Confirm may answer an Owned never seen.
+                let unknown = std::mem::take(&mut p.unknown);
+                if !answered && !fallback && !unknown {
                     self.violation(
                         player,
                         format!("Confirm to zone {z} at epoch {epoch} answers no Owned and no HandoffCancel"),
@@ -489,7 +496,10 @@ impl Checker {
                 let answered = take(&mut p.pending_owned, |&(pz, pe, _)| (pz, pe) == (z, epoch))
                     || take(&mut p.pending_cancel, |&c| c == (z, epoch));
                 let owner = p.owner;
-                if !answered {
+                // The gateway's fall-back after a hand-off whose answers were lost refuses
+                // the offered epoch before any claim at it arrived: above the last Confirm.
+                let refusal = p.last_confirm.is_some_and(|(_, le)| epoch > le);
+                if !answered && !refusal && !p.unknown {
                     self.violation(
                         player,
                         format!("Revoke to zone {z} at epoch {epoch} answers no Owned and no HandoffCancel"),
@@ -527,7 +537,7 @@ impl Checker {
                         t.epoch, t.x, t.y
                     )),
                 );
-                if t.login || t.resume {
+                if t.login || t.resume || p.unknown {
                     return;
                 }
                 let owner = p.owner;
@@ -1085,6 +1095,84 @@ mod tests {
         c.finish();
         // The Revoke answers nothing left, and revokes the confirmed owner.
         assert_eq!(c.violations.len(), 2, "{:#?}", c.violations);
+    }
+
+    /// One batch of `msgs` from run `inc` of `src` to `subject`, through `feed`.
+    fn batch(c: &mut Checker, src: Source, inc: u64, subject: &str, msgs: &[Msg]) {
+        let mut w = BatchWriter::new(Header {
+            source: src,
+            incarnation: inc,
+            seq: 0,
+        });
+        for m in msgs {
+            w.push(m);
+        }
+        c.feed(subject, w.finish());
+    }
+
+    #[test]
+    fn a_zone_restart_ends_its_ownerships_and_a_replaced_run_is_ignored() {
+        let mut c = Checker::new("c");
+        let confirm = |e| Msg::Confirm {
+            player: 7,
+            epoch: e,
+        };
+        let owned = |e| Msg::Owned {
+            session: 9,
+            player: 7,
+            epoch: e,
+        };
+        batch(&mut c, Source::Zone(1), 10, "c.gw.0", &[owned(1)]);
+        batch(&mut c, Source::Gateway(0), 5, "c.zone.1", &[confirm(1)]);
+        // Zone 1's new run speaks: its old run's player is owned by nobody now, so zone 2
+        // may take it (from the resume) without two owners.
+        batch(&mut c, Source::Zone(1), 20, "c.gw.0", &[Msg::Alive]);
+        assert_eq!((c.zone_restarts, c.owned()), (1, 0));
+        batch(&mut c, Source::Zone(2), 10, "c.gw.0", &[owned(2)]);
+        batch(&mut c, Source::Gateway(0), 5, "c.zone.2", &[confirm(2)]);
+        // The old run wakes up and claims again: ignored, counted.
+        batch(&mut c, Source::Zone(1), 10, "c.gw.0", &[owned(3)]);
+        assert_eq!(c.stale_batches, 1);
+        c.finish();
+        assert!(c.violations.is_empty(), "{:#?}", c.violations);
+        // Without the restart the same story is two owners.
+        let mut c = Checker::new("c");
+        batch(&mut c, Source::Zone(1), 10, "c.gw.0", &[owned(1)]);
+        batch(&mut c, Source::Gateway(0), 5, "c.zone.1", &[confirm(1)]);
+        batch(&mut c, Source::Zone(2), 10, "c.gw.0", &[owned(2)]);
+        batch(&mut c, Source::Gateway(0), 5, "c.zone.2", &[confirm(2)]);
+        assert_eq!(c.violations.len(), 1, "{:#?}", c.violations);
+    }
+
+    #[test]
+    fn after_missed_messages_nothing_is_judged_until_the_next_confirm() {
+        let mut c = Checker::new("c");
+        owned(&mut c, 2, 7, 1);
+        gw(
+            &mut c,
+            0,
+            2,
+            Msg::Confirm {
+                player: 7,
+                epoch: 1,
+            },
+        );
+        c.reset();
+        // Zone 2 handed it to zone 3 while the auditor was away; zone 3 hands it on.
+        zone(&mut c, 3, Dest::Zone(1), transfer(7, 3, false));
+        gw(
+            &mut c,
+            0,
+            1,
+            Msg::Confirm {
+                player: 7,
+                epoch: 3,
+            },
+        );
+        assert!(c.violations.is_empty(), "{:#?}", c.violations);
+        // From that Confirm on, it is judged again: a hand-off by zone 2 is caught.
+        zone(&mut c, 2, Dest::Zone(3), transfer(7, 4, false));
+        assert_eq!(c.violations.len(), 1, "{:#?}", c.violations);
     }
 
     #[test]

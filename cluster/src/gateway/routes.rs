@@ -24,6 +24,9 @@
 //!   owner gets `Confirm` at its epoch and the held packets. If the client is gone by then,
 //!   the route zone is told `Disconnect`; if that zone cancels afterwards (it had sent the
 //!   player's state on and ignored the `Disconnect`, then gave up waiting), it is told again.
+//! - A claim said again (`Owned` or `HandoffCancel` from the route zone at the current
+//!   epoch, its `Confirm` lost on the bus) is answered `Confirm` again; the zones repeat an
+//!   unanswered claim every second.
 //! - A client that closes: `Disconnect` to its owner; mid-hand-off, to whichever zone the
 //!   hand-off resolves to. One zone, at one epoch, is told; any other claim is `Revoke`d.
 //!   Before any zone took it (a login given up): `Disconnect` at epoch 0 to the name's home
@@ -44,9 +47,10 @@ use super::ids::{Ids, QUARANTINE};
 mod check;
 mod faults;
 
-/// Most packets held for a session while a login or a hand-off is under way; one more
-/// closes the session (the single server's limit while a login loads).
-pub const MAX_HELD: usize = 64;
+/// Most packets held for a session while a login, a hand-off or a resume is under way; one
+/// more closes the session. A resume after a zone died holds for about a restart's time (up
+/// to a few seconds), and a client may send tens of packets a second.
+pub const MAX_HELD: usize = 256;
 
 /// The settings the state machine needs.
 #[derive(Debug, Clone)]
@@ -106,6 +110,8 @@ pub struct Counters {
     pub resume_timeouts: u64,
     /// Batches from a zone run that has been replaced (dropped; the sender told `Fenced`).
     pub stale_batches: u64,
+    /// Claims a zone said again (its answer lost on the bus), answered `Confirm` again.
+    pub restated: u64,
 }
 
 /// Where a session is in its life.
@@ -150,6 +156,8 @@ struct Sess<S> {
     /// Its hand-off's old owner was replaced meanwhile: if no zone claims the player in
     /// time, it is resumed rather than closed.
     orphan: bool,
+    /// `Resume`s sent for the current resume (one lost on the bus is sent again).
+    resume_tries: u8,
 }
 
 /// A session that is gone, remembered for a quarantine's time: which zone, if any, was told
@@ -228,6 +236,7 @@ impl<S: Clone> Routes<S> {
                 name: String::new(),
                 picture: HashMap::new(),
                 orphan: false,
+                resume_tries: 0,
             },
         );
         if let Some(old) = old {
@@ -459,6 +468,9 @@ impl<S: Clone> Routes<S> {
                 if s.closing {
                     return;
                 }
+                if s.resume_tries < faults::RESUME_TRIES {
+                    return self.resume(t.session, fx);
+                }
                 self.counters.resume_timeouts += 1;
                 s.closing = true;
                 let why = format!(
@@ -586,6 +598,14 @@ impl<S: Clone> Routes<S> {
         };
         // A login takes any epoch above the current; a hand-off only the one its attempt
         // offered (a late claim from an earlier, timed-out attempt is refused).
+        if s.phase == Phase::Routed
+            && (s.route, s.epoch) == (zone, epoch)
+            && s.player == Some(player)
+        {
+            // The zone says its claim again (our Confirm was lost on the bus): again.
+            self.counters.restated += 1;
+            return fx.zone(zone, Msg::Confirm { player, epoch });
+        }
         let expected = match s.phase {
             Phase::Login | Phase::Resume => epoch > s.epoch,
             Phase::Handoff { next, .. } => epoch == next,
@@ -705,6 +725,11 @@ impl<S: Clone> Routes<S> {
         if epoch < s.epoch {
             // The hand-off completed: another zone owns the player now.
             return self.revoke(fx, zone, player, epoch);
+        }
+        if s.phase == Phase::Routed && (s.route, s.epoch) == (zone, epoch) {
+            // A cancel said again (our Confirm was lost on the bus): confirmed again.
+            self.counters.restated += 1;
+            return fx.zone(zone, Msg::Confirm { player, epoch });
         }
         if !matches!(s.phase, Phase::Handoff { .. }) || epoch != s.epoch || zone != s.route {
             self.counters.stale += 1;

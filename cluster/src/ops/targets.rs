@@ -89,6 +89,31 @@ impl Target for Zone {
         )?;
         out.counter("zone_logins", "Logins this zone took", s.logins)?;
         out.counter(
+            "zone_resumed",
+            "Players taken over from their last save after their zone was replaced",
+            z.resumed,
+        )?;
+        out.counter(
+            "zone_gateway_logouts",
+            "Players logged out because their gateway was replaced or went silent",
+            z.gateway_logouts,
+        )?;
+        out.counter(
+            "zone_ghosts_dropped",
+            "Ghosts dropped because the zone that sent them was replaced or lost batches",
+            z.ghosts_dropped,
+        )?;
+        out.counter(
+            "bus_stale_batches",
+            "Batches dropped as coming from a replaced run of their sender",
+            self.stale_batches(),
+        )?;
+        out.gauge(
+            "fenced",
+            "1 once this run learnt that a newer run of its zone replaced it",
+            if self.fenced() { 1.0 } else { 0.0 },
+        )?;
+        out.counter(
             "zone_home_logins",
             "Logins this zone loaded as the name's home",
             z.home_logins,
@@ -195,6 +220,26 @@ impl Target for Gateway {
             r.held as f64,
         )?;
         out.counter("gateway_logins", "Logins a zone took", r.logins)?;
+        out.counter(
+            "gateway_zone_restarts",
+            "Zones seen restarting (a newer run spoke)",
+            r.zone_restarts,
+        )?;
+        out.counters(
+            "gateway_resumes",
+            "Players resumed from their last save after their zone was replaced",
+            "outcome",
+            &[
+                ("asked", r.resumes),
+                ("resumed", r.resumed),
+                ("timed_out", r.resume_timeouts),
+            ],
+        )?;
+        out.counter(
+            "bus_stale_batches",
+            "Batches dropped as coming from a replaced run of their sender",
+            r.stale_batches,
+        )?;
         out.counter(
             "gateway_login_fails",
             "Logins refused (bad name, no free id, no zone answer in time)",

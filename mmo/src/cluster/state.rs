@@ -24,6 +24,10 @@ pub(crate) const RECENT_ROWS_FOR: Duration = Duration::from_secs(120);
 /// hold (`RelockDone`), or this long after its start (a gateway that has not spoken by then
 /// is gone, or has no players).
 pub const RELOCK_WAIT: Duration = Duration::from_millis(1500);
+/// An unanswered claim (`Owned`, or `HandoffCancel` of a kept player) is said again this
+/// often: the gateway answers each (a `Confirm` it already gave is given again), so a claim
+/// whose answer the bus lost is settled at the next try.
+pub(crate) const CLAIM_RETRY_EVERY: Duration = Duration::from_secs(1);
 /// No zone: the sender of a ghost (`ZoneState::ghost_src`).
 pub(crate) const NO_ZONE: u16 = u16::MAX;
 
@@ -66,7 +70,13 @@ pub(crate) enum Handoff {
     /// the gateway's `Confirm` before it tells the client anything: `view` is the client's
     /// picture, brought up to date then. (A `Revoke` instead: the client never heard from
     /// this claim.)
-    Unconfirmed { view: Vec<(u32, u16, u16)> },
+    /// `kept`: this zone kept the player after its hand-off timed out (it said
+    /// `HandoffCancel`); else the player arrived here (it said `Owned`). Either is said again
+    /// every [`CLAIM_RETRY_EVERY`] until the gateway answers (the bus may lose a message).
+    Unconfirmed {
+        view: Vec<(u32, u16, u16)>,
+        kept: bool,
+    },
 }
 
 /// A zone's settings.

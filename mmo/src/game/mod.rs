@@ -49,6 +49,8 @@ const HANDOFF_TIMEOUT: u64 = 1 << 43;
 const DELAYED_TRANSFER: u64 = 1 << 44;
 /// Cluster: a starting zone stops waiting for the gateways' `Relock`s.
 const ZONE_GATE: u64 = 1 << 45;
+/// Cluster: say an unanswered claim again (value: its epoch).
+const CLAIM_RETRY: u64 = 1 << 46;
 
 /// Packets a session may send between `CS_LOGIN` and its `SC_LOGIN_INFO` (the load from the
 /// database); beyond, the session is closed.
@@ -355,6 +357,7 @@ impl<H: Host> Game<H> {
             HANDOFF_TIMEOUT if !w.is_npc(id) => g.handoff_timeout(server, id, value as u32),
             DELAYED_TRANSFER => g.delayed_transfers(server),
             ZONE_GATE => g.open_gate(server),
+            CLAIM_RETRY if !w.is_npc(id) => g.claim_retry(server, id, value as u32),
             _ => {}
         }
     }

@@ -17,8 +17,19 @@ use bytes::Bytes;
 use cport_mmo::cluster::wire::Msg;
 use cport_mmo_proto::{frame_len, ServerPacket, SizeField};
 
+use std::time::Duration;
+
 use super::{Phase, Routes};
 use crate::gateway::effects::{Effects, Timer, TimerKind};
+
+/// A hand-off whose old owner was replaced waits this long for the new zone's claim (it
+/// answers within milliseconds if the player's state reached it) before the player is
+/// resumed from its last save.
+pub const ORPHAN_WAIT: Duration = Duration::from_millis(500);
+
+/// A resume not answered within the login timeout is asked again (the bus may have lost
+/// it), this many times in all, before the client is closed.
+pub const RESUME_TRIES: u8 = 3;
 
 impl<S: Clone> Routes<S> {
     /// A batch from run `inc` of zone `zone` is about to be fed: `false` if that run has
@@ -92,8 +103,23 @@ impl<S: Clone> Routes<S> {
                 continue;
             }
             match s.phase {
-                Phase::Routed | Phase::Resume => resume.push(id),
-                Phase::Handoff { .. } => s.orphan = true,
+                Phase::Routed | Phase::Resume => {
+                    s.resume_tries = 0;
+                    resume.push(id)
+                }
+                Phase::Handoff { .. } => {
+                    s.orphan = true;
+                    self.serial = self.serial.wrapping_add(1);
+                    s.serial = self.serial;
+                    fx.timer(
+                        ORPHAN_WAIT,
+                        Timer {
+                            kind: TimerKind::Handoff,
+                            session: id,
+                            serial: s.serial,
+                        },
+                    );
+                }
                 _ => {}
             }
         }
@@ -116,6 +142,11 @@ impl<S: Clone> Routes<S> {
             Phase::Handoff { next, .. } => next.max(s.epoch),
             _ => s.epoch,
         };
+        s.resume_tries = if s.phase == Phase::Resume {
+            s.resume_tries + 1
+        } else {
+            1
+        };
         let home = self.set.layout.home_of(&s.name) as u16;
         self.serial = self.serial.wrapping_add(1);
         s.serial = self.serial;
@@ -123,7 +154,9 @@ impl<S: Clone> Routes<S> {
         s.epoch = floor;
         s.route = home;
         s.orphan = false;
-        self.counters.resumes += 1;
+        if s.resume_tries == 1 {
+            self.counters.resumes += 1;
+        }
         let mut view: Vec<(u32, u16, u16)> =
             s.picture.iter().map(|(&id, &(x, y))| (id, x, y)).collect();
         view.sort_unstable();

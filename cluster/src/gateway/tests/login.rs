@@ -213,7 +213,7 @@ fn a_freed_id_is_not_reused_within_the_quarantine_and_comes_back_first_in_first_
 }
 
 #[test]
-fn at_most_64_packets_are_held_and_one_more_rejects_the_session() {
+fn at_most_max_held_packets_are_held_and_one_more_rejects_the_session() {
     let (mut r, mut fx, now) = (routes(), Rec::default(), Instant::now());
     r.on_connect(1, 1);
     r.on_packet(1, &login("flood"), now, &mut fx);
@@ -226,10 +226,10 @@ fn at_most_64_packets_are_held_and_one_more_rejects_the_session() {
         fx.closed,
         vec![(
             1,
-            Closing::Reject("more than 64 packets while logging in".into())
+            Closing::Reject(format!("more than {MAX_HELD} packets while logging in"))
         )]
     );
-    assert_eq!(r.counters().held, 64);
+    assert_eq!(r.counters().held, MAX_HELD as u64);
     r.on_close(1, now, &mut fx);
     assert_eq!(r.counters().held, 0);
 
@@ -349,7 +349,8 @@ fn junk_from_zones_is_counted_and_ignored() {
         };
         r.on_bus(zone, m, now, &mut fx);
     }
-    // A cancel with nothing to cancel.
+    // A cancel with nothing to cancel, from the route zone at its epoch: the zone says a
+    // claim again whose Confirm it never got (lost on the bus), and gets it again.
     r.on_bus(
         0,
         Msg::HandoffCancel {
@@ -360,6 +361,17 @@ fn junk_from_zones_is_counted_and_ignored() {
         now,
         &mut fx,
     );
+    assert_eq!(
+        fx.take_zone(),
+        vec![(
+            0,
+            Msg::Confirm {
+                player: p,
+                epoch: 1
+            }
+        )]
+    );
+    assert_eq!(r.counters().restated, 1);
     // A timer that is not the session's.
     let t = Timer {
         kind: TimerKind::Handoff,
@@ -370,7 +382,9 @@ fn junk_from_zones_is_counted_and_ignored() {
     assert!(fx.zone.is_empty() && fx.closed.is_empty() && fx.timers.is_empty());
     assert_eq!(r.route_of(5), Some((0, 1)));
     let c = r.counters();
-    assert_eq!((c.stale, c.unknown_session), (5, 1));
+    // Four stale hand-off starts (the unknown session is counted apart); the cancel was a
+    // restated claim.
+    assert_eq!((c.stale, c.unknown_session, c.restated), (4, 1, 1));
 }
 
 #[test]

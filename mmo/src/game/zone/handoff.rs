@@ -6,10 +6,10 @@ use std::sync::atomic::{Ordering::Relaxed, Ordering::SeqCst};
 
 use cport_mmo_proto::Name;
 
-use crate::cluster::state::{bump, Handoff};
+use crate::cluster::state::{bump, Handoff, CLAIM_RETRY_EVERY};
 use crate::cluster::wire::{Msg, Transfer};
 use crate::db::PlayerRow;
-use crate::game::{Game, Login, PStats, Phase, HANDOFF_TIMEOUT};
+use crate::game::{Game, Login, PStats, Phase, CLAIM_RETRY, HANDOFF_TIMEOUT};
 use crate::net::{Conn, Host};
 use crate::world::{pack, unpack, State};
 
@@ -170,7 +170,12 @@ impl<H: Host> Game<H> {
         l.ghost_if_revoked = true;
         l.confirmed = false;
         // The client hears from this zone again once the gateway confirms the claim.
-        l.handoff = Handoff::Unconfirmed { view };
+        l.handoff = Handoff::Unconfirmed { view, kept: true };
+        let _ = srv.post_after(
+            CLAIM_RETRY_EVERY,
+            CLAIM_RETRY | u64::from(player),
+            u64::from(l.epoch),
+        );
         if let Some((gateway, s)) = session.route() {
             srv.to_gateway(
                 gateway,
@@ -262,7 +267,13 @@ impl<H: Host> Game<H> {
             // The client hears from this zone once the gateway confirms the claim.
             l.handoff = Handoff::Unconfirmed {
                 view: t.view.clone(),
+                kept: false,
             };
+            let _ = srv.post_after(
+                CLAIM_RETRY_EVERY,
+                CLAIM_RETRY | u64::from(id),
+                u64::from(t.epoch),
+            );
             self.counters.players.fetch_add(1, Relaxed);
             if t.resume {
                 bump(&z.counters.resumed);
@@ -325,7 +336,7 @@ impl<H: Host> Game<H> {
             return;
         }
         l.confirmed = true;
-        if let Handoff::Unconfirmed { view } = std::mem::take(&mut l.handoff) {
+        if let Handoff::Unconfirmed { view, .. } = std::mem::take(&mut l.handoff) {
             if let Some(session) = l.session.clone() {
                 let pos = w.pos(player);
                 let name = w.objs[player as usize].view.lock().name;
@@ -393,6 +404,41 @@ impl<H: Host> Game<H> {
         for c in cands {
             self.reconcile(srv, id, c, &mine);
         }
+    }
+
+    /// A claim still unanswered after [`CLAIM_RETRY_EVERY`]: said again (`Owned` for an
+    /// arrival, `HandoffCancel` for a kept player), and again later until answered.
+    pub(crate) fn claim_retry(&self, srv: &H, player: u32, epoch: u32) {
+        let l = self.players[player as usize].login.lock();
+        let Handoff::Unconfirmed { kept, .. } = l.handoff else {
+            return;
+        };
+        if l.epoch != epoch || epoch == 0 {
+            return;
+        }
+        let Some((gateway, session)) = l.session.as_ref().and_then(|c| c.route()) else {
+            return;
+        };
+        tracing::info!(player, epoch, kept, "claim unanswered: said again");
+        let m = if kept {
+            Msg::HandoffCancel {
+                session,
+                player,
+                epoch,
+            }
+        } else {
+            Msg::Owned {
+                session,
+                player,
+                epoch,
+            }
+        };
+        srv.to_gateway(gateway, &m);
+        let _ = srv.post_after(
+            CLAIM_RETRY_EVERY,
+            CLAIM_RETRY | u64::from(player),
+            u64::from(epoch),
+        );
     }
 
     /// `Revoke`: the gateway gave the player to another zone; this zone's claim at `epoch`
