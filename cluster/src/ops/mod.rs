@@ -12,7 +12,7 @@
 //! The same probe runs once a second in the background: its pickup latency is the process's
 //! "tick time" (`cport_tick_seconds`, a histogram), and each probe that times out is counted
 //! (`cport_probe_failures_total`). Everything else in `/metrics` is read at scrape time from
-//! the process's own counters ([`Target::collect`]); see OPS-NOTES.md for the list.
+//! the process's own counters ([`Target::collect`]); SCALE-OUT.md ("Operating it") lists them.
 
 mod http;
 mod series;
