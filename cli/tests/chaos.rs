@@ -153,6 +153,27 @@ fn all_answered_after(sh: &Shared, since: u64, within: Duration) -> Option<Durat
     }
 }
 
+/// Which clients had no move answered after `since`, and when each was last answered.
+fn laggards(sh: &Shared, since: u64) -> String {
+    let late: Vec<String> = sh
+        .answered_at
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.load(Ordering::Relaxed) <= since)
+        .map(|(i, a)| {
+            format!(
+                "client {i} (last answered at {} ms)",
+                a.load(Ordering::Relaxed)
+            )
+        })
+        .collect();
+    format!(
+        "at {} ms, fault at {since} ms: {}",
+        sh.now_ms(),
+        late.join(", ")
+    )
+}
+
 /// The players the zones own now, from their `/metrics`.
 fn owned(sup: &Supervisor) -> Option<u64> {
     let mut n = 0;
@@ -253,7 +274,11 @@ fn chaos_kills_stops_and_a_nats_restart_lose_no_player_and_no_move_order() {
             sup.kill(Role::Zone, z).unwrap();
             let back = all_answered_after(&sh, at, KILLED_BACK).unwrap_or_else(|| {
                 panic!(
-                    "cycle {cycle}: zone {z} killed: its players not back within {KILLED_BACK:?}"
+                    "cycle {cycle}: zone {z} killed: its players not back within \
+                     {KILLED_BACK:?}; zone {z} up: {}, restarts {}; {}",
+                    sup.is_up(Role::Zone, z),
+                    sup.restarts_of(Role::Zone, z),
+                    laggards(&sh, at)
                 )
             });
             worst[0] = worst[0].max(back);
@@ -280,7 +305,10 @@ fn chaos_kills_stops_and_a_nats_restart_lose_no_player_and_no_move_order() {
         let at = sh.now_ms();
         sup.stop_signal(Role::Zone, 2).unwrap();
         let back = all_answered_after(&sh, at + 100, STOPPED_BACK).unwrap_or_else(|| {
-            panic!("cycle {cycle}: zone 2 stopped: its players not back within {STOPPED_BACK:?}")
+            panic!(
+                "cycle {cycle}: zone 2 stopped: its players not back within {STOPPED_BACK:?}; {}",
+                laggards(&sh, at + 100)
+            )
         });
         worst[2] = worst[2].max(back);
         assert!(
@@ -297,7 +325,10 @@ fn chaos_kills_stops_and_a_nats_restart_lose_no_player_and_no_move_order() {
         nats.restart();
         let back = all_answered_after(&sh, at, NATS_BACK + Duration::from_millis(300))
             .unwrap_or_else(|| {
-                panic!("cycle {cycle}: NATS restarted: play not back within {NATS_BACK:?}")
+                panic!(
+                    "cycle {cycle}: NATS restarted: play not back within {NATS_BACK:?}; {}",
+                    laggards(&sh, at)
+                )
             });
         worst[3] = worst[3].max(back);
         note(format!("cycle {cycle}: NATS killed and restarted 300 ms later: every client answered again {back:?} after the kill"));

@@ -26,8 +26,11 @@ use crate::ops::{parse_http_line, Probe, Series, Target};
 /// How often the monitor looks at its children.
 const TICK: Duration = Duration::from_millis(50);
 
-/// A process up this long has recovered: its next exit is restarted at once again.
-pub(super) const STEADY: Duration = Duration::from_secs(30);
+/// A process up this long has recovered: its next exit is restarted at once again. Short:
+/// a crash loop dies while starting or right after, while a zone that served for seconds and
+/// was then killed (a fault, a chaos test killing every zone in turn) must come back at once
+/// each time — its players wait for it.
+pub(super) const STEADY: Duration = Duration::from_secs(5);
 
 /// The pause before restarting a process that died `streak` times in a row without
 /// staying up for [`STEADY`] (0 for the first death): none, then 0.5 s doubling to 8 s.
