@@ -403,3 +403,79 @@ impl Store {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, x: u16) -> PlayerRow {
+        PlayerRow {
+            name: name.into(),
+            x,
+            y: 1,
+            hp: 10,
+            max_hp: 10,
+            exp: 0,
+            level: 1,
+        }
+    }
+
+    /// The lease of a zone: a newer run takes it; the older run's saves are refused from
+    /// then on (and write nothing); an older run cannot take it back.
+    fn lease_fences_the_replaced_run(cfg: DbConfig) {
+        let mut s = Store::open(&cfg).unwrap();
+        s.migrate().unwrap();
+        let old = Fence {
+            zone: 2,
+            incarnation: 1_000,
+        };
+        let new = Fence {
+            zone: 2,
+            incarnation: 2_000,
+        };
+        s.take_lease(old).unwrap();
+        s.save(&[row("p", 5)], Some(old)).unwrap();
+        // Another zone's lease is its own.
+        s.take_lease(Fence {
+            zone: 3,
+            incarnation: 500,
+        })
+        .unwrap();
+        // The new run of zone 2 starts (on another connection, as another process would).
+        let mut other = Store::open(&cfg).unwrap();
+        other.take_lease(new).unwrap();
+        let refused = s.save(&[row("p", 99)], Some(old)).unwrap_err();
+        assert!(refused.starts_with(FENCED), "{refused}");
+        assert_eq!(s.load("p").unwrap().unwrap().x, 5, "nothing written");
+        other.save(&[row("p", 6)], Some(new)).unwrap();
+        assert_eq!(s.load("p").unwrap().unwrap().x, 6);
+        let back = s.take_lease(old).unwrap_err();
+        assert!(back.contains("newer run"), "{back}");
+        // Without a fence (a single server) nothing is checked.
+        s.save(&[row("q", 1)], None).unwrap();
+    }
+
+    #[test]
+    fn a_zone_lease_fences_the_replaced_run_sqlite() {
+        let dir = std::env::temp_dir().join(format!(
+            "cport-lease-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        lease_fences_the_replaced_run(DbConfig::Sqlite(dir.join("lease.db")));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_zone_lease_fences_the_replaced_run_postgres() {
+        let Some(url) = cport_testkit::service("PostgreSQL", "CPORT_TEST_POSTGRES") else {
+            return;
+        };
+        let name = format!("lease_{}", std::process::id());
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        let base = url.rsplit_once('/').unwrap().0;
+        lease_fences_the_replaced_run(DbConfig::Postgres(format!("{base}/{name}")));
+    }
+}

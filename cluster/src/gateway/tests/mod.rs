@@ -1,8 +1,8 @@
 //! The routing state machine's promises, driven without sockets or a bus: each test feeds
 //! [`Routes`] client packets, closes, zone entries and timers, and checks what it sent.
 //! This file has the recorder and the helpers; the promises are in `login` (logins, ids,
-//! what clients and zones may send), `handoff` (hand-offs and closes) and `random` (any
-//! sequence of events).
+//! what clients and zones may send), `handoff` (hand-offs and closes), `faults` (a zone's
+//! new run: relocks, resumes) and `random` (any sequence of events).
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use cport_mmo::cluster::wire::Msg;
 use cport_mmo::cluster::Layout;
 use cport_mmo_proto::{ClientPacket, Direction, SizeField};
 
+mod faults;
 mod handoff;
 mod login;
 mod ownership;
