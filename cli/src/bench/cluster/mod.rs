@@ -11,7 +11,8 @@
 //!   delay's 99th percentile is under `--delay-limit-ms` in every second of it;
 //! - N doubles from `--start` while steps are held, then the gap between the most held and
 //!   the fewest failed is halved until it is within `--resolution` of the most held (at most
-//!   `--max-steps` steps, each bounded in time by its own length).
+//!   `--max-steps` steps, each bounded in time by its own length). A step that fails is run
+//!   again (`--retries`) before it counts as failed: the machine is shared.
 //!
 //! Each step is a new stress client: the clients of the step before have logged out (a pause
 //! of `--gap-s` between steps lets the cluster save and drop them).
@@ -69,9 +70,13 @@ pub struct ClusterArgs {
     /// is at most this fraction of the most held.
     #[arg(long, default_value_t = 0.05)]
     pub resolution: f64,
-    /// Most steps per layout and round.
-    #[arg(long, default_value_t = 14)]
+    /// Most steps per layout and round (a retried step counts twice).
+    #[arg(long, default_value_t = 16)]
     pub max_steps: usize,
+    /// A step that fails is run again this many times before it counts as failed (the
+    /// machine is shared: another process's burst can spoil one hold).
+    #[arg(long, default_value_t = 1)]
+    pub retries: usize,
     /// Clients added per second in a step's climb (at most 1000).
     #[arg(long, default_value_t = 500)]
     pub climb_per_s: u64,
@@ -218,10 +223,10 @@ fn check(a: &ClusterArgs) -> io::Result<Vec<usize>> {
             "--rounds, --max-steps, --start and --hold-s must be at least 1".into(),
         ));
     }
-    if !(a.zone_cpu > 0.0) {
+    if !a.zone_cpu.is_finite() || a.zone_cpu <= 0.0 {
         return Err(bad(format!("--zone-cpu {} is not a share", a.zone_cpu)));
     }
-    if !(a.resolution > 0.0) {
+    if !a.resolution.is_finite() || a.resolution <= 0.0 {
         return Err(bad("--resolution must be above 0".into()));
     }
     Ok(layouts)
@@ -317,6 +322,7 @@ fn search(
     let mut steps: Vec<Step> = Vec::new();
     let (mut held, mut failed): (usize, Option<usize>) = (0, None);
     let mut n = a.start.min(cap);
+    let mut tries = 0;
     while steps.len() < a.max_steps && !stop.load(Relaxed) {
         if let Some((role, k, status, tail)) = sup.exited().into_iter().next() {
             return Err(io::Error::other(format!(
@@ -340,6 +346,12 @@ fn search(
         );
         let ok = s.held;
         steps.push(s);
+        if !ok && tries < a.retries {
+            tries += 1;
+            std::thread::sleep(Duration::from_secs(a.gap_s));
+            continue;
+        }
+        tries = 0;
         if ok {
             held = held.max(n);
         } else {

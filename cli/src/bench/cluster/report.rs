@@ -394,6 +394,7 @@ impl Summary {
             "max_clients": a.max_clients,
             "resolution": a.resolution,
             "max_steps": a.max_steps,
+            "retries": a.retries,
             "climb_per_s": a.climb_per_s,
             "settle_s": a.settle_s,
             "hold_s": a.hold_s,
