@@ -426,14 +426,14 @@ impl Summary {
             let cells: Vec<String> = self
                 .layouts
                 .iter()
-                .map(|l| format!("{:>16}", f(&l.median)))
+                .map(|l| format!("{:>20}", f(&l.median)))
                 .collect();
             println!("{name:<34}{}", cells.join(""));
         };
         let head: Vec<String> = self
             .layouts
             .iter()
-            .map(|l| format!("{:>16}", format!("{} zone(s)", l.zones)))
+            .map(|l| format!("{:>20}", format!("{} zone(s)", l.zones)))
             .collect();
         println!("{:<34}{}", "", head.join(""));
         let n = |x: f64, d: usize| {
