@@ -2,7 +2,9 @@
 //! process in a cgroup v1 cpu group of its own with the same quota, the stress client in
 //! steps; the JSON has both layouts, clients held by each, `scaling` their ratio, and shows
 //! the quota in force. Skipped (said on stderr) without a writable cgroup v1 cpu controller
-//! or `nats-server`, unless `CPORT_REQUIRE_SERVICES` is set (then it fails).
+//! or `nats-server`, unless `CPORT_REQUIRE_SERVICES` is set (then it fails). Linux only: the
+//! command holds each zone with a cgroup.
+#![cfg(target_os = "linux")]
 
 use std::path::Path;
 use std::process::Command;
