@@ -100,6 +100,8 @@ fn bench_cluster_reports_both_layouts_their_ratio_and_the_quota_in_force() {
             throttled > 0.0 || cpus.iter().all(|&c| c <= 55.0),
             "zones used {cpus:?}% of a CPU against a quota of 50%, never throttled"
         );
+        // A group counts periods only while its tasks run: periods counted in the hold
+        // prove the zones were in their groups, under the quota.
         assert!(
             f(round, "periods") > 0.0,
             "cpu.stat counted periods: {round}"
