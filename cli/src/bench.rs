@@ -1,8 +1,11 @@
 //! `cport bench echo`: every server under the same load, each as its own process, alternated
 //! round by round, medians and ranges printed side by side ([`echo`]). `cport bench port`:
 //! the post→get hand-off comparison (`cport/examples/bench_port.rs`). `cport bench mmo`: the
-//! game server builds under the same stress client ([`mmo`]).
+//! game server builds under the same stress client ([`mmo`]). `cport bench cluster`: 1 zone
+//! against 4 zones, each held to the same CPU share ([`cluster`]).
 
+#[cfg(target_os = "linux")]
+mod cluster;
 mod echo;
 mod mmo;
 
@@ -23,6 +26,11 @@ pub enum Cmd {
     /// The game server builds (cport on io_uring, cport on epoll, the same game on tokio)
     /// under the same stress client: the ramp's maximum and a fixed load, round by round.
     Mmo(mmo::MmoArgs),
+    /// The scaling figure: clusters of 1 and 4 zones (`--zones 1,4`), each zone process in a
+    /// cgroup v1 cpu group with the same quota (`--zone-cpu 0.25`), and the most clients
+    /// each holds with the delay p99 under 100 ms; `scaling` = the ratio.
+    #[cfg(target_os = "linux")]
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Options of `cport bench port`.
@@ -38,6 +46,8 @@ pub fn run(cmd: Cmd) -> io::Result<()> {
         Cmd::Echo(a) => echo::run(a),
         Cmd::Port(a) => port(a),
         Cmd::Mmo(a) => mmo::run(a),
+        #[cfg(target_os = "linux")]
+        Cmd::Cluster(a) => cluster::run(a),
     }
 }
 
