@@ -151,7 +151,9 @@ impl<S: Clone> Routes<S> {
         self.serial = self.serial.wrapping_add(1);
         s.serial = self.serial;
         s.phase = Phase::Resume;
-        s.epoch = floor;
+        // `s.epoch` stays: a claim of the orphaned hand-off's new zone (at its `next`) that
+        // comes late is still taken, and then the resume's own claim is refused — the first
+        // claim wins either way.
         s.route = home;
         s.orphan = false;
         if s.resume_tries == 1 {

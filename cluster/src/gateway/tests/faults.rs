@@ -171,7 +171,7 @@ fn a_resume_nobody_answers_is_asked_again_then_the_client_is_closed() {
 }
 
 #[test]
-fn a_hand_off_whose_old_owner_died_is_resumed_if_nobody_claims_it() {
+fn a_hand_off_whose_old_owner_died_is_resumed_and_the_first_claim_wins() {
     let (mut r, mut fx, now) = (routes(), Rec::default(), Instant::now());
     let p = logged_in(&mut r, &mut fx, 5, "orphan", 1, 1);
     assert!(r.zone_run(1, 1, &mut fx));
@@ -187,7 +187,7 @@ fn a_hand_off_whose_old_owner_died_is_resumed_if_nobody_claims_it() {
     );
     fx.zone.clear();
     r.on_timer(t, now, &mut fx);
-    // Above the epoch the hand-off offered (2): a late claim of zone 2 is refused.
+    // Above the epoch the hand-off offered (2).
     assert!(fx.take_zone().contains(&(
         home("orphan"),
         Msg::Resume {
@@ -198,6 +198,8 @@ fn a_hand_off_whose_old_owner_died_is_resumed_if_nobody_claims_it() {
             view: vec![],
         }
     )));
+    // Zone 2's claim comes late after all: the first claim wins, and the resume's own claim
+    // (at 3, from whichever zone took the save) is refused.
     r.on_bus(
         2,
         Msg::Owned {
@@ -212,12 +214,33 @@ fn a_hand_off_whose_old_owner_died_is_resumed_if_nobody_claims_it() {
         fx.take_zone(),
         vec![(
             2,
-            Msg::Revoke {
+            Msg::Confirm {
                 player: p,
                 epoch: 2
             }
         )]
     );
+    r.on_bus(
+        3,
+        Msg::Owned {
+            session: 5,
+            player: p,
+            epoch: 3,
+        },
+        now,
+        &mut fx,
+    );
+    assert_eq!(
+        fx.take_zone(),
+        vec![(
+            3,
+            Msg::Revoke {
+                player: p,
+                epoch: 3
+            }
+        )]
+    );
+    assert_eq!(r.route_of(5), Some((2, 2)));
 }
 
 #[test]

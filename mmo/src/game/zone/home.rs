@@ -130,6 +130,12 @@ impl<H: Host> Game<H> {
         let mut l = self.players[player as usize].login.lock();
         if l.epoch != 0 || l.phase != Phase::Idle {
             drop(l);
+            if ask.resume.is_some() {
+                // This zone holds a claim on the player (an orphaned hand-off's new zone):
+                // the gateway settles that claim; a resume it still needs is asked again.
+                bump(&z.counters.stale);
+                return;
+            }
             z.names.lock().remove(&name);
             return self.login_fail(conn, "player id in use here");
         }
