@@ -8,6 +8,7 @@
 mod cluster;
 mod echo;
 mod mmo;
+mod stress_run;
 
 use std::io;
 use std::path::PathBuf;

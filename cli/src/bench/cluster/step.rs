@@ -3,12 +3,11 @@
 //! settles, holds; the cluster's processes and the zones' groups are sampled beside it, and
 //! the hold's figures decide whether the step was held.
 
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cport_bench::cgroup::CpuStat;
@@ -17,6 +16,7 @@ use cport_bench::stats::median;
 use cport_mmo_client::{Report, Second};
 
 use super::ClusterArgs;
+use crate::bench::stress_run::{self, StressRun};
 
 /// The processes a layout's sampler reads: each zone, the gateway, NATS (when started
 /// here), and the zones' `cpu.stat` files.
@@ -262,52 +262,18 @@ fn stress(
     duration_s: u64,
     dir: &Path,
 ) -> io::Result<(Report, Instant)> {
-    let exe = std::env::current_exe()?;
-    let json_path = dir.join("stress.json");
-    let _ = std::fs::remove_file(&json_path);
-    let mut child = Command::new(&exe)
-        .args(["stress", "--addr", &addr.to_string()])
-        .args(["--max-clients", &clients.to_string()])
-        .args(["--max-users", &a.max_users.to_string()])
-        .args(["--duration-s", &duration_s.to_string()])
-        .args(["--ramp-interval-ms", &interval_ms.to_string()])
-        .args(["--delay-limit-ms", &OUT_OF_REACH_MS.to_string()])
-        .args(["--client-threads", &a.client_threads.to_string()])
-        .args(["--header", "u8", "--json"])
-        .arg(&json_path)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            // `stress: ADDR, up to N clients, …` comes right before its clock starts.
-            if !sent && line.starts_with("stress: ") && line.contains(", up to ") {
-                let _ = tx.send(Instant::now());
-                sent = true;
-            } else if line.contains("WARN") || line.contains("ERROR") || line.contains("error") {
-                eprintln!("    (stress) {line}");
-            }
-        }
-    });
-    let started = rx.recv_timeout(Duration::from_secs(30)).ok();
-    let status = child.wait()?;
-    let _ = reader.join();
-    let Some(started) = started else {
-        return Err(io::Error::other("the stress client never started"));
-    };
-    let text = std::fs::read_to_string(&json_path).map_err(|e| {
-        io::Error::other(format!(
-            "the stress client ({status}) wrote no report {}: {e}",
-            json_path.display()
-        ))
+    // (The exit status says whether the client's own delay limit stopped it: out of reach
+    // here; the steps are judged from the report.)
+    let (report, started, _) = stress_run::run(&StressRun {
+        addr,
+        clients,
+        max_users: a.max_users,
+        duration_s,
+        ramp_interval_ms: interval_ms,
+        delay_limit_ms: OUT_OF_REACH_MS,
+        client_threads: a.client_threads,
+        dir,
     })?;
-    let report: Report = serde_json::from_str(&text).map_err(io::Error::other)?;
     Ok((report, started))
 }
 

@@ -2,11 +2,10 @@
 //! and context switches sampled beside them, and what the run measured (read from the stress
 //! client's typed report).
 
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cport_bench::proc::{self, ServerProc};
@@ -14,6 +13,7 @@ use cport_bench::stats::median;
 use cport_mmo_client::{Report, Second};
 
 use super::args::{Build, MmoArgs};
+use crate::bench::stress_run::{self, StressRun};
 
 /// The server's samples: (when, CPU time so far, context switches so far).
 type Samples = Vec<(Instant, Duration, u64)>;
@@ -94,64 +94,16 @@ fn stress(
     delay_limit_ms: u64,
     dir: &Path,
 ) -> io::Result<(Report, Instant)> {
-    let exe = std::env::current_exe()?;
-    let json_path = dir.join("stress.json");
-    let _ = std::fs::remove_file(&json_path);
-    let mut child = Command::new(&exe)
-        .args([
-            "stress",
-            "--addr",
-            &addr.to_string(),
-            "--max-clients",
-            &clients.to_string(),
-            "--max-users",
-            &a.max_users.to_string(),
-            "--duration-s",
-            &duration_s.to_string(),
-            "--ramp-interval-ms",
-            &a.ramp_interval_ms.to_string(),
-            "--delay-limit-ms",
-            &delay_limit_ms.to_string(),
-            "--client-threads",
-            &a.client_threads.to_string(),
-            "--header",
-            "u8",
-            "--json",
-        ])
-        .arg(&json_path)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            // `stress: ADDR, up to N clients, …` comes right before its clock starts.
-            if !sent && line.starts_with("stress: ") && line.contains(", up to ") {
-                let _ = tx.send(Instant::now());
-                sent = true;
-            } else if line.contains("WARN") || line.contains("ERROR") || line.contains("error") {
-                eprintln!("    (stress) {line}");
-            }
-        }
-    });
-    let started = rx.recv_timeout(Duration::from_secs(30)).ok();
-    let status = child.wait()?;
-    let _ = reader.join();
-    let Some(started) = started else {
-        return Err(io::Error::other("the stress client never started"));
-    };
-    let text = std::fs::read_to_string(&json_path).map_err(|e| {
-        io::Error::other(format!(
-            "the stress client ({status}) wrote no report {}: {e}",
-            json_path.display()
-        ))
+    let (report, started, status) = stress_run::run(&StressRun {
+        addr,
+        clients,
+        max_users: a.max_users,
+        duration_s,
+        ramp_interval_ms: a.ramp_interval_ms,
+        delay_limit_ms,
+        client_threads: a.client_threads,
+        dir,
     })?;
-    let report: Report = serde_json::from_str(&text).map_err(io::Error::other)?;
     if !status.success() {
         // As JSON has it: the reason in quotes, or null.
         let why = serde_json::to_string(&report.stopped_early).map_err(io::Error::other)?;

@@ -13,10 +13,10 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::cluster::state::{bump, Handoff, NO_ZONE};
+use crate::cluster::state::{bump, NO_ZONE};
 use crate::cluster::wire::{Source, Transfer};
 use crate::db::PlayerRow;
-use crate::game::{Game, Phase};
+use crate::game::Game;
 use crate::net::{Conn, Host};
 
 impl<H: Host> Game<H> {
@@ -128,18 +128,7 @@ impl<H: Host> Game<H> {
                 continue;
             }
             bump(&z.counters.gateway_logouts);
-            let id = id as u32;
-            // A hand-off under way ends here too: the player leaves from this zone.
-            l.handoff = Handoff::None;
-            self.depart(srv, id, &mut l);
-            l.phase = Phase::Idle;
-            l.epoch = 0;
-            l.confirmed = false;
-            l.gen += 1;
-            l.pending.clear();
-            l.session = None;
-            l.name.clear();
-            pl.regen.store(false, Relaxed);
+            self.leave_game(srv, id as u32, &mut l);
         }
     }
 

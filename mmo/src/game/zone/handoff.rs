@@ -479,15 +479,22 @@ impl<H: Host> Game<H> {
             bump(&z.counters.stale);
             return;
         }
-        self.depart(srv, player, &mut l);
-        l.phase = Phase::Idle;
+        self.leave_game(srv, player, &mut l);
+    }
+
+    /// Player `player`, owned here, leaves the game: its row written, its object off the
+    /// board, its name freed at home (`depart`), and its slot here idle. (A hand-off under
+    /// way ends with it.)
+    pub(crate) fn leave_game(&self, srv: &H, player: u32, l: &mut Login<H::Conn>) {
         l.handoff = Handoff::None;
+        self.depart(srv, player, l);
+        l.phase = Phase::Idle;
         l.epoch = 0;
         l.confirmed = false;
         l.gen += 1;
         l.pending.clear();
         l.session = None;
         l.name.clear();
-        pl.regen.store(false, SeqCst);
+        self.players[player as usize].regen.store(false, SeqCst);
     }
 }
