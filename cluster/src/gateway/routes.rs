@@ -46,11 +46,21 @@ use super::ids::{Ids, QUARANTINE};
 #[cfg(test)]
 mod check;
 mod faults;
+mod picture;
 
 /// Most packets held for a session while a login, a hand-off or a resume is under way; one
 /// more closes the session. A resume after a zone died holds for about a restart's time (up
 /// to a few seconds), and a client may send tens of packets a second.
 pub const MAX_HELD: usize = 256;
+
+/// A hand-off whose old owner was replaced waits this long for the new zone's claim (it
+/// answers within milliseconds if the player's state reached it) before the player is
+/// resumed from its last save.
+pub const ORPHAN_WAIT: Duration = Duration::from_millis(500);
+
+/// A resume not answered within the login timeout is asked again (the bus may have lost
+/// it), this many times in all, before the client is closed.
+pub const RESUME_TRIES: u8 = 3;
 
 /// The settings the state machine needs.
 #[derive(Debug, Clone)]
@@ -388,7 +398,7 @@ impl<S: Clone> Routes<S> {
         match m {
             Msg::Send { session, bytes } => match self.sessions.get_mut(&session) {
                 Some(s) if s.conn.is_some() => {
-                    faults::track(&mut s.picture, &bytes, self.set.header);
+                    picture::track(&mut s.picture, &bytes, self.set.header);
                     fx.send(s.conn.as_ref().expect("checked"), bytes);
                 }
                 _ => self.counters.unknown_session += 1,
@@ -468,7 +478,7 @@ impl<S: Clone> Routes<S> {
                 if s.closing {
                     return;
                 }
-                if s.resume_tries < faults::RESUME_TRIES {
+                if s.resume_tries < RESUME_TRIES {
                     return self.resume(t.session, fx);
                 }
                 self.counters.resume_timeouts += 1;

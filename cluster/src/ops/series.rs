@@ -1,18 +1,14 @@
-//! Series read at scrape time: a [`Target`]'s counters written through prometheus-client's
+//! Series read at scrape time: a target (`ops::Target`)'s counters written through prometheus-client's
 //! encoder (so the names, HELP and TYPE lines and the text format are the crate's).
 
 use std::fmt;
-use std::sync::Arc;
 
-use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
-use super::Target;
-
-/// Where a [`Target`] writes its series. Names are given without the `cport_` prefix (the
+/// Where a target (`ops::Target`) writes its series. Names are given without the `cport_` prefix (the
 /// registry adds it) and counters without `_total` (the encoder adds it).
 pub struct Series<'a, 'e> {
     enc: &'a mut DescriptorEncoder<'e>,
@@ -24,7 +20,12 @@ impl fmt::Debug for Series<'_, '_> {
     }
 }
 
-impl Series<'_, '_> {
+impl<'a, 'e> Series<'a, 'e> {
+    /// A writer onto `enc` (a scrape's encoder).
+    pub(super) fn new(enc: &'a mut DescriptorEncoder<'e>) -> Series<'a, 'e> {
+        Series { enc }
+    }
+
     /// One gauge.
     pub fn gauge(&mut self, name: &str, help: &str, value: f64) -> fmt::Result {
         let g = ConstGauge::new(value);
@@ -77,20 +78,5 @@ impl Series<'_, '_> {
             ConstCounter::new(*x).encode(m.encode_family(&labels)?)?;
         }
         Ok(())
-    }
-}
-
-/// A target as a prometheus-client collector: asked on every scrape.
-pub(super) struct Scrape<T>(pub Arc<T>);
-
-impl<T> fmt::Debug for Scrape<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Scrape")
-    }
-}
-
-impl<T: Target> Collector for Scrape<T> {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        self.0.collect(&mut Series { enc: &mut encoder })
     }
 }

@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{parse_listening, spawn, start_nats, Plan, Proc, Role};
+use super::plan::{Plan, Role};
+use super::proc::{parse_listening, spawn, start_nats, Proc};
 use crate::ops::{parse_http_line, Probe, Series, Target};
 
 /// How often the monitor looks at its children.

@@ -34,7 +34,7 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
 ];
 
 /// Which run of which zone a store writes for: its saves commit only while the zone's lease
-/// is still this run's ([`Store::take_lease`]).
+/// is still this run's (the zone takes its lease at start).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fence {
     /// The zone.

@@ -10,8 +10,8 @@ use cport_bench::stats::median;
 use cport_cluster::supervisor::{Role, StopReport};
 use serde_json::{json, Value};
 
+use super::args::ClusterArgs;
 use super::step::Step;
-use super::ClusterArgs;
 
 /// The number after `key: ` in a `Debug`-printed line (`… key: 123, …`), where `key` is a
 /// whole field name.

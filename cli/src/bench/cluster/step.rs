@@ -15,7 +15,7 @@ use cport_bench::proc;
 use cport_bench::stats::median;
 use cport_mmo_client::{Report, Second};
 
-use super::ClusterArgs;
+use super::args::ClusterArgs;
 use crate::bench::stress_run::{self, StressRun};
 
 /// The processes a layout's sampler reads: each zone, the gateway, NATS (when started

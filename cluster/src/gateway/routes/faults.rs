@@ -11,25 +11,10 @@
 //!   before its timeout.
 //! - A batch from a run older than the newest is refused (the caller answers `Fenced`).
 
-use std::collections::HashMap;
-
-use bytes::Bytes;
 use cport_mmo::cluster::wire::Msg;
-use cport_mmo_proto::{frame_len, ServerPacket, SizeField};
 
-use std::time::Duration;
-
-use super::{Phase, Routes};
+use super::{Phase, Routes, ORPHAN_WAIT};
 use crate::gateway::effects::{Effects, Timer, TimerKind};
-
-/// A hand-off whose old owner was replaced waits this long for the new zone's claim (it
-/// answers within milliseconds if the player's state reached it) before the player is
-/// resumed from its last save.
-pub const ORPHAN_WAIT: Duration = Duration::from_millis(500);
-
-/// A resume not answered within the login timeout is asked again (the bus may have lost
-/// it), this many times in all, before the client is closed.
-pub const RESUME_TRIES: u8 = 3;
 
 impl<S: Clone> Routes<S> {
     /// A batch from run `inc` of zone `zone` is about to be fed: `false` if that run has
@@ -180,28 +165,5 @@ impl<S: Clone> Routes<S> {
                 serial: s.serial,
             },
         );
-    }
-}
-
-/// What the client is told, as far as its picture goes: objects added, moved and removed,
-/// and its own position (`SC_LOGIN_INFO`, its own `SC_MOVE_OBJECT`).
-pub(super) fn track(picture: &mut HashMap<u32, (u16, u16)>, bytes: &Bytes, h: SizeField) {
-    let mut at = 0;
-    while at < bytes.len() {
-        let Some(len) = frame_len(&bytes[at..], h) else {
-            return;
-        };
-        match ServerPacket::decode(&bytes[at..at + len], h) {
-            Ok(ServerPacket::LoginInfo { id, x, y, .. })
-            | Ok(ServerPacket::AddObject { id, x, y, .. })
-            | Ok(ServerPacket::MoveObject { id, x, y, .. }) => {
-                picture.insert(id as u32, (x as u16, y as u16));
-            }
-            Ok(ServerPacket::RemoveObject { id }) => {
-                picture.remove(&(id as u32));
-            }
-            _ => {}
-        }
-        at += len;
     }
 }
