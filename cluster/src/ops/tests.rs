@@ -1,7 +1,9 @@
 //! The endpoints against stand-in targets: one whose "workers" answer, one that is stalled,
 //! one that drops the probe.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use std::sync::Mutex;
 
 use super::*;

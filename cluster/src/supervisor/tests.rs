@@ -1,6 +1,11 @@
 //! The supervisor against a real nats-server and a stand-in for the `cport` binary (a shell
 //! script that prints the readiness lines).
 
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::proc::nats_program;
 use super::*;
 
 #[test]
