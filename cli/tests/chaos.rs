@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cport_cluster::ops::http_get;
-use cport_cluster::supervisor::{Plan, Role, Supervisor};
+use cport_cluster::supervisor::{Role, Supervisor};
 use cport_mmo_client::blocking::Client;
 use cport_mmo_proto::{ClientPacket, ServerPacket};
 use support::audit::Auditor;
@@ -223,17 +223,8 @@ fn chaos_kills_stops_and_a_nats_restart_lose_no_player_and_no_move_order() {
         format!("--db={db}"),
         "--save-interval-ms=200".into(),
     ];
-    let addrs = vec!["127.0.0.1:0".parse().unwrap(); GATEWAYS];
-    let mut plan = Plan::new(env!("CARGO_BIN_EXE_cport").into(), &name, ZONES, addrs);
-    plan.nats = Some(nats.url.clone());
-    plan.echo_stderr = std::env::var_os("CPORT_TEST_CLUSTER_LOG").is_some();
-    plan.zone_args = game.iter().map(Into::into).collect();
-    plan.gateway_args = game
-        .iter()
-        .filter(|a| a.starts_with("--world-size") || a.starts_with("--max-users"))
-        .map(Into::into)
-        .collect();
-    plan.ready_within = Duration::from_secs(30);
+    let game: Vec<&str> = game.iter().map(String::as_str).collect();
+    let mut plan = support::plan(&nats.url, &name, ZONES, GATEWAYS, &game, &[]);
     plan.restart = true;
     plan.hung_after = HUNG_AFTER;
     let mut sup = Supervisor::start(plan).expect("the cluster starts");

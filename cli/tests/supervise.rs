@@ -6,13 +6,9 @@
 use std::time::{Duration, Instant};
 
 use cport_cluster::ops::http_get;
-use cport_cluster::supervisor::{Plan, Role, Supervisor};
+use cport_cluster::supervisor::{Role, Supervisor};
 
-/// One cluster at a time: each starts four processes on a machine of two cores.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ONE.lock().unwrap_or_else(|e| e.into_inner())
-}
+mod support;
 
 const GAME: &[&str] = &[
     "--world-size=40",
@@ -24,17 +20,7 @@ const GAME: &[&str] = &[
 ];
 
 fn start(nats: &str, name: &str, hung_after: Duration) -> Supervisor {
-    let addrs = vec!["127.0.0.1:0".parse().unwrap()];
-    let mut plan = Plan::new(env!("CARGO_BIN_EXE_cport").into(), name, 2, addrs);
-    plan.nats = Some(nats.to_string());
-    plan.echo_stderr = std::env::var_os("CPORT_TEST_CLUSTER_LOG").is_some();
-    plan.zone_args = GAME.iter().map(Into::into).collect();
-    plan.gateway_args = GAME
-        .iter()
-        .filter(|a| a.starts_with("--world-size") || a.starts_with("--max-users"))
-        .map(Into::into)
-        .collect();
-    plan.ready_within = Duration::from_secs(30);
+    let mut plan = support::plan(nats, name, 2, 1, GAME, &[]);
     plan.restart = true;
     plan.hung_after = hung_after;
     Supervisor::start(plan).expect("the cluster starts")
@@ -58,8 +44,8 @@ fn healthy(sup: &Supervisor, role: Role, n: usize) -> bool {
 
 #[test]
 fn a_killed_zone_is_back_within_3_s() {
-    let _one = serial();
-    let Some(nats) = cport_testkit::nats::nats_server() else {
+    let _one = support::serial();
+    let Some(nats) = support::nats_server() else {
         return;
     };
     let mut sup = start(
@@ -99,8 +85,8 @@ fn a_killed_zone_is_back_within_3_s() {
 #[cfg(unix)]
 #[test]
 fn a_stopped_zone_is_killed_and_restarted_after_hung_after() {
-    let _one = serial();
-    let Some(nats) = cport_testkit::nats::nats_server() else {
+    let _one = support::serial();
+    let Some(nats) = support::nats_server() else {
         return;
     };
     let hung_after = Duration::from_millis(1500);
@@ -152,8 +138,8 @@ fn a_stopped_zone_is_killed_and_restarted_after_hung_after() {
 fn cport_cluster_restarts_a_killed_zone_and_its_logs_say_who() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    let _one = serial();
-    let Some(nats) = cport_testkit::nats::nats_server() else {
+    let _one = support::serial();
+    let Some(nats) = support::nats_server() else {
         return;
     };
     let name = format!("sup-cli-{}", std::process::id());

@@ -51,6 +51,20 @@ pub fn cluster(
     game: &[&str],
     zone_extra: &[&str],
 ) -> Supervisor {
+    let plan = plan(nats, cluster, zones, gateways, game, zone_extra);
+    Supervisor::start(plan).expect("the cluster starts")
+}
+
+/// The plan [`cluster`] starts (for a test that changes some of it first: restarts, the
+/// liveness timeout).
+pub fn plan(
+    nats: &str,
+    cluster: &str,
+    zones: usize,
+    gateways: usize,
+    game: &[&str],
+    zone_extra: &[&str],
+) -> Plan {
     let addrs = vec!["127.0.0.1:0".parse().unwrap(); gateways];
     let mut plan = Plan::new(env!("CARGO_BIN_EXE_cport").into(), cluster, zones, addrs);
     plan.nats = Some(nats.to_string());
@@ -64,7 +78,7 @@ pub fn cluster(
     plan.grace = Duration::from_secs(10);
     // Two zones and a gateway start on two cores shared with other tests: give them time.
     plan.ready_within = Duration::from_secs(30);
-    Supervisor::start(plan).expect("the cluster starts")
+    plan
 }
 
 /// A client's own moves: what it sent (each `CS_MOVE`'s `move_time` a per-client sequence
