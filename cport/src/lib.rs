@@ -202,6 +202,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
+mod buffers;
 mod combine;
 #[cfg(all(feature = "fault-injection", not(loom)))]
 #[doc(hidden)]
@@ -228,6 +229,7 @@ mod sys;
 mod timer;
 
 #[cfg(not(loom))]
+pub use buffers::{BufPool, PoolStats, PooledBuf};
 pub use op::{Aborted, Accepted, Completion, Message, Op, SendBuf, TimerId};
 #[cfg(not(loom))]
 pub use pool::Pool;
@@ -236,7 +238,7 @@ pub use port::socket::Socket;
 #[cfg(not(loom))]
 pub use port::{Closed, Port, PortBuilder, PortStats};
 #[cfg(not(loom))]
-pub use sys::Backend;
+pub use sys::{Backend, MAX_POOL_BUFFERS};
 
 /// `bytes::Bytes`, the shared buffer type of [`SendBuf::Bytes`] (re-exported).
 #[cfg(not(loom))]

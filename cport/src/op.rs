@@ -8,6 +8,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
+use crate::buffers::{BufPool, PooledBuf};
 use crate::sys::{self, Desc, IoVec, MsgHdr, OpDesc, OpKind, RawSock, SockLen};
 use crate::OwnedSock;
 
@@ -44,6 +45,10 @@ pub enum Op {
     Connect,
     /// `WSARecv`: the buffer, whose length grew by the bytes received.
     Recv(Vec<u8>),
+    /// [`Socket::recv_pooled`](crate::Socket::recv_pooled): the pool buffer the bytes
+    /// arrived in (`result` is their count), or `None` when nothing was received (end of
+    /// stream: `Ok(0)`; an error; aborted).
+    RecvPooled(Option<PooledBuf>),
     /// `WSASend`: the buffer, handed back whole.
     Send(SendBuf),
     /// `WSARecvFrom`: the buffer (grown by the datagram) and the sender.
@@ -327,6 +332,8 @@ pub(crate) enum OpData {
     Accept(Box<AcceptState>),
     Connect(Box<SockAddr>),
     Recv(Vec<u8>),
+    /// A receive into a buffer of the pool, taken when data is there.
+    RecvPool(BufPool),
     Send(SendBuf, Option<Box<MsgState>>),
     RecvFrom(Vec<u8>, Box<MsgState>),
     SendTo(SendBuf, Box<SockAddr>, Box<MsgState>),
@@ -365,7 +372,7 @@ impl OpData {
 
     pub(crate) fn kind(&self) -> OpKind {
         match self {
-            OpData::Recv(_) | OpData::RecvFrom(..) => OpKind::Recv,
+            OpData::Recv(_) | OpData::RecvPool(_) | OpData::RecvFrom(..) => OpKind::Recv,
             OpData::Send(..) | OpData::SendTo(..) => OpKind::Send,
             OpData::Accept(_) => OpKind::Accept,
             OpData::Connect(_) => OpKind::Connect,
@@ -405,6 +412,7 @@ impl OpData {
                     len: spare.len(),
                 }
             }
+            OpData::RecvPool(pool) => Desc::RecvPool { pool: pool.mem() },
             OpData::Send(SendBuf::Vec(v), _) => Desc::Send {
                 ptr: v[done..].as_ptr(),
                 len: v.len() - done,
@@ -466,8 +474,14 @@ impl OpData {
 
     /// Turns the finished operation into what its completion hands back. `res` is the
     /// kernel's result (bytes, a new fd, or a negative errno) for the last submission; `total`
-    /// is the byte count to report for a send that needed several submissions.
-    pub(crate) fn finish(self, res: i32, total: usize) -> (io::Result<usize>, Op) {
+    /// is the byte count to report for a send that needed several submissions; `buf` the pool
+    /// buffer a pooled receive filled (the caller gave back any other: see `Table::finish`).
+    pub(crate) fn finish(
+        self,
+        res: i32,
+        total: usize,
+        buf: Option<u16>,
+    ) -> (io::Result<usize>, Op) {
         let result = if res < 0 {
             Err(io::Error::from_raw_os_error(-res))
         } else {
@@ -501,6 +515,13 @@ impl OpData {
                 Err(e) => (Err(e), Op::Accept(None)),
             },
             OpData::Connect(_) => (result, Op::Connect),
+            OpData::RecvPool(pool) => {
+                let filled = match (&result, buf) {
+                    (Ok(n), Some(bid)) if *n > 0 => Some(pool.filled(bid, *n)),
+                    _ => None,
+                };
+                (result, Op::RecvPooled(filled))
+            }
             OpData::Recv(mut buf) => {
                 if let Ok(n) = result {
                     // SAFETY: the kernel wrote `n` bytes into the spare capacity starting at

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use cport::{Backend, Port, Socket, TimerId};
+use cport::{Backend, BufPool, Port, Socket, TimerId};
 use parking_lot::Mutex;
 
 use crate::metrics::Counters;
@@ -103,9 +103,18 @@ pub struct Config {
     /// Most bytes queued for sending per session; beyond, the session is closed as a slow
     /// consumer (so memory stays bounded) (default 1 MiB).
     pub max_send_queue: usize,
-    /// Size of each session's receive buffer (it grows to hold one whole packet if needed)
-    /// (default 8 KiB).
+    /// Size of a receive buffer (default 8 KiB): of each pool buffer, or (with
+    /// `recv_pool` 0) of each session's own buffer, which grows to hold one whole packet if
+    /// needed.
     pub recv_buffer: usize,
+    /// Receive buffers shared by all sessions (default 512): a session takes one only when
+    /// data has arrived (`cport::Socket::recv_pooled`), so an idle session holds no receive
+    /// buffer. A packet split across receives waits in a buffer of the session's own, freed
+    /// once the packet is whole. When every pool buffer is in use, receives wait for one
+    /// (their data stays in the socket). `0`: every session keeps a buffer of its own, as
+    /// before; also the fallback if the backend cannot make the pool (io_uring before Linux
+    /// 5.19), with a warning.
+    pub recv_pool: usize,
     /// Close sessions that received nothing for this long (default `None`: never).
     pub idle_timeout: Option<Duration>,
     /// Close sessions that send more packets than this in one second (default `None`: no
@@ -128,6 +137,7 @@ impl Default for Config {
             max_sessions: 10_000,
             max_send_queue: 1 << 20,
             recv_buffer: 8 * 1024,
+            recv_pool: 512,
             idle_timeout: None,
             max_packets_per_sec: None,
             stats_interval: None,
@@ -138,6 +148,8 @@ impl Default for Config {
 /// What every part of a server shares.
 pub(crate) struct Core {
     pub(crate) port: Port,
+    /// The sessions' receive buffers (`Config::recv_pool`); `None`: each session has its own.
+    pub(crate) pool: Option<BufPool>,
     pub(crate) cfg: Config,
     pub(crate) counters: Counters,
     pub(crate) listener: Mutex<Option<Socket>>,
@@ -170,8 +182,21 @@ pub(crate) struct Repeat {
 
 impl Core {
     pub(crate) fn new(port: Port, cfg: Config, local_addr: SocketAddr) -> Core {
+        let pool = match cfg.recv_pool {
+            0 => None,
+            n => match port.buf_pool(n.min(cport::MAX_POOL_BUFFERS), cfg.recv_buffer.max(1)) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(
+                        "no receive buffer pool ({e}): every session gets a buffer of its own"
+                    );
+                    None
+                }
+            },
+        };
         Core {
             port,
+            pool,
             cfg,
             counters: Counters::default(),
             listener: Mutex::new(None),

@@ -381,6 +381,12 @@ fn dispatch<C: Codec, H: Handler>(srv: &ServerHandle, codec: &C, handler: &H, c:
                     closed(srv, handler, &session, reason);
                 }
             }
+            Op::RecvPooled(buf) => {
+                let on_packet = |s: &Session, p: &[u8]| handler.on_packet(s, p);
+                if let Some(reason) = session.received_pooled(codec, c.result, buf, &on_packet) {
+                    closed(srv, handler, &session, reason);
+                }
+            }
             Op::Send(_) if !c.is_aborted() => session.on_sent(c.result),
             _ => {}
         }
@@ -487,7 +493,7 @@ fn on_accept<H: Handler>(srv: &ServerHandle, handler: &H, c: Completion) {
     if core.stopping() {
         session.close_after_flush_for(CloseReason::Shutdown);
     }
-    if let Some(reason) = session.receive(Vec::with_capacity(core.cfg.recv_buffer)) {
+    if let Some(reason) = session.receive(None) {
         closed(srv, handler, &session, reason);
     }
 }

@@ -90,6 +90,10 @@ struct SessionInner {
     /// Packet-rate window (touched only by the thread handling the session's receive).
     rate_window: AtomicU64,
     rate_count: AtomicU32,
+    /// The start of a packet split across pooled receives, kept until the rest arrives
+    /// (empty, with no allocation, between whole packets). Touched only by the thread
+    /// handling the session's receive.
+    carry: Mutex<Vec<u8>>,
     /// The program's per-session value (`Session::set_state`), behind the session's own
     /// lock: sessions never contend for it.
     state: Mutex<StateSlot>,
@@ -189,6 +193,7 @@ impl Session {
                 last_rx: AtomicU64::new(now),
                 rate_window: AtomicU64::new(now),
                 rate_count: AtomicU32::new(0),
+                carry: Mutex::new(Vec::new()),
                 state: Mutex::new(StateSlot::default()),
             }),
         }
@@ -428,27 +433,90 @@ impl Session {
         on_packet: &dyn Fn(&Session, &[u8]),
     ) -> Option<CloseReason> {
         let core = &self.inner.core;
-        let n = match result {
+        if let Err(reason) = self.arrived(&result) {
+            return Some(reason);
+        }
+        if self.inner.st.lock().draining {
+            buf.clear(); // closing: what the peer still sends is discarded
+            return self.receive(Some(buf));
+        }
+        let pos = self.frame(codec, &buf, on_packet);
+        buf.drain(..pos);
+        if buf.capacity() - buf.len() < core.cfg.recv_buffer / 2 {
+            buf.reserve(core.cfg.recv_buffer);
+        }
+        self.receive(Some(buf))
+    }
+
+    /// [`Session::received`] for a receive into the server's buffer pool: frames straight
+    /// from the pool buffer, and keeps only the start of a split packet (`carry`), so that
+    /// the buffer goes back to the pool before the next receive starts.
+    pub(crate) fn received_pooled<C: Codec>(
+        &self,
+        codec: &C,
+        result: io::Result<usize>,
+        buf: Option<cport::PooledBuf>,
+        on_packet: &dyn Fn(&Session, &[u8]),
+    ) -> Option<CloseReason> {
+        if let Err(reason) = self.arrived(&result) {
+            return Some(reason);
+        }
+        let Some(buf) = buf else {
+            // Bytes counted but no buffer: cannot happen (the port hands one with data).
+            self.close(CloseReason::Local);
+            return Some(self.finish_close());
+        };
+        if self.inner.st.lock().draining {
+            return self.receive(None); // closing: discarded
+        }
+        let mut carry = self.inner.carry.lock();
+        if carry.is_empty() {
+            let pos = self.frame(codec, &buf, on_packet);
+            if pos < buf.len() {
+                carry.extend_from_slice(&buf[pos..]);
+            }
+        } else {
+            carry.extend_from_slice(&buf);
+            drop(buf);
+            let pos = self.frame(codec, &carry, on_packet);
+            carry.drain(..pos);
+            if carry.is_empty() {
+                // The split packet is whole: an idle session keeps no buffer.
+                *carry = Vec::new();
+            }
+        }
+        drop(carry);
+        self.receive(None)
+    }
+
+    /// The common start of a receive's completion: the end of the stream, an error or an
+    /// abort finish the close (`Err`, with why); data is counted and stamps the session.
+    fn arrived(&self, result: &io::Result<usize>) -> Result<usize, CloseReason> {
+        let core = &self.inner.core;
+        let n = match *result {
             Ok(0) => {
                 // A graceful close ends when the peer closes too: report it as asked for.
                 let graceful = self.inner.st.lock().flush_reason.clone();
                 self.close(graceful.unwrap_or(CloseReason::PeerClosed));
-                return Some(self.finish_close());
+                return Err(self.finish_close());
             }
             Ok(n) => n,
-            Err(e) if e.is_aborted() => return Some(self.finish_close()),
-            Err(e) => {
-                self.close(CloseReason::from_io(&e));
-                return Some(self.finish_close());
+            Err(ref e) if e.is_aborted() => return Err(self.finish_close()),
+            Err(ref e) => {
+                self.close(CloseReason::from_io(e));
+                return Err(self.finish_close());
             }
         };
         core.counters.bytes_in.fetch_add(n as u64, Relaxed);
+        self.inner.last_rx.store(core.now_ms(), Relaxed);
+        Ok(n)
+    }
+
+    /// Frames what arrived with `codec` and hands each whole packet to `on_packet` (under
+    /// `catch_unwind`); stops early if the session closes. Returns the bytes consumed.
+    fn frame<C: Codec>(&self, codec: &C, buf: &[u8], on_packet: &dyn Fn(&Session, &[u8])) -> usize {
+        let core = &self.inner.core;
         let now = core.now_ms();
-        self.inner.last_rx.store(now, Relaxed);
-        if self.inner.st.lock().draining {
-            buf.clear(); // closing: what the peer still sends is discarded
-            return self.receive(buf);
-        }
         let mut pos = 0;
         let mut packets = 0u64;
         while pos < buf.len() {
@@ -488,20 +556,24 @@ impl Session {
             }
         }
         core.counters.packets_in.fetch_add(packets, Relaxed);
-        buf.drain(..pos);
-        if buf.capacity() - buf.len() < core.cfg.recv_buffer / 2 {
-            buf.reserve(core.cfg.recv_buffer);
-        }
-        self.receive(buf)
+        pos
     }
 
     /// Starts the session's next receive — the first one after `on_connect` too — or, if it
-    /// is closing, finishes the close and returns why (see [`Session::received`]).
-    pub(crate) fn receive(&self, buf: Vec<u8>) -> Option<CloseReason> {
+    /// is closing, finishes the close and returns why (see [`Session::received`]). Into the
+    /// server's pool if it has one (`buf`, the session's own buffer, is then not needed).
+    pub(crate) fn receive(&self, buf: Option<Vec<u8>>) -> Option<CloseReason> {
         {
             let st = self.inner.st.lock();
             if let Some(socket) = &st.socket {
-                socket.recv(buf, RECV);
+                let core = &self.inner.core;
+                match &core.pool {
+                    Some(pool) => socket.recv_pooled(pool, RECV),
+                    None => socket.recv(
+                        buf.unwrap_or_else(|| Vec::with_capacity(core.cfg.recv_buffer)),
+                        RECV,
+                    ),
+                }
                 return None;
             }
         }

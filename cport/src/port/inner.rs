@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 
 use super::local::{PortEntry, PortOfThread, LOCAL, SHUTDOWN_REAP};
 use super::table::Table;
+use crate::buffers::BufPool;
 use crate::combine::{Combiner, HandOff};
 use crate::op::Completion;
 use crate::sched::{Poller, Sched};
@@ -52,6 +53,10 @@ pub(crate) struct PortInner {
     /// A `get` inside a handler of a pool of this port was logged (release builds; one
     /// warning per port).
     pub(super) warned_get_in_pool: AtomicBool,
+    /// The port's buffer pools (`Port::buf_pool`), kept for the port's life. Declared after
+    /// `driver` so that the backend (io_uring, which has their rings registered) is dropped
+    /// before their memory.
+    pub(super) pools: Mutex<Vec<BufPool>>,
 }
 
 /// What `get` inside a handler of a [`Pool`](crate::Pool) of the same port says (a panic in
@@ -199,6 +204,7 @@ impl PortInner {
     /// Turns raw kernel completions into port completions, running whatever they make the
     /// backend do next (continued short sends, the next queued operation of a socket).
     pub(super) fn process(&self, raw: &mut Vec<Raw>, out: &mut Vec<Completion>) {
+        self.kick_pools(raw);
         while !raw.is_empty() {
             {
                 let mut t = self.table.lock();
@@ -209,6 +215,7 @@ impl PortInner {
                 }
             }
             self.driver.flush(raw);
+            self.kick_pools(raw);
         }
     }
 
@@ -216,6 +223,7 @@ impl PortInner {
     pub(super) fn flush(&self) {
         let mut raw = Vec::new();
         self.driver.flush(&mut raw);
+        self.kick_pools(&mut raw);
         if !raw.is_empty() {
             let mut out = Vec::new();
             self.process(&mut raw, &mut out);
@@ -439,6 +447,34 @@ impl PortOfThread for PortInner {
         }
         if e.held {
             self.sched.release_slot(self);
+        }
+    }
+}
+
+impl PortInner {
+    /// Buffers that came back inside the backend (epoll gives back the buffer of a receive
+    /// that found nothing) while receives waited for one: submits those receives again, and
+    /// attempts them (what that completes goes to `raw`).
+    fn kick_pools(&self, raw: &mut Vec<Raw>) {
+        if self.driver.pool_ring() {
+            return; // buffers come back only through `PooledBuf::drop`, which submits
+        }
+        let pools = self.pools.lock();
+        if pools.is_empty() {
+            return;
+        }
+        let mut kicked = false;
+        for pool in pools.iter() {
+            while let Some(token) = pool.mem().take_kick() {
+                self.table
+                    .lock()
+                    .resubmit_parked(&self.driver, pool.mem(), token);
+                kicked = true;
+            }
+        }
+        drop(pools);
+        if kicked {
+            self.driver.flush(raw);
         }
     }
 }

@@ -16,6 +16,7 @@
 mod inner;
 mod local;
 mod pass;
+mod pooled;
 pub(crate) mod socket;
 mod table;
 #[cfg(all(test, not(loom), unix))]
@@ -203,6 +204,7 @@ impl Port {
                 warned_unlent: Default::default(),
                 warned_get_in_pool: Default::default(),
                 driver,
+                pools: Mutex::new(Vec::new()),
             }),
         }
     }

@@ -6,14 +6,15 @@ use std::io;
 
 use crate::op::{aborted, Completion, OpData};
 use crate::slab::Slab;
-use crate::sys::{self, AnyDriver, OpKind, OwnedSock, Raw, SockIo};
+use crate::sys::{self, AnyDriver, OpKind, OwnedSock, PoolMem, Raw, SockIo};
 
 pub(super) struct OpEntry {
     pub(super) sock: u64,
     pub(super) key: u64,
     pub(super) user: u64,
     pub(super) data: OpData,
-    /// Bytes already sent by earlier submissions of a stream send.
+    /// Bytes already sent by earlier submissions of a stream send; for a pooled receive, the
+    /// pool's count of returned buffers when it was submitted (`PoolMem::park`).
     pub(super) done: usize,
     pub(super) state: OpState,
 }
@@ -30,6 +31,9 @@ pub(super) enum OpState {
     /// In flight, and the backend was asked to cancel it: it completes aborted, or with its
     /// result if it finished first; a short send is not continued.
     Cancelling,
+    /// A pooled receive that found no free buffer: it waits in its pool's queue (not in the
+    /// kernel) until a buffer comes back; cancelling it completes it at once.
+    Parked,
 }
 
 pub(super) struct SockEntry {
@@ -123,12 +127,73 @@ impl Table {
             "a cancelled send is not continued"
         );
         op.state = OpState::InFlight;
+        if let OpData::RecvPool(pool) = &op.data {
+            op.done = pool.mem().returns() as usize;
+        }
         d.push(&s.io, token, desc);
+    }
+
+    /// A buffer came back to `pool` and receive `token` waited for one: submits it again. A
+    /// waiter that is gone (cancelled, closed) passes the turn to the next.
+    pub(super) fn resubmit_parked(&mut self, d: &AnyDriver, pool: &PoolMem, mut token: u64) {
+        loop {
+            if self
+                .ops
+                .get(token)
+                .is_some_and(|op| op.state == OpState::Parked)
+            {
+                self.submit(d, token);
+                return;
+            }
+            match pool.pop_waiter() {
+                Some(t) => token = t,
+                None => return,
+            }
+        }
+    }
+
+    /// What a pooled receive's result means before it completes: a buffer that holds
+    /// nothing goes back to the pool, and a receive that found no buffer waits for one
+    /// (`true`: it does not complete now).
+    fn pooled(&mut self, d: &AnyDriver, raw: &mut Raw) -> bool {
+        let Some(op) = self.ops.get_mut(raw.token) else {
+            return false;
+        };
+        let OpData::RecvPool(pool) = &op.data else {
+            return false;
+        };
+        let pool = pool.clone();
+        let mem = pool.mem();
+        if let Some(bid) = raw.buf.filter(|_| raw.res <= 0) {
+            raw.buf = None;
+            if let Some(w) = mem.give(bid) {
+                self.resubmit_parked(d, mem, w);
+            }
+        }
+        let Some(op) = self.ops.get_mut(raw.token) else {
+            return false;
+        };
+        if raw.res != -sys::NO_BUFFER {
+            return false;
+        }
+        if op.state == OpState::Cancelling {
+            raw.res = -sys::ABORTED;
+            return false;
+        }
+        if mem.park(raw.token, op.done as u64) {
+            op.state = OpState::Parked;
+        } else {
+            self.submit(d, raw.token);
+        }
+        true
     }
 
     /// Applies one raw completion. Returns the port completion, or `None` if the token is
     /// stale or the operation continues (a short stream send).
-    pub(super) fn finish(&mut self, d: &AnyDriver, raw: Raw) -> Option<Completion> {
+    pub(super) fn finish(&mut self, d: &AnyDriver, mut raw: Raw) -> Option<Completion> {
+        if self.pooled(d, &mut raw) {
+            return None;
+        }
         let op = self.ops.get_mut(raw.token)?;
         let stream = self.socks.get(op.sock).is_some_and(|s| s.stream);
         let is_send = matches!(op.data, OpData::Send(..) | OpData::SendTo(..));
@@ -172,7 +237,7 @@ impl Table {
             }
             self.reap_socket(d, sock);
         }
-        let (result, kind) = op.data.finish(res, total);
+        let (result, kind) = op.data.finish(res, total, raw.buf);
         Some(Completion {
             key: op.key,
             user: op.user,
@@ -204,6 +269,14 @@ impl Table {
         }
         for t in tokens {
             if let Some(op) = self.ops.get_mut(t) {
+                if op.state == OpState::Parked {
+                    // Not in the kernel: done now (its pool skips the stale token).
+                    let op = self.ops.remove(t).expect("looked up above");
+                    let s = self.socks.get_mut(sock).expect("socket checked above");
+                    remove_token(&mut s.recv_q, t);
+                    done.push(fail(op.key, op.user, op.data, aborted()));
+                    continue;
+                }
                 if op.state == OpState::InFlight {
                     op.state = OpState::Cancelling;
                     let io = &self.socks.get(sock).expect("socket checked above").io;
@@ -241,7 +314,7 @@ pub(super) fn closed_error() -> io::Error {
 
 /// A completion for an operation that could not be started (the kernel never saw it).
 pub(super) fn fail(key: u64, user: u64, data: OpData, e: io::Error) -> Completion {
-    let (_, op) = data.finish(-crate::sys::ABORTED, 0);
+    let (_, op) = data.finish(-crate::sys::ABORTED, 0, None);
     Completion {
         key,
         user,

@@ -13,6 +13,20 @@ use super::os::{CSockAddr, CSockAddrStorage, MsgHdr, RawSock, SockLen};
 pub(crate) struct Raw {
     pub(crate) token: u64,
     pub(crate) res: i32,
+    /// The pool buffer a pooled receive filled (`Desc::RecvPool`), whatever `res` says: the
+    /// port owns it from here.
+    pub(crate) buf: Option<u16>,
+}
+
+impl Raw {
+    /// A result without a pool buffer.
+    pub(crate) fn new(token: u64, res: i32) -> Raw {
+        Raw {
+            token,
+            res,
+            buf: None,
+        }
+    }
 }
 
 /// The raw arguments of one submission. Every pointer targets memory owned by the
@@ -34,6 +48,12 @@ pub(crate) enum Desc {
     Recv {
         ptr: *mut u8,
         len: usize,
+    },
+    /// A receive into a buffer of `pool`, taken only when data is there (io_uring: the
+    /// kernel picks it from the pool's provided-buffer ring; epoll: taken when the socket is
+    /// readable; IOCP: taken at issue). No buffer free: completes with `-NO_BUFFER`.
+    RecvPool {
+        pool: *const super::bufring::PoolMem,
     },
     Send {
         ptr: *const u8,
@@ -73,7 +93,7 @@ impl Desc {
         match self {
             Desc::Accept { .. } => OpKind::Accept,
             Desc::Connect { .. } => OpKind::Connect,
-            Desc::Recv { .. } | Desc::RecvMsg { .. } => OpKind::Recv,
+            Desc::Recv { .. } | Desc::RecvPool { .. } | Desc::RecvMsg { .. } => OpKind::Recv,
             Desc::Send { .. } | Desc::SendMsg { .. } => OpKind::Send,
         }
     }
@@ -211,6 +231,17 @@ pub(crate) trait Driver: Send + Sync {
     /// The submission hand-off's combiner, for a backend whose follow-up work runs on the
     /// submitter (`follow_up_on_submitter`); `None` otherwise.
     fn combiner(&self) -> Option<&crate::combine::Combiner>;
+
+    /// A new buffer pool: io_uring registers its provided-buffer ring (and says whether the
+    /// pool must be one, `Driver::pool_ring`); the others keep a free list.
+    fn register_pool(&self, _pool: &super::bufring::PoolMem) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Pools of this backend lend their buffers to the kernel through a ring.
+    fn pool_ring(&self) -> bool {
+        false
+    }
 
     /// The faults a test may arm on this backend's system calls (feature
     /// `fault-injection`); `None`: this backend has no hooks.

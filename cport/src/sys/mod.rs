@@ -10,6 +10,7 @@
 //! dispatches to it ([`AnyDriver`]). Each backend's per-socket state has its own type
 //! ([`Driver::Sock`]); the port keeps it as a [`SockIo`], whose variant is the backend's.
 
+mod bufring;
 mod driver;
 #[cfg(target_os = "linux")]
 mod epoll;
@@ -26,6 +27,8 @@ mod wait;
 use std::io;
 use std::time::Instant;
 
+pub use bufring::MAX_POOL_BUFFERS;
+pub(crate) use bufring::{PoolMem, NO_BUFFER};
 pub use driver::Backend;
 pub(crate) use driver::{Desc, Driver, OpDesc, OpKind, Raw};
 pub(crate) use os::{
@@ -165,6 +168,14 @@ impl AnyDriver {
 
     pub(crate) fn combiner(&self) -> Option<&crate::combine::Combiner> {
         each!(self, |d| d.combiner())
+    }
+
+    pub(crate) fn register_pool(&self, pool: &PoolMem) -> io::Result<()> {
+        each!(self, |d| d.register_pool(pool))
+    }
+
+    pub(crate) fn pool_ring(&self) -> bool {
+        each!(self, |d| d.pool_ring())
     }
 
     #[cfg(feature = "fault-injection")]

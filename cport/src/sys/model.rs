@@ -69,7 +69,7 @@ impl Model {
 
     /// The kernel finishes operation `token` with `res` (bytes, or `-errno`).
     pub(crate) fn complete(&self, token: u64, res: i32) {
-        self.state.lock().ready.push_back(Raw { token, res });
+        self.state.lock().ready.push_back(Raw::new(token, res));
         self.cv.notify_all();
     }
 
@@ -109,6 +109,8 @@ fn kind_of(desc: &Desc) -> (Kind, usize) {
         Desc::Accept { .. } => (Kind::Accept, 0),
         Desc::Connect { .. } => (Kind::Connect, 0),
         Desc::Recv { len, .. } => (Kind::Recv, len),
+        // The model completes it like a receive (a test gives the result, no buffer).
+        Desc::RecvPool { .. } => (Kind::Recv, 0),
         Desc::Send { len, .. } => (Kind::Send, len),
         Desc::SendMsg { .. } => (Kind::SendMsg, 0),
         Desc::RecvMsg { .. } => (Kind::RecvMsg, 0),

@@ -27,14 +27,18 @@ use std::sync::atomic::{AtomicI32, Ordering::SeqCst};
 use std::time::Instant;
 
 use io_uring::types::Fd;
-use io_uring::{opcode, squeue, IoUring, Probe};
+use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use parking_lot::Mutex;
 
+use super::bufring::PoolMem;
 use super::driver::{Backend, Desc, Driver, OpDesc, Raw};
 use super::os::timeout_ms;
 use super::wait::{WaitSet, ALARM, BACKEND};
 use crate::combine::Combiner;
 use crate::slab::RESERVED_TOKENS;
+
+/// `IORING_RECVSEND_POLL_FIRST` (Linux 5.19, like provided-buffer rings).
+const RECVSEND_POLL_FIRST: u16 = 1;
 
 /// Token of cancel requests (their own completions carry nothing the port needs).
 const CANCEL: u64 = RESERVED_TOKENS + 1;
@@ -167,6 +171,19 @@ impl Uring {
                 .build(),
             Desc::Connect { addr, len } => opcode::Connect::new(fd, addr, len).build(),
             Desc::Recv { ptr, len } => opcode::Recv::new(fd, ptr, clamp(len)).build(),
+            Desc::RecvPool { pool } => {
+                // SAFETY: the operation owns a handle on the pool, so it is alive here.
+                let pool = unsafe { &*pool };
+                // POLL_FIRST: the kernel waits for data before it picks a buffer, so an idle
+                // socket's receive neither holds a buffer nor fails when the pool is empty;
+                // only a receive with data waiting finds no buffer (and then waits in the
+                // pool's queue, `PoolMem::park`).
+                opcode::Recv::new(fd, std::ptr::null_mut(), clamp(pool.size()))
+                    .buf_group(pool.group())
+                    .ioprio(RECVSEND_POLL_FIRST)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+            }
             Desc::Send { ptr, len } => opcode::Send::new(fd, ptr, clamp(len))
                 .flags(libc::MSG_NOSIGNAL)
                 .build(),
@@ -270,6 +287,7 @@ impl Uring {
                         out.push(Raw {
                             token,
                             res: cqe.result(),
+                            buf: cqueue::buffer_select(cqe.flags()),
                         });
                     }
                 }
@@ -410,6 +428,26 @@ impl Driver for Uring {
     /// CQ, reaped by a waiter or a busy thread's look).
     fn flush(&self, _out: &mut Vec<Raw>) {
         self.submit_pending();
+    }
+
+    /// Registers the pool's provided-buffer ring (Linux 5.19) under its group id.
+    fn register_pool(&self, pool: &PoolMem) -> io::Result<()> {
+        let Some(ring) = pool.ring() else {
+            return Ok(());
+        };
+        let (addr, entries) = ring.addr_entries();
+        // SAFETY: the ring memory is owned by the pool, which the port keeps until this
+        // backend (and so the io_uring that reads the ring) has been dropped.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buf_ring_with_flags(addr, entries, pool.group(), 0)
+        }
+        .map_err(|e| setup_error("provided-buffer ring registration (Linux 5.19)", e))
+    }
+
+    fn pool_ring(&self) -> bool {
+        true
     }
 
     /// io_uring runs task work on the submitting thread.

@@ -14,10 +14,23 @@ use crate::sys::wait::errno;
 pub(super) enum Attempt {
     /// Finished with this result (bytes, new fd, 0, or -errno).
     Done(i32),
+    /// A pooled receive got this many bytes (more than 0) into this pool buffer.
+    Filled(i32, u16),
     /// Would block: wait for readiness.
     WouldBlock,
     /// A connect is now in progress: wait for writability.
     Started,
+}
+
+impl Attempt {
+    /// The result and pool buffer of a finished attempt; `None` if it waits for readiness.
+    pub(super) fn finished(self) -> Option<(i32, Option<u16>)> {
+        match self {
+            Attempt::Done(res) => Some((res, None)),
+            Attempt::Filled(res, bid) => Some((res, Some(bid))),
+            Attempt::WouldBlock | Attempt::Started => None,
+        }
+    }
 }
 
 /// Lengths above what the result (an i32) can report are cut.
@@ -46,6 +59,11 @@ pub(super) fn attempt(op: OpDesc, connecting: bool) -> Attempt {
                     )
                 };
                 fd as isize
+            }
+            Desc::RecvPool { pool } => {
+                // SAFETY: the token is pending, so the operation's handle keeps the pool
+                // alive for this call.
+                return recv_pooled(fd, unsafe { &*pool });
             }
             Desc::Recv { ptr, len } => {
                 // SAFETY: the token is pending, so `ptr` is the operation's live buffer,
@@ -83,6 +101,32 @@ pub(super) fn attempt(op: OpDesc, connecting: bool) -> Attempt {
             e if e == libc::EAGAIN || e == libc::EWOULDBLOCK => return Attempt::WouldBlock,
             e => return Attempt::Done(-e),
         }
+    }
+}
+
+/// A pooled receive: a buffer from the pool only for the call; given back at once if nothing
+/// arrived (the receive then waits for readiness holding no buffer).
+fn recv_pooled(fd: RawFd, pool: &crate::sys::PoolMem) -> Attempt {
+    let Some(bid) = pool.take() else {
+        return Attempt::Done(-crate::sys::NO_BUFFER);
+    };
+    loop {
+        // SAFETY: buffer `bid` was just taken from the pool: nobody else writes it, and it
+        // is `pool.size()` bytes long.
+        let res = unsafe { libc::recv(fd, pool.ptr(bid).cast(), clamp(pool.size()), 0) };
+        if res > 0 {
+            return Attempt::Filled(res.min(i32::MAX as isize) as i32, bid);
+        }
+        let e = if res == 0 { 0 } else { errno() };
+        if e == libc::EINTR {
+            continue;
+        }
+        pool.give_quiet(bid);
+        return match e {
+            0 => Attempt::Done(0),
+            e if e == libc::EAGAIN || e == libc::EWOULDBLOCK => Attempt::WouldBlock,
+            e => Attempt::Done(-e),
+        };
     }
 }
 

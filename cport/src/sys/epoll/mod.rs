@@ -117,10 +117,7 @@ impl Epoll {
             }
             let mut done = self.done.lock();
             for p in side.ops.drain(keep..) {
-                done.push(Raw {
-                    token: p.token,
-                    res: -libc::ECANCELED,
-                });
+                done.push(Raw::new(p.token, -libc::ECANCELED));
             }
         }
     }
@@ -151,10 +148,7 @@ impl Epoll {
                 return;
             }
             side.ops.remove(i);
-            self.done.lock().push(Raw {
-                token,
-                res: -libc::ECANCELED,
-            });
+            self.done.lock().push(Raw::new(token, -libc::ECANCELED));
             if i == 0 {
                 // A new front operation: give it its own first attempt.
                 side.blocked_at = None;

@@ -146,34 +146,33 @@ impl SockState {
                 tracing::error!(token, "epoll: operation vanished during its attempt");
                 continue;
             };
-            match result {
-                Attempt::Done(res) => {
+            match result.finished() {
+                Some((res, buf)) => {
                     side.ops.pop_front();
                     // A stream receive that got less than it asked for emptied the socket's
                     // receive queue: the next receive waits for the next edge instead of
                     // trying a system call that would only say EAGAIN (tokio does the same).
                     // Not after an end-of-stream or error event, which has no later edge;
                     // not if an event came during the attempt.
-                    let drained = match op.desc {
-                        Desc::Recv { len, .. } => {
-                            self.stream && res > 0 && (res as usize) < len && !hup
-                        }
-                        _ => false,
+                    let len = match op.desc {
+                        Desc::Recv { len, .. } => Some(len),
+                        // SAFETY: the operation (still in the port's table) holds the pool.
+                        Desc::RecvPool { pool } => Some(unsafe { &*pool }.size()),
+                        _ => None,
                     };
+                    let drained = len
+                        .is_some_and(|len| self.stream && res > 0 && (res as usize) < len && !hup);
                     side.blocked_at = (drained && side.seq == seq).then_some(seq);
-                    out.push(Raw { token, res });
+                    out.push(Raw { token, res, buf });
                 }
-                Attempt::WouldBlock | Attempt::Started => {
+                None => {
                     if result == Attempt::Started {
                         front.connecting = true;
                     }
                     if front.cancelled {
                         side.ops.pop_front();
                         side.blocked_at = None;
-                        out.push(Raw {
-                            token,
-                            res: -libc::ECANCELED,
-                        });
+                        out.push(Raw::new(token, -libc::ECANCELED));
                     } else if side.seq == seq {
                         side.blocked_at = Some(seq);
                         return;

@@ -107,13 +107,7 @@ fn cancelled_recv_completes_once() {
 
     ep.cancel(&io1, 10);
     ep.flush(&mut out);
-    assert_eq!(
-        out,
-        vec![Raw {
-            token: 10,
-            res: -libc::ECANCELED
-        }]
-    );
+    assert_eq!(out, vec![Raw::new(10, -libc::ECANCELED)]);
     // Unknown now: a second cancel does nothing.
     ep.cancel(&io1, 10);
     client.write_all(b"late").unwrap();

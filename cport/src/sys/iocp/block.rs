@@ -34,6 +34,9 @@ pub(crate) struct SockState {
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Extra {
     None,
+    /// A pooled receive's buffer (taken from the pool at issue): handed to the port with the
+    /// result, which gives it back if nothing arrived.
+    Pooled(u16),
     /// Update the connect context (so that `getpeername` and `shutdown` work).
     Connect,
     /// The socket made for `AcceptEx`: update its accept context, parse the addresses, hand it
@@ -78,8 +81,10 @@ pub(super) fn finish(block: Box<Block>) -> Raw {
     } else {
         -wsa_error()
     };
+    let mut buf = None;
     match block.extra {
         Extra::None => {}
+        Extra::Pooled(bid) => buf = Some(bid),
         Extra::Connect => {
             if res >= 0 {
                 // SAFETY: SO_UPDATE_CONNECT_CONTEXT takes no value.
@@ -162,5 +167,6 @@ pub(super) fn finish(block: Box<Block>) -> Raw {
     Raw {
         token: block.token,
         res,
+        buf,
     }
 }

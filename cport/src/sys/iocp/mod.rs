@@ -219,7 +219,7 @@ impl Iocp {
 
     /// Records an operation that failed when issued: it completes at the next look.
     fn fail_now(&self, token: u64, err: i32) {
-        self.failed.lock().push(Raw { token, res: -err });
+        self.failed.lock().push(Raw::new(token, -err));
     }
 }
 
@@ -419,6 +419,15 @@ impl Iocp {
                 }
                 Err(e) => return self.fail_now(token, e),
             },
+            Desc::RecvPool { pool } => {
+                // SAFETY: the operation holds a handle on the pool while it is in flight.
+                let pool = unsafe { &*pool };
+                let Some(bid) = pool.take() else {
+                    return self.fail_now(token, crate::sys::NO_BUFFER);
+                };
+                block.buf = iovec(pool.ptr(bid), pool.size());
+                block.extra = Extra::Pooled(bid);
+            }
             Desc::Connect { addr, .. } => {
                 // SAFETY: `addr` points to the operation's SockAddr, valid while it is in flight.
                 let family = unsafe { (*addr).sa_family };
@@ -449,6 +458,10 @@ impl Iocp {
             let r = match op.desc {
                 Desc::Recv { ptr, len } => {
                     b.buf = iovec(ptr, len);
+                    ws::WSARecv(s, &b.buf, 1, ptr::null_mut(), &mut b.flags, ov, None)
+                }
+                // The buffer was taken and set above.
+                Desc::RecvPool { .. } => {
                     ws::WSARecv(s, &b.buf, 1, ptr::null_mut(), &mut b.flags, ov, None)
                 }
                 Desc::Send { ptr, len } => {
@@ -539,6 +552,15 @@ impl Iocp {
             if let Extra::Accept { accepted, .. } = b.extra {
                 // SAFETY: the socket was made for this accept and nothing else holds it.
                 unsafe { ws::closesocket(accepted) };
+            }
+            if let Extra::Pooled(bid) = b.extra {
+                // The port gives the unused buffer back with the result.
+                self.failed.lock().push(Raw {
+                    token,
+                    res: -e,
+                    buf: Some(bid),
+                });
+                return;
             }
             self.fail_now(token, e);
         }
