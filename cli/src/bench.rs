@@ -7,6 +7,8 @@
 #[cfg(target_os = "linux")]
 mod cluster;
 mod echo;
+#[cfg(target_os = "linux")]
+mod idle;
 mod mmo;
 mod stress_run;
 
@@ -21,6 +23,10 @@ use crate::util::not_built;
 pub enum Cmd {
     /// Echo servers under the same load (closed loop, `--rate` open loop, `--skew`).
     Echo(echo::EchoArgs),
+    /// Memory per idle connection: each server's RSS growth for N connections that each sent
+    /// one small message and then wait.
+    #[cfg(target_os = "linux")]
+    Idle(idle::IdleArgs),
     /// Post→get hand-off throughput: cport against crossbeam-channel and std mpsc (runs the
     /// `bench_port` example; arguments are passed to it, e.g. `--batch --rounds 5`).
     Port(PortArgs),
@@ -45,6 +51,8 @@ pub struct PortArgs {
 pub fn run(cmd: Cmd) -> io::Result<()> {
     match cmd {
         Cmd::Echo(a) => echo::run(a),
+        #[cfg(target_os = "linux")]
+        Cmd::Idle(a) => idle::run(a),
         Cmd::Port(a) => port(a),
         Cmd::Mmo(a) => mmo::run(a),
         #[cfg(target_os = "linux")]

@@ -25,6 +25,10 @@ pub struct Args {
     /// Close sessions that sent nothing for this many seconds.
     #[arg(long)]
     pub idle_timeout_s: Option<f64>,
+    /// Receive buffers shared by all sessions (a session takes one only when data arrives);
+    /// 0 gives every session a buffer of its own.
+    #[arg(long, default_value_t = Config::default().recv_pool)]
+    pub recv_pool: usize,
     /// Most bytes queued for sending per session before it is closed as a slow consumer.
     #[arg(long, default_value_t = 4 << 20)]
     pub max_send_queue: usize,
@@ -64,6 +68,7 @@ pub fn run(args: Args) -> io::Result<()> {
         max_send_queue: args.max_send_queue,
         stats_interval: secs(args.stats_interval_s),
         recv_buffer: 16 * 1024,
+        recv_pool: args.recv_pool,
         ..Config::default()
     };
     let server = Server::start(cfg, RawStream, Echo)?;

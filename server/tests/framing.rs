@@ -11,13 +11,16 @@ use std::time::Duration;
 
 use common::{config, connect, write, TIMEOUT};
 use cport_server::cport::Backend;
-use cport_server::{Codec, Handler, LengthPrefixed, Server, Session, SizeField};
+use cport_server::{Codec, Config, Handler, LengthPrefixed, Server, Session, SizeField};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 
 per_backend!(
     packets_split_at_every_byte_boundary_are_reassembled,
     many_packets_in_one_write_are_all_delivered_in_order,
+    many_packets_through_one_64_byte_pool_buffer_are_all_delivered_in_order,
+    many_packets_with_a_receive_buffer_per_session_are_all_delivered_in_order,
+    forty_clients_sharing_one_pool_buffer_each_get_exactly_their_packets,
 );
 
 /// The server's receive loop (`on_recv`): append what arrived, frame packets until one is
@@ -147,9 +150,84 @@ fn packets_split_at_every_byte_boundary_are_reassembled(b: Backend) {
 /// Hundreds of packets of random sizes, some far larger than the receive buffer, written
 /// in one `write`: every one is delivered whole, in order.
 fn many_packets_in_one_write_are_all_delivered_in_order(b: Backend) {
+    many_packets(config(b));
+}
+
+/// The same through a pool of one 64-byte buffer: nearly every packet is split across
+/// receives and waits in the session's carry, and every receive waits for the one buffer.
+fn many_packets_through_one_64_byte_pool_buffer_are_all_delivered_in_order(b: Backend) {
+    many_packets(Config {
+        recv_pool: 1,
+        recv_buffer: 64,
+        ..config(b)
+    });
+}
+
+/// The same with no pool (a receive buffer per session, `recv_pool: 0`).
+fn many_packets_with_a_receive_buffer_per_session_are_all_delivered_in_order(b: Backend) {
+    many_packets(Config {
+        recv_pool: 0,
+        ..config(b)
+    });
+}
+
+/// Forty clients stream packets at once through a pool of one 32-byte buffer: each
+/// session's packets come out whole and in order, none mixed with another's.
+fn forty_clients_sharing_one_pool_buffer_each_get_exactly_their_packets(b: Backend) {
+    struct BySession(mpsc::Sender<(u64, Vec<u8>)>);
+    impl Handler for BySession {
+        fn on_packet(&self, s: &Session, packet: &[u8]) {
+            let _ = self.0.send((s.id().as_u64(), packet.to_vec()));
+        }
+    }
     let codec = LengthPrefixed::new(SizeField::U16);
     let (tx, rx) = mpsc::channel();
-    let server = Server::start(config(b), codec, Record(tx)).unwrap();
+    let cfg = Config {
+        recv_pool: 1,
+        recv_buffer: 32,
+        ..config(b)
+    };
+    let server = Server::start(cfg, codec, BySession(tx)).unwrap();
+    let mut writers = Vec::new();
+    let mut expected = Vec::new();
+    for c in 0..40u32 {
+        let stream: Vec<Vec<u8>> = (0..30u32)
+            .map(|i| {
+                let body: Vec<u8> = (0..(c * 7 + i * 13) % 90)
+                    .map(|j| (c + i + j) as u8)
+                    .collect();
+                codec.encode(c as u8, &body).to_vec()
+            })
+            .collect();
+        expected.push(stream.clone());
+        let mut client = connect(server.local_addr());
+        writers.push(std::thread::spawn(move || {
+            for p in &stream {
+                write(&mut client, p);
+            }
+            client
+        }));
+    }
+    let clients: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let mut got: std::collections::HashMap<u64, Vec<Vec<u8>>> = Default::default();
+    let total: usize = expected.iter().map(Vec::len).sum();
+    for i in 0..total {
+        let (id, p) = rx
+            .recv_timeout(TIMEOUT)
+            .unwrap_or_else(|_| panic!("only {i} of {total} packets delivered"));
+        got.entry(id).or_default().push(p);
+    }
+    let mut streams: Vec<Vec<Vec<u8>>> = got.into_values().collect();
+    streams.sort_by_key(|s| s[0][2]); // the packet type is the client's number
+    assert_eq!(streams, expected);
+    drop(clients);
+    server.shutdown(TIMEOUT);
+}
+
+fn many_packets(cfg: Config) {
+    let codec = LengthPrefixed::new(SizeField::U16);
+    let (tx, rx) = mpsc::channel();
+    let server = Server::start(cfg, codec, Record(tx)).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let mut stream = Vec::new();
     let mut sent = Vec::new();

@@ -63,14 +63,18 @@ pub struct EchoArgs {
 }
 
 /// A server under test: how to start it.
-struct Contender {
-    name: String,
-    program: PathBuf,
-    args: Vec<String>,
+pub(super) struct Contender {
+    pub(super) name: String,
+    pub(super) program: PathBuf,
+    pub(super) args: Vec<String>,
 }
 
 /// The server `name`, found next to the current executable.
-fn contender(full_name: &str, threads: usize, skew_ms: Option<f64>) -> io::Result<Contender> {
+pub(super) fn contender(
+    full_name: &str,
+    threads: usize,
+    skew_ms: Option<f64>,
+) -> io::Result<Contender> {
     // `cport-NAME@PATH`: the `cport` binary at PATH (a build of another commit), for
     // before/after runs of a change in one run.
     let mut exe = std::env::current_exe()?;
@@ -121,6 +125,12 @@ fn contender(full_name: &str, threads: usize, skew_ms: Option<f64>) -> io::Resul
             a.extend(with_backend(&name[6..]));
             (exe.clone(), a)
         }
+        // The server layer with a receive buffer per session (no pool), for before/after.
+        "cport-uring-own" | "cport-epoll-own" => {
+            let mut a = vec!["echo".to_string(), "--recv-pool".into(), "0".into()];
+            a.extend(with_backend(&name[6..name.len() - 4]));
+            (exe.clone(), a)
+        }
         "port-uring" | "port-epoll" => {
             let example = dir.join("examples").join("echo");
             if !example.exists() {
@@ -132,7 +142,7 @@ fn contender(full_name: &str, threads: usize, skew_ms: Option<f64>) -> io::Resul
         other => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("unknown server {other:?} (known: cport-uring, cport-epoll, port-uring, port-epoll, tokio, compio, raw)"),
+                format!("unknown server {other:?} (known: cport-uring, cport-epoll, cport-uring-own, cport-epoll-own, port-uring, port-epoll, tokio, compio, raw)"),
             ))
         }
     };
