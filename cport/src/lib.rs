@@ -202,6 +202,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
+#[cfg(not(loom))]
 mod buffers;
 mod combine;
 #[cfg(all(feature = "fault-injection", not(loom)))]
@@ -215,6 +216,8 @@ pub mod sched;
 #[cfg(not(loom))]
 mod sched;
 
+#[cfg(not(loom))]
+mod fifo;
 #[cfg(not(loom))]
 mod op;
 #[cfg(not(loom))]
@@ -230,6 +233,7 @@ mod timer;
 
 #[cfg(not(loom))]
 pub use buffers::{BufPool, PoolStats, PooledBuf};
+#[cfg(not(loom))]
 pub use op::{Aborted, Accepted, Completion, Message, Op, SendBuf, TimerId};
 #[cfg(not(loom))]
 pub use pool::Pool;

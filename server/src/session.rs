@@ -54,9 +54,6 @@ impl fmt::Display for SessionId {
 
 /// Most buffers gathered into one send (one `sendmsg` iovec array).
 const MAX_GATHER: usize = 256;
-/// Send-queue capacity (entries) a session keeps once its queue has drained; above it, the
-/// queue is shrunk.
-const QUEUE_KEEP: usize = 4 * MAX_GATHER;
 
 struct SendState {
     /// `None` once the session is closing: nothing more is sent or received.
@@ -627,11 +624,14 @@ impl Session {
                 if !st.queue.is_empty() {
                     self.want_send(&mut st);
                 } else {
-                    // A burst can leave a long-lived session with a queue sized for tens of
-                    // thousands of packets (32 bytes each, whatever their size): give that
-                    // back once it has drained, or the memory stays with the session.
-                    if st.queue.capacity() > QUEUE_KEEP {
-                        st.queue.shrink_to(QUEUE_KEEP / 16);
+                    // The queue has drained: give its memory back, so that a session that
+                    // waits holds none (a burst can leave it sized for tens of thousands
+                    // of packets, 32 bytes each whatever their size; even one packet
+                    // leaves 128 bytes). The next send allocates again: one small
+                    // allocation per burst, against a few hundred bytes per idle session
+                    // (BENCHMARKS.md, "Buffer pools").
+                    if st.queue.capacity() > 0 {
+                        st.queue = VecDeque::new();
                     }
                     if st.flush_then_close {
                         half_close(&mut st);

@@ -1,7 +1,6 @@
 //! [`Socket`]: [`Port::associate`], a socket associated with a port, and the start of its
 //! operations.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -50,8 +49,8 @@ impl Port {
             io: io.clone(),
             key,
             stream,
-            recv_q: VecDeque::new(),
-            send_q: VecDeque::new(),
+            recv_q: Default::default(),
+            send_q: Default::default(),
             free: Vec::new(),
             closed: false,
         });

@@ -1,9 +1,9 @@
 //! The operation table: every operation from its start to its completion, and every
 //! associated socket with its lanes (the per-socket order of operations).
 
-use std::collections::VecDeque;
 use std::io;
 
+use crate::fifo::Fifo;
 use crate::op::{aborted, Completion, OpData};
 use crate::slab::Slab;
 use crate::sys::{self, AnyDriver, OpKind, OwnedSock, PoolMem, Raw, SockIo};
@@ -43,9 +43,9 @@ pub(super) struct SockEntry {
     pub(super) key: u64,
     pub(super) stream: bool,
     /// Receives in start order; the front one is the one in flight.
-    pub(super) recv_q: VecDeque<u64>,
+    pub(super) recv_q: Fifo<u64>,
     /// Sends in start order; the front one is the one in flight.
-    pub(super) send_q: VecDeque<u64>,
+    pub(super) send_q: Fifo<u64>,
     /// Accepts and connects, all in flight.
     pub(super) free: Vec<u64>,
     pub(super) closed: bool,
@@ -259,9 +259,8 @@ impl Table {
         let mut tokens: Vec<u64> = s.free.clone();
         for q in [&mut s.recv_q, &mut s.send_q] {
             // Keep the submitted front; the rest never reached the kernel.
-            let keep = q.len().min(1);
-            tokens.extend(q.iter().take(keep));
-            for t in q.drain(keep..) {
+            tokens.extend(q.front().copied());
+            for t in q.split_off(1) {
                 if let Some(op) = self.ops.remove(t) {
                     done.push(fail(op.key, op.user, op.data, aborted()));
                 }
@@ -300,11 +299,10 @@ impl Table {
     }
 }
 
-pub(super) fn remove_token(q: &mut VecDeque<u64>, token: u64) {
-    if q.front() == Some(&token) {
-        q.pop_front();
-    } else {
-        q.retain(|t| *t != token);
+pub(super) fn remove_token(q: &mut Fifo<u64>, token: u64) {
+    let at = q.iter().position(|t| *t == token);
+    if let Some(i) = at {
+        q.remove(i);
     }
 }
 

@@ -111,12 +111,12 @@ impl Epoll {
             if side.ops.len() > keep {
                 tracing::warn!(sock, "epoll: socket deregistered with operations pending");
             }
-            if side.busy {
+            if let Some(front) = side.ops.front_mut().filter(|_| side.busy) {
                 // The attempting thread completes it, with -ECANCELED if it would block.
-                side.ops[0].cancelled = true;
+                front.cancelled = true;
             }
             let mut done = self.done.lock();
-            for p in side.ops.drain(keep..) {
+            for p in side.ops.split_off(keep) {
                 done.push(Raw::new(p.token, -libc::ECANCELED));
             }
         }
@@ -144,7 +144,9 @@ impl Epoll {
             };
             if i == 0 && side.busy {
                 // The attempting thread completes it.
-                side.ops[0].cancelled = true;
+                if let Some(front) = side.ops.front_mut() {
+                    front.cancelled = true;
+                }
                 return;
             }
             side.ops.remove(i);

@@ -3,12 +3,12 @@
 //! (attempt the front operation until one would block); and the dispatch index that finds a
 //! socket's state from the token an event carries.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::attempt::{attempt, Attempt};
+use crate::fifo::Fifo;
 use crate::sys::driver::{Desc, OpDesc, Raw};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub(super) struct Pending {
 #[derive(Default)]
 pub(super) struct Side {
     /// Pending operations, attempted front first.
-    pub(super) ops: VecDeque<Pending>,
+    pub(super) ops: Fifo<Pending>,
     /// Bumped by every epoll event for this side.
     pub(super) seq: u64,
     /// The `seq` at which the front operation last would have blocked.
