@@ -16,6 +16,7 @@ mod combat;
 pub(crate) mod login;
 mod movement;
 pub(crate) mod npc;
+mod path;
 mod view;
 pub(crate) mod zone;
 
@@ -167,6 +168,19 @@ impl<C> Player<C> {
 pub(crate) struct NpcLife {
     pub hp: i32,
     pub alive: bool,
+    /// The player it chases and attacks ([`NO_PLAYER`]: none, it walks at random).
+    pub target: u32,
+}
+
+impl NpcLife {
+    /// Full health, no target.
+    pub(crate) fn new() -> NpcLife {
+        NpcLife {
+            hp: rules::NPC_HP,
+            alive: true,
+            target: NO_PLAYER,
+        }
+    }
 }
 
 /// A counter-based random generator (splitmix64): any thread may draw from it; the sequence
@@ -191,6 +205,7 @@ pub(crate) struct Counters {
     pub awake_npcs: AtomicUsize,
     pub npc_timers: AtomicUsize,
     pub npc_moves: AtomicU64,
+    pub npc_attacks: AtomicU64,
     pub logins: AtomicU64,
     pub login_fails: AtomicU64,
     pub rejected: AtomicU64,
@@ -224,6 +239,11 @@ pub(crate) struct Game<H: Host> {
     /// Per NPC (`id - max_users`): hit points, alive; and where it (re)spawns.
     pub npc_life: Box<[Mutex<NpcLife>]>,
     pub npc_spawn: Box<[u32]>,
+    /// Percent of NPCs that are aggressive (`Config::aggressive_npcs`), chosen by id from
+    /// `seed`; and how far a chase goes (`Config::npc_give_up`).
+    pub aggressive_pct: u8,
+    pub seed: u64,
+    pub give_up: u16,
     pub npc_respawn: Duration,
     pub regen_interval: Duration,
     /// `None` with `--db none`.
