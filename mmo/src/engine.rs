@@ -322,6 +322,7 @@ impl<H: Host> Engine<H> {
             level_ups: c.level_ups.load(Relaxed),
             player_deaths: c.player_deaths.load(Relaxed),
             stat_changes: c.stat_changes.load(Relaxed),
+            npc_attacks: c.npc_attacks.load(Relaxed),
         }
     }
 

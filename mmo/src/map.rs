@@ -302,6 +302,17 @@ impl Map {
                 ((r >> 16) % u64::from(size)) as u16,
             );
             let len = (3 + (r >> 32) % longest) as u16;
+            // Cells newly blocked (or opened again, for a door) by this round.
+            let mut put = |map: &mut Map, x: u16, y: u16, b: bool| {
+                if map.blocked(x, y) != b {
+                    map.set(x, y, b);
+                    if b {
+                        blocked += 1;
+                    } else {
+                        blocked -= 1;
+                    }
+                }
+            };
             if (r >> 48) % 4 == 0 {
                 // A room: an outline with a door in the middle of each side.
                 let (x1, y1) = (
@@ -312,24 +323,32 @@ impl Map {
                     continue;
                 }
                 for cx in x..=x1 {
-                    map.set(cx, y, true);
-                    map.set(cx, y1, true);
+                    put(&mut map, cx, y, true);
+                    put(&mut map, cx, y1, true);
                 }
                 for cy in y..=y1 {
-                    map.set(x, cy, true);
-                    map.set(x1, cy, true);
+                    put(&mut map, x, cy, true);
+                    put(&mut map, x1, cy, true);
                 }
                 let (mx, my) = (x + (x1 - x) / 2, y + (y1 - y) / 2);
                 for (dx, dy) in [(mx, y), (mx, y1), (x, my), (x1, my)] {
-                    map.set(dx, dy, false);
+                    put(&mut map, dx, dy, false);
                 }
-            } else if (r >> 48) % 2 == 0 {
-                map.block_rect((x, y), (x.saturating_add(len - 1), y));
             } else {
-                map.block_rect((x, y), (x, y.saturating_add(len - 1)));
+                let horizontal = (r >> 48) % 2 == 0;
+                for k in 0..len {
+                    let (cx, cy) = if horizontal {
+                        (x.saturating_add(k), y)
+                    } else {
+                        (x, y.saturating_add(k))
+                    };
+                    if cx < size && cy < size {
+                        put(&mut map, cx, cy, true);
+                    }
+                }
             }
-            blocked = map.blocked_count();
         }
+        debug_assert_eq!(blocked, map.blocked_count());
         map
     }
 }

@@ -19,6 +19,7 @@ per_backend!(
     a_player_cannot_step_into_a_wall,
     an_aggressive_npc_chases_around_a_wall_and_gives_up,
     a_peaceful_npc_fights_back_after_being_hit,
+    an_aggressive_npc_walled_in_gives_up_at_once,
     scripted_moves_step_around_a_wall_and_attack_only_next_to_the_player,
 );
 
@@ -293,6 +294,7 @@ fn an_aggressive_npc_chases_around_a_wall_and_gives_up(backend: Backend) {
         while c.try_recv(Duration::from_millis(5)).is_some() {}
     }
     assert!(srv.stats().npc_moves as usize >= trail.len() - 1);
+    assert!(srv.stats().npc_attacks >= 1);
     srv.check_world().unwrap();
 }
 
@@ -387,6 +389,45 @@ fn a_peaceful_npc_fights_back_after_being_hit(backend: Backend) {
     srv.check_world().unwrap();
 }
 
+fn an_aggressive_npc_walled_in_gives_up_at_once(backend: Backend) {
+    // The NPC's spawn cell in a closed room (walls two cells around it): it sees the player
+    // outside but finds no way, so it never chases (the search and the give-up happen in one
+    // tick), never hits, and never leaves the room.
+    let (seed, s, _) = wall_setup(1);
+    let mut map = Map::open(SIZE, SIZE);
+    for k in 0..=4 {
+        map.set(s.0 - 2 + k, s.1 - 2, true);
+        map.set(s.0 - 2 + k, s.1 + 2, true);
+        map.set(s.0 - 2, s.1 - 2 + k, true);
+        map.set(s.0 + 2, s.1 - 2 + k, true);
+    }
+    let npc = 4u32;
+    let srv = common::start(chase_config(backend, seed, map.clone(), 100));
+    let mut c = Client::login(srv.local_addr(), U8, "outside");
+    let mut t = 0;
+    let near = (s.0 + 4, s.1);
+    for d in route(&map, c.pos, near, |_| true) {
+        walk(&mut c, &mut t, d);
+    }
+    assert_eq!(c.pos, near);
+    wait_until("the NPC is awake", || srv.stats().awake_npcs == 1);
+    let moves = srv.stats().npc_moves;
+    let until = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < until {
+        assert_eq!(
+            srv.engine().npc_target(npc),
+            Some(None),
+            "a chase with no way"
+        );
+        let at = srv.position(npc).unwrap();
+        assert!(cheb(at, s) <= 1, "it left the room: {at:?}");
+        while c.try_recv(Duration::from_millis(5)).is_some() {}
+    }
+    assert!(srv.stats().npc_moves > moves, "it walks about in its room");
+    assert_eq!(srv.stats().npc_attacks, 0);
+    assert_eq!(srv.player_stats(c.id).unwrap().0, rules::max_hp(1));
+}
+
 fn scripted_moves_step_around_a_wall_and_attack_only_next_to_the_player(backend: Backend) {
     // The API scripts use, called directly: the NPC sleeps (hour-long ticks), so every move
     // it makes here is one of these calls.
@@ -429,7 +470,9 @@ fn scripted_moves_step_around_a_wall_and_attack_only_next_to_the_player(backend:
         assert!(!e.npc_attack(npc, c.id), "a hit from afar");
         assert!(e.npc_step_toward(&h, npc, player.0, player.1));
     }
+    assert_eq!(srv.stats().npc_attacks, 0);
     assert!(e.npc_attack(npc, c.id));
+    assert_eq!(srv.stats().npc_attacks, 1);
     assert_eq!(
         srv.player_stats(c.id).unwrap().0,
         rules::max_hp(1) - rules::NPC_HIT

@@ -170,6 +170,9 @@ pub(crate) struct NpcLife {
     pub alive: bool,
     /// The player it chases and attacks ([`NO_PLAYER`]: none, it walks at random).
     pub target: u32,
+    /// Ticks left before an aggressive NPC looks for a target again, after a chase found no
+    /// way: a target walled off would otherwise cost a whole search every tick.
+    pub calm: u8,
 }
 
 impl NpcLife {
@@ -179,6 +182,7 @@ impl NpcLife {
             hp: rules::NPC_HP,
             alive: true,
             target: NO_PLAYER,
+            calm: 0,
         }
     }
 }

@@ -53,6 +53,9 @@ pub fn npc_aggressive(seed: u64, id: u32, percent: u8) -> bool {
     splitmix64(seed ^ 0xA66E_5517_u64.wrapping_mul(u64::from(id) + 1)) % 100 < u64::from(percent)
 }
 
+/// Ticks an aggressive NPC that found no way to its target waits before it looks again.
+const CALM_TICKS: u8 = 8;
+
 /// Chebyshev distance of two packed cells (the view range's measure).
 fn cheb(a: u32, b: u32) -> u16 {
     let ((ax, ay), (bx, by)) = (unpack(a), unpack(b));
@@ -116,6 +119,7 @@ impl<H: Host> Game<H> {
                 Path::Steps(steps) => self.npc_move(srv, npc, pack(steps[0].0, steps[0].1)),
                 Path::NoPath | Path::Bound => {
                     life.target = NO_PLAYER;
+                    life.calm = CALM_TICKS;
                     self.npc_wander(srv, npc);
                 }
             },
@@ -144,6 +148,10 @@ impl<H: Host> Game<H> {
             } else {
                 life.target = NO_PLAYER;
                 if !npc_aggressive(self.seed, npc, self.aggressive_pct) {
+                    return None;
+                }
+                if life.calm > 0 {
+                    life.calm -= 1;
                     return None;
                 }
                 v.set.iter().copied().filter(|&o| !w.is_npc(o)).collect()
@@ -302,6 +310,7 @@ impl<H: Host> Game<H> {
         life.alive = true;
         life.hp = rules::NPC_HP;
         life.target = NO_PLAYER;
+        life.calm = 0;
         let to = self.npc_spawn[i];
         w.set_pos(npc, to);
         let name = {
