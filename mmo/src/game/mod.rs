@@ -7,9 +7,10 @@
 //! struct, players, NPC lives, counters) and the entry points that dispatch a packet, a
 //! timer or a DB result; [`login`] (login, logout, the save tick), [`movement`] (move,
 //! teleport), [`view`] (who sees whom, the ADD/REMOVE/MOVE packets), [`npc`] (wake, sleep,
-//! moves, death, respawn), [`combat`] (attack, experience, death, regeneration) and [`chat`]
+//! moves, chases and attacks, death, respawn), [`combat`] (attack, experience, death, regeneration) and [`chat`]
 //! hold the rest. The children call each other's methods (each `pub(super)`) but import
-//! nothing from one another, and this file imports nothing from them.
+//! nothing from one another, except [`path`] (A*, a leaf that knows nothing of the game),
+//! which `npc` uses; and this file imports nothing from them.
 
 mod chat;
 mod combat;
@@ -164,7 +165,9 @@ impl<C> Player<C> {
 }
 
 /// An NPC's life, guarded by its own lock: taken before its view lock and the sectors, by
-/// its move timer, by a hit, and by its respawn (so a dead NPC never moves).
+/// its move timer, by a hit, by its respawn (so a dead NPC never moves) and by a script's
+/// step (`npc_step_toward`): whoever holds it is the NPC's one mover. Taken after a
+/// player's login lock (an NPC's attack on a player takes the player's first).
 pub(crate) struct NpcLife {
     pub hp: i32,
     pub alive: bool,

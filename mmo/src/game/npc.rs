@@ -117,7 +117,7 @@ impl<H: Host> Game<H> {
             Some(t) => match self.npc_path(npc, unpack(w.pos(t))) {
                 Path::Here => attack = Some(t),
                 Path::Steps(steps) => self.npc_move(srv, npc, pack(steps[0].0, steps[0].1)),
-                Path::NoPath | Path::Bound => {
+                Path::Unreachable | Path::Bound => {
                     life.target = NO_PLAYER;
                     life.calm = CALM_TICKS;
                     self.npc_wander(srv, npc);

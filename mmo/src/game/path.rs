@@ -32,7 +32,7 @@ pub(crate) enum Path {
     /// step).
     Steps(Vec<(u16, u16)>),
     /// Every cell reachable within the radius was searched: no way there.
-    NoPath,
+    Unreachable,
     /// The node budget ran out before a way was found.
     Bound,
 }
@@ -115,7 +115,7 @@ pub(crate) fn find_path(
             }
         }
     }
-    Path::NoPath
+    Path::Unreachable
 }
 
 #[cfg(test)]
@@ -184,7 +184,7 @@ mod tests {
         }
         assert_eq!(
             find_path((1, 1), (10, 10), 20, WIDE, on(&map)),
-            Path::NoPath
+            Path::Unreachable
         );
         // A door in the ring opens it.
         map.set(10, 7, false);
@@ -215,13 +215,13 @@ mod tests {
         };
         assert_eq!(
             find_path((5, 5), (50, 5), 200, near, on(&Map::open(200, 200))),
-            Path::NoPath
+            Path::Unreachable
         );
         // The chase's bounds, worst case (the goal walled off, the whole window searched),
         // stay well under a millisecond even in a debug build.
         let t = std::time::Instant::now();
         let r = find_path((95, 5), (105, 5), 200, CHASE, on(&map));
-        assert_eq!(r, Path::NoPath);
+        assert_eq!(r, Path::Unreachable);
         assert!(
             t.elapsed() < std::time::Duration::from_millis(50),
             "{:?}",
