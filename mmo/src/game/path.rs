@@ -17,7 +17,9 @@ pub(crate) struct Bounds {
 
 /// What an NPC's chase searches with: the window (49×49 cells) holds every detour around
 /// the give-up distance's worth of board; 4096 nodes is more than the window, so the radius
-/// is what bounds it in practice (about 100 µs in the unit test's worst case).
+/// is what bounds it in practice. Measured in a release build: about 90 µs when the whole
+/// window is searched (the goal walled off), 16 µs round a 60-cell wall, 3 µs on open
+/// ground.
 pub(crate) const CHASE: Bounds = Bounds {
     max_nodes: 4096,
     radius: 24,
