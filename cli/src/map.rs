@@ -113,4 +113,46 @@ mod tests {
         }))
         .is_err());
     }
+
+    /// `cport mmo --map FILE`: the map reaches the game's config; a malformed file or one
+    /// of another size than --world-size is an error naming the file.
+    #[test]
+    fn the_game_flags_take_a_map_of_the_boards_size_only() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            game: cport_mmo::args::GameArgs,
+        }
+        let file = std::env::temp_dir().join(format!("h-map-flags-{}.map", std::process::id()));
+        let path = file.display().to_string();
+        let config = |size: &str| {
+            Flags::parse_from([
+                "cport",
+                "--db",
+                "none",
+                "--world-size",
+                size,
+                "--map",
+                &path,
+                "--aggressive-npcs",
+                "25",
+            ])
+            .game
+            .config()
+        };
+        std::fs::write(&file, Map::generate(32, 2, 0.1).to_text()).unwrap();
+        let cfg = config("32").unwrap();
+        assert_eq!(cfg.map.as_deref(), Some(&Map::generate(32, 2, 0.1)));
+        assert_eq!(cfg.aggressive_npcs, 25);
+        let e = config("33").unwrap_err().to_string();
+        assert!(e.contains(&path) && e.contains("32x32"), "{e}");
+        std::fs::write(&file, "cport-map-rects 32 32\n1 1\n2 2 40 2\n").unwrap();
+        let e = config("32").unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{path}:3:")), "{e}");
+        std::fs::remove_file(&file).unwrap();
+        let e = config("32").unwrap_err().to_string();
+        assert!(e.contains(&path), "{e}");
+        assert!(Flags::try_parse_from(["cport", "--aggressive-npcs", "101"]).is_err());
+    }
 }
