@@ -8,6 +8,7 @@ mod bench;
 mod cluster;
 mod demo;
 mod echo;
+mod map;
 mod mmo;
 // The soak reads the servers' RSS and descriptors from Linux's /proc.
 #[cfg(target_os = "linux")]
@@ -54,6 +55,9 @@ enum Cmd {
     /// Side-by-side benchmarks.
     #[command(subcommand)]
     Bench(bench::Cmd),
+    /// Maps of obstacles for `cport mmo --map`: generate one, check one.
+    #[command(subcommand)]
+    Map(map::Cmd),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         #[cfg(target_os = "linux")]
         Cmd::Soak(args) => soak::run(args),
         Cmd::Bench(cmd) => bench::run(cmd),
+        Cmd::Map(cmd) => map::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,11 +6,13 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cport_server::SizeField;
 
-use crate::{Config, DbConfig};
+use crate::{Config, DbConfig, Map};
 
 /// Width of the packets' size field.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +88,18 @@ pub struct GameArgs {
     /// How often a hurt player regains hit points (ms).
     #[arg(long, default_value_t = 5_000)]
     pub regen_ms: u64,
+    /// Obstacles: a map file (`cport-map W H` then rows of `.`/`#`, or `cport-map-rects W H`
+    /// then `x y` / `x0 y0 x1 y1` lines; `cport map gen` makes one), as wide and high as
+    /// --world-size. Without it the board is open.
+    #[arg(long)]
+    pub map: Option<PathBuf>,
+    /// Percent of NPCs that are aggressive (chase and attack the nearest player they see);
+    /// the rest are peaceful (walk at random, fight back when hit).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub aggressive_npcs: u8,
+    /// A chasing NPC gives up beyond this many cells from its spawn cell or its target.
+    #[arg(long, default_value_t = 12)]
+    pub npc_give_up: u16,
 }
 
 impl GameArgs {
@@ -101,7 +115,8 @@ impl GameArgs {
 
     /// The game's configuration from these flags (`threads` as given: 0 = available
     /// parallelism); the rest as [`Config::default`] has it. An error for a `--db` that does
-    /// not parse and for `--save-interval-ms 0`.
+    /// not parse, for `--save-interval-ms 0`, and for a `--map` that cannot be read, is
+    /// malformed (the error names the file and line) or is not `--world-size` wide and high.
     pub fn config(&self) -> io::Result<Config> {
         let db = self.db_config()?;
         if self.save_interval_ms == 0 {
@@ -110,6 +125,25 @@ impl GameArgs {
                 "--save-interval-ms must be at least 1",
             ));
         }
+        let map = match &self.map {
+            None => None,
+            Some(path) => {
+                let m = Map::load(path)?;
+                if (m.width(), m.height()) != (self.world_size, self.world_size) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "map {}: {}x{}, but --world-size is {}",
+                            path.display(),
+                            m.width(),
+                            m.height(),
+                            self.world_size
+                        ),
+                    ));
+                }
+                Some(Arc::new(m))
+            }
+        };
         Ok(Config {
             addr: self.addr,
             threads: self.threads,
@@ -125,6 +159,9 @@ impl GameArgs {
             world_size: self.world_size,
             npc_respawn: Duration::from_millis(self.npc_respawn_ms),
             regen_interval: Duration::from_millis(self.regen_ms.max(1)),
+            map,
+            aggressive_npcs: self.aggressive_npcs,
+            npc_give_up: self.npc_give_up,
             ..Config::default()
         })
     }

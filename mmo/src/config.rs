@@ -1,6 +1,7 @@
 //! The game server's settings ([`Config`]) and the most ids the protocol can carry.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cport_mmo_proto as protocol;
@@ -8,6 +9,7 @@ use cport_server::cport::Backend;
 use cport_server::SizeField;
 
 use crate::db::DbConfig;
+use crate::map::Map;
 
 /// Game server settings. `Config::default()` is the course's game on loopback, port 0.
 #[derive(Debug, Clone)]
@@ -53,6 +55,16 @@ pub struct Config {
     pub npc_respawn: Duration,
     /// How often a hurt player regains hit points.
     pub regen_interval: Duration,
+    /// Obstacles (`--map FILE`): its width and height must be `world_size` (the game does
+    /// not start otherwise). `None`: an open board.
+    pub map: Option<Arc<Map>>,
+    /// The share of NPCs, in percent (0..=100), that are aggressive: they chase the nearest
+    /// player they see and attack it. Which ones is decided by id and seed. The others are
+    /// peaceful: they walk at random and fight back the player who hit them.
+    pub aggressive_npcs: u8,
+    /// A chasing NPC gives up when its target or itself is farther than this many cells
+    /// (on either axis) from its spawn cell, or its target farther than this from it.
+    pub npc_give_up: u16,
 }
 
 impl Default for Config {
@@ -76,6 +88,9 @@ impl Default for Config {
             save_interval: Duration::from_secs(1),
             npc_respawn: Duration::from_secs(30),
             regen_interval: Duration::from_secs(5),
+            map: None,
+            aggressive_npcs: 0,
+            npc_give_up: 12,
         }
     }
 }

@@ -15,10 +15,9 @@ use crate::cluster::state::{ZoneSetup, ZoneState, ZoneStats};
 use crate::cluster::wire::{Msg, Source};
 use crate::config::{Config, MAX_IDS};
 use crate::db::{DbConfig, DbPool, Persist, PlayerRow, Store};
-use crate::game::npc::npc_position;
+use crate::game::npc::npc_spawn;
 use crate::game::{self, Counters, Game, NpcLife, Player, Rng};
 use crate::net::{DbResult, Host};
-use crate::rules;
 use crate::stats::{DbStats, Placed, Snapshot, Stats};
 use crate::world::{self, unpack, State, World};
 
@@ -87,8 +86,26 @@ impl<H: Host> Engine<H> {
                 ),
             ));
         }
+        if let Some(m) = &cfg.map {
+            if (m.width(), m.height()) != (size, size) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "the map is {}x{}, the board {size}x{size} (--world-size)",
+                        m.width(),
+                        m.height()
+                    ),
+                ));
+            }
+            if m.next_open(0, 0).is_none() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the map has no open cell",
+                ));
+            }
+        }
         let npcs: Vec<(u16, u16)> = (0..cfg.npcs)
-            .map(|i| npc_position(cfg.seed, i, size))
+            .map(|i| npc_spawn(cfg.seed, i, size, cfg.map.as_deref()))
             .collect();
         let max_sessions = cfg
             .max_sessions
@@ -122,7 +139,7 @@ impl<H: Host> Engine<H> {
             }
         };
         let game = Arc::new(Game {
-            world: World::new(size, cfg.view_range, cfg.max_users, &npcs),
+            world: World::new(size, cfg.view_range, cfg.max_users, &npcs).with_map(cfg.map.clone()),
             free_ids: Mutex::new((0..cfg.max_users as u32).rev().collect()),
             player_of: (0..max_sessions)
                 .map(|_| AtomicU32::new(game::NO_PLAYER))
@@ -134,15 +151,11 @@ impl<H: Host> Engine<H> {
             counters: Counters::default(),
             players: (0..cfg.max_users).map(|_| Player::new()).collect(),
             online: Mutex::new(Default::default()),
-            npc_life: (0..cfg.npcs)
-                .map(|_| {
-                    Mutex::new(NpcLife {
-                        hp: rules::NPC_HP,
-                        alive: true,
-                    })
-                })
-                .collect(),
+            npc_life: (0..cfg.npcs).map(|_| Mutex::new(NpcLife::new())).collect(),
             npc_spawn: npcs.iter().map(|&(x, y)| world::pack(x, y)).collect(),
+            aggressive_pct: cfg.aggressive_npcs.min(100),
+            seed: cfg.seed,
+            give_up: cfg.npc_give_up,
             npc_respawn: cfg.npc_respawn,
             regen_interval: cfg.regen_interval,
             persist,
@@ -309,6 +322,7 @@ impl<H: Host> Engine<H> {
             level_ups: c.level_ups.load(Relaxed),
             player_deaths: c.player_deaths.load(Relaxed),
             stat_changes: c.stat_changes.load(Relaxed),
+            npc_attacks: c.npc_attacks.load(Relaxed),
         }
     }
 
@@ -355,6 +369,29 @@ impl<H: Host> Engine<H> {
         let w = &self.game.world;
         let i = id.checked_sub(w.max_users)? as usize;
         Some(self.game.npc_life.get(i)?.lock().alive)
+    }
+
+    /// The player NPC `id` chases now: `Some(None)` when it chases nobody (`None` if `id`
+    /// is not an NPC).
+    pub fn npc_target(&self, id: u32) -> Option<Option<u32>> {
+        let w = &self.game.world;
+        let i = id.checked_sub(w.max_users)? as usize;
+        let t = self.game.npc_life.get(i)?.lock().target;
+        Some((t != game::NO_PLAYER).then_some(t))
+    }
+
+    /// NPC moves for scripts (and tests): one A* step of NPC `npc` toward cell `(x, y)`
+    /// around obstacles, stopping next to it; `false` if it did not move (dead, not this
+    /// zone's, next to the cell already, or no way within the search's bounds). Any thread.
+    pub fn npc_step_toward(&self, host: &H, npc: u32, x: u16, y: u16) -> bool {
+        self.game.npc_step_toward(host, npc, x, y)
+    }
+
+    /// NPC `npc` hits player `target` (the rules' `NPC_HIT`: a system `SC_CHAT` and
+    /// `SC_STAT_CHANGE` to the player) if both are on the board and next to each other;
+    /// `false` if not. Any thread.
+    pub fn npc_attack(&self, npc: u32, target: u32) -> bool {
+        self.game.npc_attack(npc, target)
     }
 
     /// Where the players and the awake NPCs are now.

@@ -34,6 +34,9 @@ pub struct Stats {
     pub player_deaths: u64,
     /// `SC_STAT_CHANGE`s sent so far.
     pub stat_changes: u64,
+    /// Hits of NPCs on players so far (chases, fighting back, scripts), beyond the strike
+    /// back that answers a player's hit at once.
+    pub npc_attacks: u64,
 }
 
 /// What persistence did so far (all zero with `DbConfig::None`).

@@ -39,10 +39,13 @@
 
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use cport_mmo_proto::{self as protocol, Name};
+
+use crate::map::Map;
 
 /// A set of object ids with a cheap hash (ids are small, dense integers).
 pub(crate) type IdSet = std::collections::HashSet<u32, BuildHasherDefault<IdHasher>>;
@@ -118,6 +121,8 @@ pub(crate) struct World<C> {
     pub objs: Box<[Obj<C>]>,
     /// NPC `i` (id `max_users + i`) has a move timer pending.
     pub awake: Box<[AtomicBool]>,
+    /// The obstacles (`None`: an open board).
+    pub map: Option<Arc<Map>>,
     sector_size: u16,
     sectors_per_side: usize,
     sectors: Box<[Mutex<Sector>]>,
@@ -162,6 +167,7 @@ impl<C> World<C> {
             awake: (0..npc_positions.len())
                 .map(|_| AtomicBool::new(false))
                 .collect(),
+            map: None,
             sector_size,
             sectors_per_side: per_side,
             sectors: (0..per_side * per_side)
@@ -172,6 +178,18 @@ impl<C> World<C> {
             world.sector_insert(max_users as u32 + i as u32, pack(x, y));
         }
         world
+    }
+
+    /// The same board with obstacles (its size is the board's: `Engine` checks it).
+    pub fn with_map(mut self, map: Option<Arc<Map>>) -> World<C> {
+        self.map = map;
+        self
+    }
+
+    /// Whether cell `p` is not an obstacle (every cell is, without a map).
+    pub fn open(&self, p: u32) -> bool {
+        let (x, y) = unpack(p);
+        self.map.as_ref().is_none_or(|m| !m.blocked(x, y))
     }
 
     pub fn is_npc(&self, id: u32) -> bool {
@@ -196,13 +214,19 @@ impl<C> World<C> {
         ax.abs_diff(bx) <= self.range && ay.abs_diff(by) <= self.range
     }
 
-    /// One step from `p`, clamped to the board.
+    /// One step from `p`, clamped to the board; a step into an obstacle stays at `p` (as one
+    /// off the board's edge does: the mover's refused move).
     pub fn step(&self, p: u32, (dx, dy): (i32, i32)) -> u32 {
         let (x, y) = unpack(p);
         let max = i32::from(self.size) - 1;
         let nx = (i32::from(x) + dx).clamp(0, max) as u16;
         let ny = (i32::from(y) + dy).clamp(0, max) as u16;
-        pack(nx, ny)
+        let to = pack(nx, ny);
+        if self.open(to) {
+            to
+        } else {
+            p
+        }
     }
 
     fn sector_xy(&self, p: u32) -> (usize, usize) {
@@ -420,5 +444,16 @@ mod tests {
         assert_eq!(w.step(pack(9, 9), (0, 1)), pack(9, 9));
         assert_eq!(w.step(pack(4, 5), (1, 0)), pack(5, 5));
         assert_eq!(w.step(pack(4, 5), (0, -1)), pack(4, 4));
+    }
+
+    #[test]
+    fn steps_into_obstacles_stay_put() {
+        let mut map = Map::open(10, 10);
+        map.set(5, 5, true);
+        let w = World::<()>::new(10, 3, 1, &[]).with_map(Some(Arc::new(map)));
+        assert_eq!(w.step(pack(4, 5), (1, 0)), pack(4, 5));
+        assert_eq!(w.step(pack(5, 4), (0, 1)), pack(5, 4));
+        assert_eq!(w.step(pack(4, 5), (0, 1)), pack(4, 6));
+        assert!(!w.open(pack(5, 5)) && w.open(pack(4, 5)));
     }
 }

@@ -47,6 +47,9 @@ impl<H: Host> Game<H> {
                 continue;
             };
             self.credit_hit(session, id, npc, dmg, left);
+            if left > 0 {
+                self.provoke(&srv, npc, id);
+            }
         }
         self.after_hits(session, id, before, l);
     }

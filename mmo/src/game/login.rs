@@ -94,6 +94,12 @@ impl<H: Host> Game<H> {
         let max = self.world.size - 1;
         row.x = row.x.min(max);
         row.y = row.y.min(max);
+        if let Some(m) = &self.world.map {
+            // Saved before the map had an obstacle there: the next open cell.
+            if m.blocked(row.x, row.y) {
+                (row.x, row.y) = m.next_open(row.x, row.y).unwrap_or((row.x, row.y));
+            }
+        }
         row.level = row.level.clamp(1, 10_000);
         row.max_hp = rules::max_hp(row.level);
         row.hp = if row.hp <= 0 {

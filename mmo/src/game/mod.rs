@@ -7,15 +7,17 @@
 //! struct, players, NPC lives, counters) and the entry points that dispatch a packet, a
 //! timer or a DB result; [`login`] (login, logout, the save tick), [`movement`] (move,
 //! teleport), [`view`] (who sees whom, the ADD/REMOVE/MOVE packets), [`npc`] (wake, sleep,
-//! moves, death, respawn), [`combat`] (attack, experience, death, regeneration) and [`chat`]
+//! moves, chases and attacks, death, respawn), [`combat`] (attack, experience, death, regeneration) and [`chat`]
 //! hold the rest. The children call each other's methods (each `pub(super)`) but import
-//! nothing from one another, and this file imports nothing from them.
+//! nothing from one another, except [`path`] (A*, a leaf that knows nothing of the game),
+//! which `npc` uses; and this file imports nothing from them.
 
 mod chat;
 mod combat;
 pub(crate) mod login;
 mod movement;
 pub(crate) mod npc;
+mod path;
 mod view;
 pub(crate) mod zone;
 
@@ -163,10 +165,29 @@ impl<C> Player<C> {
 }
 
 /// An NPC's life, guarded by its own lock: taken before its view lock and the sectors, by
-/// its move timer, by a hit, and by its respawn (so a dead NPC never moves).
+/// its move timer, by a hit, by its respawn (so a dead NPC never moves) and by a script's
+/// step (`npc_step_toward`): whoever holds it is the NPC's one mover. Taken after a
+/// player's login lock (an NPC's attack on a player takes the player's first).
 pub(crate) struct NpcLife {
     pub hp: i32,
     pub alive: bool,
+    /// The player it chases and attacks ([`NO_PLAYER`]: none, it walks at random).
+    pub target: u32,
+    /// Ticks left before an aggressive NPC looks for a target again, after a chase found no
+    /// way: a target walled off would otherwise cost a whole search every tick.
+    pub calm: u8,
+}
+
+impl NpcLife {
+    /// Full health, no target.
+    pub(crate) fn new() -> NpcLife {
+        NpcLife {
+            hp: rules::NPC_HP,
+            alive: true,
+            target: NO_PLAYER,
+            calm: 0,
+        }
+    }
 }
 
 /// A counter-based random generator (splitmix64): any thread may draw from it; the sequence
@@ -191,6 +212,7 @@ pub(crate) struct Counters {
     pub awake_npcs: AtomicUsize,
     pub npc_timers: AtomicUsize,
     pub npc_moves: AtomicU64,
+    pub npc_attacks: AtomicU64,
     pub logins: AtomicU64,
     pub login_fails: AtomicU64,
     pub rejected: AtomicU64,
@@ -224,6 +246,11 @@ pub(crate) struct Game<H: Host> {
     /// Per NPC (`id - max_users`): hit points, alive; and where it (re)spawns.
     pub npc_life: Box<[Mutex<NpcLife>]>,
     pub npc_spawn: Box<[u32]>,
+    /// Percent of NPCs that are aggressive (`Config::aggressive_npcs`), chosen by id from
+    /// `seed`; and how far a chase goes (`Config::npc_give_up`).
+    pub aggressive_pct: u8,
+    pub seed: u64,
+    pub give_up: u16,
     pub npc_respawn: Duration,
     pub regen_interval: Duration,
     /// `None` with `--db none`.
