@@ -445,9 +445,8 @@ impl Session {
         self.receive(Some(buf))
     }
 
-    /// [`Session::received`] for a receive into the server's buffer pool: frames straight
-    /// from the pool buffer, and keeps only the start of a split packet (`carry`), so that
-    /// the buffer goes back to the pool before the next receive starts.
+    /// [`Session::received`] from the server's pool: frames straight from the pool buffer
+    /// and keeps only a split packet's start (`carry`); the buffer goes back at once.
     pub(crate) fn received_pooled<C: Codec>(
         &self,
         codec: &C,
@@ -458,14 +457,10 @@ impl Session {
         if let Err(reason) = self.arrived(&result) {
             return Some(reason);
         }
-        let Some(buf) = buf else {
-            // Bytes counted but no buffer: cannot happen (the port hands one with data).
-            self.close(CloseReason::Local);
-            return Some(self.finish_close());
+        // Data always comes in a buffer; closing (draining): what arrives is discarded.
+        let Some(buf) = buf.filter(|_| !self.inner.st.lock().draining) else {
+            return self.receive(None);
         };
-        if self.inner.st.lock().draining {
-            return self.receive(None); // closing: discarded
-        }
         let mut carry = self.inner.carry.lock();
         if carry.is_empty() {
             let pos = self.frame(codec, &buf, on_packet);
@@ -486,8 +481,7 @@ impl Session {
         self.receive(None)
     }
 
-    /// The common start of a receive's completion: the end of the stream, an error or an
-    /// abort finish the close (`Err`, with why); data is counted and stamps the session.
+    /// A receive's completion: end of stream, error or abort finish the close (`Err`: why).
     fn arrived(&self, result: &io::Result<usize>) -> Result<usize, CloseReason> {
         let core = &self.inner.core;
         let n = match *result {
@@ -624,12 +618,9 @@ impl Session {
                 if !st.queue.is_empty() {
                     self.want_send(&mut st);
                 } else {
-                    // The queue has drained: give its memory back, so that a session that
-                    // waits holds none (a burst can leave it sized for tens of thousands
-                    // of packets, 32 bytes each whatever their size; even one packet
-                    // leaves 128 bytes). The next send allocates again: one small
-                    // allocation per burst, against a few hundred bytes per idle session
-                    // (BENCHMARKS.md, "Buffer pools").
+                    // Drained: give the queue's memory back (even one packet leaves 128
+                    // bytes; a burst, 32 per packet): one small allocation per burst,
+                    // against a few hundred bytes per idle session (BENCHMARKS.md).
                     if st.queue.capacity() > 0 {
                         st.queue = VecDeque::new();
                     }

@@ -192,10 +192,20 @@ pub(crate) fn open(backend: Backend, entries: u32, _concurrency: usize) -> io::R
     match backend {
         Backend::Uring => Ok(AnyDriver::Uring(uring::Uring::new(entries)?)),
         Backend::Epoll => epoll(),
-        Backend::Auto => match uring::Uring::new(entries) {
-            Ok(u) => Ok(AnyDriver::Uring(u)),
+        // Auto, by measurement (BENCHMARKS.md, "Buffer pools"): io_uring where the kernel
+        // has provided-buffer rings, since a server's idle connections then hold no receive
+        // buffer; on an older kernel io_uring would need a buffer per waiting receive (5 KB
+        // per idle connection against epoll's 1), so epoll is the better choice there.
+        Backend::Auto => match uring::Uring::new(entries).and_then(|u| u.check_pools().map(|()| u))
+        {
+            Ok(u) => {
+                tracing::info!(
+                    "backend auto: io_uring (every operation the port uses, and provided-buffer rings)"
+                );
+                Ok(AnyDriver::Uring(u))
+            }
             Err(e) => {
-                tracing::warn!("io_uring unavailable ({e}); falling back to epoll");
+                tracing::warn!("backend auto: falling back to epoll, because {e}");
                 epoll()
             }
         },

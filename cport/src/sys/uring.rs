@@ -148,6 +148,17 @@ impl Uring {
         })
     }
 
+    /// Whether this kernel takes a provided-buffer ring (Linux 5.19): registers a one-entry
+    /// ring under a group id pools never use, and unregisters it.
+    pub(crate) fn check_pools(&self) -> io::Result<()> {
+        let probe = PoolMem::new(1, 64, u16::MAX, true)?;
+        self.register_pool(&probe)?;
+        self.ring
+            .submitter()
+            .unregister_buf_ring(u16::MAX)
+            .map_err(|e| setup_error("provided-buffer ring removal", e))
+    }
+
     /// Turns the ring's eventfd notifications (`IORING_CQ_EVENTFD_DISABLED`, Linux 5.8)
     /// on or off: an atomic or/and of the flag in the shared CQ flags word. The caller
     /// holds the `cq` lock.
