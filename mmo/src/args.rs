@@ -69,6 +69,10 @@ pub struct GameArgs {
     /// Most bytes queued for sending per session before it is closed as a slow consumer.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_send_queue: usize,
+    /// Receive buffers shared by all sessions (a session takes one only when data has
+    /// arrived); 0 gives every session a buffer of its own.
+    #[arg(long, default_value_t = 512)]
+    pub recv_pool: usize,
     /// Where players are kept: sqlite:PATH (embedded), postgres://USER@HOST:PORT/DB, or none
     /// [default: $CPORT_MMO_DB, else sqlite:mmo.db].
     #[arg(long)]
@@ -153,6 +157,7 @@ impl GameArgs {
             npcs: self.npcs,
             seed: self.seed,
             max_send_queue: self.max_send_queue,
+            recv_pool: self.recv_pool,
             db,
             db_threads: self.db_threads,
             save_interval: Duration::from_millis(self.save_interval_ms),

@@ -44,6 +44,9 @@ pub struct Config {
     pub max_sessions: Option<usize>,
     /// Most bytes queued for sending per session before it is closed as a slow consumer.
     pub max_send_queue: usize,
+    /// Receive buffers shared by all sessions (`cport_server::Config::recv_pool`; 0: a
+    /// buffer per session).
+    pub recv_pool: usize,
     /// Where players are kept (`DbConfig::None`: nowhere, every login starts fresh).
     pub db: DbConfig,
     /// DB threads that load players at login (one more thread writes the saves).
@@ -83,6 +86,7 @@ impl Default for Config {
             overflow_sessions: 64,
             max_sessions: None,
             max_send_queue: 1 << 20,
+            recv_pool: cport_server::Config::default().recv_pool,
             db: DbConfig::None,
             db_threads: 2,
             save_interval: Duration::from_secs(1),

@@ -44,6 +44,7 @@ pub fn start(cfg: Config) -> io::Result<MmoServer> {
         backend: cfg.backend,
         max_sessions: engine.max_sessions(),
         max_send_queue: cfg.max_send_queue,
+        recv_pool: cfg.recv_pool,
         ..Default::default()
     };
     let server = Server::start(scfg, engine.codec(), GameHandler(engine.game.clone()))?;

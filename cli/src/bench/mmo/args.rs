@@ -7,7 +7,8 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 pub struct MmoArgs {
     /// Builds, comma-separated: cport-uring, cport-epoll (`cport mmo`; `cport-NAME@PATH` runs
-    /// the `cport` binary at PATH, a build of another commit), tokio (`mmo-tokio`:
+    /// the `cport` binary at PATH, a build of another commit; `BUILD+FLAG=VALUE` adds
+    /// `--FLAG VALUE`, e.g. `cport-uring+recv-pool=0`), tokio (`mmo-tokio`:
     /// `cargo build --release -p cport-bench-peers`), cluster (`cport cluster --zones 4
     /// --gateways 1`; `cluster-N` for N zones, `cluster-N:T` with a bus tick of T µs: the
     /// clients on one gateway, NATS between it and the zones; CPU is the whole process
@@ -87,9 +88,26 @@ pub(crate) fn build(full: &str, a: &MmoArgs) -> io::Result<Build> {
         "--db".into(),
         "none".into(),
     ];
-    let (name, path) = match full.split_once('@') {
+    // `BUILD+FLAG=VALUE…`: extra flags for a cport build (`cport-uring+npc-script=course`,
+    // `cport-epoll+recv-pool=0`), so that two settings of one build run side by side.
+    let mut parts = full.split('+');
+    let base = parts.next().unwrap_or(full);
+    let extra: Vec<String> = parts
+        .flat_map(|f| match f.split_once('=') {
+            Some((k, v)) => vec![format!("--{k}"), v.to_string()],
+            None => vec![format!("--{f}")],
+        })
+        .collect();
+    if !extra.is_empty() && !base.starts_with("cport-") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("build {full}: +FLAG=VALUE is for the cport builds"),
+        ));
+    }
+    game.extend(extra);
+    let (name, path) = match base.split_once('@') {
         Some((n, p)) => (n, Some(PathBuf::from(p))),
-        None => (full, None),
+        None => (base, None),
     };
     let (program, args) = match name {
         "cport-uring" | "cport-epoll" => {
