@@ -86,6 +86,10 @@ pub struct GameArgs {
     /// How often a hurt player regains hit points (ms).
     #[arg(long, default_value_t = 5_000)]
     pub regen_ms: u64,
+    /// The Lua script every NPC runs: `course` (the course's npc.lua, built in) or a file's
+    /// path [default: no scripts]. See SCRIPTING.md.
+    #[arg(long, value_name = "FILE")]
+    pub npc_script: Option<String>,
 }
 
 impl GameArgs {
@@ -125,6 +129,7 @@ impl GameArgs {
             world_size: self.world_size,
             npc_respawn: Duration::from_millis(self.npc_respawn_ms),
             regen_interval: Duration::from_millis(self.regen_ms.max(1)),
+            npc_script: self.npc_script.as_deref().map(crate::ScriptSource::parse),
             ..Config::default()
         })
     }

@@ -8,6 +8,7 @@ use cport_server::cport::Backend;
 use cport_server::SizeField;
 
 use crate::db::DbConfig;
+use crate::script::{Limits, ScriptSource};
 
 /// Game server settings. `Config::default()` is the course's game on loopback, port 0.
 #[derive(Debug, Clone)]
@@ -53,6 +54,10 @@ pub struct Config {
     pub npc_respawn: Duration,
     /// How often a hurt player regains hit points.
     pub regen_interval: Duration,
+    /// The script every NPC runs (`None`: no scripts; see SCRIPTING.md).
+    pub npc_script: Option<ScriptSource>,
+    /// What one script event may spend before it is stopped and its NPC disabled.
+    pub script_limits: Limits,
 }
 
 impl Default for Config {
@@ -76,6 +81,8 @@ impl Default for Config {
             save_interval: Duration::from_secs(1),
             npc_respawn: Duration::from_secs(30),
             regen_interval: Duration::from_secs(5),
+            npc_script: None,
+            script_limits: Limits::default(),
         }
     }
 }

@@ -34,6 +34,12 @@ pub struct Stats {
     pub player_deaths: u64,
     /// `SC_STAT_CHANGE`s sent so far.
     pub stat_changes: u64,
+    /// NPC script events run so far (`--npc-script`).
+    pub script_calls: u64,
+    /// NPC script events that failed (logged, dropped).
+    pub script_errors: u64,
+    /// NPC script events stopped by the instruction budget (each NPC then disabled).
+    pub script_kills: u64,
 }
 
 /// What persistence did so far (all zero with `DbConfig::None`).
