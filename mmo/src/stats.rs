@@ -78,7 +78,8 @@ pub struct DbStats {
 }
 
 /// The totals a server prints at shutdown: "N logins, N login fails, N rejected, N player
-/// moves, N NPC moves, N attacks, N NPC kills, N level-ups".
+/// moves, N NPC moves, N attacks, N NPC kills, N level-ups", and with NPC scripts ", N NPC
+/// script events (N failed, N stopped by the budget)".
 impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -92,7 +93,15 @@ impl std::fmt::Display for Stats {
             self.attacks,
             self.npc_kills,
             self.level_ups
-        )
+        )?;
+        if self.script_calls > 0 {
+            write!(
+                f,
+                ", {} NPC script events ({} failed, {} stopped by the budget)",
+                self.script_calls, self.script_errors, self.script_kills
+            )?;
+        }
+        Ok(())
     }
 }
 

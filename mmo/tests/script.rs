@@ -225,7 +225,7 @@ fn a_script_that_does_not_compile_stops_the_start() {
         ..cport_mmo::Config::default()
     });
     let _ = std::fs::remove_file(&path);
-    let e = r.err().expect("the start fails");
+    let e = r.expect_err("the start fails");
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
     let msg = e.to_string();
     assert!(msg.contains(&format!("{}:3:", path.display())), "{msg}");
@@ -235,8 +235,7 @@ fn a_script_that_does_not_compile_stops_the_start() {
         npc_script: Some(ScriptSource::File("/nonexistent/npc.lua".into())),
         ..cport_mmo::Config::default()
     })
-    .err()
-    .expect("the start fails");
+    .expect_err("the start fails");
     assert!(e.to_string().contains("/nonexistent/npc.lua"), "{e}");
 }
 

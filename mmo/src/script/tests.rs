@@ -244,3 +244,40 @@ fn course_script_memory_per_npc() {
     // 200,000 NPCs in well under the 1 GB the whole server may use.
     assert!(per < 1500, "{per} bytes per NPC");
 }
+
+/// SCRIPTING.md's HELLO/BYE example (`mmo/scripts/hello_bye.lua`): HELLO on coming within a
+/// cell, nothing while staying near, BYE on leaving.
+#[test]
+fn the_hello_bye_example_says_hello_then_bye() {
+    let s = Scripts::load(
+        &ScriptSource::Text(
+            "hello_bye.lua".into(),
+            include_str!("../../scripts/hello_bye.lua").into(),
+        ),
+        1,
+        FIRST,
+        1,
+        Limits::default(),
+        fake_api,
+    )
+    .unwrap();
+    let ctx = Ctx::default();
+    ctx.0.lock().pos.insert(FIRST, (5, 5));
+    for (y, said) in [
+        (8, None),
+        (6, Some("HELLO")),
+        (5, None),
+        (4, None),
+        (3, Some("BYE")),
+    ] {
+        ctx.0.lock().pos.insert(0, (5, y));
+        s.run(FIRST, ctx.clone(), Event::PlayerMove(0), true);
+        let sent = std::mem::take(&mut ctx.0.lock().sent);
+        let want: Vec<(i64, i64, String)> = said
+            .map(|m| (i64::from(FIRST), 0, m.to_string()))
+            .into_iter()
+            .collect();
+        assert_eq!(sent, want, "player at y {y}");
+    }
+    assert_eq!(s.errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
