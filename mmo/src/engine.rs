@@ -355,6 +355,17 @@ impl<H: Host> Engine<H> {
         }
     }
 
+    /// Reads and compiles the NPC script again and, if it loads, swaps it in: every NPC's
+    /// environment is made anew at its next event (`set_uid` runs again) and NPCs the budget
+    /// disabled run again. A script that does not load changes nothing (the error says
+    /// why, as at start). Without scripts, nothing to do.
+    pub fn reload_scripts(&self) -> io::Result<()> {
+        match &self.game.scripts {
+            Some(s) => s.reload(),
+            None => Ok(()),
+        }
+    }
+
     /// What persistence did so far.
     pub fn db_stats(&self) -> DbStats {
         let g = &self.game;

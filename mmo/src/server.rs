@@ -95,6 +95,12 @@ impl MmoServer {
         self.engine.script_memory()
     }
 
+    /// The NPC script read again and swapped in if it loads ([`Engine::reload_scripts`]:
+    /// what a SIGHUP is meant to do).
+    pub fn reload_scripts(&self) -> std::io::Result<()> {
+        self.engine.reload_scripts()
+    }
+
     /// Every NPC's script environment made now ([`Engine::prepare_scripts`]).
     pub fn prepare_scripts(&self) -> std::io::Result<()> {
         self.engine.prepare_scripts(&self.handle())

@@ -213,6 +213,7 @@ per_backend!(
     a_runaway_script_leaves_the_server_serving,
     a_failing_script_leaves_the_server_serving,
     timer_move_toward_attack_and_message,
+    reload_swaps_in_a_script_that_loads,
 );
 
 #[test]
@@ -345,4 +346,53 @@ fn rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A reload swaps a script that loads in (the NPC's next event runs the new one, after its
+/// `set_uid` again) and keeps the old one when the new one does not compile.
+fn reload_swaps_in_a_script_that_loads(backend: Backend) {
+    let path = std::env::temp_dir().join(format!(
+        "cport-h-lua-reload-{}-{backend:?}.lua",
+        std::process::id()
+    ));
+    let says = |word: &str| {
+        format!("function set_uid(x) myid = x end\nfunction event_player_move(p) API_SendMessage(myid, p, \"{word}\") end\n")
+    };
+    std::fs::write(&path, says("ONE")).unwrap();
+    let srv = game(backend, 1, ScriptSource::File(path.clone()));
+    let npc = MAX_USERS;
+    let mut c = Client::login(srv.local_addr(), U8, "reader");
+    let (nx, ny) = srv.position(npc).unwrap();
+    let mut t = 1;
+    // Into the NPC's view, then one step back and forth per word heard.
+    while step(&mut c, (nx, ny), t).is_some() {
+        t += 1;
+    }
+    let hear = |c: &mut Client, t: &mut u32| -> Vec<u8> {
+        let _ = pace(c, 1, *t);
+        *t += 1;
+        let until = Instant::now() + TIMEOUT;
+        loop {
+            assert!(Instant::now() < until, "no chat from the NPC");
+            if let Some((_, m)) = chats_within(c, Duration::from_millis(50))
+                .into_iter()
+                .find(|(id, _)| *id == npc as i32)
+            {
+                // What the moves meanwhile triggered.
+                let _ = chats_within(c, Duration::from_millis(100));
+                return m;
+            }
+        }
+    };
+    assert_eq!(hear(&mut c, &mut t), b"ONE");
+    std::fs::write(&path, says("TWO")).unwrap();
+    srv.reload_scripts().unwrap();
+    assert_eq!(hear(&mut c, &mut t), b"TWO");
+    std::fs::write(&path, "function event_player_move(p)\n  x = = 1\nend\n").unwrap();
+    let e = srv
+        .reload_scripts()
+        .expect_err("a script that does not compile");
+    assert!(e.to_string().contains(":2:"), "{e}");
+    assert_eq!(hear(&mut c, &mut t), b"TWO");
+    let _ = std::fs::remove_file(&path);
 }

@@ -121,39 +121,23 @@ struct TimerNames {
     ids: HashMap<Arc<str>, u32>,
 }
 
-/// The script engine of a game: its shards, which NPCs are disabled, its counters.
-pub(crate) struct Scripts {
-    name: String,
-    shards: Box<[Mutex<Shard>]>,
-    first_npc: u32,
-    disabled: Box<[AtomicBool]>,
-    /// Events run.
-    pub calls: AtomicU64,
-    /// Events (or `set_uid`s) that failed.
-    pub errors: AtomicU64,
-    /// Events stopped by the budget (their NPCs disabled).
-    pub kills: AtomicU64,
-    /// Events posted again because their shard was busy.
-    pub deferred: AtomicU64,
-    timers: Mutex<TimerNames>,
-    log: Mutex<ErrLog>,
+/// Hands a new shard state what the game attached.
+type Attach = Box<dyn Fn(&Lua) + Send + Sync>;
+
+/// What shards are built from (kept for a reload).
+struct Setup {
+    src: ScriptSource,
+    shards: usize,
+    npcs: usize,
+    limits: Limits,
+    api: fn(&Lua, &Table) -> mlua::Result<()>,
 }
 
-impl Scripts {
-    /// Compiles `src` into `shards` states for NPCs `first_npc..first_npc + npcs`, with the
-    /// API functions `api` registers. A syntax error (or an error in the script's top-level
-    /// code, run once here in a scratch environment) is an `InvalidInput` error naming the
-    /// file and line.
-    pub fn load(
-        src: &ScriptSource,
-        shards: usize,
-        first_npc: u32,
-        npcs: usize,
-        limits: Limits,
-        api: fn(&Lua, &Table) -> mlua::Result<()>,
-    ) -> io::Result<Scripts> {
-        let name = src.name();
-        let text = src.text()?;
+impl Setup {
+    /// The script read and compiled into new shard states.
+    fn build(&self) -> io::Result<Vec<Shard>> {
+        let name = self.src.name();
+        let text = self.src.text()?;
         let bad = |e: mlua::Error| {
             let msg = match &e {
                 mlua::Error::SyntaxError { message, .. } => message.clone(),
@@ -164,11 +148,11 @@ impl Scripts {
                 format!("npc script {name}: {msg}"),
             )
         };
-        let n = shards.clamp(1, npcs.max(1));
-        let per_shard = npcs.div_ceil(n);
-        let mut built = Vec::with_capacity(n);
-        for s in 0..n {
-            let (lua, env_meta) = sandbox::new_state(limits, SHARD_MEMORY, api).map_err(bad)?;
+        let per_shard = self.npcs.div_ceil(self.shards);
+        let mut built = Vec::with_capacity(self.shards);
+        for s in 0..self.shards {
+            let (lua, env_meta) =
+                sandbox::new_state(self.limits, SHARD_MEMORY, self.api).map_err(bad)?;
             // The factory on the same first line as the source: error lines stay the file's.
             // The closing `end` on the source's last line if it ends with a newline: an
             // unclosed block is then reported at the file's last line + 1, as `luac` does.
@@ -186,16 +170,62 @@ impl Scripts {
                 factory.call::<()>(scratch).map_err(bad)?;
             }
             let envs = lua.create_table_with_capacity(per_shard, 0).map_err(bad)?;
-            built.push(Mutex::new(Shard {
+            built.push(Shard {
                 lua,
                 env_meta,
                 factory,
                 envs,
-            }));
+            });
         }
+        Ok(built)
+    }
+}
+
+/// The script engine of a game: its shards, which NPCs are disabled, its counters.
+pub(crate) struct Scripts {
+    name: String,
+    shards: Box<[Mutex<Shard>]>,
+    first_npc: u32,
+    disabled: Box<[AtomicBool]>,
+    /// Events run.
+    pub calls: AtomicU64,
+    /// Events (or `set_uid`s) that failed.
+    pub errors: AtomicU64,
+    /// Events stopped by the budget (their NPCs disabled).
+    pub kills: AtomicU64,
+    /// Events posted again because their shard was busy.
+    pub deferred: AtomicU64,
+    timers: Mutex<TimerNames>,
+    log: Mutex<ErrLog>,
+    setup: Setup,
+    /// What [`Scripts::attach`] gave, for the shards of a reload.
+    attached: Mutex<Option<Attach>>,
+}
+
+impl Scripts {
+    /// Compiles `src` into `shards` states for NPCs `first_npc..first_npc + npcs`, with the
+    /// API functions `api` registers. A syntax error (or an error in the script's top-level
+    /// code, run once here in a scratch environment) is an `InvalidInput` error naming the
+    /// file and line.
+    pub fn load(
+        src: &ScriptSource,
+        shards: usize,
+        first_npc: u32,
+        npcs: usize,
+        limits: Limits,
+        api: fn(&Lua, &Table) -> mlua::Result<()>,
+    ) -> io::Result<Scripts> {
+        let setup = Setup {
+            src: src.clone(),
+            shards: shards.clamp(1, npcs.max(1)),
+            npcs,
+            limits,
+            api,
+        };
+        let built = setup.build()?;
         Ok(Scripts {
-            name,
-            shards: built.into_boxed_slice(),
+            name: src.name(),
+            shards: built.into_iter().map(Mutex::new).collect(),
             first_npc,
             disabled: (0..npcs).map(|_| AtomicBool::new(false)).collect(),
             calls: AtomicU64::new(0),
@@ -204,15 +234,42 @@ impl Scripts {
             deferred: AtomicU64::new(0),
             timers: Mutex::new(TimerNames::default()),
             log: Mutex::new(ErrLog::default()),
+            setup,
+            attached: Mutex::new(None),
         })
     }
 
     /// Gives every shard `data` as app data (the game hands its API functions what they need
-    /// to reach it, once it is built).
-    pub fn attach<T: Clone + Send + 'static>(&self, data: T) {
+    /// to reach it, once it is built); a reload gives it to the new shards too.
+    pub fn attach<T: Clone + Send + Sync + 'static>(&self, data: T) {
+        let give: Attach = Box::new(move |lua: &Lua| {
+            lua.set_app_data(data.clone());
+        });
         for s in self.shards.iter() {
-            s.lock().lua.set_app_data(data.clone());
+            give(&s.lock().lua);
         }
+        *self.attached.lock() = Some(give);
+    }
+
+    /// Reads and compiles the script again; if it loads, every shard is replaced by a new
+    /// one: every NPC's environment is made anew at its next event (its top-level code and
+    /// `set_uid` run again) and disabled NPCs run again. If it does not load, nothing
+    /// changes and the error says why (as at start).
+    pub fn reload(&self) -> io::Result<()> {
+        let built = self.setup.build()?;
+        let attached = self.attached.lock();
+        for (slot, new) in self.shards.iter().zip(built) {
+            if let Some(give) = attached.as_ref() {
+                give(&new.lua);
+            }
+            *slot.lock() = new;
+        }
+        drop(attached);
+        for d in self.disabled.iter() {
+            d.store(false, Relaxed);
+        }
+        tracing::info!("npc script {}: reloaded", self.name);
+        Ok(())
     }
 
     /// Whether NPC `npc` still runs its script (false once the budget stopped it).
