@@ -12,7 +12,7 @@
 //! Events run on the worker that took their posted completion, with no game lock held: the
 //! game's API functions (registered by the game, see `game::script_api`) take the locks they
 //! need. A call that runs past its [`Limits`] is stopped and its NPC disabled; a call that
-//! fails is logged (at most one line a second) and dropped. The sandbox is in [`sandbox`].
+//! fails is logged (at most one line a second) and dropped. The sandbox is in `sandbox.rs`.
 
 mod sandbox;
 #[cfg(test)]

@@ -55,7 +55,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             instructions: 1_000_000,
-            wall: Duration::from_millis(20),
+            wall: Duration::from_millis(10),
         }
     }
 }
@@ -82,8 +82,9 @@ impl Budget {
     }
 }
 
-/// A new shard state: the sandbox, the budget hook, a memory limit. Returns the state, the
-/// metatable of every NPC environment, and the function that compiles a script's factory.
+/// A new shard state: the sandbox, the budget hook, a memory limit, and the API functions
+/// `api` registers. Returns the state and the metatable every NPC environment gets (its
+/// `__index` is the shared table, and it cannot be read or replaced from Lua).
 pub(super) fn new_state(
     limits: Limits,
     memory_limit: usize,
