@@ -63,7 +63,7 @@ pub fn run(args: Args) -> io::Result<()> {
     let server = cport_mmo::start(cfg)?;
     let h = server.handle();
     println!(
-        "listening on {} (backend: {}, threads: {}, npcs: {}, max users: {}, max sessions: {max_sessions}, view range: {}, header: {}, db: {}, save interval: {} ms)",
+        "listening on {} (backend: {}, threads: {}, npcs: {}, max users: {}, max sessions: {max_sessions}, view range: {}, header: {}, db: {}, save interval: {} ms, map: {}, npc script: {})",
         h.local_addr(),
         h.backend(),
         threads,
@@ -72,10 +72,60 @@ pub fn run(args: Args) -> io::Result<()> {
         game.view_range,
         game.header.name(),
         db,
-        game.save_interval_ms
+        game.save_interval_ms,
+        game.map.as_ref().map_or("none".into(), |m| m.display().to_string()),
+        game.npc_script.as_deref().unwrap_or("none"),
     );
     io::stdout().flush()?;
-    crate::util::wait_for_signal(&signals, args.stats_file.as_deref(), || {
+    // SIGHUP reloads the NPC script (when there is one): a script that does not compile
+    // leaves the running one in place, and says why.
+    #[cfg(unix)]
+    let reload = match game.npc_script {
+        Some(_) => Some(signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGHUP,
+        ])?),
+        None => None,
+    };
+    #[cfg(unix)]
+    let reload_handle = reload.as_ref().map(|s| s.handle());
+    std::thread::scope(|scope| {
+        #[cfg(unix)]
+        if let Some(mut hup) = reload {
+            let server = &server;
+            scope.spawn(move || {
+                for _ in hup.forever() {
+                    match server.reload_scripts() {
+                        Ok(()) => tracing::info!("SIGHUP: npc script reloaded"),
+                        Err(e) => tracing::warn!("SIGHUP: npc script kept, the new one fails: {e}"),
+                    }
+                }
+            });
+        }
+        wait(&server, &h, &signals, args.stats_file.as_deref());
+        #[cfg(unix)]
+        if let Some(h) = &reload_handle {
+            h.close();
+        }
+    });
+    let stats = server.stats();
+    let report = server.shutdown_with_db(Duration::from_secs(5));
+    println!("{}", report.0);
+    println!("game: {stats}");
+    // Also on stderr: `cport stress --spawn` shows the server's stderr, not its stdout.
+    println!("db ({db}): {}", report.1);
+    eprintln!("mmo db ({db}): {}", report.1);
+    println!("{}", h.metrics());
+    Ok(())
+}
+
+/// Waits for SIGINT/SIGTERM, writing the stats file meanwhile if asked.
+fn wait(
+    server: &cport_mmo::MmoServer,
+    h: &cport_server::ServerHandle,
+    signals: &std::sync::mpsc::Receiver<i32>,
+    stats_file: Option<&std::path::Path>,
+) {
+    crate::util::wait_for_signal(signals, stats_file, || {
         let g = server.stats();
         format!(
             "{}{} players={} awake_npcs={} npc_timers={} npc_moves={} moves={} logins={} login_fails={} rejected={}",
@@ -91,13 +141,4 @@ pub fn run(args: Args) -> io::Result<()> {
             g.rejected
         )
     });
-    let stats = server.stats();
-    let report = server.shutdown_with_db(Duration::from_secs(5));
-    println!("{}", report.0);
-    println!("game: {stats}");
-    // Also on stderr: `cport stress --spawn` shows the server's stderr, not its stdout.
-    println!("db ({db}): {}", report.1);
-    eprintln!("mmo db ({db}): {}", report.1);
-    println!("{}", h.metrics());
-    Ok(())
 }

@@ -104,6 +104,10 @@ pub struct GameArgs {
     /// A chasing NPC gives up beyond this many cells from its spawn cell or its target.
     #[arg(long, default_value_t = 12)]
     pub npc_give_up: u16,
+    /// The Lua script every NPC runs: `course` (the course's npc.lua, built in) or a file's
+    /// path [default: no scripts]. See SCRIPTING.md.
+    #[arg(long, value_name = "FILE")]
+    pub npc_script: Option<String>,
 }
 
 impl GameArgs {
@@ -167,6 +171,7 @@ impl GameArgs {
             map,
             aggressive_npcs: self.aggressive_npcs,
             npc_give_up: self.npc_give_up,
+            npc_script: self.npc_script.as_deref().map(crate::ScriptSource::parse),
             ..Config::default()
         })
     }

@@ -10,6 +10,7 @@ use cport_server::SizeField;
 
 use crate::db::DbConfig;
 use crate::map::Map;
+use crate::script::{Limits, ScriptSource};
 
 /// Game server settings. `Config::default()` is the course's game on loopback, port 0.
 #[derive(Debug, Clone)]
@@ -68,6 +69,10 @@ pub struct Config {
     /// A chasing NPC gives up when its target or itself is farther than this many cells
     /// (on either axis) from its spawn cell, or its target farther than this from it.
     pub npc_give_up: u16,
+    /// The script every NPC runs (`None`: no scripts; see SCRIPTING.md).
+    pub npc_script: Option<ScriptSource>,
+    /// What one script event may spend before it is stopped and its NPC disabled.
+    pub script_limits: Limits,
 }
 
 impl Default for Config {
@@ -95,6 +100,8 @@ impl Default for Config {
             map: None,
             aggressive_npcs: 0,
             npc_give_up: 12,
+            npc_script: None,
+            script_limits: Limits::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::db::{DbConfig, DbPool, Persist, PlayerRow, Store};
 use crate::game::npc::npc_spawn;
 use crate::game::{self, Counters, Game, NpcLife, Player, Rng};
 use crate::net::{DbResult, Host};
+use crate::script::Scripts;
 use crate::stats::{DbStats, Placed, Snapshot, Stats};
 use crate::world::{self, unpack, State, World};
 
@@ -138,6 +139,24 @@ impl<H: Host> Engine<H> {
                 )
             }
         };
+        let scripts = match &cfg.npc_script {
+            Some(src) => {
+                // Two shards a worker: a worker whose shard is busy rarely finds the next busy.
+                let threads = match cfg.threads {
+                    0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                    n => n,
+                };
+                Some(Scripts::load(
+                    src,
+                    2 * threads,
+                    cfg.max_users as u32,
+                    cfg.npcs,
+                    cfg.script_limits,
+                    game::script_api::register::<H>,
+                )?)
+            }
+            None => None,
+        };
         let game = Arc::new(Game {
             world: World::new(size, cfg.view_range, cfg.max_users, &npcs).with_map(cfg.map.clone()),
             free_ids: Mutex::new((0..cfg.max_users as u32).rev().collect()),
@@ -166,7 +185,12 @@ impl<H: Host> Engine<H> {
             zone: zone
                 .as_ref()
                 .map(|z| ZoneState::new(z, cfg.max_users + cfg.npcs)),
+            scripts,
         });
+        if let Some(s) = &game.scripts {
+            // What the API functions reach the game through (weak: the game owns the scripts).
+            s.attach(Arc::downgrade(&game));
+        }
         // A zone's board holds only its own NPCs; the others' appear as ghosts.
         let first_npc = cfg.max_users as u32;
         for npc in first_npc..first_npc + cfg.npcs as u32 {
@@ -307,6 +331,7 @@ impl<H: Host> Engine<H> {
     /// The game's counters now.
     pub fn stats(&self) -> Stats {
         let c = &self.game.counters;
+        let g_scripts = self.game.scripts.as_ref();
         Stats {
             players: c.players.load(Relaxed),
             awake_npcs: c.awake_npcs.load(Relaxed),
@@ -323,6 +348,35 @@ impl<H: Host> Engine<H> {
             player_deaths: c.player_deaths.load(Relaxed),
             stat_changes: c.stat_changes.load(Relaxed),
             npc_attacks: c.npc_attacks.load(Relaxed),
+            script_calls: g_scripts.map_or(0, |s| s.calls.load(Relaxed)),
+            script_errors: g_scripts.map_or(0, |s| s.errors.load(Relaxed)),
+            script_kills: g_scripts.map_or(0, |s| s.kills.load(Relaxed)),
+        }
+    }
+
+    /// Lua memory of the NPC scripts now, in bytes (0 without scripts).
+    pub fn script_memory(&self) -> usize {
+        self.game.scripts.as_ref().map_or(0, |s| s.memory())
+    }
+
+    /// Makes every NPC's script environment now and calls its `set_uid` (otherwise done at
+    /// each NPC's first event): what all NPCs scripted cost in memory, for measuring it
+    /// ([`Engine::script_memory`]). An error if a script's top-level code or `set_uid` fails.
+    pub fn prepare_scripts(&self, host: &H) -> io::Result<()> {
+        match &self.game.scripts {
+            Some(s) => s.prepare_all(host.clone()).map_err(io::Error::other),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads and compiles the NPC script again and, if it loads, swaps it in: every NPC's
+    /// environment is made anew at its next event (`set_uid` runs again) and NPCs the budget
+    /// disabled run again. A script that does not load changes nothing (the error says
+    /// why, as at start). Without scripts, nothing to do.
+    pub fn reload_scripts(&self) -> io::Result<()> {
+        match &self.game.scripts {
+            Some(s) => s.reload(),
+            None => Ok(()),
         }
     }
 

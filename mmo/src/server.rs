@@ -91,6 +91,22 @@ impl MmoServer {
         self.engine.npc_alive(id)
     }
 
+    /// Lua memory of the NPC scripts now, in bytes ([`Engine::script_memory`]).
+    pub fn script_memory(&self) -> usize {
+        self.engine.script_memory()
+    }
+
+    /// The NPC script read again and swapped in if it loads ([`Engine::reload_scripts`]:
+    /// what a SIGHUP is meant to do).
+    pub fn reload_scripts(&self) -> std::io::Result<()> {
+        self.engine.reload_scripts()
+    }
+
+    /// Every NPC's script environment made now ([`Engine::prepare_scripts`]).
+    pub fn prepare_scripts(&self) -> std::io::Result<()> {
+        self.engine.prepare_scripts(&self.handle())
+    }
+
     /// Where the players and the awake NPCs are now.
     pub fn snapshot(&self) -> Snapshot {
         self.engine.snapshot()

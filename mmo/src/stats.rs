@@ -37,6 +37,12 @@ pub struct Stats {
     /// Hits of NPCs on players so far (chases, fighting back, scripts), beyond the strike
     /// back that answers a player's hit at once.
     pub npc_attacks: u64,
+    /// NPC script events run so far (`--npc-script`).
+    pub script_calls: u64,
+    /// NPC script events that failed (logged, dropped).
+    pub script_errors: u64,
+    /// NPC script events stopped by the instruction budget (each NPC then disabled).
+    pub script_kills: u64,
 }
 
 /// What persistence did so far (all zero with `DbConfig::None`).
@@ -75,7 +81,8 @@ pub struct DbStats {
 }
 
 /// The totals a server prints at shutdown: "N logins, N login fails, N rejected, N player
-/// moves, N NPC moves, N attacks, N NPC kills, N level-ups".
+/// moves, N NPC moves, N attacks, N NPC kills, N level-ups", and with NPC scripts ", N NPC
+/// script events (N failed, N stopped by the budget)".
 impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -89,7 +96,15 @@ impl std::fmt::Display for Stats {
             self.attacks,
             self.npc_kills,
             self.level_ups
-        )
+        )?;
+        if self.script_calls > 0 {
+            write!(
+                f,
+                ", {} NPC script events ({} failed, {} stopped by the budget)",
+                self.script_calls, self.script_errors, self.script_kills
+            )?;
+        }
+        Ok(())
     }
 }
 

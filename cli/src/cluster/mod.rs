@@ -70,9 +70,18 @@ pub fn zone_flags(g: &GameArgs, backend: Option<cport::Backend>) -> Vec<OsString
         format!("--world-size={}", g.world_size),
         format!("--npc-respawn-ms={}", g.npc_respawn_ms),
         format!("--regen-ms={}", g.regen_ms),
+        format!("--recv-pool={}", g.recv_pool),
+        format!("--aggressive-npcs={}", g.aggressive_npcs),
+        format!("--npc-give-up={}", g.npc_give_up),
     ];
     if let Some(db) = &g.db {
         v.push(format!("--db={db}"));
+    }
+    if let Some(map) = &g.map {
+        v.push(format!("--map={}", map.display()));
+    }
+    if let Some(script) = &g.npc_script {
+        v.push(format!("--npc-script={script}"));
     }
     if let Some(b) = backend {
         v.push(format!("--backend={}", backend_name(b)));
@@ -89,6 +98,7 @@ pub fn gateway_flags(g: &GameArgs, backend: Option<cport::Backend>) -> Vec<OsStr
         format!("--max-users={}", g.max_users),
         format!("--world-size={}", g.world_size),
         format!("--max-send-queue={}", g.max_send_queue),
+        format!("--recv-pool={}", g.recv_pool),
     ];
     if let Some(b) = backend {
         v.push(format!("--backend={}", backend_name(b)));

@@ -18,6 +18,7 @@ pub(crate) mod login;
 mod movement;
 pub(crate) mod npc;
 mod path;
+pub(crate) mod script_api;
 mod view;
 pub(crate) mod zone;
 
@@ -53,6 +54,10 @@ const DELAYED_TRANSFER: u64 = 1 << 44;
 const ZONE_GATE: u64 = 1 << 45;
 /// Cluster: say an unanswered claim again (value: its epoch).
 const CLAIM_RETRY: u64 = 1 << 46;
+/// NPC scripts: a player's move an NPC saw (value: the player), for `event_player_move`.
+const SCRIPT_MOVE: u64 = 1 << 52;
+/// NPC scripts: an `API_set_timer` timer (value: the timer name's number).
+const SCRIPT_TIMER: u64 = 1 << 53;
 
 /// Packets a session may send between `CS_LOGIN` and its `SC_LOGIN_INFO` (the load from the
 /// database); beyond, the session is closed.
@@ -259,6 +264,8 @@ pub(crate) struct Game<H: Host> {
     pub login_us: Mutex<hdrhistogram::Histogram<u64>>,
     /// `Some` when this game is one zone of a cluster.
     pub zone: Option<crate::cluster::state::ZoneState>,
+    /// The NPCs' script (`None`: no scripts, `--npc-script` not given).
+    pub scripts: Option<crate::script::Scripts>,
 }
 
 /// What every concern uses (encoding a packet, closing a session for what it sent), and the
@@ -385,6 +392,9 @@ impl<H: Host> Game<H> {
             DELAYED_TRANSFER => g.delayed_transfers(server),
             ZONE_GATE => g.open_gate(server),
             CLAIM_RETRY if !w.is_npc(id) => g.claim_retry(server, id, value as u32),
+            tag @ (SCRIPT_MOVE | SCRIPT_TIMER) if w.is_npc(id) && (id as usize) < w.objs.len() => {
+                g.script_event(server, tag, id, value)
+            }
             _ => {}
         }
     }

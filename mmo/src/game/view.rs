@@ -128,6 +128,9 @@ impl<H: Host> Game<H> {
                     }
                 }
             }
+            if mine.mv.is_some() && w.is_npc(other) && !w.is_npc(me) {
+                self.script_saw_move(srv, other, me); // a player moved in this NPC's view
+            }
             if added {
                 if w.is_npc(other) {
                     self.wake(srv, other);
