@@ -39,7 +39,7 @@ fn pooled_receives_deliver_every_byte_in_order(backend: Backend) {
     let (mut client, server) = tcp_pair();
     let server = port.associate(server, 1).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let data: Vec<u8> = (0..200_000).map(|_| rng.gen()).collect();
+    let data: Vec<u8> = (0..200_000).map(|_| rng.random()).collect();
     let writer = {
         let data = data.clone();
         std::thread::spawn(move || client.write_all(&data).map(|_| client))
