@@ -88,6 +88,7 @@ pub fn run(args: Args) -> io::Result<()> {
     };
     #[cfg(unix)]
     let reload_handle = reload.as_ref().map(|s| s.handle());
+    #[cfg_attr(not(unix), allow(unused_variables))]
     std::thread::scope(|scope| {
         #[cfg(unix)]
         if let Some(mut hup) = reload {

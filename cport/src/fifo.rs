@@ -28,6 +28,8 @@ impl<T> Fifo<T> {
         usize::from(self.head.is_some()) + self.rest.len()
     }
 
+    // Used by the epoll backend (Linux).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn is_empty(&self) -> bool {
         self.head.is_none()
     }
@@ -44,6 +46,7 @@ impl<T> Fifo<T> {
         self.head.as_ref()
     }
 
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn front_mut(&mut self) -> Option<&mut T> {
         self.head.as_mut()
     }
