@@ -98,7 +98,6 @@ pub fn gateway_flags(g: &GameArgs, backend: Option<cport::Backend>) -> Vec<OsStr
         format!("--max-users={}", g.max_users),
         format!("--world-size={}", g.world_size),
         format!("--max-send-queue={}", g.max_send_queue),
-        format!("--recv-pool={}", g.recv_pool),
     ];
     if let Some(b) = backend {
         v.push(format!("--backend={}", backend_name(b)));
