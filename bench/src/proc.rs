@@ -26,6 +26,27 @@ pub fn cpu_time(_pid: u32) -> io::Result<Duration> {
     Err(no_proc())
 }
 
+/// Resident memory of process `pid` in bytes (`VmRSS` of `/proc/PID/status`).
+#[cfg(target_os = "linux")]
+pub fn rss(pid: u32) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| io::Error::other("no VmRSS in /proc/PID/status"))
+}
+
+/// Resident memory of process `pid`: not measured on this system.
+#[cfg(not(target_os = "linux"))]
+pub fn rss(_pid: u32) -> io::Result<u64> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "resident memory is read from /proc (Linux)",
+    ))
+}
+
 /// Context switches of process `pid`: not on Windows.
 #[cfg(not(target_os = "linux"))]
 pub fn ctx_switches(_pid: u32) -> io::Result<u64> {

@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use cport_bench::proc::ServerProc;
+use cport_bench::proc::{rss, ServerProc};
 use cport_bench::stats::{median, range};
 
 use super::echo::contender;
@@ -128,15 +128,4 @@ fn open(addr: SocketAddr, a: &IdleArgs) -> io::Result<Vec<TcpStream>> {
         }
     }
     Ok(conns)
-}
-
-/// Resident memory of `pid`, bytes.
-fn rss(pid: u32) -> io::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| io::Error::other("no VmRSS in /proc/PID/status"))
 }

@@ -82,6 +82,8 @@ pub(crate) struct RunResult {
     pub(crate) min_clients: f64,
     pub(crate) errors: f64,
     pub(crate) client_cpu_pct: f64,
+    /// The server's resident memory at the end of the run, MB (0 where not measured).
+    pub(crate) rss_mb: f64,
 }
 
 /// Runs the stress client (its own process) against `addr`; returns its report and when its
@@ -129,20 +131,22 @@ fn server_use(samples: &Samples, t0: Instant, t1: Instant) -> (f64, f64) {
 fn with_server(
     b: &Build,
     measure: impl FnOnce(std::net::SocketAddr) -> io::Result<(Report, Instant)>,
-) -> io::Result<(Report, Instant, Samples)> {
+) -> io::Result<(Report, Instant, Samples, f64)> {
     let server = ServerProc::spawn(&b.program, &b.args, &[("RUST_LOG".into(), "warn".into())])?;
     let sampler = Sampler::start(server.pid());
     let r = measure(server.addr);
     let samples = sampler.finish();
+    // The whole tree's would count a cluster's NATS too: the server process itself.
+    let rss_mb = cport_bench::proc::rss(server.pid()).map_or(0.0, |b| b as f64 / 1e6);
     server.stop()?;
     let (report, t0) = r?;
-    Ok((report, t0, samples))
+    Ok((report, t0, samples, rss_mb))
 }
 
 /// One ramp run of `b`.
 pub(crate) fn ramp_run(a: &MmoArgs, b: &Build, dir: &Path) -> io::Result<RunResult> {
     let clients = a.max_clients.min(a.max_users);
-    let (v, t0, samples) = with_server(b, |addr| {
+    let (v, t0, samples, rss_mb) = with_server(b, |addr| {
         stress(a, addr, clients, a.duration_s, a.delay_limit_ms, dir)
     })?;
     let elapsed = v.elapsed_s;
@@ -160,6 +164,7 @@ pub(crate) fn ramp_run(a: &MmoArgs, b: &Build, dir: &Path) -> io::Result<RunResu
         tracked_max_ms: tracked_max,
         cs_per_s: cs / elapsed.max(1e-3),
         min_clients: 0.0,
+        rss_mb,
         ..RunResult::of_report(&v)
     })
 }
@@ -173,7 +178,7 @@ pub(crate) fn fixed_run(a: &MmoArgs, b: &Build, n: usize, dir: &Path) -> io::Res
     let climb_s = (n as u64 * a.ramp_interval_ms * 5 / 4).div_ceil(1000) + 2;
     // A fixed load: the ramp's delay limit out of reach, so that it neither slows nor sheds
     // (the delay is measured all the same).
-    let (v, t0, samples) = with_server(b, |addr| {
+    let (v, t0, samples, rss_mb) = with_server(b, |addr| {
         stress(a, addr, n, climb_s + a.hold_s, FIXED_LIMIT_MS, dir)
     })?;
     let end_t = v.series.last().map_or(0.0, |s| s.t);
@@ -197,6 +202,7 @@ pub(crate) fn fixed_run(a: &MmoArgs, b: &Build, n: usize, dir: &Path) -> io::Res
             .fold(0.0, f64::max),
         cs_per_s: cs / secs,
         min_clients: if hold.is_empty() { 0.0 } else { min_clients },
+        rss_mb,
         ..RunResult::of_report(&v)
     })
 }

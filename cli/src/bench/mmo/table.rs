@@ -25,6 +25,7 @@ fn summary(runs: &[RunResult]) -> Value {
         "peak_clients": m(|r| r.peak_clients),
         "clients_shed": m(|r| r.clients_shed),
         "server_cpu_pct": m(|r| r.server_cpu_pct),
+        "rss_mb": m(|r| r.rss_mb),
         "delay_p50_ms": m(|r| r.delay_p50_ms),
         "delay_p99_ms": m(|r| r.delay_p99_ms),
         "tracked_max_ms": m(|r| r.tracked_max_ms),
@@ -42,6 +43,7 @@ fn round_json(r: &RunResult) -> Value {
         "peak_clients": r.peak_clients,
         "clients_shed": r.clients_shed,
         "server_cpu_pct": r.server_cpu_pct,
+        "rss_mb": r.rss_mb,
         "delay_p50_ms": r.delay_p50_ms,
         "delay_p99_ms": r.delay_p99_ms,
         "tracked_max_ms": r.tracked_max_ms,
@@ -71,7 +73,7 @@ pub(crate) fn print_ramp_table(
         a.duration_s, a.ramp_interval_ms
     );
     println!(
-        "{:<14} {:>10} {:>15} {:>7} {:>6} {:>8} {:>8} {:>11} {:>7} {:>9} {:>7}",
+        "{:<14} {:>10} {:>15} {:>7} {:>6} {:>8} {:>8} {:>11} {:>7} {:>9} {:>7} {:>7}",
         "build",
         "max <limit",
         "min–max",
@@ -82,6 +84,7 @@ pub(crate) fn print_ramp_table(
         "tracked max",
         "CPU %",
         "cs/s",
+        "RSS MB",
         "ratio"
     );
     for (b, t) in builds.iter().zip(tallies) {
@@ -93,7 +96,7 @@ pub(crate) fn print_ramp_table(
         let (lo, hi) = range(&maxes);
         let m = median(&maxes);
         println!(
-            "{:<14} {:>10.0} {:>7.0}–{:<7.0} {:>7.0} {:>6.0} {:>8.0} {:>8.0} {:>11.0} {:>7.1} {:>9.0} {:>7.2}",
+            "{:<14} {:>10.0} {:>7.0}–{:<7.0} {:>7.0} {:>6.0} {:>8.0} {:>8.0} {:>11.0} {:>7.1} {:>9.0} {:>7.0} {:>7.2}",
             b.name,
             m,
             lo,
@@ -105,10 +108,11 @@ pub(crate) fn print_ramp_table(
             med(&t.ramp, |r| r.tracked_max_ms),
             med(&t.ramp, |r| r.server_cpu_pct),
             med(&t.ramp, |r| r.cs_per_s),
+            med(&t.ramp, |r| r.rss_mb),
             m / ref_max
         );
     }
-    println!("(ratio: median max clients under the limit over {ref_name}'s; p50/p99: the delay over the whole run; CPU %, cs/s: the server process over the run)");
+    println!("(ratio: median max clients under the limit over {ref_name}'s; p50/p99: the delay over the whole run; CPU %, cs/s: the server process over the run; RSS: the server process at the run's end)");
 }
 
 /// The fixed-load runs' table (`n` clients): medians over rounds, ratios against the build
@@ -128,8 +132,17 @@ pub(crate) fn print_fixed_table(
         a.npcs, a.hold_s
     );
     println!(
-        "{:<14} {:>7} {:>15} {:>9} {:>8} {:>8} {:>11} {:>9} {:>7}",
-        "build", "CPU %", "min–max", "held ≥", "p50 ms", "p99 ms", "tracked max", "cs/s", "CPU ×"
+        "{:<14} {:>7} {:>15} {:>9} {:>8} {:>8} {:>11} {:>9} {:>7} {:>7}",
+        "build",
+        "CPU %",
+        "min–max",
+        "held ≥",
+        "p50 ms",
+        "p99 ms",
+        "tracked max",
+        "cs/s",
+        "RSS MB",
+        "CPU ×"
     );
     for (b, t) in builds.iter().zip(tallies) {
         if t.fixed.is_empty() {
@@ -140,7 +153,7 @@ pub(crate) fn print_fixed_table(
         let (lo, hi) = range(&cpus);
         let m = median(&cpus);
         println!(
-            "{:<14} {:>7.1} {:>7.1}–{:<7.1} {:>9.0} {:>8.0} {:>8.0} {:>11.0} {:>9.0} {:>7.2}",
+            "{:<14} {:>7.1} {:>7.1}–{:<7.1} {:>9.0} {:>8.0} {:>8.0} {:>11.0} {:>9.0} {:>7.0} {:>7.2}",
             b.name,
             m,
             lo,
@@ -153,6 +166,7 @@ pub(crate) fn print_fixed_table(
             med(&t.fixed, |r| r.delay_p99_ms),
             med(&t.fixed, |r| r.tracked_max_ms),
             med(&t.fixed, |r| r.cs_per_s),
+            med(&t.fixed, |r| r.rss_mb),
             m / ref_cpu
         );
     }
