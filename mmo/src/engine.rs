@@ -146,14 +146,18 @@ impl<H: Host> Engine<H> {
                     0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
                     n => n,
                 };
-                Some(Scripts::load(
+                let scripts = Scripts::load(
                     src,
                     2 * threads,
                     cfg.max_users as u32,
                     cfg.npcs,
                     cfg.script_limits,
                     game::script_api::register::<H>,
-                )?)
+                )?;
+                // Scripts run on all workers but one: however slow a script is, the network
+                // and the game's timers keep a worker (`script::Gate`).
+                scripts.gate.limit(threads.saturating_sub(1));
+                Some(scripts)
             }
             None => None,
         };
@@ -351,6 +355,7 @@ impl<H: Host> Engine<H> {
             script_calls: g_scripts.map_or(0, |s| s.calls.load(Relaxed)),
             script_errors: g_scripts.map_or(0, |s| s.errors.load(Relaxed)),
             script_kills: g_scripts.map_or(0, |s| s.kills.load(Relaxed)),
+            script_dropped: g_scripts.map_or(0, |s| s.gate.dropped.load(Relaxed)),
         }
     }
 

@@ -43,6 +43,9 @@ pub struct Stats {
     pub script_errors: u64,
     /// NPC script events stopped by the instruction budget (each NPC then disabled).
     pub script_kills: u64,
+    /// NPC script events dropped because too many waited for a worker's turn (a script
+    /// slower than its events come; `script::Gate`).
+    pub script_dropped: u64,
 }
 
 /// What persistence did so far (all zero with `DbConfig::None`).
@@ -100,8 +103,8 @@ impl std::fmt::Display for Stats {
         if self.script_calls > 0 {
             write!(
                 f,
-                ", {} NPC script events ({} failed, {} stopped by the budget)",
-                self.script_calls, self.script_errors, self.script_kills
+                ", {} NPC script events ({} failed, {} stopped by the budget, {} dropped waiting for a worker)",
+                self.script_calls, self.script_errors, self.script_kills, self.script_dropped
             )?;
         }
         Ok(())

@@ -8,7 +8,7 @@ use cport_testkit::per_backend;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{config, start, wait_until, Client, TIMEOUT};
+use common::{config, start, toward, wait_until, Client, TIMEOUT};
 use cport_mmo::{MmoServer, Stats};
 use cport_mmo_proto::{ClientPacket, Direction, ServerPacket, SizeField};
 use cport_server::cport::Backend;
@@ -16,16 +16,8 @@ use cport_server::cport::Backend;
 const U8: SizeField = SizeField::U8;
 
 /// One step of `c` toward `(x, y)`; returns false if it is already there.
-fn step_toward(c: &mut Client, (x, y): (u16, u16), t: u32) -> bool {
-    let d = if c.pos.0 < x {
-        Direction::Right
-    } else if c.pos.0 > x {
-        Direction::Left
-    } else if c.pos.1 < y {
-        Direction::Down
-    } else if c.pos.1 > y {
-        Direction::Up
-    } else {
+fn step_toward(c: &mut Client, to: (u16, u16), t: u32) -> bool {
+    let Some(d) = toward(c.pos, to) else {
         return false;
     };
     c.move_(d, t);

@@ -8,7 +8,7 @@ use cport_testkit::per_backend;
 
 use std::time::{Duration, Instant};
 
-use common::{config, start, Client, TIMEOUT};
+use common::{config, start, toward, Client, TIMEOUT};
 use cport_mmo::{MmoServer, ScriptSource};
 use cport_mmo_proto::{Direction, ServerPacket, SizeField};
 use cport_server::cport::Backend;
@@ -36,18 +36,8 @@ fn text(name: &str, src: &str) -> ScriptSource {
 
 /// One step of `c` toward `(x, y)` along x first; the chats it received meanwhile. `None`
 /// when it is there already.
-fn step(c: &mut Client, (x, y): (u16, u16), t: u32) -> Option<Vec<(i32, Vec<u8>)>> {
-    let d = if c.pos.0 < x {
-        Direction::Right
-    } else if c.pos.0 > x {
-        Direction::Left
-    } else if c.pos.1 < y {
-        Direction::Down
-    } else if c.pos.1 > y {
-        Direction::Up
-    } else {
-        return None;
-    };
+fn step(c: &mut Client, to: (u16, u16), t: u32) -> Option<Vec<(i32, Vec<u8>)>> {
+    let d = toward(c.pos, to)?;
     c.move_(d, t);
     let mut chats = Vec::new();
     let until = Instant::now() + TIMEOUT;

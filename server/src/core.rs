@@ -113,7 +113,8 @@ pub struct Config {
     /// once the packet is whole. When every pool buffer is in use, receives wait for one
     /// (their data stays in the socket). `0`: every session keeps a buffer of its own, as
     /// before; also the fallback if the backend cannot make the pool (io_uring before Linux
-    /// 5.19), with a warning.
+    /// 5.19), with a warning, and on Windows (IOCP takes the buffer when a receive is issued,
+    /// so a waiting session would hold one anyway).
     pub recv_pool: usize,
     /// Close sessions that received nothing for this long (default `None`: never).
     pub idle_timeout: Option<Duration>,
@@ -184,6 +185,10 @@ impl Core {
     pub(crate) fn new(port: Port, cfg: Config, local_addr: SocketAddr) -> Core {
         let pool = match cfg.recv_pool {
             0 => None,
+            // IOCP takes a pool buffer when the receive is issued (no zero-byte receive yet):
+            // every waiting session would hold one, and a pool smaller than the sessions
+            // would starve the rest. Sessions keep their own buffers there.
+            _ if port.backend() == Backend::Iocp => None,
             n => match port.buf_pool(n.min(cport::MAX_POOL_BUFFERS), cfg.recv_buffer.max(1)) {
                 Ok(p) => Some(p),
                 Err(e) => {

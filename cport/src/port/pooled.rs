@@ -50,7 +50,9 @@ impl Socket {
     /// (end of stream), an error, or aborted. Dropping the buffer gives it back to the pool.
     ///
     /// When the pool has no free buffer, the receive waits for one (oldest first) instead of
-    /// failing; its data stays in the socket. Pooled receives share the socket's receive
+    /// failing; its data stays in the socket. On Windows (IOCP) the buffer is taken when the
+    /// receive is issued, so there a waiting receive does hold one: a pool needs a buffer
+    /// per receive waiting at once (the zero-byte receive that would avoid it is not done). Pooled receives share the socket's receive
     /// lane with [`Socket::recv`]: one in flight at a time, completed in start order. A pool
     /// of another port completes at once with `InvalidInput`.
     #[doc(alias = "WSARecv")]

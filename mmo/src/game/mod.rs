@@ -58,6 +58,8 @@ const CLAIM_RETRY: u64 = 1 << 46;
 const SCRIPT_MOVE: u64 = 1 << 52;
 /// NPC scripts: an `API_set_timer` timer (value: the timer name's number).
 const SCRIPT_TIMER: u64 = 1 << 53;
+/// Script events wait for a worker's turn (`script_api`, `Gate`): run what waits.
+const SCRIPT_DRAIN: u64 = 1 << 54;
 
 /// Packets a session may send between `CS_LOGIN` and its `SC_LOGIN_INFO` (the load from the
 /// database); beyond, the session is closed.
@@ -395,6 +397,7 @@ impl<H: Host> Game<H> {
             tag @ (SCRIPT_MOVE | SCRIPT_TIMER) if w.is_npc(id) && (id as usize) < w.objs.len() => {
                 g.script_event(server, tag, id, value)
             }
+            SCRIPT_DRAIN => g.script_event(server, SCRIPT_DRAIN, 0, 0),
             _ => {}
         }
     }

@@ -12,13 +12,16 @@ use std::time::Duration;
 use cport_mmo_proto::ServerPacket;
 use mlua::{Integer, Lua, Table};
 
-use super::{Game, SCRIPT_MOVE, SCRIPT_TIMER};
+use super::{Game, SCRIPT_DRAIN, SCRIPT_MOVE, SCRIPT_TIMER};
 use crate::net::Host;
 use crate::script::{Event, Outcome};
 use crate::world::unpack;
 
 /// Times an event whose shard is busy is posted again before its worker waits for the shard.
 const MAX_DEFER: u64 = 8;
+
+/// Waiting script events a worker runs before it goes back to the port.
+const DRAIN_BATCH: usize = 64;
 
 /// Longest `API_set_timer` delay (a day).
 const MAX_TIMER_MS: u64 = 24 * 3600 * 1000;
@@ -169,9 +172,41 @@ impl<H: Host> Game<H> {
         }
     }
 
-    /// A posted script event (`tag`, its `value`: the payload in the low 32 bits, how often
-    /// it was posted again for a busy shard above).
+    /// A posted script event, through the gate that keeps a worker for the network
+    /// ([`crate::script::Gate`]): run now if this worker may run scripts, else queued for the
+    /// worker that does. That worker runs what waits, a batch at a time, before it leaves;
+    /// a longer queue is handed on in a posted `SCRIPT_DRAIN`, so it too comes back to the
+    /// port between batches.
     pub(super) fn script_event(&self, srv: &H, tag: u64, npc: u32, value: u64) {
+        let Some(s) = &self.scripts else { return };
+        if tag != SCRIPT_DRAIN {
+            if s.gate.enter() {
+                self.run_script_event(srv, tag, npc, value);
+            } else if !(s.gate.wait((tag, npc, value)) && s.gate.enter()) {
+                // Queued for the worker inside (which looks at the queue before it leaves;
+                // if it left meanwhile, the `enter` above got the turn), or dropped.
+                return;
+            }
+        } else if !s.gate.enter() {
+            return; // a worker is inside: it drains
+        }
+        for _ in 0..DRAIN_BATCH {
+            match s.gate.next() {
+                Some((t, n, v)) => self.run_script_event(srv, t, n, v),
+                None => break,
+            }
+        }
+        s.gate.leave();
+        if s.gate.waiting() > 0 {
+            // More waits: hand it on, back to the port first. (An event queued after this
+            // look gets the turn itself: see above.)
+            let _ = srv.post_after(Duration::ZERO, SCRIPT_DRAIN, 0);
+        }
+    }
+
+    /// One script event (`tag`, its `value`: the payload in the low 32 bits, how often it
+    /// was posted again for a busy shard above).
+    fn run_script_event(&self, srv: &H, tag: u64, npc: u32, value: u64) {
         let Some(s) = &self.scripts else { return };
         let payload = value & 0xFFFF_FFFF;
         let tries = value >> 32;

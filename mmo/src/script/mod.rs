@@ -21,7 +21,7 @@ mod tests;
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -195,6 +195,8 @@ pub(crate) struct Scripts {
     pub kills: AtomicU64,
     /// Events posted again because their shard was busy.
     pub deferred: AtomicU64,
+    /// Which workers may run script events at once ([`Gate`]).
+    pub gate: Gate,
     timers: Mutex<TimerNames>,
     log: Mutex<ErrLog>,
     setup: Setup,
@@ -232,6 +234,7 @@ impl Scripts {
             errors: AtomicU64::new(0),
             kills: AtomicU64::new(0),
             deferred: AtomicU64::new(0),
+            gate: Gate::default(),
             timers: Mutex::new(TimerNames::default()),
             log: Mutex::new(ErrLog::default()),
             setup,
@@ -465,4 +468,73 @@ fn first_line(e: &mlua::Error) -> String {
         e => e,
     };
     e.to_string().lines().next().unwrap_or("").to_string()
+}
+
+/// Most script events waiting for a worker's turn; past it an event is dropped (counted in
+/// [`Gate::dropped`]): a script slower than its events come must not grow memory without
+/// end.
+const MAX_WAITING: usize = 65_536;
+
+/// How many workers may run script events at once: fewer than the pool has (the engine sets
+/// it to workers − 1, at least 1), so that however slow a script is, a worker is always left
+/// for the network and the game's own timers. Events that find the gate full wait in its
+/// queue, in order, and the worker inside runs them before it leaves (a batch at a time).
+#[derive(Default)]
+pub(crate) struct Gate {
+    max: AtomicUsize,
+    running: AtomicUsize,
+    queue: parking_lot::Mutex<std::collections::VecDeque<(u64, u32, u64)>>,
+    /// Events dropped because [`MAX_WAITING`] waited already.
+    pub dropped: AtomicU64,
+}
+
+impl Gate {
+    /// At most `n` workers (at least 1) run script events at once.
+    pub fn limit(&self, n: usize) {
+        self.max.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Takes a turn: false if as many workers as allowed run scripts now.
+    pub fn enter(&self) -> bool {
+        let max = self.max.load(Ordering::Relaxed).max(1);
+        let mut r = self.running.load(Ordering::Acquire);
+        loop {
+            if r >= max {
+                return false;
+            }
+            match self
+                .running
+                .compare_exchange_weak(r, r + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => r = now,
+            }
+        }
+    }
+
+    /// Gives the turn back.
+    pub fn leave(&self) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Queues an event (tag, NPC, value) that found the gate full; false if it was dropped.
+    pub fn wait(&self, event: (u64, u32, u64)) -> bool {
+        let mut q = self.queue.lock();
+        if q.len() >= MAX_WAITING {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        q.push_back(event);
+        true
+    }
+
+    /// The oldest waiting event.
+    pub fn next(&self) -> Option<(u64, u32, u64)> {
+        self.queue.lock().pop_front()
+    }
+
+    /// Events waiting now.
+    pub fn waiting(&self) -> usize {
+        self.queue.lock().len()
+    }
 }

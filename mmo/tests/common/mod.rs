@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use cport_mmo_proto::Direction;
+
 pub use cport_mmo_client::blocking::Client;
 // Each test file uses some of these.
 #[allow(unused_imports)]
@@ -18,5 +20,20 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     while !f() {
         assert!(Instant::now() < until, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The direction of one step from `from` toward `to`, x first; `None` when there already.
+pub fn toward(from: (u16, u16), to: (u16, u16)) -> Option<Direction> {
+    if from.0 < to.0 {
+        Some(Direction::Right)
+    } else if from.0 > to.0 {
+        Some(Direction::Left)
+    } else if from.1 < to.1 {
+        Some(Direction::Down)
+    } else if from.1 > to.1 {
+        Some(Direction::Up)
+    } else {
+        None
     }
 }
