@@ -57,6 +57,9 @@ pub(crate) struct PortInner {
     /// `driver` so that the backend (io_uring, which has their rings registered) is dropped
     /// before their memory.
     pub(super) pools: Mutex<Vec<BufPool>>,
+    /// Raised when a buffer came back to one of `pools` inside the backend while receives
+    /// waited for one (`kick_pools`).
+    pub(super) pool_kick: Arc<AtomicBool>,
 }
 
 /// What `get` inside a handler of a [`Pool`](crate::Pool) of the same port says (a panic in
@@ -456,13 +459,12 @@ impl PortInner {
     /// that found nothing) while receives waited for one: submits those receives again, and
     /// attempts them (what that completes goes to `raw`).
     fn kick_pools(&self, raw: &mut Vec<Raw>) {
-        if self.driver.pool_ring() {
-            return; // buffers come back only through `PooledBuf::drop`, which submits
-        }
-        let pools = self.pools.lock();
-        if pools.is_empty() {
+        // One atomic load when nothing came back (io_uring's buffers come back only through
+        // `PooledBuf::drop`, which submits: it never raises the flag).
+        if !self.pool_kick.load(Relaxed) || !self.pool_kick.swap(false, SeqCst) {
             return;
         }
+        let pools = self.pools.lock();
         let mut kicked = false;
         for pool in pools.iter() {
             while let Some(token) = pool.mem().take_kick() {

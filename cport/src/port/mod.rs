@@ -205,6 +205,7 @@ impl Port {
                 warned_get_in_pool: Default::default(),
                 driver,
                 pools: Mutex::new(Vec::new()),
+                pool_kick: Default::default(),
             }),
         }
     }

@@ -33,7 +33,13 @@ impl Port {
                 "too many buffer pools on one port",
             )
         })?;
-        let mem = PoolMem::new(buffers, size, group, inner.driver.pool_ring())?;
+        let mem = PoolMem::new(
+            buffers,
+            size,
+            group,
+            inner.driver.pool_ring(),
+            inner.pool_kick.clone(),
+        )?;
         inner.driver.register_pool(&mem)?;
         let pool = BufPool::new(mem, inner.id);
         let waker: Weak<dyn PoolWaker> = Arc::downgrade(&(inner.clone() as Arc<dyn PoolWaker>));

@@ -162,6 +162,11 @@ impl Table {
         let OpData::RecvPool(pool) = &op.data else {
             return false;
         };
+        // Most results are bytes in a buffer: nothing to do here (and no handle taken).
+        let empty_buffer = raw.buf.is_some() && raw.res <= 0;
+        if !empty_buffer && raw.res != -sys::NO_BUFFER {
+            return false;
+        }
         let pool = pool.clone();
         let mem = pool.mem();
         if let Some(bid) = raw.buf.filter(|_| raw.res <= 0) {

@@ -17,7 +17,8 @@ use std::alloc::{self, Layout};
 use std::collections::VecDeque;
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -39,9 +40,6 @@ struct State {
     free: Vec<u16>,
     /// Receives (operation tokens) waiting for a buffer, oldest first.
     waiters: VecDeque<u64>,
-    /// Buffers given back so far (a receive that found none asks whether one came back
-    /// since it was submitted).
-    returns: u64,
     /// Receives that had to wait for a buffer (`PoolStats::waits`).
     waits: u64,
 }
@@ -56,9 +54,15 @@ pub(crate) struct PoolMem {
     #[cfg(target_os = "linux")]
     ring: Option<BufRing>,
     state: Mutex<State>,
-    /// A buffer came back where nobody could wake a waiter (inside a backend): the port
-    /// looks at its waiters after the backend call (`take_kick`).
-    kicked: AtomicBool,
+    /// Buffers given back so far (a receive that found none asks whether one came back
+    /// since it was submitted). Raised under `state`'s lock, so `park` reads it exactly;
+    /// read without the lock when a receive is submitted (a hot path).
+    returns: AtomicU64,
+    /// The port's flag: a buffer came back where nobody could wake a waiter (inside a
+    /// backend); the port looks at its pools' waiters after the backend call (`take_kick`).
+    /// One flag for all of a port's pools, so that the port's look costs one atomic load
+    /// when nothing came back.
+    kick: Arc<AtomicBool>,
 }
 
 // SAFETY: `base` is a heap allocation owned by the pool; the bytes of a buffer are written
@@ -72,7 +76,13 @@ unsafe impl Sync for PoolMem {}
 impl PoolMem {
     /// `count` buffers of `size` bytes; `ring`: lent to the kernel through a provided-buffer
     /// ring (io_uring) rather than kept on a free list.
-    pub(crate) fn new(count: usize, size: usize, group: u16, ring: bool) -> io::Result<PoolMem> {
+    pub(crate) fn new(
+        count: usize,
+        size: usize,
+        group: u16,
+        ring: bool,
+        kick: Arc<AtomicBool>,
+    ) -> io::Result<PoolMem> {
         if count == 0 || count > MAX_POOL_BUFFERS || size == 0 || size > i32::MAX as usize {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -119,7 +129,8 @@ impl PoolMem {
             #[cfg(target_os = "linux")]
             ring,
             state: Mutex::new(state),
-            kicked: AtomicBool::new(false),
+            returns: AtomicU64::new(0),
+            kick,
         })
     }
 
@@ -170,19 +181,20 @@ impl PoolMem {
         let mut st = self.state.lock();
         self.put(&mut st, bid);
         if !st.waiters.is_empty() {
-            self.kicked.store(true, Ordering::Release);
+            self.kick.store(true, Ordering::Release);
         }
     }
 
+    /// Under `state`'s lock (`st`).
     fn put(&self, st: &mut State, bid: u16) {
         #[cfg(target_os = "linux")]
         if let Some(r) = &self.ring {
             r.push(self.ptr(bid), self.size as u32, bid);
-            st.returns += 1;
+            self.returns.fetch_add(1, Ordering::AcqRel);
             return;
         }
         st.free.push(bid);
-        st.returns += 1;
+        self.returns.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The oldest receive waiting for a buffer (the one `give` named was gone).
@@ -192,7 +204,7 @@ impl PoolMem {
 
     /// Buffers given back so far.
     pub(crate) fn returns(&self) -> u64 {
-        self.state.lock().returns
+        self.returns.load(Ordering::Acquire)
     }
 
     /// Receive `token` found no buffer; it was submitted when `returns()` was `seen`. Parks
@@ -201,7 +213,7 @@ impl PoolMem {
     pub(crate) fn park(&self, token: u64, seen: u64) -> bool {
         let mut st = self.state.lock();
         let back = if self.is_ring() {
-            st.returns != seen
+            self.returns.load(Ordering::Acquire) != seen
         } else {
             !st.free.is_empty()
         };
@@ -213,16 +225,12 @@ impl PoolMem {
         true
     }
 
-    /// A buffer came back inside a backend while receives waited: the oldest waiter, if a
-    /// buffer is free for it (free-list pools; the flag is cleared once none is).
+    /// After the port's flag was raised (a buffer came back inside a backend while
+    /// receives waited): the oldest waiter, if a buffer is free for it (free-list pools).
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn take_kick(&self) -> Option<u64> {
-        if !self.kicked.load(Ordering::Acquire) {
-            return None;
-        }
         let mut st = self.state.lock();
-        if st.free.is_empty() || st.waiters.is_empty() {
-            self.kicked.store(false, Ordering::Release);
+        if st.free.is_empty() {
             return None;
         }
         st.waiters.pop_front()

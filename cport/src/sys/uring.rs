@@ -151,7 +151,7 @@ impl Uring {
     /// Whether this kernel takes a provided-buffer ring (Linux 5.19): registers a one-entry
     /// ring under a group id pools never use, and unregisters it.
     pub(crate) fn check_pools(&self) -> io::Result<()> {
-        let probe = PoolMem::new(1, 64, u16::MAX, true)?;
+        let probe = PoolMem::new(1, 64, u16::MAX, true, Default::default())?;
         self.register_pool(&probe)?;
         self.ring
             .submitter()
